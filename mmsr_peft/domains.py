@@ -1,0 +1,136 @@
+"""The domain registry: every `--target`/`--sources` name, where its data comes from, and how to load it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data.catalog import Catalog
+from .data.sequences import Sequences, Split
+from .errors import DataError
+from .evaluation import EvalSet
+
+DEFAULT_DATA_DIR = "data"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """Where a domain's data comes from.
+
+    Args:
+        name (`str`): the name used on the command line (`--target office`).
+        amazon2018 (`str | None`): category of the Amazon Reviews 2018 dump.
+        amazon2023 (`str | None`): category of the Amazon Reviews 2023 dump.
+        synthetic (`bool`): whether the embedded synthetic world has a domain of this name.
+    """
+
+    name: str
+    amazon2018: str | None = None
+    amazon2023: str | None = None
+    synthetic: bool = False
+
+
+DOMAINS: dict[str, DomainSpec] = {
+    spec.name: spec
+    for spec in [
+        DomainSpec("office", "Office_Products", "Office_Products", synthetic=True),
+        DomainSpec("arts", "Arts_Crafts_and_Sewing", "Arts_Crafts_and_Sewing", synthetic=True),
+        DomainSpec("scientific", "Industrial_and_Scientific", "Industrial_and_Scientific", synthetic=True),
+        DomainSpec("food", "Grocery_and_Gourmet_Food", "Grocery_and_Gourmet_Food", synthetic=True),
+        DomainSpec("home", "Home_and_Kitchen", "Home_and_Kitchen", synthetic=True),
+        DomainSpec("movies", "Movies_and_TV", "Movies_and_TV", synthetic=True),
+        DomainSpec("instruments", "Musical_Instruments", "Musical_Instruments"),
+        DomainSpec("pantry", "Prime_Pantry", None),
+    ]
+}
+
+# How each source's processed folders are made; `{name}` and `{data_dir}` are filled in error messages.
+SOURCES: dict[str, str] = {
+    "synthetic": "mmsr-data synthetic --data_dir {data_dir} --domains {name}",
+}
+
+
+@dataclass
+class Domain:
+    """A loaded processed domain folder."""
+
+    name: str
+    folder: Path
+    catalog: Catalog
+    sequences: Sequences
+    manifest: dict
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.manifest.get("synthetic", False))
+
+
+def domain_folder(name: str, source: str = "synthetic", data_dir: str = DEFAULT_DATA_DIR) -> Path:
+    """The processed folder of `name` from `source`: `<data_dir>/<source>/<name>`. Unknown names are errors."""
+    if name not in DOMAINS:
+        raise DataError(f"unknown domain {name!r}; valid domains: {', '.join(sorted(DOMAINS))}")
+    if source not in SOURCES:
+        raise DataError(f"unknown data source {source!r}; valid sources: {', '.join(sorted(SOURCES))}")
+    if source == "synthetic" and not DOMAINS[name].synthetic:
+        valid = sorted(n for n, spec in DOMAINS.items() if spec.synthetic)
+        raise DataError(f"the synthetic world has no domain {name!r}; synthetic domains: {', '.join(valid)}")
+    return Path(data_dir) / source / name
+
+
+def load_domain(name: str, source: str = "synthetic", data_dir: str = DEFAULT_DATA_DIR) -> Domain:
+    """Loads a registered domain. A missing folder is an error that says the command that prepares it."""
+    folder = domain_folder(name, source, data_dir)
+    if not (folder / "items.parquet").is_file():
+        command = SOURCES[source].format(name=name, data_dir=data_dir)
+        raise DataError(f"no processed data for domain {name!r} ({source}) at {folder}; prepare it with:\n  {command}")
+    return load_folder(folder)
+
+
+def load_folder(folder: str | Path) -> Domain:
+    """Loads any processed domain folder (see the README's data format)."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"name": folder.name}
+    catalog = Catalog.from_folder(folder)
+    sequences = Sequences.from_folder(folder, catalog)
+    if len(sequences) == 0:
+        raise DataError(f"{folder / 'interactions.parquet'}: no user has at least 3 interactions")
+    return Domain(manifest.get("name", folder.name), folder, catalog, sequences, manifest)
+
+
+@dataclass
+class Corpus:
+    """Several domains joined for one run: one catalog, training sequences and per-domain evaluation sets.
+
+    Each user is evaluated against the items of their own domain only.
+    """
+
+    catalog: Catalog
+    train: list
+    valid: list[EvalSet]
+    test: list[EvalSet]
+    stats: dict
+
+
+def build_corpus(domains: list[Domain], max_len: int) -> Corpus:
+    catalog = Catalog.concat([d.catalog for d in domains])
+    train, valid, test, stats, offset = [], [], [], {}, 0
+    for domain in domains:
+        split = Split.leave_one_out(domain.sequences, max_len)
+        item_range = (offset, offset + len(domain.catalog))
+        train.extend(seq + offset for seq in split.train)
+        valid.append(
+            EvalSet(domain.name, [h + offset for h in split.valid_histories], split.valid_targets + offset, item_range)
+        )
+        test.append(
+            EvalSet(domain.name, [h + offset for h in split.test_histories], split.test_targets + offset, item_range)
+        )
+        stats[domain.name] = {
+            "items": len(domain.catalog),
+            **domain.sequences.stats,
+            "train_sequences": len(split.train),
+            "synthetic": domain.synthetic,
+        }
+        offset += len(domain.catalog)
+    return Corpus(catalog, train, valid, test, stats)

@@ -1,0 +1,186 @@
+"""Text and vision encoders: built from their architecture config, optionally filled from pretrained weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import ConfigMixin
+
+POOLINGS = ("mean", "cls")
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class EncoderOutput:
+    """What an encoder gives the fusion module.
+
+    Attributes:
+        pooled (`torch.FloatTensor` of shape `(N, H)`): one vector per item.
+        tokens (`torch.FloatTensor` of shape `(N, L, W)`): token / patch states, for token-level fusion.
+        mask (`torch.BoolTensor` of shape `(N, L)`): True on real tokens.
+    """
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> EncoderOutput:
+        return EncoderOutput(self.pooled[index], self.tokens[index], self.mask[index])
+
+    def to(self, device) -> EncoderOutput:
+        return EncoderOutput(self.pooled.to(device), self.tokens.to(device), self.mask.to(device))
+
+    @classmethod
+    def cat(cls, outputs: list[EncoderOutput]) -> EncoderOutput:
+        return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("pooled", "tokens", "mask")))
+
+
+@dataclass
+class TextEncoderConfig(ConfigMixin):
+    """Architecture of the text encoder: any Hugging Face `AutoModel`.
+
+    Args:
+        backbone (`dict`): the Hugging Face model config as a dict (`model_type` + architecture fields).
+        pooling (`str`): `"mean"` over real tokens or `"cls"` (first token).
+        max_length (`int`): maximum tokens per item text.
+        source (`str`, *optional*): the model name/path the architecture (and tokenizer) came from; informational.
+    """
+
+    backbone: dict = field(default_factory=dict)  # transformers config dict, e.g. {"model_type": "bert", ...}
+    pooling: str = "mean"  # "mean" over real tokens or "cls"
+    max_length: int = 32  # tokens per item text
+    source: str | None = None  # name/path the architecture came from (provenance only)
+
+    def __post_init__(self):
+        if "model_type" not in self.backbone:
+            raise ValueError(
+                f"text.backbone must be a transformers config dict with 'model_type', got {self.backbone}"
+            )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"text.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.max_length < 2:
+            raise ValueError(f"text.max_length must be >= 2, got {self.max_length}")
+
+    @classmethod
+    def from_pretrained_backbone(cls, name_or_path: str, **kwargs) -> TextEncoderConfig:
+        """The architecture of a Hugging Face model (name or local folder), without loading its weights."""
+        from transformers import AutoConfig
+
+        backbone = AutoConfig.from_pretrained(name_or_path).to_dict()
+        return cls(backbone=backbone, source=name_or_path, **kwargs)
+
+
+class TextEncoder(nn.Module):
+    """A Hugging Face encoder with `mean` or `cls` pooling."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        settings = dict(config.backbone)
+        hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+        self.config = config
+        self.backbone = AutoModel.from_config(hf_config, add_pooling_layer=False)
+        self.hidden_size = hf_config.hidden_size
+
+    def load_backbone(self, name_or_path: str) -> None:
+        """Fills the backbone with the weights of a pretrained model (every key must match)."""
+        from transformers import AutoModel
+
+        pretrained = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False)
+        self.backbone.load_state_dict(pretrained.state_dict(), strict=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
+        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, L, H)
+        mask = attention_mask.bool()
+        if self.config.pooling == "cls":
+            pooled = states[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return EncoderOutput(pooled, states, mask)
+
+
+@dataclass
+class VisionEncoderConfig(ConfigMixin):
+    """Architecture of the vision encoder: an open_clip vision tower.
+
+    Args:
+        tower (`dict`): fields of open_clip's `CLIPVisionCfg` (layers, width, patch_size, image_size, ...).
+        embed_dim (`int`): size of the tower's pooled (projected) output.
+        image_mean / image_std (`tuple[float]`): normalisation the weights expect (RGB, 0-1 scale).
+        source (`str`, *optional*): open_clip model name the architecture came from; informational.
+    """
+
+    tower: dict = field(default_factory=lambda: {"layers": 2, "width": 64, "head_width": 32, "patch_size": 8})
+    embed_dim: int = 64  # pooled output size of the tower
+    image_size: int = 64  # square input side in pixels
+    image_mean: tuple[float, float, float] = OPENAI_MEAN  # per-channel mean on the 0-1 scale
+    image_std: tuple[float, float, float] = OPENAI_STD  # per-channel std on the 0-1 scale
+    source: str | None = None  # open_clip model name the tower came from (provenance only)
+
+    def __post_init__(self):
+        from open_clip.model import CLIPVisionCfg
+
+        known = {f.name for f in dataclasses.fields(CLIPVisionCfg)}
+        unknown = sorted(set(self.tower) - known)
+        if unknown:
+            raise ValueError(
+                f"vision.tower has unknown open_clip CLIPVisionCfg fields {unknown}; valid: {sorted(known)}"
+            )
+        if "image_size" in self.tower or "output_tokens" in self.tower:
+            raise ValueError("vision.tower must not set image_size/output_tokens; use vision.image_size")
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError(f"vision.image_mean/image_std need 3 values, got {self.image_mean}, {self.image_std}")
+
+    @classmethod
+    def from_open_clip(cls, model_name: str, **kwargs) -> VisionEncoderConfig:
+        """The vision tower architecture of an open_clip model (e.g. `"ViT-B-32"`, `"RN50"`)."""
+        import open_clip
+
+        model_config = open_clip.get_model_config(model_name)
+        if model_config is None:
+            raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+        tower = dict(model_config["vision_cfg"])
+        image_size = tower.pop("image_size", 224)
+        return cls(
+            tower=tower, embed_dim=model_config["embed_dim"], image_size=image_size, source=model_name, **kwargs
+        )
+
+
+class VisionEncoder(nn.Module):
+    """An open_clip vision tower returning the pooled embedding and the patch tokens."""
+
+    def __init__(self, config: VisionEncoderConfig):
+        super().__init__()
+        from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+        tower_config = CLIPVisionCfg(**config.tower, image_size=config.image_size, output_tokens=True)
+        self.config = config
+        self.tower = _build_vision_tower(config.embed_dim, tower_config)
+        self.hidden_size = config.embed_dim
+        self.token_size = tower_config.width
+        self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def load_backbone(self, path: str) -> None:
+        """Fills the tower from a local open_clip checkpoint (full model with `visual.*` keys, or the tower alone)."""
+        from safetensors.torch import load_file
+
+        state = load_file(path) if path.endswith(".safetensors") else torch.load(path, weights_only=True)
+        state = state.get("state_dict", state)
+        if any(k.startswith("visual.") for k in state):
+            state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+        self.tower.load_state_dict(state, strict=True)
+
+    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
+        pixels = (pixel_values.to(self.mean.dtype) - self.mean) / self.std  # uint8 (N, 3, H, W) -> normalised
+        pooled, tokens = self.tower(pixels)  # (N, E), (N, P, W)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(pooled, tokens, mask)

@@ -1,0 +1,9 @@
+"""Exceptions raised at the toolkit's boundaries (data files, checkpoints, command lines)."""
+
+
+class DataError(ValueError):
+    """A data file or folder does not hold what the processed domain format expects; the message names it."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or adapter cannot be loaded as asked (missing/unexpected keys, unsafe format, mismatch)."""

@@ -1,0 +1,342 @@
+"""MMSRModel: item tower (text encoder + vision encoder + fusion, or an ID table) and a sequence encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import adapters
+from .config import ConfigMixin
+from .data.catalog import Catalog
+from .data.collate import ItemInputs, ItemProcessor, pad_histories
+from .encoders import EncoderOutput, TextEncoder, TextEncoderConfig, VisionEncoder, VisionEncoderConfig
+from .errors import CheckpointError
+from .evaluation import history_mask
+from .fusion import FusionConfig, ModalityProjection, build_fusion
+from .io import atomic_directory
+from .sequence import SEQUENCE_CLASSES, SequenceEncoderConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth")
+ITEM_TOWERS = ("modal", "text", "image", "id")
+
+
+@dataclass
+class MMSRConfig(ConfigMixin):
+    """Architecture of an MMSR model (run arguments such as learning rate or data live elsewhere).
+
+    Args:
+        item_tower (`str`): how items are embedded: `"modal"` (text + image, fused), `"text"`, `"image"`, or `"id"`
+            (a learned embedding per item id: the ID-based baseline, which cannot rank unseen items).
+        hidden_size (`int`): width D of item and user embeddings.
+        text (`TextEncoderConfig`, *optional*): the text encoder (needed by `modal` and `text`).
+        vision (`VisionEncoderConfig`, *optional*): the vision encoder (needed by `modal` and `image`).
+        fusion (`FusionConfig`): how text and image are fused (`modal` only).
+        sequence (`SequenceEncoderConfig`): the sequence encoder.
+        num_items (`int`): size of the item-id table (`id` only).
+        temperature (`float`): scores are cosine similarities divided by this.
+    """
+
+    item_tower: str = "modal"  # "modal" | "text" | "image" | "id"
+    hidden_size: int = 64  # width of item and user embeddings
+    text: TextEncoderConfig | None = None  # text encoder (modal, text)
+    vision: VisionEncoderConfig | None = None  # vision encoder (modal, image)
+    fusion: FusionConfig = field(default_factory=FusionConfig)  # fusion module (modal)
+    sequence: SequenceEncoderConfig = field(default_factory=SequenceEncoderConfig)  # sequence encoder
+    num_items: int = 0  # id table size (id)
+    temperature: float = 0.07  # softmax temperature on cosine scores
+
+    def __post_init__(self):
+        if self.item_tower not in ITEM_TOWERS:
+            raise ValueError(f"item_tower must be one of {ITEM_TOWERS}, got {self.item_tower!r}")
+        if self.item_tower in ("modal", "text") and self.text is None:
+            raise ValueError(f"item_tower={self.item_tower!r} needs a text encoder config (`text`)")
+        if self.item_tower in ("modal", "image") and self.vision is None:
+            raise ValueError(f"item_tower={self.item_tower!r} needs a vision encoder config (`vision`)")
+        if self.item_tower == "id" and self.num_items < 1:
+            raise ValueError(f"item_tower='id' needs num_items >= 1, got {self.num_items}")
+        if self.hidden_size < 1 or self.temperature <= 0:
+            raise ValueError(
+                f"hidden_size must be >= 1 and temperature > 0, got {self.hidden_size}, {self.temperature}"
+            )
+
+    @property
+    def uses_text(self) -> bool:
+        return self.item_tower in ("modal", "text")
+
+    @property
+    def uses_vision(self) -> bool:
+        return self.item_tower in ("modal", "image")
+
+
+@dataclass
+class MMSROutput:
+    """Output of `MMSRModel.forward`.
+
+    Attributes:
+        loss (`torch.FloatTensor` scalar, *optional*): softmax cross-entropy of each target against the batch's items.
+        item_embeddings (`torch.FloatTensor` of shape `(N, D)`): L2-normalised embeddings of the batch's items.
+        sequence_output (`torch.FloatTensor` of shape `(B, T, D)`): L2-normalised user state after each position.
+    """
+
+    loss: torch.Tensor | None
+    item_embeddings: torch.Tensor
+    sequence_output: torch.Tensor
+
+
+@dataclass
+class Recommendations:
+    """Top-k items per history: `item_ids[b]` are ids of the catalog, best first; `scores` is `(B, k)`."""
+
+    item_ids: list[list[str]]
+    scores: torch.Tensor
+
+
+class ItemTower(nn.Module):
+    """Embeds items from their content (or their id, for the `id` baseline)."""
+
+    def __init__(self, config: MMSRConfig):
+        super().__init__()
+        self.config = config
+        self.text = TextEncoder(config.text) if config.uses_text else None
+        self.vision = VisionEncoder(config.vision) if config.uses_vision else None
+        d = config.hidden_size
+        if config.item_tower == "id":
+            self.embedding = nn.Embedding(config.num_items, d)
+        elif config.item_tower == "text":
+            self.head = ModalityProjection(self.text.hidden_size, d)
+        elif config.item_tower == "image":
+            self.head = ModalityProjection(self.vision.hidden_size, d)
+        else:
+            text_dims = (self.text.hidden_size, self.text.hidden_size)
+            image_dims = (self.vision.hidden_size, self.vision.token_size)
+            self.fusion = build_fusion(config.fusion, text_dims, image_dims, d)
+
+    def encode_text(self, items: ItemInputs) -> EncoderOutput:
+        return items.text_states if items.text_states is not None else self.text(items.input_ids, items.attention_mask)
+
+    def encode_image(self, items: ItemInputs) -> EncoderOutput:
+        return items.image_states if items.image_states is not None else self.vision(items.pixel_values)
+
+    def forward(self, items: ItemInputs) -> torch.Tensor:
+        mode = self.config.item_tower
+        if mode == "id":
+            if (items.item_index < 0).any():
+                raise ValueError("the id tower cannot embed items outside the vocabulary it was trained on")
+            return self.embedding(items.item_index)
+        if mode == "text":
+            return self.head(self.encode_text(items), items.has_text)
+        if mode == "image":
+            return self.head(self.encode_image(items), items.has_image)
+        return self.fusion(self.encode_text(items), self.encode_image(items), items.has_text, items.has_image)
+
+
+class MMSRModel(nn.Module, adapters.AdapterMixin):
+    """An ID-agnostic multi-modal sequential recommender.
+
+    Items are embedded by `item_tower` from their text and image; a history of item embeddings is read by the
+    sequence encoder; the user state after the last item scores every candidate by cosine similarity.
+
+    Args:
+        config (`MMSRConfig`): the architecture.
+        processor (`ItemProcessor`, *optional*): turns item records into inputs (tokenizer, image size, id vocab);
+            needed by `recommend` and saved with the model.
+    """
+
+    def __init__(self, config: MMSRConfig, processor: ItemProcessor | None = None):
+        super().__init__()
+        self.config = config
+        self.processor = processor
+        self.item_tower = ItemTower(config)
+        self.sequence_encoder = SEQUENCE_CLASSES[config.sequence.type](config.sequence, config.hidden_size)
+        self.name_or_path: str | None = None
+
+    def embed_items(self, items: ItemInputs) -> torch.Tensor:
+        """`(N, D)` L2-normalised item embeddings."""
+        return F.normalize(self.item_tower(items), dim=-1)
+
+    def encode_sequences(self, item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
+        """User state after each position: `(B, T, D)`, L2-normalised.
+
+        Args:
+            item_embeddings: `(N, D)`; histories: `(B, T)` rows of `item_embeddings`, right-padded with -1.
+        """
+        states = item_embeddings[histories.clamp(min=0)] * (histories >= 0).unsqueeze(-1)  # (B, T, D)
+        return F.normalize(self.sequence_encoder(states), dim=-1)
+
+    def user_embeddings(self, item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
+        """`(B, D)`: the state after the last real item of each history."""
+        states = self.encode_sequences(item_embeddings, histories)
+        last = (histories >= 0).sum(1).clamp(min=1) - 1  # (B,)
+        return states[torch.arange(len(histories), device=states.device), last]
+
+    def forward(self, items: ItemInputs, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> MMSROutput:
+        """Next-item prediction at every position.
+
+        Args:
+            items (`ItemInputs`): the N distinct items of the batch (each encoded once).
+            inputs (`torch.LongTensor` of shape `(B, T)`): histories as rows of `items`, -1 for padding.
+            targets (`torch.LongTensor` of shape `(B, T)`, *optional*): next item at every position, -1 to ignore.
+        """
+        item_embeddings = self.embed_items(items)  # (N, D)
+        sequence_output = self.encode_sequences(item_embeddings, inputs)  # (B, T, D)
+        loss = None
+        if targets is not None:
+            logits = sequence_output @ item_embeddings.T / self.config.temperature  # (B, T, N)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return MMSROutput(loss, item_embeddings, sequence_output)
+
+    @torch.no_grad()
+    def embed_catalog(self, catalog_inputs: ItemInputs, batch_size: int = 256) -> torch.Tensor:
+        """`(N, D)` embeddings of a whole catalog, computed in chunks."""
+        device = next(self.parameters()).device
+        chunks = []
+        for start in range(0, len(catalog_inputs), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(catalog_inputs)))
+            chunks.append(self.embed_items(catalog_inputs.select(index).to(device)).float())
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def recommend(
+        self, histories: list[list[str]], catalog: Catalog, k: int = 10, exclude_history: bool = True
+    ) -> Recommendations:
+        """Top-`k` items of `catalog` for each history (a list of item ids of `catalog`, oldest first).
+
+        Example:
+        ```python
+        >>> top = model.recommend([["office-0001", "office-0042"]], catalog, k=10)
+        >>> top.item_ids[0][:3]
+        ```
+        """
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if self.processor is None:
+            raise ValueError("this model has no processor; load it with MMSRModel.from_pretrained or pass one")
+        rows = []
+        for b, history in enumerate(histories):
+            unknown = [item for item in history if item not in catalog.index]
+            if unknown:
+                raise ValueError(f"history {b}: item ids not in catalog {catalog.name!r}: {unknown[:5]}")
+            rows.append([catalog.index[item] for item in history][-self.config.sequence.max_len :])
+        was_training = self.training
+        self.eval()
+        item_embeddings = self.embed_catalog(self.processor(catalog.records(range(len(catalog)))))
+        padded = pad_histories(rows).to(item_embeddings.device)
+        scores = self.user_embeddings(item_embeddings, padded) @ item_embeddings.T  # (B, N)
+        if exclude_history:
+            scores.masked_fill_(history_mask(padded, 0, scores.shape[1]), float("-inf"))
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        self.train(was_training)
+        ids = [[catalog.item_ids[i] for i in row] for row in top.indices.tolist()]
+        return Recommendations(ids, top.values)
+
+    def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None) -> None:
+        """Writes `config.json`, `model.safetensors`, the processor files (and `README.md`) atomically.
+
+        Adapters are not part of the base: save them with `save_adapter`.
+        """
+        from safetensors.torch import save_file
+
+        with atomic_directory(folder) as tmp:
+            config = {"mmsr_peft_version": _version(), **self.config.to_dict()}
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+            state = {k: v.detach().contiguous().cpu() for k, v in adapters.base_state_dict(self).items()}
+            save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+            if self.processor is not None:
+                self.processor.save_pretrained(tmp)
+            if model_card is not None:
+                (tmp / "README.md").write_text(model_card)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, revision: str | None = None, allow_pickle: bool = False
+    ) -> MMSRModel:
+        """Loads a base model from a local folder or a Hub repo id (downloaded with `huggingface_hub`).
+
+        The architecture is built from `config.json` and filled from `model.safetensors`; a missing or unexpected
+        key is an error that lists them. Pickle weights are refused unless `allow_pickle=True`.
+        """
+        folder = resolve_checkpoint(name_or_path, revision)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise CheckpointError(f"{folder}: no {CONFIG_FILE}; is this an mmsr_peft base checkpoint?")
+        settings = json.loads(config_path.read_text())
+        settings.pop("mmsr_peft_version", None)
+        config = MMSRConfig.from_dict(settings, where=str(config_path))
+        processor = ItemProcessor.from_pretrained(folder, with_tokenizer=config.uses_text)
+        model = cls(config, processor)
+        model.load_state_dict(load_weights(folder, allow_pickle), strict=False, assign=False)
+        model.name_or_path = str(name_or_path)
+        return model.eval()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Strict by default; `strict=False` is used by `from_pretrained`, which does its own key check."""
+        expected = set(adapters.base_state_dict(self))
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint does not match the architecture: missing keys {missing[:20]}"
+                f"{' ...' if len(missing) > 20 else ''} ({len(missing)}), unexpected keys {unexpected[:20]}"
+                f"{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)})"
+            )
+        base_keys = {k: adapters.peft_key(self, k) for k in state_dict}
+        return super().load_state_dict({base_keys[k]: v for k, v in state_dict.items()}, strict=False, assign=assign)
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder as is; anything else is a Hub repo id, downloaded (or read from the cache)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") > 1:
+        raise CheckpointError(f"{name_or_path}: not a checkpoint folder, and not a Hub repo id ('org/name')")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                str(name_or_path),
+                revision=revision,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md", "*.model"],
+            )
+        )
+    except RepositoryNotFoundError as err:
+        raise CheckpointError(f"{name_or_path}: no such local folder, and no such repo on the Hub") from err
+    except HfHubHTTPError as err:
+        raise CheckpointError(f"{name_or_path}: could not download from the Hub ({err})") from err
+
+
+def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Reads `model.safetensors`; a pickle file is only read with `allow_pickle=True` (it can run code)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / WEIGHTS_FILE
+    if path.is_file():
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({err})") from err
+    pickles = [folder / name for name in PICKLE_FILES if (folder / name).is_file()]
+    if pickles and not allow_pickle:
+        raise CheckpointError(
+            f"{folder}: only pickle weights ({pickles[0].name}) found; pickle can run arbitrary code, so it is "
+            "refused. Convert it to safetensors, or pass allow_pickle=True if you trust its author."
+        )
+    if pickles:
+        return torch.load(pickles[0], map_location="cpu", weights_only=True)
+    raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

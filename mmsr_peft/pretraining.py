@@ -1,0 +1,75 @@
+"""Pretraining a base model on source domains (the library side of `recipes/pretrain.py`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .arguments import DataArguments, save_run_args
+from .builder import ModelArguments, build_model
+from .cards import base_card
+from .domains import build_corpus, load_domain
+from .evaluation import evaluate, format_table, random_baseline
+from .io import atomic_write_text
+from .training import TrainingArguments, precompute_frozen_states, train
+
+
+def prepare_synthetic(data_args: DataArguments, accelerator) -> None:
+    """Generates the domains of the embedded synthetic world (all six, seconds) whose folders are missing."""
+    if data_args.data_source != "synthetic":
+        return
+    from .data.synthetic import SYNTHETIC_DOMAINS, generate_world
+
+    root = Path(data_args.data_dir) / "synthetic"
+    missing = [name for name in SYNTHETIC_DOMAINS if not (root / name / "items.parquet").is_file()]
+    if missing:
+        with accelerator.main_process_first():
+            generate_world(root, missing)
+
+
+def pretrain(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    """Trains a base model on `data_args.domains` and writes it, its metrics and run arguments to `output_dir`.
+
+    Returns the test metrics per domain (full ranking, leave-one-out) and of a random ranking.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    args.output_dir = args.output_dir or "outputs/pretrain"
+    project = ProjectConfiguration(
+        args.output_dir, automatic_checkpoint_naming=True, total_limit=args.save_total_limit
+    )
+    accelerator = Accelerator(project_config=project)
+    set_seed(args.seed)
+    prepare_synthetic(data_args, accelerator)
+    domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
+    corpus = build_corpus(domains, model_args.max_len)
+    model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
+    catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))), progress=True)
+    catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
+    accelerator.print(
+        f"pretraining on {', '.join(corpus.stats)}: {len(corpus.catalog)} items, {len(corpus.train)} training "
+        f"sequences; {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters"
+    )
+    state = train(
+        model,
+        corpus.train,
+        catalog_inputs,
+        corpus.valid,
+        args,
+        accelerator,
+        on_best=lambda m, _: m.save_pretrained(args.output_dir),
+    )
+    results = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+    results["random"] = random_baseline(corpus.test)
+    table = format_table(results)
+    if accelerator.is_main_process:
+        card = base_card(model, table, results["all"], corpus.stats, state.best_epoch, repo_id=args.output_dir)
+        model.save_pretrained(args.output_dir, model_card=card)
+        summary = {"test": results, "best_epoch": state.best_epoch, "history": state.history, "data": corpus.stats}
+        atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
+        save_run_args(args.output_dir, model_args, data_args, args)
+        print(f"\nTest, per source domain ({'; '.join(corpus.stats)}):\n{table}\n")
+        print(f"Base model written to {args.output_dir}")
+    accelerator.wait_for_everyone()
+    return results

@@ -1,0 +1,173 @@
+"""The training loop shared by pretraining and adaptation: Accelerate for devices, DDP, precision and state."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.collate import ItemInputs, TrainCollator
+from .encoders import EncoderOutput
+from .evaluation import EvalSet, evaluate
+
+SELECTION_METRIC = "ndcg@10"
+
+
+@dataclass
+class TrainingArguments:
+    """How a run trains (saved beside its outputs as `run_args.json`, never in the model config)."""
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Folder for the model, metrics and training states (default per command)."}
+    )
+    num_epochs: int = field(default=10, metadata={"help": "Passes over the training sequences."})
+    batch_size: int = field(default=64, metadata={"help": "Training sequences per step (per process)."})
+    learning_rate: float = field(default=1.0e-3, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps with linear warm-up."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
+    num_negatives: int = field(default=256, metadata={"help": "Catalog items sampled per step as extra negatives."})
+    patience: int = field(default=3, metadata={"help": "Stop after this many evaluations without improvement."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Users (and items) per evaluation batch."})
+    save_steps: int = field(default=500, metadata={"help": "Save the full training state every N steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Training states kept on disk."})
+    seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and negative sampling."})
+    resume: bool = field(default=False, metadata={"help": "Resume from the latest training state in output_dir."})
+
+    def __post_init__(self):
+        for name in ("num_epochs", "batch_size", "patience", "eval_batch_size", "save_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.num_negatives < 0 or not 0 <= self.warmup_ratio < 1:
+            raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
+
+
+class TrainState:
+    """Progress saved with Accelerate's `save_state`: counters, best metric and the best trainable weights."""
+
+    def __init__(self):
+        self.step, self.epoch, self.stale = 0, 0, 0
+        self.best_metric, self.best_epoch = -math.inf, -1
+        self.best_weights: dict[str, torch.Tensor] = {}
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+@torch.no_grad()
+def precompute_frozen_states(model, catalog_inputs: ItemInputs, batch_size: int = 256) -> ItemInputs:
+    """Runs each encoder that has no trainable parameter over the catalog once (eval mode) and attaches its
+    outputs, so training steps and evaluations gather them instead of running the encoder again."""
+    tower = model.item_tower
+    states = {}
+    for name, encoder, run in (
+        ("text_states", tower.text, tower.encode_text),
+        ("image_states", tower.vision, tower.encode_image),
+    ):
+        if encoder is None or any(p.requires_grad for p in encoder.parameters()):
+            continue
+        was_training = encoder.training
+        encoder.eval()
+        device = next(encoder.parameters()).device
+        chunks = [
+            run(catalog_inputs.select(torch.arange(i, min(i + batch_size, len(catalog_inputs)))).to(device)).to("cpu")
+            for i in tqdm(range(0, len(catalog_inputs), batch_size), desc=f"cache {name}", leave=False)
+        ]
+        encoder.train(was_training)
+        states[name] = EncoderOutput.cat(chunks)
+    return catalog_inputs.with_states(**states) if states else catalog_inputs
+
+
+def train(
+    model,
+    train_sequences: list[np.ndarray],
+    catalog_inputs: ItemInputs,
+    eval_sets: list[EvalSet],
+    args: TrainingArguments,
+    accelerator,
+    on_best=None,
+) -> TrainState:
+    """Trains `model` (only its parameters that require grad) with next-item softmax over each batch's items.
+
+    Evaluates on `eval_sets` after every epoch, keeps the weights with the best validation NDCG@10 (restored
+    into `model` at the end), calls `on_best(model, metrics)` on the main process at each improvement, saves
+    the full training state every `save_steps` steps and at each epoch end, and stops early after `patience`
+    epochs without improvement.
+    """
+    catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
+    collator = TrainCollator(catalog_inputs, args.num_negatives, seed=args.seed + accelerator.process_index)
+    loader = torch.utils.data.DataLoader(
+        train_sequences,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * accelerator.num_processes))
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+    ddp_model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if args.resume:
+        accelerator.load_state()
+        accelerator.print(f"resumed at epoch {state.epoch}, step {state.step}")
+
+    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
+    while state.epoch < args.num_epochs and state.stale < args.patience:
+        done_in_epoch = state.step - state.epoch * len(loader)
+        epoch_loader = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch > 0 else loader
+        ddp_model.train()
+        for batch in epoch_loader:
+            with accelerator.autocast():
+                loss = ddp_model(batch.items, batch.inputs, batch.targets).loss
+            accelerator.backward(loss)
+            if args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(trainable.values(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            state.step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}", items=len(batch.items))
+            if state.step % args.save_steps == 0:
+                accelerator.save_state()
+        state.epoch += 1
+        _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best)
+        accelerator.save_state()
+        accelerator.wait_for_everyone()
+    progress.close()
+    with torch.no_grad():
+        for name, value in state.best_weights.items():
+            trainable[name].copy_(value)
+    return state
+
+
+def _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best) -> None:
+    metrics = evaluate(model, catalog_inputs, eval_sets, batch_size=args.eval_batch_size, progress=False)
+    score = metrics["all"][SELECTION_METRIC]
+    state.history.append(
+        {"epoch": state.epoch, "step": state.step, **{f"valid_{k}": v for k, v in metrics["all"].items()}}
+    )
+    improved = score > state.best_metric
+    accelerator.print(
+        f"epoch {state.epoch}: valid {SELECTION_METRIC} = {score:.4f} (full ranking)"
+        + (" *best*" if improved else f" (best {state.best_metric:.4f} at epoch {state.best_epoch})")
+    )
+    if improved:
+        state.best_metric, state.best_epoch, state.stale = score, state.epoch, 0
+        state.best_weights = {name: p.detach().cpu().clone() for name, p in trainable.items()}
+        if on_best is not None and accelerator.is_main_process:
+            on_best(model, metrics)
+    else:
+        state.stale += 1
