@@ -44,9 +44,12 @@ class AdaptArguments:
         self.adapter_name = self.adapter_name or self.target
 
 
-def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> dict:
+def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRModel, dict]:
     """Loads the base, evaluates it zero-shot on the target, trains a LoRA adapter, evaluates it, and writes the
-    adapter (peft layout + model card), its metrics and run arguments to `output_dir`."""
+    adapter (peft layout + model card), its metrics and run arguments to `output_dir`.
+
+    Returns the base model with the trained adapter active, and the test metrics of each row of the table.
+    """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from peft import LoraConfig
@@ -120,4 +123,4 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> dict:
         )
         print(f"Adapter {adapt_args.adapter_name!r} written to {args.output_dir}")
     accelerator.wait_for_everyone()
-    return results
+    return model, results

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from .data.collate import ItemInputs, pad_histories
 
 DEFAULT_KS = (10, 20)
+MISS = 2**62  # rank given to a target that is not among the candidates
 PROTOCOL = (
     "leave-one-out by time (last item = test, second last = validation); full ranking over every item of the "
     "domain's catalog; items already in the user's history are excluded from the candidates; ties are counted "
@@ -68,10 +69,10 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Ten
     """
     target_scores = scores.gather(1, targets[:, None])  # (B, 1)
     ahead = scores >= target_scores
-    if exclude is not None:
-        ahead &= ~exclude
-        ahead |= exclude.gather(1, targets[:, None]) & torch.ones_like(ahead)  # an excluded target is a miss
-    return ahead.sum(1) - 1
+    if exclude is None:
+        return ahead.sum(1) - 1
+    ranks = (ahead & ~exclude).sum(1) - 1
+    return ranks.masked_fill(exclude.gather(1, targets[:, None]).squeeze(1), MISS)  # an excluded target is a miss
 
 
 def history_mask(histories: torch.Tensor, start: int, end: int) -> torch.Tensor:

@@ -272,22 +272,27 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         config = MMSRConfig.from_dict(settings, where=str(config_path))
         processor = ItemProcessor.from_pretrained(folder, with_tokenizer=config.uses_text)
         model = cls(config, processor)
-        model.load_state_dict(load_weights(folder, allow_pickle), strict=False, assign=False)
+        model.load_state_dict(load_weights(folder, allow_pickle))
         model.name_or_path = str(name_or_path)
         return model.eval()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Strict by default; `strict=False` is used by `from_pretrained`, which does its own key check."""
-        expected = set(adapters.base_state_dict(self))
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"checkpoint does not match the architecture: missing keys {missing[:20]}"
-                f"{' ...' if len(missing) > 20 else ''} ({len(missing)}), unexpected keys {unexpected[:20]}"
-                f"{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)})"
-            )
-        base_keys = {k: adapters.peft_key(self, k) for k in state_dict}
-        return super().load_state_dict({base_keys[k]: v for k, v in state_dict.items()}, strict=False, assign=assign)
+        """Loads base weights by their plain names (also while adapters are attached). With `strict=True`
+        (the default, used by `from_pretrained`) any missing or unexpected key is an error listing them."""
+        if strict:
+            expected = set(adapters.base_state_dict(self))
+            missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+            if missing or unexpected:
+                raise CheckpointError(
+                    f"checkpoint does not match the architecture: {len(missing)} missing keys {_preview(missing)}, "
+                    f"{len(unexpected)} unexpected keys {_preview(unexpected)}"
+                )
+        renamed = {adapters.peft_key(self, k): v for k, v in state_dict.items()}
+        return super().load_state_dict(renamed, strict=False, assign=assign)
+
+
+def _preview(keys: list[str], limit: int = 20) -> str:
+    return str(keys[:limit])[:-1] + (", ...]" if len(keys) > limit else "]")
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:

@@ -11,6 +11,7 @@ from .cards import base_card
 from .domains import build_corpus, load_domain
 from .evaluation import evaluate, format_table, random_baseline
 from .io import atomic_write_text
+from .model import MMSRModel
 from .training import TrainingArguments, precompute_frozen_states, train
 
 
@@ -27,10 +28,11 @@ def prepare_synthetic(data_args: DataArguments, accelerator) -> None:
             generate_world(root, missing)
 
 
-def pretrain(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+def pretrain(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> tuple[MMSRModel, dict]:
     """Trains a base model on `data_args.domains` and writes it, its metrics and run arguments to `output_dir`.
 
-    Returns the test metrics per domain (full ranking, leave-one-out) and of a random ranking.
+    Returns the trained model (best validation weights) and its test metrics per domain (full ranking,
+    leave-one-out), with those of a random ranking.
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
@@ -72,4 +74,4 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
         print(f"\nTest, per source domain ({'; '.join(corpus.stats)}):\n{table}\n")
         print(f"Base model written to {args.output_dir}")
     accelerator.wait_for_everyone()
-    return results
+    return model, results

@@ -49,6 +49,8 @@ class SASRec(nn.Module):
         super().__init__()
         self.config = config
         self.position = nn.Embedding(config.max_len, hidden_size)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.scale = hidden_size**0.5  # item embeddings arrive L2-normalised: bring them to unit scale per dim
         self.dropout = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(
             hidden_size, config.num_heads, 4 * hidden_size, config.dropout, batch_first=True, norm_first=True
@@ -63,7 +65,7 @@ class SASRec(nn.Module):
             raise ValueError(f"history of {length} items is longer than sequence.max_len={self.config.max_len}")
         positions = self.position.weight[:length]  # (T, D)
         causal = nn.Transformer.generate_square_subsequent_mask(length, device=item_states.device)
-        states = self.layers(self.dropout(item_states + positions), mask=causal, is_causal=True)
+        states = self.layers(self.dropout(item_states * self.scale + positions), mask=causal, is_causal=True)
         return self.norm(states)
 
 

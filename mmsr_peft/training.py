@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,9 +120,14 @@ def train(
     ddp_model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
+    saved = sorted(Path(args.output_dir, "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
     if args.resume:
-        accelerator.load_state()
-        accelerator.print(f"resumed at epoch {state.epoch}, step {state.step}")
+        if not saved:
+            raise FileNotFoundError(f"--resume: no training state under {args.output_dir}/checkpoints")
+        accelerator.load_state(str(saved[-1]))
+        accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {saved[-1]}")
+    # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
+    accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
 
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
     while state.epoch < args.num_epochs and state.stale < args.patience:

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny synthetic world and a tiny pretrained base, built once per test session, offline."""
+
+import os
+import tempfile
+
+# Before anything imports huggingface_hub / datasets: no network, caches inside a throwaway folder.
+_HF_HOME = tempfile.mkdtemp(prefix="mmsr-test-hf-")
+os.environ.update(HF_HOME=_HF_HOME, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
+
+import pytest  # noqa: E402
+
+from mmsr_peft.data.synthetic import SyntheticWorldConfig, generate_world  # noqa: E402
+
+TINY_WORLD = SyntheticWorldConfig(num_items=60, num_users=50, min_len=4, max_len=12, image_size=32)
+TINY_MODEL_FLAGS = [
+    "--text_model", "tiny-bert",
+    "--vision_model", "micro-vit",
+    "--image_size", "32",
+    "--hidden_size", "32",
+    "--max_len", "12",
+    "--text_max_length", "24",
+]  # fmt: skip
+TINY_TRAIN_FLAGS = ["--batch_size", "16", "--num_negatives", "16", "--learning_rate", "3.0e-3", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A processed synthetic world (all six domains, tiny) under `<data_dir>/synthetic/`."""
+    root = tmp_path_factory.mktemp("data")
+    generate_world(root / "synthetic", config=TINY_WORLD)
+    return root
+
+
+@pytest.fixture(scope="session")
+def base_dir(data_dir, tmp_path_factory):
+    """A tiny base model pretrained on the synthetic source domains through the recipe's `main`."""
+    from mmsr_peft.cli import pretrain_main
+
+    out = tmp_path_factory.mktemp("base")
+    argv = [
+        *TINY_MODEL_FLAGS,
+        *TINY_TRAIN_FLAGS,
+        "--num_epochs",
+        "2",
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(out),
+    ]
+    assert pretrain_main(argv) == 0
+    return out

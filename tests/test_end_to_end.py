@@ -1,0 +1,147 @@
+"""The whole product path: pretrain (recipe main) -> adapt (mmsr-adapt main) -> load in a new process -> recommend."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import TINY_TRAIN_FLAGS
+
+from mmsr_peft import MMSRModel, load_domain
+from mmsr_peft.adaptation import AdaptArguments, adapt
+from mmsr_peft.cli import adapt_main
+from mmsr_peft.training import TrainingArguments
+
+
+def test_pretrain_writes_a_loadable_base_with_card_metrics_and_run_args(base_dir):
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md"):
+        assert (base_dir / name).is_file(), name
+    config = json.loads((base_dir / "config.json").read_text())
+    assert "learning_rate" not in json.dumps(config)  # run arguments stay out of the architecture
+    run_args = json.loads((base_dir / "run_args.json").read_text())
+    assert run_args["learning_rate"] == 3.0e-3 and run_args["domains"] == ["food", "home", "movies"]
+    metrics = json.loads((base_dir / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"food", "home", "movies", "all", "random"}
+    card = (base_dir / "README.md").read_text()
+    assert "library_name: mmsr_peft" in card and "synthetic" in card and "| all |" in card
+    assert "More Information Needed" not in card
+    model = MMSRModel.from_pretrained(base_dir)
+    assert model.config.item_tower == "modal"
+
+
+def test_mmsr_adapt_main_prints_table_and_writes_peft_adapter(base_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "office"
+    argv = ["--target", "office", "--base", str(base_dir), "--data_dir", str(data_dir), "--output_dir", str(out)]
+    assert adapt_main([*argv, *TINY_TRAIN_FLAGS, "--num_epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    for row in ("| random |", "| zero-shot base |", "| LoRA (text+vision+fusion) |", "NDCG@10", "MRR@10"):
+        assert row in printed
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA" and adapter_config["base_model_name_or_path"] == str(base_dir)
+    assert "base_model:" in (out / "README.md").read_text()
+
+
+def test_new_process_loads_base_and_adapter_and_recommends_identically(base_dir, data_dir, tmp_path):
+    out = tmp_path / "arts"
+    adapt_args = AdaptArguments(target="arts", base=str(base_dir), data_dir=str(data_dir))
+    model, results = adapt(adapt_args, TrainingArguments(output_dir=str(out), num_epochs=2, batch_size=16, seed=0))
+    assert set(results) == {"random", "zero-shot base", "LoRA (text+vision+fusion)"}
+    catalog = load_domain("arts", data_dir=str(data_dir)).catalog
+    histories = [catalog.item_ids[:5], catalog.item_ids[10:13], [catalog.item_ids[30]]]
+    expected = model.recommend(histories, catalog, k=10)
+
+    script = textwrap.dedent(f"""
+        import json
+        from mmsr_peft import MMSRModel, load_domain
+        model = MMSRModel.from_pretrained({str(base_dir)!r})
+        model.load_adapter({str(out)!r}, adapter_name="arts")
+        catalog = load_domain("arts", data_dir={str(data_dir)!r}).catalog
+        top = model.recommend({histories!r}, catalog, k=10)
+        print(json.dumps({{"ids": top.item_ids, "scores": top.scores.tolist()}}))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    assert loaded["ids"] == expected.item_ids
+    assert torch.allclose(torch.tensor(loaded["scores"]), expected.scores, atol=1e-5)
+
+    model.disable_adapters()
+    base_only = MMSRModel.from_pretrained(base_dir).recommend(histories, catalog, k=10)
+    assert model.recommend(histories, catalog, k=10).item_ids == base_only.item_ids
+
+
+def test_adapt_help_prints_every_option_with_its_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        adapt_main(["--help"])
+    assert exit_info.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    for option, help_words in [
+        ("--target", "Target domain"),
+        ("--base", "local folder or Hub repo id"),
+        ("--components", "Components that get LoRA"),
+        ("--lora_r", "LoRA rank"),
+        ("--learning_rate", "Peak AdamW learning rate"),
+        ("--resume", "Resume from the latest training state"),
+        ("--config", "YAML file"),
+    ]:
+        assert option in printed and help_words in printed, option
+
+
+def test_unknown_target_exits_non_zero_listing_valid_targets(capsys):
+    assert adapt_main(["--target", "nonsense"]) != 0
+    error = capsys.readouterr().err
+    assert "'nonsense'" in error and "office" in error and "scientific" in error
+
+
+def test_missing_target_data_says_the_command_that_prepares_it(base_dir, tmp_path, capsys):
+    empty = tmp_path / "nodata"
+    assert adapt_main(["--target", "office", "--base", str(base_dir), "--data_dir", str(empty)]) != 0
+    error = capsys.readouterr().err
+    assert f"mmsr-data synthetic --data_dir {empty} --domains office" in error
+
+
+def test_unknown_component_is_refused(capsys):
+    assert adapt_main(["--target", "office", "--components", "text", "audio"]) != 0
+    assert "'audio'" in capsys.readouterr().err
+
+
+def test_pretrain_config_file_fills_arguments_and_rejects_unknown_keys(tmp_path, capsys):
+    from mmsr_peft.arguments import DataArguments, parse_args
+    from mmsr_peft.builder import ModelArguments
+
+    good = tmp_path / "good.yaml"
+    good.write_text("fusion: merge_attn\nhidden_size: 48\ndomains: [food]\n")
+    model_args, data_args = parse_args((ModelArguments, DataArguments), ["--config", str(good), "--hidden_size", "40"])
+    assert (model_args.fusion, model_args.hidden_size, data_args.domains) == ("merge_attn", 40, ["food"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hiden_size: 48\n")
+    with pytest.raises(SystemExit):
+        parse_args((ModelArguments, DataArguments), ["--config", str(bad)])
+    assert "hiden_size" in capsys.readouterr().err
+
+
+def test_pretrain_resumes_from_saved_state(data_dir, tmp_path, capsys):
+    from conftest import TINY_MODEL_FLAGS
+
+    from mmsr_peft.cli import pretrain_main
+
+    argv = [
+        *TINY_MODEL_FLAGS,
+        *TINY_TRAIN_FLAGS,
+        "--domains",
+        "food",
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(tmp_path),
+    ]
+    assert pretrain_main([*argv, "--num_epochs", "1"]) == 0
+    assert (tmp_path / "checkpoints").is_dir()
+    capsys.readouterr()
+    assert pretrain_main([*argv, "--num_epochs", "2", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed at epoch 1" in printed and "epoch 2:" in printed and "epoch 1:" not in printed
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]

@@ -1,0 +1,175 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mmsr_peft.data.collate import ItemInputs
+from mmsr_peft.evaluation import (
+    EvalSet,
+    evaluate,
+    format_table,
+    history_mask,
+    random_baseline,
+    random_metrics,
+    rank_metrics,
+    target_ranks,
+)
+
+
+def test_rank_metrics_hand_computed():
+    metrics = rank_metrics(np.array([0, 1, 4, 12, 30]), ks=(10, 20))
+    expected = {
+        "hr@10": 3 / 5,
+        "ndcg@10": (1 + 1 / math.log2(3) + 1 / math.log2(6)) / 5,
+        "mrr@10": (1 + 1 / 2 + 1 / 5) / 5,
+        "hr@20": 4 / 5,
+        "ndcg@20": (1 + 1 / math.log2(3) + 1 / math.log2(6) + 1 / math.log2(14)) / 5,
+        "mrr@20": (1 + 1 / 2 + 1 / 5 + 1 / 13) / 5,
+    }
+    assert set(metrics) == set(expected)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_rank_metrics_cutoff_is_exclusive():
+    # rank 9 is the 10th item: a hit at 10; rank 10 is the 11th: a miss.
+    metrics = rank_metrics(np.array([9, 10]), ks=(10,))
+    assert metrics["hr@10"] == 0.5
+    assert metrics["ndcg@10"] == pytest.approx((1 / math.log2(11)) / 2)
+    assert metrics["mrr@10"] == pytest.approx((1 / 10) / 2)
+
+
+def test_random_metrics_equals_brute_force_average():
+    sizes = [1, 3, 7, 10, 25]
+    ks = (5, 10)
+    expected = {f"{m}@{k}": 0.0 for k in ks for m in ("hr", "ndcg", "mrr")}
+    for n in sizes:
+        for position in range(n):  # the target is equally likely at every position
+            for k in ks:
+                hit = position < k
+                expected[f"hr@{k}"] += hit / n / len(sizes)
+                expected[f"ndcg@{k}"] += hit / math.log2(position + 2) / n / len(sizes)
+                expected[f"mrr@{k}"] += hit / (position + 1) / n / len(sizes)
+    metrics = random_metrics(np.array(sizes), ks)
+    assert set(metrics) == set(expected)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_target_ranks_ties_count_against_the_target():
+    scores = torch.tensor(
+        [
+            [0.9, 0.5, 0.5, 0.1, 0.7],
+            [0.9, 0.5, 0.5, 0.1, 0.7],
+            [0.9, 0.5, 0.5, 0.1, 0.7],
+            [0.3, 0.3, 0.3, 0.3, 0.3],
+        ]
+    )
+    ranks = target_ranks(scores, torch.tensor([1, 2, 0, 0]))
+    # 0.5 ties with the other 0.5 and is behind 0.9 and 0.7: rank 3 (not 2) for both tied targets.
+    assert ranks.tolist() == [3, 3, 0, 4]
+
+
+def test_target_ranks_with_exclusion():
+    scores = torch.tensor([[0.9, 0.5, 0.5, 0.1, 0.7], [0.9, 0.5, 0.5, 0.1, 0.7]])
+    exclude = torch.tensor([[True, False, True, False, False], [False, False, False, False, True]])
+    ranks = target_ranks(scores, torch.tensor([1, 3]), exclude)
+    # row 0: 0.9 and the tied 0.5 are excluded, only 0.7 is ahead; row 1: 0.7 is excluded, 0.9 and both 0.5 ahead.
+    assert ranks.tolist() == [1, 3]
+
+
+def test_excluded_target_is_a_miss():
+    scores = torch.tensor([[0.1, 0.9, 0.2, 0.3, 0.4, 0.5] + [0.0] * 20])
+    exclude = torch.zeros_like(scores, dtype=torch.bool)
+    exclude[0, 1] = True
+    ranks = target_ranks(scores, torch.tensor([1]), exclude)
+    num_candidates = int((~exclude).sum())
+    assert int(ranks[0]) >= num_candidates  # ranked below every real candidate despite the best score
+    assert rank_metrics(ranks.numpy(), ks=(10, 20))["hr@20"] == 0.0
+
+
+def test_excluded_target_is_a_miss_even_when_k_covers_the_catalog():
+    scores = torch.tensor([[0.1, 0.9, 0.2, 0.3, 0.4]])
+    exclude = torch.tensor([[False, True, False, False, False]])
+    ranks = target_ranks(scores, torch.tensor([1]), exclude)
+    assert rank_metrics(ranks.numpy(), ks=(10,))["hr@10"] == 0.0, f"excluded target counted as a hit: rank {ranks}"
+
+
+def test_history_mask_padding_and_sub_range():
+    histories = torch.tensor([[2, 5, -1, -1], [7, 3, 3, 8], [-1, -1, -1, -1]])
+    mask = history_mask(histories, start=3, end=8)  # candidates: catalog rows 3..7
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == [
+        [False, False, True, False, False],  # 2 is below the range, -1 is padding
+        [True, False, False, False, True],  # duplicates are fine; 8 == end is outside
+        [False, False, False, False, False],
+    ]
+
+
+def test_random_baseline_excludes_history_items():
+    eval_set = EvalSet(
+        "d",
+        histories=[np.array([10, 11, 11]), np.array([12]), np.array([], dtype=np.int64)],
+        targets=np.array([13, 14, 15]),
+        item_range=(10, 30),
+    )
+    excluded = random_baseline([eval_set], ks=(10,))
+    # 20 candidates minus the distinct history items: 18, 19, 20.
+    assert excluded["hr@10"] == pytest.approx((10 / 18 + 10 / 19 + 10 / 20) / 3)
+    assert excluded == pytest.approx(random_metrics(np.array([18, 19, 20]), ks=(10,)))
+    full = random_baseline([eval_set], ks=(10,), exclude_history=False)
+    assert full["hr@10"] == pytest.approx(10 / 20)
+    assert full == pytest.approx(random_metrics(np.array([20, 20, 20]), ks=(10,)))
+
+
+def test_format_table():
+    rows = {
+        "id": {f"{m}@{k}": 0.5 for k in (10, 20) for m in ("hr", "ndcg", "mrr")},
+        "modal": {f"{m}@{k}": 0.123456 for k in (10, 20) for m in ("hr", "ndcg", "mrr")} | {"mrr@20": math.nan},
+    }
+    extra = {"id": {"params": "1.0M"}, "modal": {"params": "2.0M"}}
+    lines = format_table(rows, ks=(10, 20), extra=extra).splitlines()
+    assert lines[0] == "| model | HR@10 | NDCG@10 | MRR@10 | HR@20 | NDCG@20 | MRR@20 | params |"
+    assert lines[1] == "|" + "---|" * 8
+    assert len(lines) == 2 + len(rows)
+    assert lines[2] == "| id | 0.5000 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | 1.0M |"
+    assert lines[3] == "| modal | 0.1235 | 0.1235 | 0.1235 | 0.1235 | 0.1235 | - | 2.0M |"
+
+
+def test_format_table_without_extra_columns():
+    lines = format_table({"m": {"hr@5": 1.0, "ndcg@5": 1.0, "mrr@5": 1.0}}, ks=(5,)).splitlines()
+    assert lines == ["| model | HR@5 | NDCG@5 | MRR@5 |", "|---|---|---|---|", "| m | 1.0000 | 1.0000 | 1.0000 |"]
+
+
+class _FixedScorer(nn.Module):
+    """Every user scores item i with `preference[i]` (items are one-hot embeddings)."""
+
+    def __init__(self, preference):
+        super().__init__()
+        self.preference = torch.tensor(preference)
+
+    def embed_catalog(self, inputs, batch_size):
+        return torch.eye(len(inputs))
+
+    def user_embeddings(self, item_embeddings, histories):
+        return self.preference.expand(len(histories), -1)
+
+
+def test_evaluate_full_ranking_per_domain():
+    model = _FixedScorer([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    model.train()
+    catalog = ItemInputs(item_index=torch.arange(6))
+    domain_a = EvalSet("a", [np.array([0]), np.array([1, 2])], np.array([1, 0]), item_range=(0, 3))
+    domain_b = EvalSet("b", [np.array([5])], np.array([3]), item_range=(3, 6))
+    results = evaluate(model, catalog, [domain_a, domain_b], ks=(1, 2), batch_size=1, progress=False)
+    # a: target 1 behind item 2 (item 0 is history): rank 1; target 0 with 1, 2 excluded: rank 0.
+    # b: only items 3..5 compete; 5 is history, 4 is ahead of 3: rank 1.
+    assert results["a"] == pytest.approx(rank_metrics(np.array([1, 0]), ks=(1, 2)))
+    assert results["b"] == pytest.approx(rank_metrics(np.array([1]), ks=(1, 2)))
+    assert results["all"] == pytest.approx(rank_metrics(np.array([1, 0, 1]), ks=(1, 2)))
+    assert model.training  # restored
+    kept = evaluate(model, catalog, [domain_a, domain_b], ks=(1, 2), exclude_history=False, progress=False)
+    assert kept["a"] == pytest.approx(rank_metrics(np.array([1, 2]), ks=(1, 2)))
+    assert kept["b"] == pytest.approx(rank_metrics(np.array([2]), ks=(1, 2)))
