@@ -16,6 +16,7 @@ from torch import nn
 from .errors import CheckpointError
 
 COMPONENTS = ("text", "vision", "fusion")
+PEFT_PREFIX = "base_model.model."  # how PeftModel names weights in adapter files; plain peft users load ours
 
 # Modules LoRA adapts in each encoder family (regex on the module name inside the encoder).
 TEXT_TARGETS = {
@@ -119,8 +120,13 @@ class AdapterMixin:
             weights = load_peft_weights(str(name_or_path), revision=revision)
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{name_or_path}: cannot read a peft adapter ({err})") from err
+        weights = {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
         self.add_adapter(peft_config, adapter_name)
-        result = set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
+        try:
+            result = set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
+        except RuntimeError as err:  # shape mismatch: made for another architecture or rank
+            self.delete_adapter(adapter_name)
+            raise CheckpointError(f"{name_or_path}: adapter does not fit this base model ({err})") from err
         unexpected = [k for k in result.unexpected_keys if _is_adapter_key(k)]
         expected = {k for k in self.state_dict() if _is_adapter_key(k) and f".{adapter_name}." in k}
         missing = sorted(k for k in result.missing_keys if k in expected)
@@ -146,7 +152,7 @@ class AdapterMixin:
         with atomic_directory(folder) as tmp:
             config.save_pretrained(str(tmp))
             save_file(
-                {k: v.contiguous().cpu() for k, v in state.items()},
+                {PEFT_PREFIX + k: v.contiguous().cpu() for k, v in state.items()},
                 tmp / "adapter_model.safetensors",
                 {"format": "pt"},
             )

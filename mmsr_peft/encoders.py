@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -57,6 +58,7 @@ class TextEncoderConfig(ConfigMixin):
     source: str | None = None  # name/path the architecture came from (provenance only)
 
     def __post_init__(self):
+        self.backbone = json.loads(json.dumps(self.backbone))  # the form it has after config.json (str keys)
         if "model_type" not in self.backbone:
             raise ValueError(
                 f"text.backbone must be a transformers config dict with 'model_type', got {self.backbone}"

@@ -1,0 +1,205 @@
+"""The model: save/load round trips, strict loading, unsafe weights, LoRA adapters, recommend."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmsr_peft import Catalog, MMSRModel
+from mmsr_peft.adapters import lora_target_modules
+from mmsr_peft.builder import ModelArguments, build_model
+from mmsr_peft.data.collate import TrainCollator, pad_histories
+from mmsr_peft.errors import CheckpointError
+
+ITEM_IDS = [f"it-{i}" for i in range(12)]
+
+
+def tiny(item_tower="modal", fusion="concat") -> MMSRModel:
+    torch.manual_seed(0)
+    args = ModelArguments(
+        item_tower=item_tower,
+        text_model="tiny-bert",
+        vision_model="micro-vit",
+        image_size=32,
+        hidden_size=32,
+        max_len=8,
+        fusion=fusion,
+        text_max_length=16,
+    )
+    return build_model(args, item_vocab=ITEM_IDS).eval()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    images = []
+    for i in range(len(ITEM_IDS)):
+        if i % 4 == 3:  # some items have no image
+            images.append(None)
+            continue
+        path = folder / f"{i}.png"
+        Image.new("RGB", (40, 32), (20 * i, 255 - 20 * i, 90)).save(path)
+        images.append(str(path))
+    texts = [f"a {c} striped notebook number {i}" if i % 5 else "" for i, c in enumerate(["red", "blue", "green"] * 4)]
+    return Catalog(ITEM_IDS, texts, images, name="tiny")
+
+
+def batch_of(model, catalog):
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    sequences = [torch.tensor([0, 1, 2, 3]).numpy(), torch.tensor([4, 5, 6, 7, 8, 9]).numpy()]
+    return TrainCollator(inputs, num_negatives=3, seed=0)(sequences)
+
+
+@pytest.mark.parametrize(
+    "item_tower, fusion",
+    [("modal", "concat"), ("modal", "merge_attn"), ("text", "concat"), ("image", "concat"), ("id", "concat")],
+)
+def test_save_then_load_gives_identical_outputs(item_tower, fusion, catalog, tmp_path):
+    model = tiny(item_tower, fusion)
+    batch = batch_of(model, catalog)
+    before = model(batch.items, batch.inputs, batch.targets)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = MMSRModel.from_pretrained(tmp_path / "ckpt")
+    after = loaded(batch.items, batch.inputs, batch.targets)
+    assert torch.equal(before.sequence_output, after.sequence_output)
+    assert torch.equal(before.loss, after.loss)
+    assert loaded.config == model.config
+    histories = [ITEM_IDS[:3], ITEM_IDS[5:7]]
+    assert loaded.recommend(histories, catalog, k=4).item_ids == model.recommend(histories, catalog, k=4).item_ids
+
+
+def test_missing_keys_and_unexpected_keys_are_listed(catalog, tmp_path):
+    tiny().save_pretrained(tmp_path / "ckpt")
+    weights_path = tmp_path / "ckpt" / "model.safetensors"
+    weights = load_file(weights_path)
+    weights.pop("sequence_encoder.position.weight")
+    weights["extra.weight"] = torch.zeros(2)
+    save_file(weights, weights_path)
+    with pytest.raises(CheckpointError) as err:
+        MMSRModel.from_pretrained(tmp_path / "ckpt")
+    assert "sequence_encoder.position.weight" in str(err.value) and "extra.weight" in str(err.value)
+
+
+def test_pickle_weights_are_refused_unless_allowed(tmp_path):
+    model = tiny()
+    model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "ckpt" / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pickle"):
+        MMSRModel.from_pretrained(tmp_path / "ckpt")
+    loaded = MMSRModel.from_pretrained(tmp_path / "ckpt", allow_pickle=True)
+    assert torch.equal(loaded.sequence_encoder.position.weight, model.sequence_encoder.position.weight)
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    tiny().save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        MMSRModel.from_pretrained(tmp_path / "ckpt")
+
+
+def test_config_json_with_unknown_key_is_refused(tmp_path):
+    tiny().save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(path.read_text())
+    config["fusion"]["kind"] = "concat"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="kind"):
+        MMSRModel.from_pretrained(tmp_path / "ckpt")
+
+
+def test_lora_adapters_train_alone_change_outputs_switch_and_round_trip(catalog, tmp_path):
+    from peft import LoraConfig, PeftModel
+
+    model = tiny()
+    batch = batch_of(model, catalog)
+    base = model(batch.items, batch.inputs).sequence_output
+    targets = lora_target_modules(model)
+    model.add_adapter(LoraConfig(r=4, target_modules=targets, init_lora_weights=False), "office")
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    assert any(".text." in n for n in trainable) and any(".vision." in n for n in trainable)
+    assert any(".fusion." in n for n in trainable)
+    office = model(batch.items, batch.inputs).sequence_output
+    assert not torch.allclose(office, base)
+
+    model.add_adapter(LoraConfig(r=2, target_modules=targets, init_lora_weights=False), "arts")
+    arts = model(batch.items, batch.inputs).sequence_output
+    assert model.list_adapters() == ["office", "arts"] and not torch.allclose(arts, office)
+    model.set_adapter("office")
+    assert torch.allclose(model(batch.items, batch.inputs).sequence_output, office, atol=1e-5)
+    model.disable_adapters()
+    assert torch.allclose(model(batch.items, batch.inputs).sequence_output, base, atol=1e-5)  # MHA-LoRA merges
+
+    model.save_pretrained(tmp_path / "base")
+    model.save_adapter(tmp_path / "office", "office")
+    assert {p.name for p in (tmp_path / "office").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    fresh = MMSRModel.from_pretrained(tmp_path / "base")
+    assert torch.allclose(fresh(batch.items, batch.inputs).sequence_output, base, atol=1e-5)  # base holds no adapter
+    fresh.load_adapter(tmp_path / "office", adapter_name="office")
+    assert torch.allclose(fresh(batch.items, batch.inputs).sequence_output, office, atol=1e-6)
+    # users of plain peft get the same model
+    plain = PeftModel.from_pretrained(MMSRModel.from_pretrained(tmp_path / "base"), str(tmp_path / "office")).eval()
+    assert torch.allclose(plain(batch.items, batch.inputs).sequence_output, office, atol=1e-6)
+
+
+def test_adapter_for_another_architecture_is_refused(tmp_path):
+    from peft import LoraConfig
+
+    other = tiny(fusion="merge_attn")
+    other.add_adapter(LoraConfig(r=4, target_modules=lora_target_modules(other)), "x")
+    other.save_adapter(tmp_path / "x", "x")
+    model = tiny()
+    with pytest.raises(CheckpointError, match="does not fit"):
+        model.load_adapter(tmp_path / "x")
+    assert model.list_adapters() == []
+
+
+@pytest.mark.parametrize(
+    "item_tower, fusion", [("modal", "concat"), ("modal", "merge_attn"), ("text", "concat"), ("image", "concat")]
+)
+def test_default_lora_targets_match_modules_of_every_component(item_tower, fusion):
+    import re
+
+    model = tiny(item_tower, fusion)
+    pattern = lora_target_modules(model)
+    matched = [name for name, _ in model.named_modules() if re.fullmatch(pattern, name)]
+    if item_tower in ("modal", "text"):
+        assert any(n.startswith("item_tower.text.") for n in matched)
+    if item_tower in ("modal", "image"):
+        assert any(n.startswith("item_tower.vision.") for n in matched)
+    assert any(n.startswith(("item_tower.fusion.", "item_tower.head.")) for n in matched)
+    with pytest.raises(ValueError, match="unknown component 'audio'"):
+        lora_target_modules(model, ["text", "audio"])
+
+
+def test_missing_image_is_masked_not_read(catalog):
+    model = tiny(fusion="merge_attn")
+    inputs = model.processor(catalog.records([3, 7]))  # both have no image
+    assert not inputs.has_image.any()
+    first = model.embed_items(inputs)
+    inputs.pixel_values = torch.randint(0, 255, inputs.pixel_values.shape, dtype=torch.uint8)
+    assert torch.allclose(model.embed_items(inputs), first, atol=1e-6)
+
+
+def test_recommend_excludes_history_and_rejects_bad_input(catalog):
+    model = tiny()
+    top = model.recommend([ITEM_IDS[:5]], catalog, k=7)
+    assert len(top.item_ids[0]) == 7 and not set(top.item_ids[0]) & set(ITEM_IDS[:5])
+    assert torch.all(top.scores[:, :-1] >= top.scores[:, 1:])
+    with pytest.raises(ValueError, match="positive integer"):
+        model.recommend([ITEM_IDS[:2]], catalog, k=0)
+    with pytest.raises(ValueError, match="'nope'"):
+        model.recommend([["it-1", "nope"]], catalog, k=3)
+
+
+def test_padding_never_changes_a_user_embedding():
+    model = tiny()
+    items = torch.nn.functional.normalize(torch.randn(10, 32), dim=-1)
+    short = pad_histories([torch.tensor([1, 2, 3]).numpy()])
+    padded = pad_histories([torch.tensor([1, 2, 3]).numpy(), torch.arange(8).numpy()])
+    assert torch.allclose(model.user_embeddings(items, short)[0], model.user_embeddings(items, padded)[0], atol=1e-6)
