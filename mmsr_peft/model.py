@@ -315,8 +315,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
         )
     except RepositoryNotFoundError as err:
         raise CheckpointError(f"{name_or_path}: no such local folder, and no such repo on the Hub") from err
-    except HfHubHTTPError as err:
-        raise CheckpointError(f"{name_or_path}: could not download from the Hub ({err})") from err
+    except (HfHubHTTPError, OSError, ValueError) as err:  # offline cache misses, connection errors, bad ids
+        raise CheckpointError(f"{name_or_path}: no such local folder, and not available from the Hub ({err})") from err
 
 
 def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

@@ -145,3 +145,8 @@ def test_pretrain_resumes_from_saved_state(data_dir, tmp_path, capsys):
     assert "resumed at epoch 1" in printed and "epoch 2:" in printed and "epoch 1:" not in printed
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_missing_base_names_it(data_dir, capsys):
+    assert adapt_main(["--target", "office", "--base", "outputs/no-such-base", "--data_dir", str(data_dir)]) != 0
+    assert "outputs/no-such-base: no such local folder" in capsys.readouterr().err
