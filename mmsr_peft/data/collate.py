@@ -1,0 +1,191 @@
+"""Turning raw items into model inputs, and batches of sequences into unique items + indices into them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+
+PROCESSOR_FILE = "processor_config.json"
+ITEM_VOCAB_FILE = "item_ids.json"
+
+
+@dataclass
+class ItemInputs:
+    """Model inputs for N items; every tensor's first dimension is N.
+
+    Attributes:
+        item_index (`torch.LongTensor` of shape `(N,)`): row of each item in the model's id vocabulary (`id` tower)
+            or `-1` when the item is unknown to it.
+        input_ids / attention_mask (`torch.LongTensor` of shape `(N, L)`): tokenized text.
+        has_text (`torch.BoolTensor` of shape `(N,)`): False where an item has no text.
+        pixel_values (`torch.ByteTensor` of shape `(N, 3, H, W)`): RGB images, uint8 (normalised by the encoder).
+        has_image (`torch.BoolTensor` of shape `(N,)`): False where an item has no image.
+        text_states / image_states: precomputed outputs of a frozen encoder, used instead of running it.
+    """
+
+    item_index: torch.Tensor
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    has_text: torch.Tensor | None = None
+    pixel_values: torch.Tensor | None = None
+    has_image: torch.Tensor | None = None
+    text_states: object | None = None
+    image_states: object | None = None
+
+    def __len__(self) -> int:
+        return len(self.item_index)
+
+    def select(self, index: torch.Tensor) -> ItemInputs:
+        """The inputs of the items at `index` (a LongTensor of rows)."""
+        return ItemInputs(**{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
+
+    def to(self, device) -> ItemInputs:
+        return ItemInputs(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def with_states(self, text_states=None, image_states=None) -> ItemInputs:
+        return replace(self, text_states=text_states, image_states=image_states)
+
+
+def _take(value, index):
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value[index]
+    return value.select(index)  # an EncoderOutput of precomputed states
+
+
+def _move(value, device):
+    return None if value is None else value.to(device)
+
+
+class ItemProcessor:
+    """Turns item records (`{"item_id", "text", "image"}`) into `ItemInputs`.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): tokenizer of the text encoder (None: no text tower).
+        max_length (`int`): text truncation length in tokens.
+        image_size (`int`, *optional*): side of the square images fed to the vision encoder (None: no vision tower).
+        item_vocab (`list[str]`, *optional*): item ids known to an `id` tower, in embedding-row order.
+    """
+
+    def __init__(self, tokenizer=None, max_length: int = 32, image_size: int | None = None, item_vocab=None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.image_size = image_size
+        self.item_vocab = list(item_vocab) if item_vocab is not None else None
+        self._vocab_index = {item_id: i for i, item_id in enumerate(self.item_vocab or [])}
+
+    def __call__(self, records: list[dict], progress: bool = False) -> ItemInputs:
+        item_ids = [r["item_id"] for r in records]
+        inputs = ItemInputs(item_index=torch.tensor([self._vocab_index.get(i, -1) for i in item_ids], dtype=torch.long))
+        if self.tokenizer is not None:
+            texts = [r.get("text") or "" for r in records]
+            encoded = self.tokenizer(
+                texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+            inputs.input_ids, inputs.attention_mask = encoded["input_ids"], encoded["attention_mask"]
+            inputs.has_text = torch.tensor([bool(t.strip()) for t in texts])
+        if self.image_size is not None:
+            pixels = torch.zeros(len(records), 3, self.image_size, self.image_size, dtype=torch.uint8)
+            has_image = torch.zeros(len(records), dtype=torch.bool)
+            for i, record in enumerate(tqdm(records, desc="images", disable=not progress, leave=False)):
+                if record.get("image"):
+                    pixels[i] = load_image(record["image"], self.image_size)
+                    has_image[i] = True
+            inputs.pixel_values, inputs.has_image = pixels, has_image
+        return inputs
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        (folder / PROCESSOR_FILE).write_text(
+            json.dumps({"max_length": self.max_length, "image_size": self.image_size}, indent=2) + "\n"
+        )
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+        if self.item_vocab is not None:
+            (folder / ITEM_VOCAB_FILE).write_text(json.dumps(self.item_vocab) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, with_tokenizer: bool) -> ItemProcessor:
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        settings = json.loads((folder / PROCESSOR_FILE).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(folder) if with_tokenizer else None
+        vocab_path = folder / ITEM_VOCAB_FILE
+        item_vocab = json.loads(vocab_path.read_text()) if vocab_path.is_file() else None
+        return cls(tokenizer, settings["max_length"], settings["image_size"], item_vocab)
+
+
+def load_image(path: str, size: int) -> torch.Tensor:
+    """Decodes an image file to a `(3, size, size)` uint8 tensor: RGB, shorter side resized, centre-cropped."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"{path}: cannot decode image ({err})") from err
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W)
+
+
+def pad_histories(histories: list[np.ndarray]) -> torch.Tensor:
+    """Right-pads index sequences with -1 into a `(B, T)` LongTensor (T = longest sequence)."""
+    length = max(1, max(len(h) for h in histories))
+    out = torch.full((len(histories), length), -1, dtype=torch.long)
+    for row, history in enumerate(histories):
+        out[row, : len(history)] = torch.as_tensor(history, dtype=torch.long)
+    return out
+
+
+@dataclass
+class TrainBatch:
+    """One training batch. `items` holds each distinct item of the batch once; `inputs`/`targets` index it.
+
+    Attributes:
+        items (`ItemInputs` of N unique items): the positives of the batch plus sampled negatives.
+        inputs (`torch.LongTensor` of shape `(B, T)`): history items as rows of `items`, -1 for padding.
+        targets (`torch.LongTensor` of shape `(B, T)`): the next item at every position, -1 where none.
+    """
+
+    items: ItemInputs
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def to(self, device) -> TrainBatch:
+        return TrainBatch(self.items.to(device), self.inputs.to(device), self.targets.to(device))
+
+
+class TrainCollator:
+    """Collates training sequences (each `max_len + 1` items at most) into a `TrainBatch`.
+
+    Every distinct item of the batch is encoded once; `num_negatives` catalog items drawn uniformly are added
+    to the candidates the loss ranks each target against.
+    """
+
+    def __init__(self, catalog_inputs: ItemInputs, num_negatives: int = 0, seed: int = 0):
+        self.catalog_inputs = catalog_inputs
+        self.num_negatives = num_negatives
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, sequences: list[np.ndarray]) -> TrainBatch:
+        padded = pad_histories(sequences)  # (B, T + 1)
+        valid = padded >= 0
+        negatives = self.rng.integers(0, len(self.catalog_inputs), self.num_negatives)
+        unique, inverse = torch.unique(
+            torch.cat([padded[valid], torch.as_tensor(negatives, dtype=torch.long)]), return_inverse=True
+        )
+        rows = torch.full_like(padded, -1)
+        rows[valid] = inverse[: int(valid.sum())]
+        return TrainBatch(self.catalog_inputs.select(unique), inputs=rows[:, :-1], targets=rows[:, 1:])

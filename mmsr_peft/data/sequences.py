@@ -1,0 +1,145 @@
+"""Per-user chronological item sequences and the leave-one-out split."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .catalog import Catalog, read_parquet
+
+INTERACTION_COLUMNS = {"user_id": "string", "item_id": "string", "timestamp": "int64"}
+MIN_INTERACTIONS = 3  # one to train on, one to validate, one to test
+
+
+@dataclass
+class Sequences:
+    """Chronological item sequences, one per user, as indices into a `Catalog`.
+
+    Args:
+        user_ids (`list[str]`): users kept (those with at least 3 interactions).
+        items (`list[np.ndarray]`): for each user, catalog indices ordered by time (ties: original row order).
+        stats (`dict`): counts of the source file: interactions, users, users dropped for being too short.
+    """
+
+    user_ids: list[str]
+    items: list[np.ndarray]
+    stats: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, catalog: Catalog) -> Sequences:
+        """Reads `interactions.parquet`, checking that every item exists in `catalog`."""
+        path = Path(folder) / "interactions.parquet"
+        table = read_parquet(path, INTERACTION_COLUMNS)
+        columns = table.with_format("numpy")[:]
+        users = np.asarray(columns["user_id"], dtype=object)
+        timestamps = np.asarray(columns["timestamp"], dtype=np.int64)
+        items = _item_indices(path, columns["item_id"], catalog)
+        return cls.from_arrays(users, items, timestamps)
+
+    @classmethod
+    def from_arrays(cls, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> Sequences:
+        """Groups interaction rows by user, ordered by (timestamp, row), dropping users with fewer than 3."""
+        user_names, user_codes = np.unique(users, return_inverse=True)
+        order = np.lexsort((np.arange(len(users)), timestamps, user_codes))  # last key sorts first
+        bounds = np.flatnonzero(np.diff(user_codes[order])) + 1
+        kept_ids, kept_items = [], []
+        for group in np.split(order, bounds):
+            if len(group) >= MIN_INTERACTIONS:
+                kept_ids.append(str(user_names[user_codes[group[0]]]))
+                kept_items.append(items[group])
+        stats = {
+            "interactions": int(len(users)),
+            "users": len(user_names),
+            "users_kept": len(kept_ids),
+            "users_dropped_short": len(user_names) - len(kept_ids),
+        }
+        return cls(kept_ids, kept_items, stats)
+
+    @classmethod
+    def concat(cls, parts: list[Sequences], offsets: list[int]) -> Sequences:
+        """Joins the sequences of several domains whose catalogs were concatenated at `offsets`."""
+        return cls(
+            [u for p in parts for u in p.user_ids],
+            [seq + offset for p, offset in zip(parts, offsets) for seq in p.items],
+            {key: sum(p.stats.get(key, 0) for p in parts) for key in parts[0].stats},
+        )
+
+
+def _item_indices(path: Path, item_ids, catalog: Catalog) -> np.ndarray:
+    index = catalog.index
+    out = np.empty(len(item_ids), dtype=np.int64)
+    for row, item_id in enumerate(item_ids):
+        position = index.get(item_id)
+        if position is None:
+            raise DataError(f"{path}: row {row}: item_id {item_id!r} is not in items.parquet of {catalog.name!r}")
+        out[row] = position
+    return out
+
+
+@dataclass
+class Split:
+    """Leave-one-out by time: the last item of each user is the test target, the one before it the validation
+    target, and everything before that is training data.
+
+    Attributes:
+        train (`list[np.ndarray]`): training sequences, each at most `max_len + 1` items (inputs + shifted targets).
+            A user longer than that is cut into consecutive windows sharing one item, so every training
+            transition is used exactly once.
+        valid_histories / test_histories (`list[np.ndarray]`): the last `max_len` items before each target.
+        valid_targets / test_targets (`np.ndarray`): catalog index of each target.
+        users (`list[str]`): the user of each evaluation case.
+    """
+
+    train: list[np.ndarray]
+    valid_histories: list[np.ndarray]
+    valid_targets: np.ndarray
+    test_histories: list[np.ndarray]
+    test_targets: np.ndarray
+    users: list[str]
+
+    @classmethod
+    def leave_one_out(cls, sequences: Sequences, max_len: int = 50) -> Split:
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        train, valid_h, valid_t, test_h, test_t = [], [], [], [], []
+        for seq in sequences.items:
+            train.extend(_windows(seq[:-2], max_len + 1))
+            valid_h.append(seq[:-2][-max_len:])
+            valid_t.append(seq[-2])
+            test_h.append(seq[:-1][-max_len:])
+            test_t.append(seq[-1])
+        return cls(
+            train=train,
+            valid_histories=valid_h,
+            valid_targets=np.asarray(valid_t, dtype=np.int64),
+            test_histories=test_h,
+            test_targets=np.asarray(test_t, dtype=np.int64),
+            users=list(sequences.user_ids),
+        )
+
+    def evaluation(self, stage: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """`(histories, targets)` of `stage` (`"valid"` or `"test"`)."""
+        if stage == "valid":
+            return self.valid_histories, self.valid_targets
+        if stage == "test":
+            return self.test_histories, self.test_targets
+        raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+
+
+def _windows(seq: np.ndarray, size: int) -> list[np.ndarray]:
+    """Cuts `seq` from its end into windows of `size` items overlapping by one; windows of < 2 items are dropped."""
+    windows, end = [], len(seq)
+    while end >= 2:
+        start = max(0, end - size)
+        windows.append(seq[start:end])
+        end = start + 1
+        if start == 0:
+            break
+    return windows[::-1]
