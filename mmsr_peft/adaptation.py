@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import COMPONENTS, lora_target_modules
+from .adapters import COMPONENTS, lora_target_modules, model_components
 from .arguments import save_run_args
 from .cards import adapter_card
 from .domains import DEFAULT_DATA_DIR, DOMAINS, build_corpus, load_domain
@@ -25,8 +25,8 @@ class AdaptArguments:
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --base."})
     data_source: str = field(default="synthetic", metadata={"help": "Where the target's processed data comes from."})
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
-    components: list[str] = field(
-        default_factory=lambda: list(COMPONENTS), metadata={"help": f"Components that get LoRA: any of {COMPONENTS}."}
+    components: list[str] | None = field(
+        default=None, metadata={"help": f"Components that get LoRA, any of {COMPONENTS} (default: all the base has)."}
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
@@ -36,7 +36,7 @@ class AdaptArguments:
     def __post_init__(self):
         if self.target not in DOMAINS:
             raise ValueError(f"unknown --target {self.target!r}; valid targets: {', '.join(sorted(DOMAINS))}")
-        unknown = sorted(set(self.components) - set(COMPONENTS))
+        unknown = sorted(set(self.components or []) - set(COMPONENTS))
         if unknown:
             raise ValueError(f"unknown --components {unknown}; valid components: {', '.join(COMPONENTS)}")
         if self.lora_r < 1:
@@ -64,6 +64,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     model = MMSRModel.from_pretrained(adapt_args.base, revision=adapt_args.revision)
     if model.config.item_tower == "id":
         raise ValueError(f"{adapt_args.base} is an ID-based model: its item table cannot represent new items")
+    adapt_args.components = adapt_args.components or model_components(model)
     corpus = build_corpus([domain], model.config.sequence.max_len)
     catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))), progress=True)
     results = {"random": random_baseline(corpus.test)}

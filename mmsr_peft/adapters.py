@@ -34,34 +34,44 @@ FUSION_TARGETS = {
 }
 
 
-def lora_target_modules(model: nn.Module, components=COMPONENTS) -> str:
-    """A regex for `LoraConfig(target_modules=...)` covering `components` of `model`; every component's
-    pattern must match at least one module, so nothing is silently left without LoRA."""
+def model_components(model: nn.Module) -> list[str]:
+    """The adaptable components `model` has (an `id` tower has none of them)."""
     config = model.config
+    present = {"text": config.uses_text, "vision": config.uses_vision, "fusion": config.item_tower != "id"}
+    return [component for component in COMPONENTS if present[component]]
+
+
+def lora_target_modules(model: nn.Module, components=None) -> str:
+    """A regex for `LoraConfig(target_modules=...)` covering `components` of `model` (default: every component
+    it has); every component's pattern must match at least one module, so nothing is silently left without LoRA."""
+    config = model.config
+    present = model_components(model)
+    components = present if components is None else components
     patterns = {}
     for component in components:
         if component not in COMPONENTS:
             raise ValueError(f"unknown component {component!r}; valid components: {', '.join(COMPONENTS)}")
-        if component == "text" and config.uses_text:
+        if component not in present:
+            raise ValueError(f"component {component!r} does not exist in an item_tower={config.item_tower!r} model")
+        if component == "text":
             family = config.text.backbone["model_type"]
             if family not in TEXT_TARGETS:
                 raise ValueError(
                     f"no default LoRA targets for text encoder type {family!r}; known: {sorted(TEXT_TARGETS)}"
                 )
             patterns["text"] = rf"item_tower\.text\.backbone\.{TEXT_TARGETS[family]}"
-        elif component == "vision" and config.uses_vision:
+        elif component == "vision":
             if "timm_model_name" in config.vision.tower or not isinstance(config.vision.tower.get("layers", 0), int):
                 raise ValueError(
                     f"no default LoRA targets for vision tower {config.vision.tower}; known: open_clip ViT"
                 )
             patterns["vision"] = rf"item_tower\.vision\.tower\.{VISION_TARGETS['open_clip_vit']}"
-        elif component == "fusion" and config.item_tower != "id":
-            if config.item_tower == "modal":
-                patterns["fusion"] = rf"item_tower\.fusion\.{FUSION_TARGETS[config.fusion.type]}"
-            else:  # a single-modality tower's projection head plays the fusion part
-                patterns["fusion"] = r"item_tower\.head\.proj"
+        elif config.item_tower == "modal":
+            patterns["fusion"] = rf"item_tower\.fusion\.{FUSION_TARGETS[config.fusion.type]}"
+        else:  # a single-modality tower's projection head plays the fusion part
+            patterns["fusion"] = r"item_tower\.head\.proj"
     if not patterns:
-        raise ValueError(f"none of the components {list(components)} exists in a {config.item_tower!r} model")
+        raise ValueError("no component to adapt: pass at least one of " + ", ".join(COMPONENTS))
     names = [name for name, _ in model.named_modules()]
     for component, pattern in patterns.items():
         if not any(re.fullmatch(pattern, name) for name in names):
@@ -82,14 +92,9 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {_base_key(k): v for k, v in model.state_dict().items() if not _is_adapter_key(k)}
 
 
-def peft_key(model: nn.Module, key: str) -> str:
-    """The current name of base weight `key` (peft moves an adapted layer's weights under `base_layer`)."""
-    cache = getattr(model, "_peft_key_cache", None)
-    if cache is None or len(cache) != sum(1 for _ in model.state_dict()):
-        cache = {_base_key(k): k for k in model.state_dict() if not _is_adapter_key(k)}
-        cache.update({k: k for k in model.state_dict() if _is_adapter_key(k)})
-        object.__setattr__(model, "_peft_key_cache", cache)
-    return cache.get(key, key)
+def base_key_map(model: nn.Module) -> dict[str, str]:
+    """Plain name -> current name of every base weight (peft moves an adapted layer's weights under `base_layer`)."""
+    return {_base_key(k): k for k in model.state_dict() if not _is_adapter_key(k)}
 
 
 class AdapterMixin:

@@ -287,7 +287,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
                     f"checkpoint does not match the architecture: {len(missing)} missing keys {_preview(missing)}, "
                     f"{len(unexpected)} unexpected keys {_preview(unexpected)}"
                 )
-        renamed = {adapters.peft_key(self, k): v for k, v in state_dict.items()}
+        names = adapters.base_key_map(self)
+        renamed = {names.get(k, k): v for k, v in state_dict.items()}
         return super().load_state_dict(renamed, strict=False, assign=assign)
 
 

@@ -174,7 +174,11 @@ def test_default_lora_targets_match_modules_of_every_component(item_tower, fusio
         assert any(n.startswith("item_tower.vision.") for n in matched)
     assert any(n.startswith(("item_tower.fusion.", "item_tower.head.")) for n in matched)
     with pytest.raises(ValueError, match="unknown component 'audio'"):
-        lora_target_modules(model, ["text", "audio"])
+        lora_target_modules(model, ["fusion", "audio"])
+    if item_tower != "modal":
+        missing = "vision" if item_tower == "text" else "text"
+        with pytest.raises(ValueError, match=f"component '{missing}' does not exist"):
+            lora_target_modules(model, [missing])
 
 
 def test_missing_image_is_masked_not_read(catalog):

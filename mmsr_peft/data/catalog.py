@@ -29,7 +29,9 @@ def read_parquet(path: Path, required: dict[str, str], nullable: tuple[str, ...]
         raise DataError(f"{path}: no rows (expected at least one)")
     for name, dtype in required.items():
         if name not in schema.names:
-            raise DataError(f"{path}: missing required column {name!r} (columns: {schema.names}; expected {sorted(required)})")
+            raise DataError(
+                f"{path}: missing required column {name!r} (columns: {schema.names}; expected {sorted(required)})"
+            )
         found = str(schema.field(name).type)
         allowed = {"string": {"string", "large_string"}, "int64": {"int64", "int32"}}[dtype]
         if found not in allowed and not (found == "null" and name in nullable):
@@ -87,7 +89,7 @@ class Catalog:
         item_ids, texts, images = table["item_id"], table["text"], table["image"]
         ids, text_list, image_list = [], [], []
         seen: dict[str, int] = {}
-        for row, (item_id, text, image) in enumerate(zip(item_ids, texts, images)):
+        for row, (item_id, text, image) in enumerate(zip(item_ids, texts, images, strict=True)):
             if not item_id:
                 raise DataError(f"{path}: row {row}: field 'item_id' is empty, expected a non-empty string")
             if item_id in seen:

@@ -85,7 +85,9 @@ class ItemProcessor:
 
     def __call__(self, records: list[dict], progress: bool = False) -> ItemInputs:
         item_ids = [r["item_id"] for r in records]
-        inputs = ItemInputs(item_index=torch.tensor([self._vocab_index.get(i, -1) for i in item_ids], dtype=torch.long))
+        inputs = ItemInputs(
+            item_index=torch.tensor([self._vocab_index.get(i, -1) for i in item_ids], dtype=torch.long)
+        )
         if self.tokenizer is not None:
             texts = [r.get("text") or "" for r in records]
             encoded = self.tokenizer(

@@ -67,7 +67,7 @@ class Sequences:
         """Joins the sequences of several domains whose catalogs were concatenated at `offsets`."""
         return cls(
             [u for p in parts for u in p.user_ids],
-            [seq + offset for p, offset in zip(parts, offsets) for seq in p.items],
+            [seq + offset for p, offset in zip(parts, offsets, strict=True) for seq in p.items],
             {key: sum(p.stats.get(key, 0) for p in parts) for key in parts[0].stats},
         )
 

@@ -1,0 +1,179 @@
+"""Training-step throughput of MMSR configurations on this machine's device (CPU or GPU).
+
+Encoders keep the architecture of the named models but random weights: throughput does not depend on the
+values, and the benchmark then needs no weights download. Data: the synthetic source domains (food, home,
+movies; 1,200 items), batches built exactly as in training (each distinct item of the batch encoded once).
+
+    python scripts/benchmark_throughput.py                                   # all configurations, fp32 + bf16
+    python scripts/benchmark_throughput.py --configs demo --steps 5          # quick CPU check
+    python scripts/benchmark_throughput.py --text_model path/to/minilm      # tokenizer/config folder to use
+
+Prints a Markdown table and writes it, with the raw timings, to `<output_dir>/throughput.{md,json}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mmsr_peft.adapters import lora_target_modules
+from mmsr_peft.data.collate import ItemProcessor, TrainCollator
+from mmsr_peft.data.synthetic import SOURCE_DOMAINS, generate_world
+from mmsr_peft.domains import build_corpus, load_domain
+from mmsr_peft.encoders import TextEncoderConfig, VisionEncoderConfig
+from mmsr_peft.fusion import FusionConfig
+from mmsr_peft.model import MMSRConfig, MMSRModel
+from mmsr_peft.training import precompute_frozen_states
+
+# name -> (vision tower, image size, fusion, how the encoders train)
+CONFIGS = {
+    "demo": ("tiny-vit", 64, "concat", "frozen text (cached), ViT trained"),
+    "lora": ("ViT-B-32", 224, "concat", "LoRA r=8 on text, vision, fusion"),
+    "lora-merge_attn": ("ViT-B-32", 224, "merge_attn", "LoRA r=8 on text, vision, fusion"),
+    "full": ("ViT-B-32", 224, "concat", "everything trained"),
+}
+
+
+def build(name: str, text_model: str, device) -> MMSRModel:
+    from transformers import AutoTokenizer
+
+    from mmsr_peft.builder import VISION_PRESETS
+
+    vision_name, image_size, fusion, _ = CONFIGS[name]
+    if vision_name in VISION_PRESETS:
+        vision = VisionEncoderConfig(tower=dict(VISION_PRESETS[vision_name]), embed_dim=64, image_size=image_size)
+    else:
+        vision = VisionEncoderConfig.from_open_clip(vision_name)
+    config = MMSRConfig(
+        text=TextEncoderConfig.from_pretrained_backbone(text_model, max_length=32),
+        vision=vision,
+        fusion=FusionConfig(type=fusion),
+        hidden_size=64,
+    )
+    processor = ItemProcessor(AutoTokenizer.from_pretrained(text_model), 32, vision.image_size)
+    model = MMSRModel(config, processor)
+    if name == "demo":
+        model.item_tower.text.requires_grad_(False)
+    elif name.startswith("lora"):
+        from peft import LoraConfig
+
+        model.add_adapter(LoraConfig(r=8, lora_alpha=16, target_modules=lora_target_modules(model)), "bench")
+    return model.to(device)
+
+
+def measure(model, corpus, catalog_inputs, args, precision: str, device) -> dict:
+    catalog_inputs = precompute_frozen_states(model, catalog_inputs, 256)
+    collator = TrainCollator(catalog_inputs, args.num_negatives, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(corpus.train), generator=generator).tolist()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    times, items = [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    for step in range(args.warmup + args.steps):
+        start = (step * args.batch_size) % max(1, len(order) - args.batch_size)
+        batch = collator([corpus.train[i] for i in order[start : start + args.batch_size]]).to(device)
+        _synchronize(device)
+        began = time.perf_counter()
+        with autocast:
+            loss = model(batch.items, batch.inputs, batch.targets).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _synchronize(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - began)
+            items.append(len(batch.items))
+    median = statistics.median(times)
+    return {
+        "step_s_median": median,
+        "step_s_min": min(times),
+        "step_s_max": max(times),
+        "sequences_per_s": args.batch_size / median,
+        "items_encoded_per_step": statistics.mean(items),
+        "items_per_s": statistics.mean(items) / median,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| config | encoders | precision | step (s), median [min, max] | sequences/s | items encoded/step | items/s | "
+        "peak GPU mem (GiB) | trainable / total params |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        memory = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
+        lines.append(
+            f"| {r['config']} | {CONFIGS[r['config']][3]} | {r['precision']} | {r['step_s_median']:.3f} "
+            f"[{r['step_s_min']:.3f}, {r['step_s_max']:.3f}] | {r['sequences_per_s']:.1f} | "
+            f"{r['items_encoded_per_step']:.0f} | {r['items_per_s']:.0f} | {memory} | "
+            f"{r['trainable_parameters']:,} / {r['parameters']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--text_model", default=None, help="Folder/name of a BERT-like config + tokenizer (MiniLM).")
+    parser.add_argument("--batch_size", type=int, default=64, help="Training sequences per step.")
+    parser.add_argument("--num_negatives", type=int, default=256, help="Sampled catalog negatives per step.")
+    parser.add_argument("--steps", type=int, default=20, help="Timed steps per configuration.")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
+    parser.add_argument("--output_dir", default="results", help="Where throughput.md/json go.")
+    args = parser.parse_args(argv)
+    if args.text_model is None:
+        from mmsr_peft.builder import minilm_path
+
+        args.text_model = minilm_path()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory() as data_dir:
+        generate_world(Path(data_dir) / "synthetic", SOURCE_DOMAINS)
+        corpus = build_corpus([load_domain(d, data_dir=data_dir) for d in SOURCE_DOMAINS], max_len=50)
+        rows = []
+        for name in args.configs:
+            for precision in args.precisions:
+                torch.manual_seed(0)
+                model = build(name, args.text_model, device)
+                catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))))
+                result = measure(model, corpus, catalog_inputs, args, precision, device)
+                rows.append({"config": name, "precision": precision, **result})
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+                del model
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    header = (
+        f"Training-step throughput on {device_name} (torch {torch.__version__}); batch {args.batch_size} sequences "
+        f"of up to 50 items + {args.num_negatives} negatives; median of {args.steps} steps after {args.warmup} "
+        "warm-up steps; encoders with random weights (throughput only)."
+    )
+    text = f"{header}\n\n{table(rows)}\n"
+    print("\n" + text)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.md").write_text(text)
+    (out / "throughput.json").write_text(
+        json.dumps({"device": device_name, "args": vars(args), "rows": rows}, indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
