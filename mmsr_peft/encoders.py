@@ -162,12 +162,13 @@ class VisionEncoder(nn.Module):
     def __init__(self, config: VisionEncoderConfig):
         super().__init__()
         from open_clip.model import CLIPVisionCfg, _build_vision_tower
+        from open_clip.transformer import VisionTransformer
 
         tower_config = CLIPVisionCfg(**config.tower, image_size=config.image_size, output_tokens=True)
         self.config = config
         self.tower = _build_vision_tower(config.embed_dim, tower_config)
         self.hidden_size = config.embed_dim
-        self.token_size = tower_config.width
+        self.token_size = tower_config.width if isinstance(self.tower, VisionTransformer) else config.embed_dim
         self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1) * 255, persistent=False)
 
@@ -183,6 +184,10 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
         pixels = (pixel_values.to(self.mean.dtype) - self.mean) / self.std  # uint8 (N, 3, H, W) -> normalised
-        pooled, tokens = self.tower(pixels)  # (N, E), (N, P, W)
+        output = self.tower(pixels)
+        if isinstance(output, tuple):  # ViT towers: pooled (N, E) and patch tokens (N, P, W)
+            pooled, tokens = output
+        else:  # ResNet and timm towers give the pooled vector only: it is their single token
+            pooled, tokens = output, output[:, None]
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(pooled, tokens, mask)

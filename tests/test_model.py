@@ -207,3 +207,31 @@ def test_padding_never_changes_a_user_embedding():
     short = pad_histories([torch.tensor([1, 2, 3]).numpy()])
     padded = pad_histories([torch.tensor([1, 2, 3]).numpy(), torch.arange(8).numpy()])
     assert torch.allclose(model.user_embeddings(items, short)[0], model.user_embeddings(items, padded)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "tower",
+    [
+        {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8},  # ViT: pooled + patch tokens
+        {"layers": [1, 1, 1, 1], "width": 16, "head_width": 8},  # ModifiedResNet: pooled only
+    ],
+)
+def test_vision_tower_from_config_is_filled_from_a_local_open_clip_file(tower, tmp_path):
+    from mmsr_peft.encoders import VisionEncoder, VisionEncoderConfig
+    from mmsr_peft.fusion import FusionConfig, build_fusion
+
+    config = VisionEncoderConfig(tower=tower, embed_dim=24, image_size=64)
+    source = VisionEncoder(config).eval()
+    # an open_clip checkpoint names the tower `visual.*` next to the text tower
+    state = {f"visual.{k}": v for k, v in source.tower.state_dict().items()}
+    state["token_embedding.weight"] = torch.zeros(3, 4)
+    torch.save(state, tmp_path / "open_clip.pt")
+    target = VisionEncoder(config).eval()
+    target.load_backbone(str(tmp_path / "open_clip.pt"))
+    pixels = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    expected, loaded = source(pixels), target(pixels)
+    assert torch.equal(expected.pooled, loaded.pooled) and expected.pooled.shape == (2, 24)
+    assert loaded.tokens.shape[-1] == target.token_size
+    fusion = build_fusion(FusionConfig(type="merge_attn"), (16, 16), (24, target.token_size), 16)
+    text = type(loaded)(torch.randn(2, 16), torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool))
+    assert fusion(text, loaded, torch.tensor([True, True]), torch.tensor([True, False])).shape == (2, 16)
