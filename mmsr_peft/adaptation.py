@@ -97,26 +97,13 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     share[next(reversed(results))] = {"trainable": f"{trainable:,} ({100 * trainable / total:.2f} %)"}
     table = format_table(results, extra=share)
     if accelerator.is_main_process:
-        card = adapter_card(
-            base_model=str(adapt_args.base),
-            domain=adapt_args.target,
-            synthetic=domain.synthetic,
-            results_table=table,
-            best_epoch=state.best_epoch,
-            repo_id=args.output_dir,
-            lora={
-                "components": ", ".join(adapt_args.components),
-                "rank": adapt_args.lora_r,
-                "alpha": adapt_args.lora_alpha,
-                "trainable": f"{trainable:,}",
-                "trainable_share": f"{100 * trainable / total:.2f} %",
-            },
-        )
-        model.save_adapter(args.output_dir, adapt_args.adapter_name, model_card=card)
+        model.save_adapter(args.output_dir, adapt_args.adapter_name)
         summary = {"test": results, "trainable_parameters": trainable, "total_parameters": total}
-        summary.update(best_epoch=state.best_epoch, history=state.history, data=corpus.stats)
+        summary.update(best_epoch=state.best_epoch, history=state.history, data=corpus.stats, trainable_column=share)
         atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
         save_run_args(args.output_dir, adapt_args, args)
+        card = adapter_card(args.output_dir, repo_id=args.output_dir, base_model=str(adapt_args.base))
+        atomic_write_text(Path(args.output_dir) / "README.md", card)
         kind = "synthetic" if domain.synthetic else adapt_args.data_source
         print(
             f"\nTarget {adapt_args.target} ({kind}), test split. Protocol: full ranking, leave-one-out, "

@@ -144,7 +144,7 @@ class AdapterMixin:
         self.eval()
         return adapter_name
 
-    def save_adapter(self, folder: str | os.PathLike, adapter_name: str | None = None, model_card: str | None = None):
+    def save_adapter(self, folder: str | os.PathLike, adapter_name: str | None = None) -> None:
         """Writes one adapter in peft's layout (`adapter_config.json` + `adapter_model.safetensors`), atomically."""
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
@@ -161,8 +161,6 @@ class AdapterMixin:
                 tmp / "adapter_model.safetensors",
                 {"format": "pt"},
             )
-            if model_card is not None:
-                (tmp / "README.md").write_text(model_card)
 
     def _tuner_layers(self):
         from peft.tuners.tuners_utils import BaseTunerLayer

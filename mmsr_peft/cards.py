@@ -1,17 +1,30 @@
-"""Model cards for base models and adapters, rendered from the templates in `model_cards/`."""
+"""Model cards for base models and adapters, rendered from the templates in `model_cards/`.
+
+A card is a function of a run folder (its `config.json` or `adapter_config.json`, `metrics.json` and
+`run_args.json`) and of the repo id it is published under, so `mmsr-publish` can render it again for the Hub.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from .evaluation import PROTOCOL
+from .evaluation import PROTOCOL, format_table
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
+TASK = "sequential-recommendation"
 SYNTHETIC_NOTE = (
     "The embedded **synthetic** multi-domain world of mmsr_peft (generated, deterministic): items with text and "
     "rendered images whose attributes are shared across domains, users with attribute preferences and a "
     "sequential habit. Not real data."
 )
+
+
+def _read(folder: Path, name: str) -> dict:
+    path = folder / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: needed to write the model card (is {folder} an mmsr_peft run folder?)")
+    return json.loads(path.read_text())
 
 
 def _render(template: str, card_data, **values) -> str:
@@ -23,66 +36,120 @@ def _render(template: str, card_data, **values) -> str:
     return str(ModelCard.from_template(card_data, template_path=str(path), **values))
 
 
-def _data_description(synthetic: bool, domains: list[str]) -> str:
-    return SYNTHETIC_NOTE if synthetic else f"Processed domain folders: {', '.join(domains)} (see their manifests)."
+def _eval_results(metrics: dict, model_name: str, domain: str) -> list:
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(
+            task_type=TASK,
+            dataset_type=f"mmsr_peft/{domain}",
+            dataset_name=domain,
+            dataset_split="test",
+            metric_type=name,
+            metric_name=name.upper(),
+            metric_value=round(value, 4),
+        )
+        for name, value in metrics.items()
+    ]
 
 
-def base_card(model, results_table: str, metrics: dict, data_stats: dict, best_epoch: int, repo_id: str) -> str:
+def _data_section(data: dict) -> str:
+    synthetic = all(stats.get("synthetic") for stats in data.values())
+    lines = [SYNTHETIC_NOTE if synthetic else "Processed domain folders (see their manifests)."]
+    lines += ["", "| domain | items | users kept | users dropped (< 3 interactions) | interactions | manifest |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for name, s in data.items():
+        manifest = f"{s.get('source', '?')} v{s.get('version', '?')}, sha256 {s.get('manifest_sha256', '?')[:12]}"
+        lines.append(
+            f"| {name} | {s['items']} | {s['users_kept']} | {s['users_dropped_short']} | {s['interactions']} | {manifest} |"
+        )
+    return "\n".join(lines)
+
+
+def base_card(folder: str | Path, repo_id: str) -> str:
+    """The card of the base checkpoint in `folder`, published as `repo_id`."""
     from huggingface_hub import ModelCardData
 
-    config = model.config
-    synthetic = all(s.get("synthetic") for s in data_stats.values())
+    folder = Path(folder)
+    config, metrics, run_args = (
+        _read(folder, "config.json"),
+        _read(folder, "metrics.json"),
+        _read(folder, "run_args.json"),
+    )
+    data = metrics["data"]
+    synthetic = all(s.get("synthetic") for s in data.values())
+    name = repo_id.rstrip("/").split("/")[-1]
     card_data = ModelCardData(
+        model_name=name,
         library_name="mmsr_peft",
         license="apache-2.0",
-        tags=["recommendation", "sequential-recommendation", "multimodal", *(["synthetic-data"] if synthetic else [])],
-        datasets=[f"mmsr_peft-synthetic/{name}" if synthetic else name for name in data_stats],
-        metrics=sorted(metrics),
+        tags=["recommendation", TASK, "multimodal", "id-agnostic", *(["synthetic-data"] if synthetic else [])],
+        datasets=[f"mmsr_peft/{domain}" for domain in data],
+        eval_results=_eval_results(metrics["test"]["all"], name, "+".join(data)),
     )
+    text, vision = config.get("text") or {}, config.get("vision") or {}
     return _render(
         "base.md",
         card_data,
-        model_name=Path(repo_id).name,
+        model_name=name,
         repo_id=repo_id,
-        item_tower=config.item_tower,
-        text_encoder=(config.text.source if config.text else "none"),
-        vision_encoder=(config.vision.source if config.vision else "none"),
-        fusion=config.fusion.type if config.item_tower == "modal" else "none",
-        sequence_encoder=config.sequence.type,
-        hidden_size=config.hidden_size,
-        num_parameters=f"{sum(p.numel() for p in model.parameters()):,}",
-        data_description=_data_description(synthetic, list(data_stats)),
-        data_stats=data_stats,
+        item_tower=config["item_tower"],
+        text_encoder=text.get("source") or "none",
+        vision_encoder=vision.get("source") or "none",
+        fusion=config["fusion"]["type"] if config["item_tower"] == "modal" else "none",
+        sequence_encoder=config["sequence"]["type"],
+        hidden_size=config["hidden_size"],
+        num_parameters=f"{metrics['total_parameters']:,}",
+        data_section=_data_section(data),
         protocol=PROTOCOL,
-        results_table=results_table,
-        best_epoch=best_epoch,
+        results_table=format_table(metrics["test"]),
+        best_epoch=metrics["best_epoch"],
         synthetic=synthetic,
+        training=f"{run_args['num_epochs']} epochs at most, batch {run_args['batch_size']}, AdamW lr "
+        f"{run_args['learning_rate']}, {run_args['num_negatives']} sampled negatives per step",
+        example_domain=next(iter(data)),
     )
 
 
-def adapter_card(
-    base_model: str, domain: str, synthetic: bool, results_table: str, best_epoch: int, repo_id: str, lora: dict
-) -> str:
+def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None) -> str:
+    """The card of the adapter in `folder`, published as `repo_id` on top of `base_model`."""
     from huggingface_hub import ModelCardData
 
+    folder = Path(folder)
+    peft_config, metrics, run_args = (
+        _read(folder, n) for n in ("adapter_config.json", "metrics.json", "run_args.json")
+    )
+    domain, data = run_args["target"], metrics["data"]
+    base_model = base_model or peft_config.get("base_model_name_or_path") or run_args["base"]
+    synthetic = all(s.get("synthetic") for s in data.values())
+    name = repo_id.rstrip("/").split("/")[-1]
+    adapted = next(reversed(metrics["test"]))
     card_data = ModelCardData(
+        model_name=name,
         library_name="peft",
         license="apache-2.0",
         base_model=base_model,
-        tags=["mmsr_peft", "lora", "recommendation", domain, *(["synthetic-data"] if synthetic else [])],
-        datasets=[f"mmsr_peft-synthetic/{domain}" if synthetic else domain],
+        tags=["mmsr_peft", "lora", TASK, domain, *(["synthetic-data"] if synthetic else [])],
+        datasets=[f"mmsr_peft/{domain}"],
+        eval_results=_eval_results(metrics["test"][adapted], name, domain),
     )
+    trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
     return _render(
         "adapter.md",
         card_data,
-        model_name=Path(repo_id).name,
+        model_name=name,
         repo_id=repo_id,
         base_model=base_model,
         domain=domain,
-        data_description=_data_description(synthetic, [domain]),
+        components=", ".join(run_args["components"]),
+        rank=peft_config["r"],
+        alpha=peft_config["lora_alpha"],
+        trainable=f"{trainable:,}",
+        trainable_share=f"{100 * trainable / total:.2f} %",
+        data_section=_data_section(data),
         protocol=PROTOCOL,
-        results_table=results_table,
-        best_epoch=best_epoch,
+        results_table=format_table(metrics["test"], extra=metrics.get("trainable_column")),
+        best_epoch=metrics["best_epoch"],
         synthetic=synthetic,
-        **lora,
+        adapter_name=run_args["adapter_name"],
     )

@@ -10,13 +10,13 @@ from .errors import CheckpointError, DataError
 USAGE_ERRORS = (DataError, CheckpointError, ValueError, FileNotFoundError, ImportError)
 
 
-def _run(function, argv, dataclass_types, description) -> int:
+def _run(function, argv, dataclass_types, description, extra_errors=()) -> int:
     from .arguments import parse_args
 
     try:
         parsed = parse_args(dataclass_types, argv, description=description)
         function(*parsed)
-    except USAGE_ERRORS as err:
+    except (*USAGE_ERRORS, *extra_errors) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -38,6 +38,15 @@ def pretrain_main(argv=None) -> int:
     from .training import TrainingArguments
 
     return _run(pretrain, argv, (ModelArguments, DataArguments, TrainingArguments), pretrain_main.__doc__)
+
+
+def publish_main(argv=None) -> int:
+    """`mmsr-publish`: push a base checkpoint or an adapter to the Hugging Face Hub with its model card."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import PublishArguments, publish
+
+    return _run(publish, argv, (PublishArguments,), publish_main.__doc__, extra_errors=(HfHubHTTPError,))
 
 
 def data_main(argv=None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,9 @@ def build_corpus(domains: list[Domain], max_len: int) -> Corpus:
             **domain.sequences.stats,
             "train_sequences": len(split.train),
             "synthetic": domain.synthetic,
+            "source": domain.manifest.get("source", "unknown"),
+            "version": domain.manifest.get("version", "unknown"),
+            "manifest_sha256": hashlib.sha256(json.dumps(domain.manifest, sort_keys=True).encode()).hexdigest(),
         }
         offset += len(domain.catalog)
     return Corpus(catalog, train, valid, test, stats)

@@ -237,8 +237,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         ids = [[catalog.item_ids[i] for i in row] for row in top.indices.tolist()]
         return Recommendations(ids, top.values)
 
-    def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None) -> None:
-        """Writes `config.json`, `model.safetensors`, the processor files (and `README.md`) atomically.
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Writes `config.json`, `model.safetensors` and the processor files (tokenizer, image size) atomically.
 
         Adapters are not part of the base: save them with `save_adapter`.
         """
@@ -251,8 +251,6 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
             if self.processor is not None:
                 self.processor.save_pretrained(tmp)
-            if model_card is not None:
-                (tmp / "README.md").write_text(model_card)
 
     @classmethod
     def from_pretrained(
@@ -263,7 +261,7 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         The architecture is built from `config.json` and filled from `model.safetensors`; a missing or unexpected
         key is an error that lists them. Pickle weights are refused unless `allow_pickle=True`.
         """
-        folder = resolve_checkpoint(name_or_path, revision)
+        folder = resolve_checkpoint(name_or_path, revision, allow_pickle)
         config_path = folder / CONFIG_FILE
         if not config_path.is_file():
             raise CheckpointError(f"{folder}: no {CONFIG_FILE}; is this an mmsr_peft base checkpoint?")
@@ -296,8 +294,11 @@ def _preview(keys: list[str], limit: int = 20) -> str:
     return str(keys[:limit])[:-1] + (", ...]" if len(keys) > limit else "]")
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder as is; anything else is a Hub repo id, downloaded (or read from the cache)."""
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike, revision: str | None = None, allow_pickle: bool = False
+) -> Path:
+    """A local folder as is; anything else is a Hub repo id, downloaded (or read from the cache). Pickle weights
+    are only downloaded with `allow_pickle=True`."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -306,18 +307,23 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.md", "*.model", *(PICKLE_FILES if allow_pickle else ())]
     try:
-        return Path(
-            snapshot_download(
-                str(name_or_path),
-                revision=revision,
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md", "*.model"],
-            )
-        )
+        folder = Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=patterns))
     except RepositoryNotFoundError as err:
         raise CheckpointError(f"{name_or_path}: no such local folder, and no such repo on the Hub") from err
     except (HfHubHTTPError, OSError, ValueError) as err:  # offline cache misses, connection errors, bad ids
         raise CheckpointError(f"{name_or_path}: no such local folder, and not available from the Hub ({err})") from err
+    if not (folder / WEIGHTS_FILE).is_file() and not allow_pickle:
+        from huggingface_hub import HfApi
+
+        offered = [f for f in HfApi().list_repo_files(str(name_or_path), revision=revision) if f in PICKLE_FILES]
+        if offered:
+            raise CheckpointError(
+                f"{name_or_path}: the repo offers only pickle weights ({offered[0]}); pickle can run arbitrary code, "
+                "so it is refused. Ask for safetensors, or pass allow_pickle=True if you trust its author."
+            )
+    return folder
 
 
 def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

@@ -66,11 +66,12 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     results["random"] = random_baseline(corpus.test)
     table = format_table(results)
     if accelerator.is_main_process:
-        card = base_card(model, table, results["all"], corpus.stats, state.best_epoch, repo_id=args.output_dir)
-        model.save_pretrained(args.output_dir, model_card=card)
+        model.save_pretrained(args.output_dir)
         summary = {"test": results, "best_epoch": state.best_epoch, "history": state.history, "data": corpus.stats}
+        summary["total_parameters"] = sum(p.numel() for p in model.parameters())
         atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
         save_run_args(args.output_dir, model_args, data_args, args)
+        atomic_write_text(Path(args.output_dir) / "README.md", base_card(args.output_dir, repo_id=args.output_dir))
         print(f"\nTest, per source domain ({'; '.join(corpus.stats)}):\n{table}\n")
         print(f"Base model written to {args.output_dir}")
     accelerator.wait_for_everyone()

@@ -1,11 +1,22 @@
-"""Shared fixtures: a tiny synthetic world and a tiny pretrained base, built once per test session, offline."""
+"""Shared fixtures: a tiny synthetic world and a tiny pretrained base, built once per test session, offline.
 
+The huggingface_hub client reads HF_ENDPOINT when it is imported, so a local Hub-compatible server
+(tests/hub_server.py) is started, and the environment pointed at it, before anything imports it: every Hub
+call of the suite goes to 127.0.0.1, never to the internet.
+"""
+
+import atexit
 import os
 import tempfile
 
-# Before anything imports huggingface_hub / datasets: no network, caches inside a throwaway folder.
-_HF_HOME = tempfile.mkdtemp(prefix="mmsr-test-hf-")
-os.environ.update(HF_HOME=_HF_HOME, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
+from hub_server import LocalHub
+
+HUB = LocalHub(token="test-token")
+HUB.start()
+atexit.register(HUB.stop)
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ.update(HUB.env())
+os.environ.update(HF_HOME=tempfile.mkdtemp(prefix="mmsr-test-hf-"), TOKENIZERS_PARALLELISM="false")
 
 import pytest  # noqa: E402
 

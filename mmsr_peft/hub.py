@@ -1,0 +1,146 @@
+"""Publishing base models and adapters to the Hugging Face Hub (`mmsr-publish`), with their model cards.
+
+`huggingface_hub` does the transfer; the token comes from where it looks (`HF_TOKEN`, `hf auth login`) and is
+never printed or written by us. Only safetensors, JSON, text and the card are uploaded: training states,
+pickles and anything else in a run folder stay local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cards import adapter_card, base_card
+from .errors import CheckpointError
+
+CARD = "README.md"
+# What a published folder may contain (tokenizer files are JSON/TXT; vocabularies of sentencepiece are .model).
+ALLOWED = ("*.json", "*.safetensors", "*.txt", "*.model")
+CARD_MARK = re.compile(r"\n<!-- mmsr_peft card sha256: ([0-9a-f]{64}) -->\n?$")
+
+
+@dataclass
+class PublishArguments:
+    """What to publish, and where."""
+
+    folder: str = field(metadata={"help": "A base checkpoint folder or an adapter folder (as written by the runs)."})
+    repo_id: str = field(metadata={"help": "Target repo on the Hub, 'org/name'."})
+    base_repo_id: str | None = field(
+        default=None, metadata={"help": "Adapters: the base model's repo id, named in the card and adapter config."}
+    )
+    private: bool = field(default=False, metadata={"help": "Create the repo as private."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+    commit_message: str | None = field(default=None, metadata={"help": "Commit message (default: generated)."})
+    overwrite_card: bool = field(default=False, metadata={"help": "Replace a README.md that was edited on the Hub."})
+    dry_run: bool = field(default=False, metadata={"help": "Print the files and sizes that would go up; no network."})
+
+
+def folder_kind(folder: Path) -> str:
+    """`"base"` or `"adapter"`; anything else is an error naming what is missing."""
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return "base"
+    if (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file():
+        return "adapter"
+    raise CheckpointError(
+        f"{folder}: neither a base checkpoint (config.json + model.safetensors) nor an adapter "
+        "(adapter_config.json + adapter_model.safetensors); only safetensors weights are published"
+    )
+
+
+def files_to_upload(folder: Path) -> list[Path]:
+    """The files of `folder` that would be published, relative to it (the card is rendered anew, not copied)."""
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if relative.parts[0] == "checkpoints" or relative.name.startswith(".") or relative == Path(CARD):
+            continue
+        if any(relative.match(pattern) for pattern in ALLOWED):
+            files.append(relative)
+    return files
+
+
+def sign_card(text: str) -> str:
+    """Appends a hidden hash of the card, so a later publish can tell whether it was edited on the Hub."""
+    text = CARD_MARK.sub("", text).rstrip("\n") + "\n"
+    return f"{text}\n<!-- mmsr_peft card sha256: {hashlib.sha256(text.encode()).hexdigest()} -->\n"
+
+
+def card_edited(text: str) -> bool:
+    """True when a card has no valid mmsr_peft hash: written or changed by hand."""
+    match = CARD_MARK.search(text)
+    if match is None:
+        return True
+    body = text[: match.start()] + "\n"
+    return hashlib.sha256(body.encode()).hexdigest() != match.group(1)
+
+
+def _remote_card(api, repo_id: str, revision: str | None) -> str | None:
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        path = api.hf_hub_download(repo_id, CARD, revision=revision)
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+        return None
+    return Path(path).read_text()
+
+
+def publish(args: PublishArguments) -> str | None:
+    """Pushes a base or adapter folder to `args.repo_id` with a freshly rendered model card.
+
+    Returns the commit URL (None for a dry run). A card edited on the Hub is kept unless `overwrite_card`.
+    """
+    folder = Path(args.folder)
+    kind = folder_kind(folder)
+    files = files_to_upload(folder)
+    if args.dry_run:
+        total = sum((folder / f).stat().st_size for f in files)
+        print(f"Would publish {kind} {folder} to {args.repo_id} ({'private' if args.private else 'public'}):")
+        for relative in files:
+            print(f"  {relative}  {(folder / relative).stat().st_size:,} bytes")
+        print(f"  + {CARD} rendered for {args.repo_id}\n  total {total:,} bytes in {len(files)} files")
+        return None
+
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+    if args.revision and args.revision != "main":
+        api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)
+    remote = _remote_card(api, args.repo_id, args.revision)
+    keep_remote_card = remote is not None and card_edited(remote) and not args.overwrite_card
+    if keep_remote_card:
+        print(f"{args.repo_id}: {CARD} was edited on the Hub; keeping it (pass --overwrite_card to replace it)")
+    with tempfile.TemporaryDirectory() as staging:
+        staging = Path(staging)
+        for relative in files:
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            (staging / relative).symlink_to((folder / relative).resolve())
+        if kind == "adapter" and args.base_repo_id:
+            _point_adapter_at(staging, folder, args.base_repo_id)
+        if not keep_remote_card:
+            card = (
+                base_card(folder, args.repo_id)
+                if kind == "base"
+                else adapter_card(folder, args.repo_id, args.base_repo_id)
+            )
+            (staging / CARD).write_text(sign_card(card))
+        commit = api.upload_folder(
+            repo_id=args.repo_id,
+            folder_path=staging,
+            revision=args.revision,
+            commit_message=args.commit_message or f"Upload mmsr_peft {kind} with mmsr-publish",
+        )
+    print(f"Published {kind} {folder} to {args.repo_id}: {commit}")
+    return str(commit)
+
+
+def _point_adapter_at(staging: Path, folder: Path, base_repo_id: str) -> None:
+    """The published adapter_config.json names the base by its repo id, not by a local path."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base_repo_id
+    (staging / "adapter_config.json").unlink()
+    (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
