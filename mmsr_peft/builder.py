@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .data.collate import ItemProcessor
 from .encoders import TextEncoderConfig, VisionEncoderConfig
 from .fusion import FusionConfig
+from .losses import LOSSES
 from .model import ITEM_TOWERS, MMSRConfig, MMSRModel
 from .sequence import SequenceEncoderConfig
 
@@ -51,7 +52,7 @@ class ModelArguments:
         default=None, metadata={"help": "Local open_clip weights file (.safetensors/.pt) for the vision tower."}
     )
     image_size: int = field(default=64, metadata={"help": "Image side in pixels fed to the vision tower."})
-    fusion: str = field(default="concat", metadata={"help": "Fusion: 'concat' or 'merge_attn'."})
+    fusion: str = field(default="concat", metadata={"help": "Fusion type, one of mmsr_peft.fusion.FUSION_TYPES."})
     hidden_size: int = field(default=64, metadata={"help": "Width of item and user embeddings."})
     num_layers: int = field(default=2, metadata={"help": "Sequence encoder (SASRec) layers."})
     num_heads: int = field(default=2, metadata={"help": "Sequence encoder attention heads."})
@@ -59,6 +60,7 @@ class ModelArguments:
     max_len: int = field(default=50, metadata={"help": "History length read by the sequence encoder."})
     text_max_length: int = field(default=32, metadata={"help": "Tokens per item text."})
     temperature: float = field(default=0.07, metadata={"help": "Softmax temperature on cosine scores."})
+    loss: str = field(default="sampled_softmax", metadata={"help": f"Training loss, one of {LOSSES}."})
     freeze_text: bool = field(
         default=True, metadata={"help": "Keep the text encoder frozen (its outputs are cached)."}
     )
@@ -100,6 +102,7 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
         ),
         num_items=len(item_vocab) if args.item_tower == "id" else 0,
         temperature=args.temperature,
+        loss=args.loss,
     )
     processor = ItemProcessor(
         tokenizer,

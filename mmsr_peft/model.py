@@ -20,6 +20,7 @@ from .errors import CheckpointError
 from .evaluation import history_mask
 from .fusion import FusionConfig, ModalityProjection, build_fusion
 from .io import atomic_directory
+from .losses import LOSSES, bce_loss, softmax_loss
 from .sequence import SEQUENCE_CLASSES, SequenceEncoderConfig
 
 CONFIG_FILE = "config.json"
@@ -42,6 +43,8 @@ class MMSRConfig(ConfigMixin):
         sequence (`SequenceEncoderConfig`): the sequence encoder.
         num_items (`int`): size of the item-id table (`id` only).
         temperature (`float`): scores are cosine similarities divided by this.
+        loss (`str`): training loss: `"sampled_softmax"` (batch items + uniform negatives, logQ-corrected),
+            `"full_ce"` (softmax over the whole catalog) or `"bce"` (one sampled negative per position).
     """
 
     item_tower: str = "modal"  # "modal" | "text" | "image" | "id"
@@ -52,6 +55,7 @@ class MMSRConfig(ConfigMixin):
     sequence: SequenceEncoderConfig = field(default_factory=SequenceEncoderConfig)  # sequence encoder
     num_items: int = 0  # id table size (id)
     temperature: float = 0.07  # softmax temperature on cosine scores
+    loss: str = "sampled_softmax"  # "sampled_softmax" | "full_ce" | "bce" (see mmsr_peft/losses.py)
 
     def __post_init__(self):
         if self.item_tower not in ITEM_TOWERS:
@@ -62,6 +66,8 @@ class MMSRConfig(ConfigMixin):
             raise ValueError(f"item_tower={self.item_tower!r} needs a vision encoder config (`vision`)")
         if self.item_tower == "id" and self.num_items < 1:
             raise ValueError(f"item_tower='id' needs num_items >= 1, got {self.num_items}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.hidden_size < 1 or self.temperature <= 0:
             raise ValueError(
                 f"hidden_size must be >= 1 and temperature > 0, got {self.hidden_size}, {self.temperature}"
@@ -177,20 +183,32 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         last = (histories >= 0).sum(1).clamp(min=1) - 1  # (B,)
         return states[torch.arange(len(histories), device=states.device), last]
 
-    def forward(self, items: ItemInputs, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> MMSROutput:
-        """Next-item prediction at every position.
+    def forward(
+        self,
+        items: ItemInputs,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+        logq: torch.Tensor | None = None,
+    ) -> MMSROutput:
+        """Next-item prediction at every position (a `TrainBatch` holds these arguments).
 
         Args:
             items (`ItemInputs`): the N distinct items of the batch (each encoded once).
             inputs (`torch.LongTensor` of shape `(B, T)`): histories as rows of `items`, -1 for padding.
             targets (`torch.LongTensor` of shape `(B, T)`, *optional*): next item at every position, -1 to ignore.
+            negatives (`torch.LongTensor` of shape `(B, T)`, *optional*): one negative per position (`bce` loss).
+            logq (`torch.FloatTensor` of shape `(N,)`, *optional*): logQ correction (`sampled_softmax` loss).
         """
         item_embeddings = self.embed_items(items)  # (N, D)
         sequence_output = self.encode_sequences(item_embeddings, inputs)  # (B, T, D)
         loss = None
-        if targets is not None:
-            logits = sequence_output @ item_embeddings.T / self.config.temperature  # (B, T, N)
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        if targets is not None and self.config.loss == "bce":
+            if negatives is None:
+                raise ValueError("the bce loss needs one negative per position (`negatives`)")
+            loss = bce_loss(sequence_output, item_embeddings, targets, negatives, self.config.temperature)
+        elif targets is not None:
+            loss = softmax_loss(sequence_output, item_embeddings, targets, self.config.temperature, logq)
         return MMSROutput(loss, item_embeddings, sequence_output)
 
     @torch.no_grad()

@@ -30,7 +30,9 @@ class TrainingArguments:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps with linear warm-up."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
-    num_negatives: int = field(default=256, metadata={"help": "Catalog items sampled per step as extra negatives."})
+    num_negatives: int = field(
+        default=256, metadata={"help": "Catalog items sampled per step as extra negatives (sampled_softmax loss)."}
+    )
     patience: int = field(default=3, metadata={"help": "Stop after this many evaluations without improvement."})
     eval_batch_size: int = field(default=256, metadata={"help": "Users (and items) per evaluation batch."})
     save_steps: int = field(default=500, metadata={"help": "Save the full training state every N steps."})
@@ -103,7 +105,10 @@ def train(
     epochs without improvement.
     """
     catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
-    collator = TrainCollator(catalog_inputs, args.num_negatives, seed=args.seed + accelerator.process_index)
+    counts = np.bincount(np.concatenate(train_sequences), minlength=len(catalog_inputs))
+    collator = TrainCollator(
+        catalog_inputs, model.config.loss, args.num_negatives, counts, seed=args.seed + accelerator.process_index
+    )
     loader = torch.utils.data.DataLoader(
         train_sequences,
         batch_size=args.batch_size,
@@ -136,7 +141,7 @@ def train(
         ddp_model.train()
         for batch in epoch_loader:
             with accelerator.autocast():
-                loss = ddp_model(batch.items, batch.inputs, batch.targets).loss
+                loss = ddp_model(batch.items, batch.inputs, batch.targets, batch.negatives, batch.logq).loss
             accelerator.backward(loss)
             if args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(trainable.values(), args.max_grad_norm)

@@ -35,7 +35,7 @@ from mmsr_peft.training import precompute_frozen_states
 CONFIGS = {
     "demo": ("tiny-vit", 64, "concat", "frozen text (cached), ViT trained"),
     "lora": ("ViT-B-32", 224, "concat", "LoRA r=8 on text, vision, fusion"),
-    "lora-merge_attn": ("ViT-B-32", 224, "merge_attn", "LoRA r=8 on text, vision, fusion"),
+    "lora-merge_attention": ("ViT-B-32", 224, "merge_attention", "LoRA r=8 on text, vision, fusion"),
     "full": ("ViT-B-32", 224, "concat", "everything trained"),
 }
 
@@ -69,7 +69,7 @@ def build(name: str, text_model: str, device) -> MMSRModel:
 
 def measure(model, corpus, catalog_inputs, args, precision: str, device) -> dict:
     catalog_inputs = precompute_frozen_states(model, catalog_inputs, 256)
-    collator = TrainCollator(catalog_inputs, args.num_negatives, seed=0)
+    collator = TrainCollator(catalog_inputs, "sampled_softmax", args.num_negatives, seed=0)
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(corpus.train), generator=generator).tolist()
     params = [p for p in model.parameters() if p.requires_grad]

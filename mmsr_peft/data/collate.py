@@ -153,41 +153,68 @@ def pad_histories(histories: list[np.ndarray]) -> torch.Tensor:
 
 @dataclass
 class TrainBatch:
-    """One training batch. `items` holds each distinct item of the batch once; `inputs`/`targets` index it.
+    """One training batch. `items` holds each distinct item of the batch once; the other tensors index it.
 
     Attributes:
         items (`ItemInputs` of N unique items): the positives of the batch plus sampled negatives.
         inputs (`torch.LongTensor` of shape `(B, T)`): history items as rows of `items`, -1 for padding.
         targets (`torch.LongTensor` of shape `(B, T)`): the next item at every position, -1 where none.
+        negatives (`torch.LongTensor` of shape `(B, T)`, *optional*): one sampled negative per position (`bce`).
+        logq (`torch.FloatTensor` of shape `(N,)`, *optional*): log expected count of each item in the candidate
+            pool (`sampled_softmax`'s correction).
     """
 
     items: ItemInputs
     inputs: torch.Tensor
     targets: torch.Tensor
+    negatives: torch.Tensor | None = None
+    logq: torch.Tensor | None = None
 
     def to(self, device) -> TrainBatch:
-        return TrainBatch(self.items.to(device), self.inputs.to(device), self.targets.to(device))
+        return TrainBatch(*(None if v is None else v.to(device) for v in self.__dict__.values()))
 
 
 class TrainCollator:
-    """Collates training sequences (each `max_len + 1` items at most) into a `TrainBatch`.
+    """Collates training sequences (each `max_len + 1` items at most) into a `TrainBatch` for `loss`.
 
-    Every distinct item of the batch is encoded once; `num_negatives` catalog items drawn uniformly are added
-    to the candidates the loss ranks each target against.
+    Every distinct item of the batch is encoded once. `sampled_softmax` adds `num_negatives` catalog items drawn
+    uniformly to the candidates, with each candidate's log expected count in the pool (from `item_counts`, the
+    items' frequencies in the training data); `full_ce` makes the whole catalog the candidates; `bce` draws one
+    uniform negative per position.
     """
 
-    def __init__(self, catalog_inputs: ItemInputs, num_negatives: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        catalog_inputs: ItemInputs,
+        loss: str = "sampled_softmax",
+        num_negatives: int = 0,
+        item_counts=None,
+        seed=0,
+    ):
         self.catalog_inputs = catalog_inputs
+        self.loss = loss
         self.num_negatives = num_negatives
         self.rng = np.random.default_rng(seed)
+        self.item_share = None
+        if item_counts is not None:
+            counts = torch.as_tensor(item_counts, dtype=torch.float64)
+            self.item_share = counts / counts.sum()
 
     def __call__(self, sequences: list[np.ndarray]) -> TrainBatch:
         padded = pad_histories(sequences)  # (B, T + 1)
         valid = padded >= 0
-        negatives = self.rng.integers(0, len(self.catalog_inputs), self.num_negatives)
-        unique, inverse = torch.unique(
-            torch.cat([padded[valid], torch.as_tensor(negatives, dtype=torch.long)]), return_inverse=True
-        )
+        num_items = len(self.catalog_inputs)
+        if self.loss == "full_ce":
+            return TrainBatch(self.catalog_inputs, inputs=padded[:, :-1], targets=padded[:, 1:])
+        extra = self.rng.integers(0, num_items, padded.shape if self.loss == "bce" else self.num_negatives)
+        extra = torch.as_tensor(extra, dtype=torch.long)
+        unique, inverse = torch.unique(torch.cat([padded[valid], extra.flatten()]), return_inverse=True)
         rows = torch.full_like(padded, -1)
         rows[valid] = inverse[: int(valid.sum())]
-        return TrainBatch(self.catalog_inputs.select(unique), inputs=rows[:, :-1], targets=rows[:, 1:])
+        batch = TrainBatch(self.catalog_inputs.select(unique), inputs=rows[:, :-1], targets=rows[:, 1:])
+        if self.loss == "bce":
+            batch.negatives = inverse[int(valid.sum()) :].view(padded.shape)[:, 1:]
+        elif self.item_share is not None:
+            expected = int(valid.sum()) * self.item_share[unique] + self.num_negatives / num_items
+            batch.logq = expected.log().float()
+        return batch

@@ -1,0 +1,44 @@
+"""Training losses over candidate item embeddings. Scores are cosine similarities divided by a temperature.
+
+- `sampled_softmax`: softmax over the batch's distinct items plus uniformly sampled catalog items, with logQ
+  correction (Yi et al. 2019): each candidate's logit is lowered by the log of how often it is expected in the
+  candidate pool, so popular items are not over-penalised for being everybody's negative.
+- `full_ce`: softmax over the whole catalog (every item is a candidate at every step).
+- `bce`: binary cross-entropy of the target against one uniformly sampled negative per position (SASRec's and
+  the MMSR paper's loss).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("sampled_softmax", "full_ce", "bce")
+
+
+def softmax_loss(
+    states: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, temperature: float, logq: torch.Tensor | None
+) -> torch.Tensor:
+    """Cross-entropy of each position's target among all `items`.
+
+    Args:
+        states: `(B, T, D)`; items: `(N, D)`; targets: `(B, T)` rows of `items`, -1 to ignore;
+        logq: `(N,)` log expected frequency of each candidate in the pool (None: no correction).
+    """
+    logits = states @ items.T / temperature  # (B, T, N)
+    if logq is not None:
+        logits = logits - logq
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+
+
+def bce_loss(
+    states: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Binary cross-entropy: target vs one negative per position (`negatives`: `(B, T)` rows of `items`)."""
+    keep = targets >= 0
+    states = states[keep]  # (P, D)
+    positive = (states * items[targets[keep]]).sum(-1) / temperature
+    negative = (states * items[negatives[keep]]).sum(-1) / temperature
+    logits = torch.cat([positive, negative]).float()
+    labels = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]).float()
+    return F.binary_cross_entropy_with_logits(logits, labels)

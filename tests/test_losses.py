@@ -1,0 +1,88 @@
+"""The three training losses: hand-computed values, what the collator gives each, and that each one trains."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmsr_peft.data.collate import ItemInputs, TrainCollator
+from mmsr_peft.losses import LOSSES, bce_loss, softmax_loss
+from mmsr_peft.model import MMSRConfig, MMSRModel
+from mmsr_peft.sequence import SequenceEncoderConfig
+
+SEQUENCES = [np.array([0, 1, 2, 3]), np.array([4, 5, 6]), np.array([7, 8, 9, 10, 11])]
+
+
+def test_softmax_loss_matches_hand_computation_with_and_without_logq():
+    states = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (1, 2, 2)
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    targets = torch.tensor([[2, -1]])  # second position ignored
+    logits = [1.0 / 0.5, 0.0, 0.6 / 0.5]
+    expected = -(logits[2] - math.log(sum(math.exp(v) for v in logits)))
+    assert softmax_loss(states, items, targets, 0.5, None).item() == pytest.approx(expected, rel=1e-6)
+    logq = torch.tensor([0.5, -1.0, 0.2])
+    corrected = [v - q for v, q in zip(logits, logq.tolist(), strict=True)]
+    expected = -(corrected[2] - math.log(sum(math.exp(v) for v in corrected)))
+    assert softmax_loss(states, items, targets, 0.5, logq).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_bce_loss_matches_hand_computation():
+    states = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    targets, negatives = torch.tensor([[0, 1]]), torch.tensor([[2, 2]])
+    pos, neg = [1.0, 1.0], [0.6, 0.8]
+    terms = [math.log(1 + math.exp(-p)) for p in pos] + [math.log(1 + math.exp(n)) for n in neg]
+    assert bce_loss(states, items, targets, negatives, 1.0).item() == pytest.approx(sum(terms) / 4, rel=1e-6)
+
+
+def test_collator_gives_each_loss_its_candidates():
+    catalog = ItemInputs(item_index=torch.arange(20))
+    counts = np.bincount(np.concatenate(SEQUENCES), minlength=20)
+
+    full = TrainCollator(catalog, "full_ce")(SEQUENCES)
+    assert torch.equal(full.items.item_index, torch.arange(20)) and full.targets[0, :3].tolist() == [1, 2, 3]
+
+    sampled = TrainCollator(catalog, "sampled_softmax", num_negatives=5, item_counts=counts, seed=0)(SEQUENCES)
+    rows = sampled.items.item_index
+    assert len(rows) == len(set(rows.tolist())) and set(range(12)) <= set(rows.tolist())
+    positions = sum(len(s) for s in SEQUENCES)
+    share = counts[rows.numpy()] / counts.sum()
+    assert torch.allclose(sampled.logq, torch.tensor(np.log(positions * share + 5 / 20), dtype=torch.float32))
+
+    bce = TrainCollator(catalog, "bce", seed=0)(SEQUENCES)
+    assert bce.negatives.shape == bce.targets.shape
+    drawn = bce.items.item_index[bce.negatives]
+    assert drawn.min() >= 0 and drawn.max() < 20
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_trains_an_id_model(loss):
+    torch.manual_seed(0)
+    config = MMSRConfig(
+        item_tower="id", num_items=20, hidden_size=16, loss=loss, sequence=SequenceEncoderConfig(max_len=8)
+    )
+    model = MMSRModel(config)
+    catalog = ItemInputs(item_index=torch.arange(20))
+    counts = np.bincount(np.concatenate(SEQUENCES), minlength=20)
+    collator = TrainCollator(catalog, loss, num_negatives=4, item_counts=counts, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        batch = collator(SEQUENCES)
+        out = model(batch.items, batch.inputs, batch.targets, batch.negatives, batch.logq)
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(out.loss.item())
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_bce_without_negatives_and_unknown_loss_are_errors():
+    config = MMSRConfig(item_tower="id", num_items=5, hidden_size=8, loss="bce")
+    model = MMSRModel(config)
+    with pytest.raises(ValueError, match="negatives"):
+        model(ItemInputs(item_index=torch.arange(5)), torch.tensor([[0, 1]]), torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match="sampled_softmax"):
+        MMSRConfig(item_tower="id", num_items=5, loss="hinge")
