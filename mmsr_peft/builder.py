@@ -54,17 +54,27 @@ class ModelArguments:
     image_size: int = field(default=64, metadata={"help": "Image side in pixels fed to the vision tower."})
     fusion: str = field(default="concat", metadata={"help": "Fusion type, one of mmsr_peft.fusion.FUSION_TYPES."})
     hidden_size: int = field(default=64, metadata={"help": "Width of item and user embeddings."})
-    num_layers: int = field(default=2, metadata={"help": "Sequence encoder (SASRec) layers."})
-    num_heads: int = field(default=2, metadata={"help": "Sequence encoder attention heads."})
+    sequence_encoder: str = field(
+        default="sasrec", metadata={"help": "Sequence encoder type (see SequenceEncoderConfig)."}
+    )
+    num_layers: int = field(default=2, metadata={"help": "Sequence encoder layers."})
+    num_heads: int = field(default=2, metadata={"help": "Sequence encoder attention heads (SASRec)."})
     dropout: float = field(default=0.1, metadata={"help": "Sequence encoder dropout."})
     max_len: int = field(default=50, metadata={"help": "History length read by the sequence encoder."})
     text_max_length: int = field(default=32, metadata={"help": "Tokens per item text."})
     temperature: float = field(default=0.07, metadata={"help": "Softmax temperature on cosine scores."})
     loss: str = field(default="sampled_softmax", metadata={"help": f"Training loss, one of {LOSSES}."})
-    freeze_text: bool = field(
-        default=True, metadata={"help": "Keep the text encoder frozen (its outputs are cached)."}
+    text_finetune: str = field(
+        default="frozen",
+        metadata={
+            "help": "Text encoder: 'frozen' (outputs cached), 'top_k' (top --text_top_k layers train) or 'full'."
+        },
     )
-    freeze_vision: bool = field(default=False, metadata={"help": "Keep the vision encoder frozen (outputs cached)."})
+    text_top_k: int = field(default=1, metadata={"help": "Layers of the text encoder that train with 'top_k'."})
+    vision_finetune: str = field(
+        default="full", metadata={"help": "Vision encoder: 'frozen' (outputs cached), 'top_k' or 'full'."}
+    )
+    vision_top_k: int = field(default=1, metadata={"help": "Blocks of the vision encoder that train with 'top_k'."})
 
 
 def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MMSRModel:
@@ -98,7 +108,11 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
         vision=vision_config,
         fusion=FusionConfig(type=args.fusion),
         sequence=SequenceEncoderConfig(
-            num_layers=args.num_layers, num_heads=args.num_heads, dropout=args.dropout, max_len=args.max_len
+            type=args.sequence_encoder,
+            num_layers=args.num_layers,
+            num_heads=args.num_heads,
+            dropout=args.dropout,
+            max_len=args.max_len,
         ),
         num_items=len(item_vocab) if args.item_tower == "id" else 0,
         temperature=args.temperature,
@@ -116,8 +130,8 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
         tower.text.load_backbone(text_weights)
     if args.vision_weights is not None:
         tower.vision.load_backbone(args.vision_weights)
-    if tower.text is not None and args.freeze_text:
-        tower.text.requires_grad_(False)
-    if tower.vision is not None and args.freeze_vision:
-        tower.vision.requires_grad_(False)
+    if tower.text is not None:
+        tower.text.set_finetuning(args.text_finetune, args.text_top_k)
+    if tower.vision is not None:
+        tower.vision.set_finetuning(args.vision_finetune, args.vision_top_k)
     return model

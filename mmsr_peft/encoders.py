@@ -12,6 +12,41 @@ from torch import nn
 from .config import ConfigMixin
 
 POOLINGS = ("mean", "cls")
+FINETUNE_REGIMES = ("frozen", "top_k", "full")
+# Where each encoder family keeps its stack of blocks, and the modules/parameters after the stack that train
+# with the top blocks (`top_k` freezes the *lower* blocks and the embeddings).
+BLOCK_LAYOUT = {
+    "bert": ("encoder.layer", ()),
+    "roberta": ("encoder.layer", ()),
+    "xlm-roberta": ("encoder.layer", ()),
+    "distilbert": ("transformer.layer", ()),
+    "clip_text_model": ("text_model.encoder.layers", ("text_model.final_layer_norm",)),
+    "open_clip_vit": ("transformer.resblocks", ("ln_post", "proj", "attn_pool")),
+}
+
+
+def set_finetuning(module: nn.Module, family: str, regime: str, top_k: int = 1) -> None:
+    """Marks which parameters of an encoder train: none (`frozen`), all (`full`) or the top `top_k` blocks
+    plus what follows them (`top_k`)."""
+    if regime not in FINETUNE_REGIMES:
+        raise ValueError(f"fine-tuning regime must be one of {FINETUNE_REGIMES}, got {regime!r}")
+    module.requires_grad_(regime == "full")
+    if regime != "top_k":
+        return
+    if family not in BLOCK_LAYOUT:
+        raise ValueError(f"top_k fine-tuning does not know the blocks of {family!r}; known: {sorted(BLOCK_LAYOUT)}")
+    blocks_path, after = BLOCK_LAYOUT[family]
+    blocks = module.get_submodule(blocks_path)
+    if not 1 <= top_k <= len(blocks):
+        raise ValueError(f"top_k must be between 1 and the {len(blocks)} blocks of {family!r}, got {top_k}")
+    for block in blocks[len(blocks) - top_k :]:
+        block.requires_grad_(True)
+    for name in after:
+        part = getattr(module, name, None) if "." not in name else module.get_submodule(name)
+        if part is not None:
+            part.requires_grad_(True)
+
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -89,6 +124,10 @@ class TextEncoder(nn.Module):
         self.config = config
         self.backbone = AutoModel.from_config(hf_config, add_pooling_layer=False)
         self.hidden_size = hf_config.hidden_size
+
+    def set_finetuning(self, regime: str, top_k: int = 1) -> None:
+        """`frozen`, `full`, or `top_k`: only the top `top_k` transformer layers train."""
+        set_finetuning(self.backbone, self.config.backbone["model_type"], regime, top_k)
 
     def load_backbone(self, name_or_path: str) -> None:
         """Fills the backbone with the weights of a pretrained model (every key must match)."""
@@ -168,9 +207,15 @@ class VisionEncoder(nn.Module):
         self.config = config
         self.tower = _build_vision_tower(config.embed_dim, tower_config)
         self.hidden_size = config.embed_dim
-        self.token_size = tower_config.width if isinstance(self.tower, VisionTransformer) else config.embed_dim
+        is_vit = isinstance(self.tower, VisionTransformer)
+        self.family = "open_clip_vit" if is_vit else f"open_clip_{type(self.tower).__name__}"
+        self.token_size = tower_config.width if is_vit else config.embed_dim
         self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def set_finetuning(self, regime: str, top_k: int = 1) -> None:
+        """`frozen`, `full`, or `top_k`: only the top `top_k` blocks (and the pooling/projection after them) train."""
+        set_finetuning(self.tower, self.family, regime, top_k)
 
     def load_backbone(self, path: str) -> None:
         """Fills the tower from a local open_clip checkpoint (full model with `visual.*` keys, or the tower alone)."""

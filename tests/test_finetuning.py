@@ -1,0 +1,65 @@
+"""Fine-tuning regimes per encoder: frozen (cached), top_k (only the top blocks train), full."""
+
+import pytest
+import torch
+
+from mmsr_peft.builder import ModelArguments, build_model
+from mmsr_peft.data.collate import ItemInputs
+from mmsr_peft.training import precompute_frozen_states
+
+
+def tiny(**regimes):
+    args = ModelArguments(text_model="tiny-bert", vision_model="micro-vit", image_size=32, hidden_size=32, **regimes)
+    return build_model(args)
+
+
+def trainable(module) -> set[str]:
+    return {name for name, p in module.named_parameters() if p.requires_grad}
+
+
+def test_top_k_trains_exactly_the_top_blocks_of_each_encoder():
+    model = tiny(text_finetune="top_k", text_top_k=1, vision_finetune="top_k", vision_top_k=1)
+    text, vision = model.item_tower.text.backbone, model.item_tower.vision.tower
+    assert trainable(text) == {n for n, _ in text.named_parameters() if n.startswith("encoder.layer.1.")}
+    expected = {n for n, _ in vision.named_parameters() if n.startswith(("transformer.resblocks.1.", "ln_post."))}
+    assert trainable(vision) == expected | {"proj"}
+    # the layers below, the embeddings and the patch projection stay frozen
+    assert not {n for n in trainable(text) if n.startswith(("embeddings.", "encoder.layer.0."))}
+    assert "conv1.weight" not in trainable(vision)
+    # everything outside the encoders trains
+    assert all(p.requires_grad for p in model.item_tower.fusion.parameters())
+    assert all(p.requires_grad for p in model.sequence_encoder.parameters())
+
+
+def test_frozen_and_full():
+    model = tiny(text_finetune="frozen", vision_finetune="full")
+    assert not trainable(model.item_tower.text) and trainable(model.item_tower.vision) == {
+        n for n, _ in model.item_tower.vision.named_parameters()
+    }
+
+
+def test_only_frozen_encoders_are_cached():
+    model = tiny(text_finetune="frozen", vision_finetune="top_k").eval()
+    records = [{"item_id": f"i{k}", "text": f"red item {k}", "image": None} for k in range(5)]
+    inputs = model.processor(records)
+    cached = precompute_frozen_states(model, inputs)
+    assert cached.text_states is not None and cached.image_states is None
+    assert torch.allclose(model.embed_items(cached), model.embed_items(inputs), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "regimes, message",
+    [
+        ({"text_finetune": "half"}, "regime"),
+        ({"text_finetune": "top_k", "text_top_k": 5}, "between 1 and the 2 blocks"),
+    ],
+)
+def test_bad_regimes_are_clear_errors(regimes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**regimes)
+
+
+def test_item_inputs_of_unknown_ids_in_id_tower():
+    model = build_model(ModelArguments(item_tower="id"), item_vocab=["a", "b"])
+    with pytest.raises(ValueError, match="vocabulary"):
+        model.embed_items(ItemInputs(item_index=torch.tensor([0, -1])))
