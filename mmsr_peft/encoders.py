@@ -12,6 +12,10 @@ from torch import nn
 from .config import ConfigMixin
 
 POOLINGS = ("mean", "cls")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VISION_BACKENDS = ("open_clip", "torchvision")
+TORCHVISION_CNNS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
 FINETUNE_REGIMES = ("frozen", "top_k", "full")
 # Where each encoder family keeps its stack of blocks, and the modules/parameters after the stack that train
 # with the top blocks (`top_k` freezes the *lower* blocks and the embeddings).
@@ -22,6 +26,7 @@ BLOCK_LAYOUT = {
     "distilbert": ("transformer.layer", ()),
     "clip_text_model": ("text_model.encoder.layers", ("text_model.final_layer_norm",)),
     "open_clip_vit": ("transformer.resblocks", ("ln_post", "proj", "attn_pool")),
+    **{f"torchvision_{arch}": ("features", ()) for arch in TORCHVISION_CNNS},
 }
 
 
@@ -149,23 +154,38 @@ class TextEncoder(nn.Module):
 
 @dataclass
 class VisionEncoderConfig(ConfigMixin):
-    """Architecture of the vision encoder: an open_clip vision tower.
+    """Architecture of the vision encoder: an open_clip vision tower, or a torchvision CNN.
 
     Args:
-        tower (`dict`): fields of open_clip's `CLIPVisionCfg` (layers, width, patch_size, image_size, ...).
-        embed_dim (`int`): size of the tower's pooled (projected) output.
+        backend (`str`): `"open_clip"` (any tower open_clip builds: ViT, ModifiedResNet, timm) or `"torchvision"`
+            (the convolutional trunk of a torchvision classifier; its feature map cells are the tokens).
+        tower (`dict`): open_clip: fields of `CLIPVisionCfg` (layers, width, patch_size, ...); torchvision:
+            `{"arch": name}` with a name of `TORCHVISION_CNNS`.
+        embed_dim (`int`): size of the open_clip tower's pooled (projected) output (torchvision: unused).
         image_mean / image_std (`tuple[float]`): normalisation the weights expect (RGB, 0-1 scale).
         source (`str`, *optional*): open_clip model name the architecture came from; informational.
     """
 
+    backend: str = "open_clip"  # "open_clip" | "torchvision"
     tower: dict = field(default_factory=lambda: {"layers": 2, "width": 64, "head_width": 32, "patch_size": 8})
-    embed_dim: int = 64  # pooled output size of the tower
+    embed_dim: int = 64  # pooled output size of an open_clip tower
     image_size: int = 64  # square input side in pixels
     image_mean: tuple[float, float, float] = OPENAI_MEAN  # per-channel mean on the 0-1 scale
     image_std: tuple[float, float, float] = OPENAI_STD  # per-channel std on the 0-1 scale
     source: str | None = None  # open_clip model name the tower came from (provenance only)
 
     def __post_init__(self):
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError(f"vision.image_mean/image_std need 3 values, got {self.image_mean}, {self.image_std}")
+        if self.backend == "torchvision":
+            if set(self.tower) != {"arch"} or self.tower["arch"] not in TORCHVISION_CNNS:
+                raise ValueError(
+                    f"vision.tower for torchvision must be {{'arch': one of {TORCHVISION_CNNS}}}, got {self.tower}"
+                )
+            return
+        if self.backend != "open_clip":
+            raise ValueError(f"vision.backend must be one of {VISION_BACKENDS}, got {self.backend!r}")
         from open_clip.model import CLIPVisionCfg
 
         known = {f.name for f in dataclasses.fields(CLIPVisionCfg)}
@@ -176,9 +196,6 @@ class VisionEncoderConfig(ConfigMixin):
             )
         if "image_size" in self.tower or "output_tokens" in self.tower:
             raise ValueError("vision.tower must not set image_size/output_tokens; use vision.image_size")
-        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
-        if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise ValueError(f"vision.image_mean/image_std need 3 values, got {self.image_mean}, {self.image_std}")
 
     @classmethod
     def from_open_clip(cls, model_name: str, **kwargs) -> VisionEncoderConfig:
@@ -196,20 +213,32 @@ class VisionEncoderConfig(ConfigMixin):
 
 
 class VisionEncoder(nn.Module):
-    """An open_clip vision tower returning the pooled embedding and the patch tokens."""
+    """A vision tower returning the pooled embedding and the patch (or feature-map cell) tokens."""
 
     def __init__(self, config: VisionEncoderConfig):
         super().__init__()
-        from open_clip.model import CLIPVisionCfg, _build_vision_tower
-        from open_clip.transformer import VisionTransformer
-
-        tower_config = CLIPVisionCfg(**config.tower, image_size=config.image_size, output_tokens=True)
         self.config = config
-        self.tower = _build_vision_tower(config.embed_dim, tower_config)
-        self.hidden_size = config.embed_dim
-        is_vit = isinstance(self.tower, VisionTransformer)
-        self.family = "open_clip_vit" if is_vit else f"open_clip_{type(self.tower).__name__}"
-        self.token_size = tower_config.width if is_vit else config.embed_dim
+        if config.backend == "torchvision":
+            import torchvision
+
+            self.tower = torchvision.models.get_model(config.tower["arch"], weights=None)
+            self.tower.classifier = nn.Identity()  # only the convolutional trunk is used
+            self.family = f"torchvision_{config.tower['arch']}"
+            self.tower.eval()  # a one-image probe of the trunk's width (BatchNorm refuses it in training mode)
+            with torch.no_grad():
+                channels = self.tower.features(torch.zeros(1, 3, 32, 32)).shape[1]
+            self.tower.train()
+            self.hidden_size = self.token_size = channels
+        else:
+            from open_clip.model import CLIPVisionCfg, _build_vision_tower
+            from open_clip.transformer import VisionTransformer
+
+            tower_config = CLIPVisionCfg(**config.tower, image_size=config.image_size, output_tokens=True)
+            self.tower = _build_vision_tower(config.embed_dim, tower_config)
+            is_vit = isinstance(self.tower, VisionTransformer)
+            self.family = "open_clip_vit" if is_vit else f"open_clip_{type(self.tower).__name__}"
+            self.hidden_size = config.embed_dim
+            self.token_size = tower_config.width if is_vit else config.embed_dim
         self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1) * 255, persistent=False)
 
@@ -218,17 +247,25 @@ class VisionEncoder(nn.Module):
         set_finetuning(self.tower, self.family, regime, top_k)
 
     def load_backbone(self, path: str) -> None:
-        """Fills the tower from a local open_clip checkpoint (full model with `visual.*` keys, or the tower alone)."""
+        """Fills the tower from a local weights file: an open_clip checkpoint (full model with `visual.*` keys, or
+        the tower alone) or a torchvision classifier state dict (its classifier head is dropped)."""
         from safetensors.torch import load_file
 
         state = load_file(path) if path.endswith(".safetensors") else torch.load(path, weights_only=True)
         state = state.get("state_dict", state)
         if any(k.startswith("visual.") for k in state):
             state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+        if self.config.backend == "torchvision":
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         self.tower.load_state_dict(state, strict=True)
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
         pixels = (pixel_values.to(self.mean.dtype) - self.mean) / self.std  # uint8 (N, 3, H, W) -> normalised
+        if self.config.backend == "torchvision":
+            cells = self.tower.features(pixels)  # (N, C, h, w)
+            tokens = cells.flatten(2).transpose(1, 2)  # (N, h*w, C)
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            return EncoderOutput(tokens.mean(1), tokens, mask)
         output = self.tower(pixels)
         if isinstance(output, tuple):  # ViT towers: pooled (N, E) and patch tokens (N, P, W)
             pooled, tokens = output

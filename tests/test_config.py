@@ -27,7 +27,7 @@ def _modal_config():
         hidden_size=32,
         text=TextEncoderConfig(backbone=dict(TINY_BERT), pooling="cls", max_length=16, source="tiny-bert"),
         vision=VisionEncoderConfig(image_size=32, image_mean=(0.5, 0.5, 0.5)),
-        fusion=FusionConfig(type="merge_attn", num_layers=2),
+        fusion=FusionConfig(type="merge_attention", num_layers=2),
         sequence=SequenceEncoderConfig(num_layers=1, max_len=20),
         temperature=0.1,
     )
@@ -59,7 +59,7 @@ def test_round_trip_nested_configs_through_json():
 
 
 def test_from_dict_accepts_config_objects_and_int_for_float():
-    fusion = FusionConfig(type="merge_attn")
+    fusion = FusionConfig(type="merge_attention")
     config = MMSRConfig.from_dict({"item_tower": "id", "num_items": 3, "fusion": fusion, "temperature": 1})
     assert config.fusion is fusion
     assert config.temperature == 1
@@ -136,7 +136,7 @@ def test_invalid_fusion_type_lists_choices():
     with pytest.raises(ValueError) as err:
         MMSRConfig.from_dict({"item_tower": "id", "num_items": 10, "fusion": {"type": "nope"}})
     message = str(err.value)
-    assert "fusion.type" in message and "'nope'" in message and "concat" in message and "merge_attn" in message
+    assert "fusion.type" in message and "'nope'" in message and "concat" in message and "merge_attention" in message
 
 
 @pytest.mark.parametrize(

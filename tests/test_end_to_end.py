@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,9 +113,9 @@ def test_pretrain_config_file_fills_arguments_and_rejects_unknown_keys(tmp_path,
     from mmsr_peft.builder import ModelArguments
 
     good = tmp_path / "good.yaml"
-    good.write_text("fusion: merge_attn\nhidden_size: 48\ndomains: [food]\n")
+    good.write_text("fusion: merge_attention\nhidden_size: 48\ndomains: [food]\n")
     model_args, data_args = parse_args((ModelArguments, DataArguments), ["--config", str(good), "--hidden_size", "40"])
-    assert (model_args.fusion, model_args.hidden_size, data_args.domains) == ("merge_attn", 40, ["food"])
+    assert (model_args.fusion, model_args.hidden_size, data_args.domains) == ("merge_attention", 40, ["food"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("hiden_size: 48\n")
     with pytest.raises(SystemExit):
@@ -150,3 +151,18 @@ def test_pretrain_resumes_from_saved_state(data_dir, tmp_path, capsys):
 def test_missing_base_names_it(data_dir, capsys):
     assert adapt_main(["--target", "office", "--base", "outputs/no-such-base", "--data_dir", str(data_dir)]) != 0
     assert "outputs/no-such-base: no such local folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config", sorted(p.name for p in (Path(__file__).parents[1] / "recipes" / "configs").glob("*.yaml"))
+)
+def test_every_recipe_config_parses_and_builds(config):
+    from mmsr_peft.arguments import DataArguments, parse_args
+    from mmsr_peft.builder import ModelArguments, build_model
+
+    path = Path(__file__).parents[1] / "recipes" / "configs" / config
+    model_args, data_args, training_args = parse_args(
+        (ModelArguments, DataArguments, TrainingArguments), ["--config", str(path)]
+    )
+    model = build_model(model_args, item_vocab=[f"item-{i}" for i in range(10)])
+    assert model.config.item_tower == model_args.item_tower and training_args.output_dir.startswith("outputs/")

@@ -55,7 +55,7 @@ def batch_of(model, catalog):
 
 @pytest.mark.parametrize(
     "item_tower, fusion",
-    [("modal", "concat"), ("modal", "merge_attn"), ("text", "concat"), ("image", "concat"), ("id", "concat")],
+    [("modal", "concat"), ("modal", "merge_attention"), ("text", "concat"), ("image", "concat"), ("id", "concat")],
 )
 def test_save_then_load_gives_identical_outputs(item_tower, fusion, catalog, tmp_path):
     model = tiny(item_tower, fusion)
@@ -150,7 +150,7 @@ def test_lora_adapters_train_alone_change_outputs_switch_and_round_trip(catalog,
 def test_adapter_for_another_architecture_is_refused(tmp_path):
     from peft import LoraConfig
 
-    other = tiny(fusion="merge_attn")
+    other = tiny(fusion="merge_attention")
     other.add_adapter(LoraConfig(r=4, target_modules=lora_target_modules(other)), "x")
     other.save_adapter(tmp_path / "x", "x")
     model = tiny()
@@ -160,7 +160,7 @@ def test_adapter_for_another_architecture_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "item_tower, fusion", [("modal", "concat"), ("modal", "merge_attn"), ("text", "concat"), ("image", "concat")]
+    "item_tower, fusion", [("modal", "concat"), ("modal", "merge_attention"), ("text", "concat"), ("image", "concat")]
 )
 def test_default_lora_targets_match_modules_of_every_component(item_tower, fusion):
     import re
@@ -182,7 +182,7 @@ def test_default_lora_targets_match_modules_of_every_component(item_tower, fusio
 
 
 def test_missing_image_is_masked_not_read(catalog):
-    model = tiny(fusion="merge_attn")
+    model = tiny(fusion="merge_attention")
     inputs = model.processor(catalog.records([3, 7]))  # both have no image
     assert not inputs.has_image.any()
     first = model.embed_items(inputs)
@@ -232,6 +232,6 @@ def test_vision_tower_from_config_is_filled_from_a_local_open_clip_file(tower, t
     expected, loaded = source(pixels), target(pixels)
     assert torch.equal(expected.pooled, loaded.pooled) and expected.pooled.shape == (2, 24)
     assert loaded.tokens.shape[-1] == target.token_size
-    fusion = build_fusion(FusionConfig(type="merge_attn"), (16, 16), (24, target.token_size), 16)
+    fusion = build_fusion(FusionConfig(type="merge_attention"), (16, 16), (24, target.token_size), 16)
     text = type(loaded)(torch.randn(2, 16), torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool))
     assert fusion(text, loaded, torch.tensor([True, True]), torch.tensor([True, False])).shape == (2, 16)
