@@ -8,12 +8,14 @@ from pathlib import Path
 
 from .adapters import COMPONENTS, lora_target_modules, model_components
 from .arguments import save_run_args
-from .cards import adapter_card
+from .cards import adapter_card, base_card
 from .domains import DEFAULT_DATA_DIR, DOMAINS, build_corpus, load_domain
 from .evaluation import evaluate, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
 from .training import TrainingArguments, precompute_frozen_states, train
+
+METHODS = {"lora": "LoRA", "full": "full fine-tuning", "frozen": "frozen encoders", "scratch": "from scratch"}
 
 
 @dataclass
@@ -32,6 +34,13 @@ class AdaptArguments:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
     adapter_name: str | None = field(default=None, metadata={"help": "Name of the adapter (default: the target)."})
+    method: str = field(
+        default="lora",
+        metadata={
+            "help": "lora (adapters, the base unchanged), full (fine-tune everything), frozen (encoders frozen, the "
+            "rest trains) or scratch (same architecture, random init, target data only); all but lora write a model."
+        },
+    )
 
     def __post_init__(self):
         if self.target not in DOMAINS:
@@ -39,9 +48,42 @@ class AdaptArguments:
         unknown = sorted(set(self.components or []) - set(COMPONENTS))
         if unknown:
             raise ValueError(f"unknown --components {unknown}; valid components: {', '.join(COMPONENTS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown --method {self.method!r}; valid methods: {', '.join(METHODS)}")
         if self.lora_r < 1:
             raise ValueError(f"--lora_r must be >= 1, got {self.lora_r}")
         self.adapter_name = self.adapter_name or self.target
+
+
+def prepare_method(model: MMSRModel, adapt_args: AdaptArguments) -> tuple[MMSRModel, str]:
+    """Marks what trains for `adapt_args.method`; returns the model to train and its row name in the table."""
+    from peft import LoraConfig
+
+    method = adapt_args.method
+    if method == "lora":
+        lora = LoraConfig(
+            r=adapt_args.lora_r,
+            lora_alpha=adapt_args.lora_alpha,
+            lora_dropout=adapt_args.lora_dropout,
+            target_modules=lora_target_modules(model, adapt_args.components),
+        )
+        model.add_adapter(lora, adapt_args.adapter_name)
+        return model, f"LoRA ({'+'.join(adapt_args.components)})"
+    if method == "scratch":  # the same architecture, new random weights, trained on the target alone
+        model = MMSRModel(model.config, model.processor)
+    model.requires_grad_(True)
+    if method == "frozen":
+        for encoder in (model.item_tower.text, model.item_tower.vision):
+            if encoder is not None:
+                encoder.requires_grad_(False)
+    return model, METHODS[method]
+
+
+def _save(model: MMSRModel, folder: str, adapt_args: AdaptArguments) -> None:
+    if adapt_args.method == "lora":
+        model.save_adapter(folder, adapt_args.adapter_name)
+    else:
+        model.save_pretrained(folder)
 
 
 def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRModel, dict]:
@@ -52,7 +94,6 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
-    from peft import LoraConfig
 
     args.output_dir = args.output_dir or f"outputs/adapters/{adapt_args.adapter_name}"
     domain = load_domain(adapt_args.target, adapt_args.data_source, adapt_args.data_dir)
@@ -70,13 +111,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     results = {"random": random_baseline(corpus.test)}
     results["zero-shot base"] = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)["all"]
 
-    lora = LoraConfig(
-        r=adapt_args.lora_r,
-        lora_alpha=adapt_args.lora_alpha,
-        lora_dropout=adapt_args.lora_dropout,
-        target_modules=lora_target_modules(model, adapt_args.components),
-    )
-    model.add_adapter(lora, adapt_args.adapter_name)
+    model, row = prepare_method(model, adapt_args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
@@ -87,28 +122,30 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         corpus.valid,
         args,
         accelerator,
-        on_best=lambda m, _: m.save_adapter(args.output_dir, adapt_args.adapter_name),
+        on_best=lambda m, _: _save(m, args.output_dir, adapt_args),
     )
-    results[f"LoRA ({'+'.join(adapt_args.components)})"] = evaluate(
-        model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size
-    )["all"]
+    results[row] = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)["all"]
     share = {name: {"trainable": "-"} for name in results}
     share["zero-shot base"] = {"trainable": "0 %"}
     share[next(reversed(results))] = {"trainable": f"{trainable:,} ({100 * trainable / total:.2f} %)"}
     table = format_table(results, extra=share)
     if accelerator.is_main_process:
-        model.save_adapter(args.output_dir, adapt_args.adapter_name)
+        _save(model, args.output_dir, adapt_args)
         summary = {"test": results, "trainable_parameters": trainable, "total_parameters": total}
         summary.update(best_epoch=state.best_epoch, history=state.history, data=corpus.stats, trainable_column=share)
         atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
         save_run_args(args.output_dir, adapt_args, args)
-        card = adapter_card(args.output_dir, repo_id=args.output_dir, base_model=str(adapt_args.base))
+        if adapt_args.method == "lora":
+            card = adapter_card(args.output_dir, repo_id=args.output_dir, base_model=str(adapt_args.base))
+        else:
+            card = base_card(args.output_dir, repo_id=args.output_dir)
         atomic_write_text(Path(args.output_dir) / "README.md", card)
         kind = "synthetic" if domain.synthetic else adapt_args.data_source
         print(
             f"\nTarget {adapt_args.target} ({kind}), test split. Protocol: full ranking, leave-one-out, "
             f"history excluded, ties pessimistic.\n{table}\n"
         )
-        print(f"Adapter {adapt_args.adapter_name!r} written to {args.output_dir}")
+        what = f"Adapter {adapt_args.adapter_name!r}" if adapt_args.method == "lora" else f"Model ({row})"
+        print(f"{what} written to {args.output_dir}")
     accelerator.wait_for_everyone()
     return model, results

@@ -6,6 +6,7 @@ and the few helpers that let several named adapters live on one base model.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import nn
 from .errors import CheckpointError
 
 COMPONENTS = ("text", "vision", "fusion")
+ADAPTER_RECORD = "mmsr_adapter.json"  # which base weights an adapter belongs to
 PEFT_PREFIX = "base_model.model."  # how PeftModel names weights in adapter files; plain peft users load ours
 
 # Modules LoRA adapts in each encoder family (regex on the module name inside the encoder).
@@ -108,6 +110,23 @@ def base_key_map(model: nn.Module) -> dict[str, str]:
     return {_base_key(k): k for k in model.state_dict() if not _is_adapter_key(k)}
 
 
+def _adapter_record(name_or_path, revision=None) -> dict:
+    """The adapter's `mmsr_adapter.json` (local folder or Hub repo), `{}` when it has none (e.g. made by plain peft)."""
+    local = Path(str(name_or_path))
+    if local.is_dir():
+        path = local / ADAPTER_RECORD
+        return json.loads(path.read_text()) if path.is_file() else {}
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    try:
+        return json.loads(Path(hf_hub_download(str(name_or_path), ADAPTER_RECORD, revision=revision)).read_text())
+    except EntryNotFoundError:
+        return {}
+    except (HfHubHTTPError, OSError) as err:
+        raise CheckpointError(f"{name_or_path}: cannot read the adapter from the Hub ({err})") from err
+
+
 class AdapterMixin:
     """Several named peft adapters on one model, in place (the model stays an `MMSRModel`)."""
 
@@ -122,15 +141,26 @@ class AdapterMixin:
         self._peft_configs()[adapter_name] = peft_config
         self.set_adapter(adapter_name)
 
-    def load_adapter(self, name_or_path: str | os.PathLike, adapter_name: str | None = None, revision=None) -> str:
+    def load_adapter(
+        self, name_or_path: str | os.PathLike, adapter_name: str | None = None, revision=None, force: bool = False
+    ) -> str:
         """Loads an adapter saved in peft's layout (local folder or Hub repo id) and activates it.
 
-        Returns the adapter's name (default: the folder or repo name).
+        An adapter records the base weights it was trained on (`mmsr_adapter.json`); loading it onto another
+        base is an error unless `force=True`. Returns the adapter's name (default: the folder or repo name).
         """
         from peft import PeftConfig, set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
         adapter_name = adapter_name or Path(str(name_or_path)).name
+        record = _adapter_record(name_or_path, revision)
+        trained_on = record.get("base_sha256")
+        if trained_on and self.base_fingerprint and trained_on != self.base_fingerprint and not force:
+            raise CheckpointError(
+                f"{name_or_path}: adapter was trained on base {record.get('base_model')!r} (weights sha256 "
+                f"{trained_on[:12]}…), but this model is {self.name_or_path!r} (sha256 {self.base_fingerprint[:12]}…); "
+                "pass force=True to load it anyway"
+            )
         try:
             peft_config = PeftConfig.from_pretrained(str(name_or_path), revision=revision)
             weights = load_peft_weights(str(name_or_path), revision=revision)
@@ -167,11 +197,33 @@ class AdapterMixin:
         state = get_peft_model_state_dict(self, adapter_name=adapter_name)
         with atomic_directory(folder) as tmp:
             config.save_pretrained(str(tmp))
+            record = {
+                "adapter_name": adapter_name,
+                "base_model": self.name_or_path,
+                "base_sha256": self.base_fingerprint,
+            }
+            (tmp / ADAPTER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
             save_file(
                 {PEFT_PREFIX + k: v.contiguous().cpu() for k, v in state.items()},
                 tmp / "adapter_model.safetensors",
                 {"format": "pt"},
             )
+
+    def save_merged(self, folder: str | os.PathLike, adapter_name: str | None = None) -> None:
+        """Writes a standalone base checkpoint with `adapter_name` merged into the weights; it loads with plain
+        `MMSRModel.from_pretrained` and scores like this model with the adapter active. This model is unchanged."""
+        adapter_name = adapter_name or self.active_adapter()
+        if adapter_name not in self.list_adapters():
+            raise ValueError(f"no adapter {adapter_name!r} to merge; loaded adapters: {self.list_adapters()}")
+        layers, fingerprint = self._tuner_layers(), self.base_fingerprint
+        for layer in layers:
+            layer.merge(adapter_names=[adapter_name])
+        try:
+            self.save_pretrained(folder)
+        finally:
+            for layer in layers:
+                layer.unmerge()
+            self.base_fingerprint = fingerprint  # this model is still the unmerged base
 
     def _tuner_layers(self):
         from peft.tuners.tuners_utils import BaseTunerLayer

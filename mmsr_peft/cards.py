@@ -53,6 +53,11 @@ def _eval_results(metrics: dict, model_name: str, domain: str) -> list:
     ]
 
 
+def _last_row(metrics: dict) -> dict:
+    """The metrics of the trained model in an adaptation table (its last row)."""
+    return metrics["test"][next(reversed(metrics["test"]))]
+
+
 def _data_section(data: dict) -> str:
     synthetic = all(stats.get("synthetic") for stats in data.values())
     lines = [SYNTHETIC_NOTE if synthetic else "Processed domain folders (see their manifests)."]
@@ -85,7 +90,7 @@ def base_card(folder: str | Path, repo_id: str) -> str:
         license="apache-2.0",
         tags=["recommendation", TASK, "multimodal", "id-agnostic", *(["synthetic-data"] if synthetic else [])],
         datasets=[f"mmsr_peft/{domain}" for domain in data],
-        eval_results=_eval_results(metrics["test"]["all"], name, "+".join(data)),
+        eval_results=_eval_results(metrics["test"].get("all") or _last_row(metrics), name, "+".join(data)),
     )
     text, vision = config.get("text") or {}, config.get("vision") or {}
     return _render(
@@ -102,7 +107,7 @@ def base_card(folder: str | Path, repo_id: str) -> str:
         num_parameters=f"{metrics['total_parameters']:,}",
         data_section=_data_section(data),
         protocol=PROTOCOL,
-        results_table=format_table(metrics["test"]),
+        results_table=format_table(metrics["test"], extra=metrics.get("trainable_column")),
         best_epoch=metrics["best_epoch"],
         synthetic=synthetic,
         training=f"{run_args['num_epochs']} epochs at most, batch {run_args['batch_size']}, AdamW lr "
@@ -123,7 +128,6 @@ def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None
     base_model = base_model or peft_config.get("base_model_name_or_path") or run_args["base"]
     synthetic = all(s.get("synthetic") for s in data.values())
     name = repo_id.rstrip("/").split("/")[-1]
-    adapted = next(reversed(metrics["test"]))
     card_data = ModelCardData(
         model_name=name,
         library_name="peft",
@@ -131,7 +135,7 @@ def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None
         base_model=base_model,
         tags=["mmsr_peft", "lora", TASK, domain, *(["synthetic-data"] if synthetic else [])],
         datasets=[f"mmsr_peft/{domain}"],
-        eval_results=_eval_results(metrics["test"][adapted], name, domain),
+        eval_results=_eval_results(_last_row(metrics), name, domain),
     )
     trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
     return _render(

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .adapters import ADAPTER_RECORD
 from .cards import adapter_card, base_card
 from .errors import CheckpointError
 
@@ -139,8 +140,10 @@ def publish(args: PublishArguments) -> str | None:
 
 
 def _point_adapter_at(staging: Path, folder: Path, base_repo_id: str) -> None:
-    """The published adapter_config.json names the base by its repo id, not by a local path."""
-    config = json.loads((folder / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = base_repo_id
-    (staging / "adapter_config.json").unlink()
-    (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    """The published adapter names its base by its repo id, not by a local path."""
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), (ADAPTER_RECORD, "base_model")):
+        if (folder / name).is_file():
+            config = json.loads((folder / name).read_text())
+            config[key] = base_repo_id
+            (staging / name).unlink()
+            (staging / name).write_text(json.dumps(config, indent=2) + "\n")

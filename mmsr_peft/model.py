@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -163,6 +164,7 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         self.item_tower = ItemTower(config)
         self.sequence_encoder = SEQUENCE_CLASSES[config.sequence.type](config.sequence, config.hidden_size)
         self.name_or_path: str | None = None
+        self.base_fingerprint: str | None = None  # sha256 of the model.safetensors it was loaded from / saved to
 
     def embed_items(self, items: ItemInputs) -> torch.Tensor:
         """`(N, D)` L2-normalised item embeddings."""
@@ -269,6 +271,7 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
             if self.processor is not None:
                 self.processor.save_pretrained(tmp)
+        self.base_fingerprint = file_sha256(Path(folder) / WEIGHTS_FILE)
 
     @classmethod
     def from_pretrained(
@@ -290,6 +293,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         model = cls(config, processor)
         model.load_state_dict(load_weights(folder, allow_pickle))
         model.name_or_path = str(name_or_path)
+        if (folder / WEIGHTS_FILE).is_file():
+            model.base_fingerprint = file_sha256(folder / WEIGHTS_FILE)
         return model.eval()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -342,6 +347,14 @@ def resolve_checkpoint(
                 "so it is refused. Ask for safetensors, or pass allow_pickle=True if you trust its author."
             )
     return folder
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

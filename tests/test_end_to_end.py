@@ -166,3 +166,25 @@ def test_every_recipe_config_parses_and_builds(config):
     )
     model = build_model(model_args, item_vocab=[f"item-{i}" for i in range(10)])
     assert model.config.item_tower == model_args.item_tower and training_args.output_dir.startswith("outputs/")
+
+
+@pytest.mark.parametrize(
+    "method, row", [("full", "full fine-tuning"), ("frozen", "frozen encoders"), ("scratch", "from scratch")]
+)
+def test_adapt_methods_other_than_lora_write_a_model(method, row, base_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / method
+    argv = ["--target", "office", "--base", str(base_dir), "--data_dir", str(data_dir), "--output_dir", str(out)]
+    assert adapt_main([*argv, "--method", method, *TINY_TRAIN_FLAGS, "--num_epochs", "1"]) == 0
+    assert f"| {row} |" in capsys.readouterr().out
+    trained, base = MMSRModel.from_pretrained(out), MMSRModel.from_pretrained(base_dir)
+    text_changed = not torch.equal(
+        trained.item_tower.text.backbone.embeddings.word_embeddings.weight,
+        base.item_tower.text.backbone.embeddings.word_embeddings.weight,
+    )
+    sequence_changed = not torch.equal(trained.sequence_encoder.position.weight, base.sequence_encoder.position.weight)
+    assert (text_changed, sequence_changed) == {
+        "full": (True, True),
+        "frozen": (False, True),
+        "scratch": (True, True),
+    }[method]
+    assert "| zero-shot base |" in (out / "README.md").read_text()

@@ -137,7 +137,11 @@ def test_lora_adapters_train_alone_change_outputs_switch_and_round_trip(catalog,
 
     model.save_pretrained(tmp_path / "base")
     model.save_adapter(tmp_path / "office", "office")
-    assert {p.name for p in (tmp_path / "office").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert {p.name for p in (tmp_path / "office").iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "mmsr_adapter.json",
+    }
     fresh = MMSRModel.from_pretrained(tmp_path / "base")
     assert torch.allclose(fresh(batch.items, batch.inputs).sequence_output, base, atol=1e-5)  # base holds no adapter
     fresh.load_adapter(tmp_path / "office", adapter_name="office")
@@ -235,3 +239,40 @@ def test_vision_tower_from_config_is_filled_from_a_local_open_clip_file(tower, t
     fusion = build_fusion(FusionConfig(type="merge_attention"), (16, 16), (24, target.token_size), 16)
     text = type(loaded)(torch.randn(2, 16), torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool))
     assert fusion(text, loaded, torch.tensor([True, True]), torch.tensor([True, False])).shape == (2, 16)
+
+
+def test_merged_export_scores_like_the_adapted_model(catalog, tmp_path):
+    from peft import LoraConfig
+
+    model = tiny()
+    model.save_pretrained(tmp_path / "base")
+    model.add_adapter(LoraConfig(r=4, target_modules=lora_target_modules(model), init_lora_weights=False), "office")
+    batch = batch_of(model, catalog)
+    adapted = model(batch.items, batch.inputs).sequence_output
+    model.save_merged(tmp_path / "merged", "office")
+    merged = MMSRModel.from_pretrained(tmp_path / "merged")
+    assert merged.list_adapters() == []
+    assert torch.allclose(merged(batch.items, batch.inputs).sequence_output, adapted, atol=1e-5)
+    # the adapted model itself is unchanged: still adapted, and its base is still the saved base
+    assert torch.allclose(model(batch.items, batch.inputs).sequence_output, adapted, atol=1e-5)
+    assert model.base_fingerprint == MMSRModel.from_pretrained(tmp_path / "base").base_fingerprint
+
+
+def test_adapter_for_another_base_is_refused_unless_forced(tmp_path):
+    from peft import LoraConfig
+
+    first, second = tiny(), tiny()
+    torch.nn.init.normal_(second.sequence_encoder.position.weight)  # same architecture, other weights
+    first.save_pretrained(tmp_path / "first")
+    second.save_pretrained(tmp_path / "second")
+    base = MMSRModel.from_pretrained(tmp_path / "first")
+    base.add_adapter(LoraConfig(r=2, target_modules=lora_target_modules(base)), "office")
+    base.save_adapter(tmp_path / "office", "office")
+    record = json.loads((tmp_path / "office" / "mmsr_adapter.json").read_text())
+    assert record["base_model"] == str(tmp_path / "first") and len(record["base_sha256"]) == 64
+    MMSRModel.from_pretrained(tmp_path / "first").load_adapter(tmp_path / "office")  # its own base: fine
+    other = MMSRModel.from_pretrained(tmp_path / "second")
+    with pytest.raises(CheckpointError, match="trained on base"):
+        other.load_adapter(tmp_path / "office")
+    assert other.list_adapters() == []
+    assert other.load_adapter(tmp_path / "office", force=True) == "office"
