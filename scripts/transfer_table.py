@@ -1,0 +1,111 @@
+"""The transfer table: every way of moving a base model to a target domain, on the same target and split.
+
+Rows: zero-shot base, LoRA on text + vision + fusion, LoRA on each single component, full fine-tuning, frozen
+encoders (only fusion and sequence encoder train) and the same architecture trained from scratch on the target.
+Each row is one `mmsr-adapt` run in its own process, so its wall time and peak memory (RSS) are its own.
+
+    python scripts/transfer_table.py --target office --base outputs/demo/base
+    python scripts/transfer_table.py --target office --base outputs/demo/base --rows lora full -- --num_epochs 5
+
+Arguments after `--` go to every `mmsr-adapt` run. Writes `<output_dir>/transfer_<target>.{md,json}` (default
+`results/`) with the command that made them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ADAPT = Path(__file__).resolve().parents[1] / "recipes" / "adapt.py"
+# row name -> mmsr-adapt flags
+ROWS = {
+    "lora": ["--method", "lora"],
+    "lora-text": ["--method", "lora", "--components", "text"],
+    "lora-vision": ["--method", "lora", "--components", "vision"],
+    "lora-fusion": ["--method", "lora", "--components", "fusion"],
+    "full": ["--method", "full"],
+    "frozen": ["--method", "frozen"],
+    "scratch": ["--method", "scratch"],
+}
+METRICS = ("hr@10", "ndcg@10", "mrr@10")
+
+
+def run_row(name: str, args, extra: list[str]) -> dict:
+    """One `mmsr-adapt` run in a child process; returns its metrics, size on disk, wall time and peak RSS."""
+    out = Path(args.work_dir) / name
+    command = [sys.executable, str(ADAPT), "--target", args.target, "--base", args.base, "--output_dir", str(out)]
+    command += ["--data_dir", args.data_dir, *ROWS[name], *extra]
+    began = time.perf_counter()
+    child = subprocess.Popen(command)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - began
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"row {name!r} failed: {' '.join(command)}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    weights = out / ("adapter_model.safetensors" if ROWS[name][1] == "lora" else "model.safetensors")
+    return {
+        "row": name,
+        "test": metrics["test"],
+        "trainable_parameters": metrics["trainable_parameters"],
+        "total_parameters": metrics["total_parameters"],
+        "weights_bytes": weights.stat().st_size,
+        "wall_s": wall,
+        "peak_rss_gib": usage.ru_maxrss / 2**20,  # ru_maxrss is in KiB on Linux
+    }
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| row | HR@10 | NDCG@10 | MRR@10 | trainable (count, %) | weights on disk | peak RSS (GiB) | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    first = results[0]["test"]
+    for label, key in (("random", "random"), ("zero-shot base", "zero-shot base")):
+        lines.append(f"| {label} | " + " | ".join(f"{first[key][m]:.4f}" for m in METRICS) + " | 0 | - | - | - |")
+    for r in results:
+        trained = r["test"][next(reversed(r["test"]))]
+        share = 100 * r["trainable_parameters"] / r["total_parameters"]
+        lines.append(
+            f"| {r['row']} | "
+            + " | ".join(f"{trained[m]:.4f}" for m in METRICS)
+            + f" | {r['trainable_parameters']:,} ({share:.2f} %) | {r['weights_bytes'] / 2**20:.2f} MiB"
+            f" | {r['peak_rss_gib']:.2f} | {r['wall_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", default="office", help="Target domain.")
+    parser.add_argument("--base", default="outputs/demo/base", help="Base model folder or Hub repo id.")
+    parser.add_argument("--data_dir", default="data", help="Root of processed domain folders.")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="Rows to run.")
+    parser.add_argument("--work_dir", default=None, help="Where each run writes (default outputs/transfer/<target>).")
+    parser.add_argument("--output_dir", default="results", help="Where transfer_<target>.md/json go.")
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.work_dir = args.work_dir or f"outputs/transfer/{args.target}"
+    results = [run_row(name, args, extra) for name in args.rows]
+    command = "python scripts/transfer_table.py " + " ".join(argv)
+    protocol = "full ranking over the target catalog, leave-one-out, history excluded, ties pessimistic"
+    text = (
+        f"Transfer to `{args.target}` from `{args.base}` (test split; {protocol}; trainable share of the whole "
+        f"model; weights = adapter or model file; peak RSS of the run's process).\n\nCommand: `{command}`\n\n"
+        f"{table(results)}\n"
+    )
+    print("\n" + text)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"transfer_{args.target}.md").write_text(text)
+    (out / f"transfer_{args.target}.json").write_text(json.dumps({"command": command, "rows": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
