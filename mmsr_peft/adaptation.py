@@ -95,7 +95,8 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    args.output_dir = args.output_dir or f"outputs/adapters/{adapt_args.adapter_name}"
+    default = f"outputs/adapters/{adapt_args.adapter_name}" if adapt_args.method == "lora" else None
+    args.output_dir = args.output_dir or default or f"outputs/adapted/{adapt_args.target}-{adapt_args.method}"
     domain = load_domain(adapt_args.target, adapt_args.data_source, adapt_args.data_dir)
     project = ProjectConfiguration(
         args.output_dir, automatic_checkpoint_naming=True, total_limit=args.save_total_limit

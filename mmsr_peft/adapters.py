@@ -48,9 +48,10 @@ FUSION_TARGETS = {
 
 
 def model_components(model: nn.Module) -> list[str]:
-    """The adaptable components `model` has (an `id` tower has none of them)."""
+    """The components of `model` that have default LoRA targets (an `id` tower has none of them)."""
     config = model.config
-    present = {"text": config.uses_text, "vision": config.uses_vision, "fusion": config.item_tower != "id"}
+    vision = config.uses_vision and model.item_tower.vision.family in VISION_TARGETS
+    present = {"text": config.uses_text, "vision": vision, "fusion": config.item_tower != "id"}
     return [component for component in COMPONENTS if present[component]]
 
 
@@ -64,6 +65,9 @@ def lora_target_modules(model: nn.Module, components=None) -> str:
     for component in components:
         if component not in COMPONENTS:
             raise ValueError(f"unknown component {component!r}; valid components: {', '.join(COMPONENTS)}")
+        if component == "vision" and config.uses_vision and component not in present:
+            family = model.item_tower.vision.family
+            raise ValueError(f"no default LoRA targets for vision tower {family!r}; known: {sorted(VISION_TARGETS)}")
         if component not in present:
             raise ValueError(f"component {component!r} does not exist in an item_tower={config.item_tower!r} model")
         if component == "text":

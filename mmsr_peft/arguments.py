@@ -31,7 +31,9 @@ def parse_args(dataclass_types, argv=None, description: str | None = None):
 
     parser = HfArgumentParser(dataclass_types, description=description)
     parser.add_argument("--config", default=None, help="YAML file whose keys fill the arguments; flags win.")
-    known, _ = parser.parse_known_args(argv)
+    config_only = argparse.ArgumentParser(add_help=False)  # read --config before required flags are checked
+    config_only.add_argument("--config", default=None)
+    known, _ = config_only.parse_known_args(argv)
     if known.config:
         settings = yaml.safe_load(Path(known.config).read_text()) or {}
         if not isinstance(settings, dict):
@@ -41,6 +43,9 @@ def parse_args(dataclass_types, argv=None, description: str | None = None):
         if unknown:
             parser.error(f"{known.config}: unknown keys {unknown}; valid keys: {sorted(valid)}")
         parser.set_defaults(**settings)
+        for action in parser._actions:  # a required flag given by the file is no longer required on the line
+            if action.dest in settings:
+                action.required = False
     parsed = parser.parse_args_into_dataclasses(argv)
     return [p for p in parsed if not isinstance(p, argparse.Namespace)]  # drop the namespace holding --config
 

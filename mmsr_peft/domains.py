@@ -92,7 +92,12 @@ def load_folder(folder: str | Path) -> Domain:
     """Loads any processed domain folder (see the README's data format)."""
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"name": folder.name}
+    manifest = {"name": folder.name}
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{manifest_path}: not valid JSON ({err})") from err
     catalog = Catalog.from_folder(folder)
     sequences = Sequences.from_folder(folder, catalog)
     if len(sequences) == 0:

@@ -15,8 +15,9 @@ DEFAULT_KS = (10, 20)
 MISS = 2**62  # rank given to a target that is not among the candidates
 PROTOCOL = (
     "leave-one-out by time (last item = test, second last = validation); full ranking over every item of the "
-    "domain's catalog; items already in the user's history are excluded from the candidates; ties are counted "
-    "against the target (pessimistic rank); HR@K equals Recall@K with one target."
+    "domain's catalog; items in the user's history (its last max_len items, as the model reads it) are excluded "
+    "from the candidates, so a target that repeats one of them counts as a miss; ties are counted against the "
+    "target (pessimistic rank); HR@K equals Recall@K with one target."
 )
 
 

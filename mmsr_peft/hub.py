@@ -75,7 +75,7 @@ def card_edited(text: str) -> bool:
     match = CARD_MARK.search(text)
     if match is None:
         return True
-    body = text[: match.start()] + "\n"
+    body = text[: match.start()]  # sign_card hashed the text up to (not including) the mark's leading newline
     return hashlib.sha256(body.encode()).hexdigest() != match.group(1)
 
 
@@ -96,6 +96,13 @@ def publish(args: PublishArguments) -> str | None:
     """
     folder = Path(args.folder)
     kind = folder_kind(folder)
+    if kind == "adapter" and not args.base_repo_id:
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+        if not base or Path(base).exists() or base.startswith((".", "/")) or base.count("/") != 1:
+            raise CheckpointError(
+                f"{folder}: the adapter's base is {base!r}, not a Hub repo id; publish the base first and pass "
+                "--base_repo_id org/name, so the card and adapter_config.json point where users can load it"
+            )
     files = files_to_upload(folder)
     if args.dry_run:
         total = sum((folder / f).stat().st_size for f in files)

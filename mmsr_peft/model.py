@@ -15,7 +15,7 @@ from torch import nn
 from . import adapters
 from .config import ConfigMixin
 from .data.catalog import Catalog
-from .data.collate import ItemInputs, ItemProcessor, pad_histories
+from .data.collate import PROCESSOR_FILE, ItemInputs, ItemProcessor, pad_histories
 from .encoders import EncoderOutput, TextEncoder, TextEncoderConfig, VisionEncoder, VisionEncoderConfig
 from .errors import CheckpointError
 from .evaluation import history_mask
@@ -289,7 +289,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         settings = json.loads(config_path.read_text())
         settings.pop("mmsr_peft_version", None)
         config = MMSRConfig.from_dict(settings, where=str(config_path))
-        processor = ItemProcessor.from_pretrained(folder, with_tokenizer=config.uses_text)
+        has_processor = (folder / PROCESSOR_FILE).is_file()  # a model saved without one cannot `recommend`
+        processor = ItemProcessor.from_pretrained(folder, with_tokenizer=config.uses_text) if has_processor else None
         model = cls(config, processor)
         model.load_state_dict(load_weights(folder, allow_pickle))
         model.name_or_path = str(name_or_path)

@@ -105,7 +105,10 @@ def train(
     epochs without improvement.
     """
     catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
+    if not train_sequences:
+        raise ValueError("no training sequences: every user has fewer than 3 interactions before the held-out two")
     counts = np.bincount(np.concatenate(train_sequences), minlength=len(catalog_inputs))
+    generator = torch.Generator()
     collator = TrainCollator(
         catalog_inputs, model.config.loss, args.num_negatives, counts, seed=args.seed + accelerator.process_index
     )
@@ -114,14 +117,18 @@ def train(
         batch_size=args.batch_size,
         shuffle=True,
         collate_fn=collator,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=generator,
     )
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=args.learning_rate, weight_decay=args.weight_decay)
     total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * accelerator.num_processes))
     from transformers import get_linear_schedule_with_warmup
 
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+    # Accelerate steps a prepared scheduler once per process at every optimizer step: count in those units.
+    processes = accelerator.num_processes
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(args.warmup_ratio * total_steps) * processes, total_steps * processes
+    )
     ddp_model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
@@ -136,6 +143,9 @@ def train(
 
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
     while state.epoch < args.num_epochs and state.stale < args.patience:
+        # Each epoch's order and negatives come from (seed, epoch): a resumed run replays the same batches.
+        generator.manual_seed(args.seed + state.epoch)
+        collator.rng = np.random.default_rng([args.seed, state.epoch, accelerator.process_index])
         done_in_epoch = state.step - state.epoch * len(loader)
         epoch_loader = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch > 0 else loader
         ddp_model.train()

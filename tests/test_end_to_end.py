@@ -188,3 +188,52 @@ def test_adapt_methods_other_than_lora_write_a_model(method, row, base_dir, data
         "scratch": (True, True),
     }[method]
     assert "| zero-shot base |" in (out / "README.md").read_text()
+
+
+def test_run_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    from conftest import TINY_MODEL_FLAGS
+
+    from mmsr_peft import training
+    from mmsr_peft.cli import pretrain_main
+
+    argv = [
+        *TINY_MODEL_FLAGS,
+        *TINY_TRAIN_FLAGS,
+        "--domains",
+        "food",
+        "--data_dir",
+        str(data_dir),
+        "--num_epochs",
+        "3",
+    ]
+    assert pretrain_main([*argv, "--output_dir", str(tmp_path / "straight")]) == 0
+
+    collate, calls = training.TrainCollator.__call__, []
+
+    def dies_in_epoch_two(self, sequences):  # 4 batches per epoch: the 6th is the second batch of epoch 2
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt("simulated kill")
+        return collate(self, sequences)
+
+    monkeypatch.setattr(training.TrainCollator, "__call__", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_main([*argv, "--output_dir", str(tmp_path / "resumed")])
+    monkeypatch.undo()
+    assert pretrain_main([*argv, "--output_dir", str(tmp_path / "resumed"), "--resume"]) == 0
+
+    straight, resumed = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("straight", "resumed"))
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["test"]["all"] == pytest.approx(straight["test"]["all"], abs=1e-6)
+    a, b = MMSRModel.from_pretrained(tmp_path / "straight"), MMSRModel.from_pretrained(tmp_path / "resumed")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
+def test_config_file_can_fill_required_arguments(tmp_path):
+    from mmsr_peft.arguments import parse_args
+
+    path = tmp_path / "adapt.yaml"
+    path.write_text("target: arts\nmethod: frozen\n")
+    adapt_args, training_args = parse_args((AdaptArguments, TrainingArguments), ["--config", str(path)])
+    assert (adapt_args.target, adapt_args.method) == ("arts", "frozen")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from conftest import HUB, TINY_TRAIN_FLAGS
 from mmsr_peft import MMSRModel, load_domain
 from mmsr_peft.cli import adapt_main, publish_main
 from mmsr_peft.errors import CheckpointError
+from mmsr_peft.hub import card_edited, sign_card
 
 PLACEHOLDERS = ("More Information Needed", "{{", "}}", "TODO", "[TBD]")
 
@@ -103,23 +105,33 @@ def test_published_cards_validate_and_hold_results_and_protocol(published):
     assert "model.safetensors" in files and not [f for f in files if f.startswith("checkpoints")]
 
 
-def test_hand_edited_card_survives_a_second_publish_unless_overwritten(published):
+def test_hand_edited_card_survives_a_second_publish_unless_overwritten(published, tmp_path):
     folders, repos = published
     HUB.write_file(repos["base"], "README.md", b"# Our own card\n\nWritten on the website.\n")
     assert publish_main(["--folder", str(folders["base"]), "--repo_id", repos["base"]]) == 0
     assert HUB.read_file(repos["base"], "README.md") == b"# Our own card\n\nWritten on the website.\n"
     assert publish_main(["--folder", str(folders["base"]), "--repo_id", repos["base"], "--overwrite_card"]) == 0
     assert b"Our own card" not in HUB.read_file(repos["base"], "README.md")
-    # an unedited card of ours is refreshed without the flag
-    assert (
-        publish_main(["--folder", str(folders["base"]), "--repo_id", repos["base"], "--commit_message", "again"]) == 0
-    )
-    assert b"full ranking" in HUB.read_file(repos["base"], "README.md")
+    # a card of ours that nobody edited is refreshed without the flag: retrain (here: change the metrics), publish
+    retrained = tmp_path / "retrained"
+    shutil.copytree(folders["base"], retrained, ignore=shutil.ignore_patterns("checkpoints"))
+    metrics = json.loads((retrained / "metrics.json").read_text())
+    metrics["best_epoch"] = 97
+    (retrained / "metrics.json").write_text(json.dumps(metrics))
+    assert publish_main(["--folder", str(retrained), "--repo_id", repos["base"], "--commit_message", "again"]) == 0
+    assert b"(epoch 97)" in HUB.read_file(repos["base"], "README.md")
+
+
+def test_card_signature_detects_edits():
+    card = sign_card("---\nlibrary_name: mmsr_peft\n---\n\n# A card\n")
+    assert not card_edited(card) and not card_edited(sign_card(card))  # signing twice keeps one mark
+    assert card_edited(card.replace("A card", "Our card")) and card_edited("# written by hand\n")
 
 
 def test_publish_to_a_branch(published):
     folders, repos = published
-    assert publish_main(["--folder", str(folders["office"]), "--repo_id", repos["office"], "--revision", "v2"]) == 0
+    argv = ["--folder", str(folders["office"]), "--repo_id", repos["office"], "--base_repo_id", repos["base"]]
+    assert publish_main([*argv, "--revision", "v2"]) == 0
     assert "adapter_model.safetensors" in HUB.list_files(repos["office"], revision="v2")
 
 
