@@ -242,6 +242,15 @@ class VisionEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1) * 255, persistent=False)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.modules():  # a frozen BatchNorm keeps its pretrained statistics while the rest trains
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters()
+            ):
+                module.eval()
+        return self
+
     def set_finetuning(self, regime: str, top_k: int = 1) -> None:
         """`frozen`, `full`, or `top_k`: only the top `top_k` blocks (and the pooling/projection after them) train."""
         set_finetuning(self.tower, self.family, regime, top_k)

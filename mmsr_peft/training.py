@@ -168,9 +168,10 @@ def train(
         accelerator.save_state()
         accelerator.wait_for_everyone()
     progress.close()
+    current = {**dict(model.named_buffers()), **trainable}  # buffers too: BatchNorm statistics of the best epoch
     with torch.no_grad():
         for name, value in state.best_weights.items():
-            trainable[name].copy_(value)
+            current[name].copy_(value)
     return state
 
 
@@ -188,6 +189,7 @@ def _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, tr
     if improved:
         state.best_metric, state.best_epoch, state.stale = score, state.epoch, 0
         state.best_weights = {name: p.detach().cpu().clone() for name, p in trainable.items()}
+        state.best_weights.update({name: b.detach().cpu().clone() for name, b in model.named_buffers()})
         if on_best is not None and accelerator.is_main_process:
             on_best(model, metrics)
     else:

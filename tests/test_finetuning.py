@@ -63,3 +63,18 @@ def test_item_inputs_of_unknown_ids_in_id_tower():
     model = build_model(ModelArguments(item_tower="id"), item_vocab=["a", "b"])
     with pytest.raises(ValueError, match="vocabulary"):
         model.embed_items(ItemInputs(item_index=torch.tensor([0, -1])))
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_the_top_blocks_train():
+    args = ModelArguments(item_tower="image", vision_model="mobilenet_v2", image_size=32, hidden_size=16)
+    model = build_model(args)
+    model.item_tower.vision.set_finetuning("top_k", 2)
+    model.train()
+    features = model.item_tower.vision.tower.features
+    low, top = features[1].conv[0][1], features[-1][1]  # BatchNorm of a frozen block and of a trained one
+    assert not low.training and top.training
+    before = low.running_mean.clone()
+    model.item_tower.vision(torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8))
+    assert torch.equal(low.running_mean, before) and not torch.equal(
+        top.running_mean, torch.zeros_like(top.running_mean)
+    )
