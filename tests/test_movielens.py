@@ -1,0 +1,64 @@
+"""MovieLens-100k, the built-in real domain: prepared from the recbole wheel's files, with posters when present."""
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from mmsr_peft.cli import data_main
+from mmsr_peft.data.movielens import item_text
+from mmsr_peft.domains import load_domain
+from mmsr_peft.errors import DataError
+
+POSTERS = Path(os.environ.get("MMSR_POSTERS", Path(__file__).resolve().parents[2] / "shared/data/ml100k-posters"))
+
+
+@pytest.fixture(scope="module")
+def ml_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ml")
+    argv = ["movielens", "--data_dir", str(root)] + (["--posters", str(POSTERS)] if POSTERS.is_dir() else [])
+    assert data_main(argv) == 0
+    return root
+
+
+def test_ml100k_has_the_known_counts_text_and_order(ml_dir):
+    domain = load_domain("ml-100k", source="movielens", data_dir=str(ml_dir))
+    assert not domain.synthetic and domain.manifest["source"] == "movielens"
+    assert len(domain.catalog) == 1682 and len(domain.sequences) == 943
+    assert domain.sequences.stats == {
+        "interactions": 100000,
+        "users": 943,
+        "users_kept": 943,
+        "users_dropped_short": 0,
+    }
+    assert (
+        domain.catalog.texts[domain.catalog.index["1"]] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
+    )
+    # each user's items follow the timestamps; equal timestamps keep the file's row order
+    table = pq.read_table(domain.folder / "interactions.parquet").to_pydict()
+    rows = [
+        (t, r, i)
+        for r, (u, i, t) in enumerate(zip(table["user_id"], table["item_id"], table["timestamp"], strict=True))
+        if u == "1"
+    ]
+    expected = [domain.catalog.index[i] for _, _, i in sorted(rows)]
+    assert domain.sequences.items[domain.sequences.user_ids.index("1")].tolist() == expected
+
+
+@pytest.mark.skipif(not POSTERS.is_dir(), reason=f"poster folder {POSTERS} not present (set MMSR_POSTERS)")
+def test_posters_become_item_images(ml_dir):
+    domain = load_domain("ml-100k", source="movielens", data_dir=str(ml_dir))
+    with_image = [p for p in domain.catalog.images if p is not None]
+    assert len(with_image) == len(list(POSTERS.glob("*.jpg"))) == domain.manifest["counts"]["items_with_image"]
+    assert all(Path(p).is_relative_to(domain.folder.resolve()) for p in with_image)  # copied in, not pointed to
+
+
+def test_item_text_and_registry_errors(ml_dir):
+    assert item_text("Heat", "1995", "Action Crime Thriller") == "Heat (1995). Genres: Action, Crime, Thriller."
+    assert item_text("Untitled", "", "") == "Untitled."
+    with pytest.raises(DataError, match="its domains: ml-100k"):
+        load_domain("office", source="movielens", data_dir=str(ml_dir))
+    with pytest.raises(DataError, match="mmsr-data movielens"):
+        load_domain("ml-100k", source="movielens", data_dir=str(ml_dir / "elsewhere"))
+    assert data_main(["movielens", "--data_dir", str(ml_dir)]) == 2  # exists: refuses without --overwrite
