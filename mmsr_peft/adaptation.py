@@ -13,7 +13,7 @@ from .domains import DEFAULT_DATA_DIR, DOMAINS, build_corpus, load_domain
 from .evaluation import evaluate, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
-from .training import TrainingArguments, precompute_frozen_states, train
+from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train
 
 METHODS = {"lora": "LoRA", "full": "full fine-tuning", "frozen": "frozen encoders", "scratch": "from scratch"}
 
@@ -92,18 +92,14 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
 
     Returns the base model with the trained adapter active, and the test metrics of each row of the table.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import set_seed
 
     default = f"outputs/adapters/{adapt_args.adapter_name}" if adapt_args.method == "lora" else None
     args.output_dir = args.output_dir or default or f"outputs/adapted/{adapt_args.target}-{adapt_args.method}"
     domain = load_domain(adapt_args.target, adapt_args.data_source, adapt_args.data_dir)
-    project = ProjectConfiguration(
-        args.output_dir, automatic_checkpoint_naming=True, total_limit=args.save_total_limit
-    )
-    accelerator = Accelerator(project_config=project)
-    set_seed(args.seed)
     model = MMSRModel.from_pretrained(adapt_args.base, revision=adapt_args.revision)
+    accelerator = make_accelerator(args, model.config)
+    set_seed(args.seed)
     if model.config.item_tower == "id":
         raise ValueError(f"{adapt_args.base} is an ID-based model: its item table cannot represent new items")
     adapt_args.components = adapt_args.components or model_components(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
@@ -12,7 +13,7 @@ from .domains import build_corpus, load_domain
 from .evaluation import evaluate, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
-from .training import TrainingArguments, precompute_frozen_states, train
+from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train
 
 
 def prepare_synthetic(data_args: DataArguments, accelerator) -> None:
@@ -34,14 +35,11 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     Returns the trained model (best validation weights) and its test metrics per domain (full ranking,
     leave-one-out), with those of a random ranking.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import set_seed
 
     args.output_dir = args.output_dir or "outputs/pretrain"
-    project = ProjectConfiguration(
-        args.output_dir, automatic_checkpoint_naming=True, total_limit=args.save_total_limit
-    )
-    accelerator = Accelerator(project_config=project)
+    architecture = SimpleNamespace(item_tower=model_args.item_tower, fusion=SimpleNamespace(type=model_args.fusion))
+    accelerator = make_accelerator(args, architecture)
     set_seed(args.seed)
     prepare_synthetic(data_args, accelerator)
     domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]

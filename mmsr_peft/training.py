@@ -48,6 +48,22 @@ class TrainingArguments:
             raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
 
 
+def make_accelerator(args: TrainingArguments, model_config):
+    """An Accelerator that saves numbered training states under `output_dir/checkpoints`."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    from .fusion import TOKEN_FUSIONS
+
+    project = ProjectConfiguration(
+        args.output_dir, automatic_checkpoint_naming=True, total_limit=args.save_total_limit
+    )
+    # Token-level fusions leave the vision tower's pooled projection unused: DDP has to expect that.
+    unused = model_config.item_tower == "modal" and model_config.fusion.type in TOKEN_FUSIONS
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=unused)
+    return Accelerator(project_config=project, kwargs_handlers=[ddp])
+
+
 class TrainState:
     """Progress saved with Accelerate's `save_state`: counters, best metric and the best trainable weights."""
 
