@@ -1,16 +1,29 @@
-"""Two-process DDP on CPU (gloo) through Accelerate's debug launcher: pretraining runs and writes one base."""
+"""Two-process DDP on CPU (gloo) with `accelerate launch`, exactly as the recipe's docstring says to run it."""
 
 import json
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 from conftest import TINY_MODEL_FLAGS, TINY_TRAIN_FLAGS
 
 from mmsr_peft import MMSRModel
 
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
 
-def _pretrain_in_each_process():
-    from mmsr_peft.cli import pretrain_main
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_ddp_pretraining_with_a_token_level_fusion(data_dir, tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
     argv = [
         *TINY_MODEL_FLAGS,
         *TINY_TRAIN_FLAGS,
@@ -21,19 +34,14 @@ def _pretrain_in_each_process():
         "--fusion",
         "merge_attention",
     ]
-    code = pretrain_main(
-        [*argv, "--data_dir", os.environ["MMSR_TEST_DATA"], "--output_dir", os.environ["MMSR_TEST_OUT"]]
-    )
-    assert code == 0
-
-
-def test_two_process_ddp_pretraining_with_a_token_level_fusion(data_dir, tmp_path, monkeypatch):
-    from accelerate import debug_launcher
-
-    monkeypatch.setenv("MMSR_TEST_DATA", str(data_dir))
-    monkeypatch.setenv("MMSR_TEST_OUT", str(tmp_path / "ddp"))
-    debug_launcher(_pretrain_in_each_process, num_processes=2)
-    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    argv += ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "ddp")]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([*launch, str(RECIPE), *argv], env=env, capture_output=True, text=True, timeout=600)
+    # Multi-process CPU runs sometimes abort at interpreter exit after all work is done (see ENVIRONMENT.md):
+    # judge by what the run wrote, and show its log when that is missing.
+    metrics_path = tmp_path / "ddp" / "metrics.json"
+    assert metrics_path.is_file(), run.stderr[-4000:]
+    metrics = json.loads(metrics_path.read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     # each process saw half of the sequences: 50 users / (16 per batch x 2 processes) = 2 steps per epoch
     assert metrics["history"][-1]["step"] == 4
