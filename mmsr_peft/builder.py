@@ -81,6 +81,9 @@ class ModelArguments:
     text_max_length: int = field(default=32, metadata={"help": "Tokens per item text."})
     temperature: float = field(default=0.07, metadata={"help": "Softmax temperature on cosine scores."})
     loss: str = field(default="sampled_softmax", metadata={"help": f"Training loss, one of {LOSSES}."})
+    itc_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the auxiliary image-text contrastive loss (modal only; 0: off)."}
+    )
     text_finetune: str = field(
         default="frozen",
         metadata={
@@ -148,6 +151,7 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
         num_items=len(item_vocab) if args.item_tower == "id" else 0,
         temperature=args.temperature,
         loss=args.loss,
+        itc_weight=args.itc_weight,
     )
     processor = ItemProcessor(
         tokenizer,

@@ -46,6 +46,8 @@ class MMSRConfig(ConfigMixin):
         temperature (`float`): scores are cosine similarities divided by this.
         loss (`str`): training loss: `"sampled_softmax"` (batch items + uniform negatives, logQ-corrected),
             `"full_ce"` (softmax over the whole catalog) or `"bce"` (one sampled negative per position).
+        itc_weight (`float`): weight of an auxiliary image-text contrastive loss (ALBEF's ITC) between each item's
+            text and image during training (`modal` only; 0 turns it off).
     """
 
     item_tower: str = "modal"  # "modal" | "text" | "image" | "id"
@@ -57,6 +59,7 @@ class MMSRConfig(ConfigMixin):
     num_items: int = 0  # id table size (id)
     temperature: float = 0.07  # softmax temperature on cosine scores
     loss: str = "sampled_softmax"  # "sampled_softmax" | "full_ce" | "bce" (see mmsr_peft/losses.py)
+    itc_weight: float = 0.0  # weight of the image-text contrastive auxiliary loss (modal only; 0: off)
 
     def __post_init__(self):
         if self.item_tower not in ITEM_TOWERS:
@@ -67,6 +70,8 @@ class MMSRConfig(ConfigMixin):
             raise ValueError(f"item_tower={self.item_tower!r} needs a vision encoder config (`vision`)")
         if self.item_tower == "id" and self.num_items < 1:
             raise ValueError(f"item_tower='id' needs num_items >= 1, got {self.num_items}")
+        if self.itc_weight < 0 or (self.itc_weight > 0 and self.item_tower != "modal"):
+            raise ValueError(f"itc_weight must be >= 0 and needs item_tower='modal', got {self.itc_weight}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.hidden_size < 1 or self.temperature <= 0:
@@ -125,6 +130,9 @@ class ItemTower(nn.Module):
             text_dims = (self.text.hidden_size, self.text.hidden_size)
             image_dims = (self.vision.hidden_size, self.vision.token_size)
             self.fusion = build_fusion(config.fusion, text_dims, image_dims, d)
+            if config.itc_weight > 0:  # heads of the image-text contrastive auxiliary loss
+                self.itc_text = nn.Linear(self.text.hidden_size, d)
+                self.itc_image = nn.Linear(self.vision.hidden_size, d)
 
     def encode_text(self, items: ItemInputs) -> EncoderOutput:
         return items.text_states if items.text_states is not None else self.text(items.input_ids, items.attention_mask)
@@ -132,7 +140,24 @@ class ItemTower(nn.Module):
     def encode_image(self, items: ItemInputs) -> EncoderOutput:
         return items.image_states if items.image_states is not None else self.vision(items.pixel_values)
 
-    def forward(self, items: ItemInputs) -> torch.Tensor:
+    def forward(self, items: ItemInputs, with_alignment: bool = False):
+        """`(N, D)` item embeddings; with `with_alignment`, also the image-text contrastive loss of the items that
+        have both modalities (ALBEF's ITC: each item's text must pick its own image among the batch's, and back)."""
+        if not with_alignment:
+            return self._embed(items)
+        text, image = self.encode_text(items), self.encode_image(items)
+        items = items.with_states(text, image)  # encode once, for the embeddings and the alignment
+        both = items.has_text & items.has_image
+        if int(both.sum()) < 2:
+            return self._embed(items), text.pooled.sum() * 0.0
+        t = F.normalize(self.itc_text(text.pooled[both]), dim=-1)
+        v = F.normalize(self.itc_image(image.pooled[both]), dim=-1)
+        logits = t @ v.T / self.config.temperature  # (M, M): the diagonal pairs are the positives
+        labels = torch.arange(len(logits), device=logits.device)
+        alignment = (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels)) / 2
+        return self._embed(items), alignment
+
+    def _embed(self, items: ItemInputs) -> torch.Tensor:
         mode = self.config.item_tower
         if mode == "id":
             if (items.item_index < 0).any():
@@ -202,7 +227,12 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             negatives (`torch.LongTensor` of shape `(B, T)`, *optional*): one negative per position (`bce` loss).
             logq (`torch.FloatTensor` of shape `(N,)`, *optional*): logQ correction (`sampled_softmax` loss).
         """
-        item_embeddings = self.embed_items(items)  # (N, D)
+        alignment = None
+        if targets is not None and self.config.itc_weight > 0:
+            raw, alignment = self.item_tower(items, with_alignment=True)
+            item_embeddings = F.normalize(raw, dim=-1)  # (N, D)
+        else:
+            item_embeddings = self.embed_items(items)  # (N, D)
         sequence_output = self.encode_sequences(item_embeddings, inputs)  # (B, T, D)
         loss = None
         if targets is not None and self.config.loss == "bce":
@@ -211,6 +241,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             loss = bce_loss(sequence_output, item_embeddings, targets, negatives, self.config.temperature)
         elif targets is not None:
             loss = softmax_loss(sequence_output, item_embeddings, targets, self.config.temperature, logq)
+        if alignment is not None:
+            loss = loss + self.config.itc_weight * alignment
         return MMSROutput(loss, item_embeddings, sequence_output)
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmsr_peft import MMSRModel
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.data.collate import TrainCollator
 from mmsr_peft.fusion import FUSION_TYPES
@@ -69,3 +70,31 @@ def test_combination_trains(fusion, sequence, loss, records):
         optimizer.zero_grad()
         losses.append(out.loss.item())
     assert losses[-1] < losses[0], losses
+
+
+def test_image_text_contrastive_auxiliary_loss_trains_its_heads_and_aligns(records, tmp_path):
+    torch.manual_seed(0)
+    args = ModelArguments(
+        text_model="tiny-bert", vision_model="micro-vit", image_size=32, hidden_size=16, itc_weight=0.5, dropout=0.0
+    )
+    model = build_model(args).eval()
+    batch = TrainCollator(model.processor(records), "sampled_softmax", num_negatives=0)(SEQUENCES)
+    with_itc = model(batch.items, batch.inputs, batch.targets).loss
+    _, alignment = model.item_tower(batch.items, with_alignment=True)
+    without = model.embed_items(batch.items)
+    assert torch.allclose(model(batch.items, batch.inputs).item_embeddings, without)  # no targets: no ITC work
+    with_itc.backward()
+    assert (
+        model.item_tower.itc_text.weight.grad.abs().sum() > 0
+        and model.item_tower.itc_image.weight.grad.abs().sum() > 0
+    )
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(15):
+        optimizer.zero_grad()
+        model(batch.items, batch.inputs, batch.targets).loss.backward()
+        optimizer.step()
+    assert model.item_tower(batch.items, with_alignment=True)[1] < alignment
+    model.save_pretrained(tmp_path / "itc")
+    assert MMSRModel.from_pretrained(tmp_path / "itc").config.itc_weight == 0.5
+    with pytest.raises(ValueError, match="itc_weight"):
+        build_model(ModelArguments(item_tower="id", itc_weight=0.5), item_vocab=["a"])
