@@ -26,7 +26,7 @@ TEXT_TARGETS = {
     "roberta": r"encoder\.layer\.\d+\.attention\.self\.(query|value)",
     "xlm-roberta": r"encoder\.layer\.\d+\.attention\.self\.(query|value)",
     "distilbert": r"transformer\.layer\.\d+\.attention\.(q_lin|v_lin)",
-    "clip_text_model": r"text_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)",
+    "clip_text_model": r"(text_model\.)?encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)",
 }
 # open_clip ViTs use nn.MultiheadAttention: peft adapts it only when the attention module itself is targeted.
 VISION_TARGETS = {

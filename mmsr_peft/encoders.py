@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from dataclasses import dataclass, field
 
@@ -25,7 +26,10 @@ BLOCK_LAYOUT = {
     "roberta": ("encoder.layer", ()),
     "xlm-roberta": ("encoder.layer", ()),
     "distilbert": ("transformer.layer", ()),
-    "clip_text_model": ("text_model.encoder.layers", ("text_model.final_layer_norm",)),
+    "clip_text_model": (
+        ("encoder.layers", "text_model.encoder.layers"),
+        ("final_layer_norm", "text_model.final_layer_norm"),
+    ),
     "open_clip_vit": ("transformer.resblocks", ("ln_post", "proj", "attn_pool")),
     # transformers 5 dropped the `encoder.layer` / `vision_model.` levels of 4.x: the first path that exists is used
     "hf_vit": (("layers", "encoder.layer"), ("layernorm",)),
@@ -101,6 +105,18 @@ class EncoderOutput:
         return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("pooled", "tokens", "mask")))
 
 
+def _no_pooler(hf_config) -> dict:
+    """`add_pooling_layer=False` for the models that have that option (BERT-like): their pooler is not used."""
+    from transformers import AutoModel
+
+    model_class = AutoModel._model_mapping[type(hf_config)]
+    return (
+        {"add_pooling_layer": False}
+        if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+        else {}
+    )
+
+
 @dataclass
 class TextEncoderConfig(ConfigMixin):
     """Architecture of the text encoder: any Hugging Face `AutoModel`.
@@ -147,7 +163,7 @@ class TextEncoder(nn.Module):
         settings = dict(config.backbone)
         hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
         self.config = config
-        self.backbone = AutoModel.from_config(hf_config, add_pooling_layer=False)
+        self.backbone = AutoModel.from_config(hf_config, **_no_pooler(hf_config))
         self.hidden_size = hf_config.hidden_size
 
     def set_finetuning(self, regime: str, top_k: int = 1) -> None:
@@ -158,7 +174,7 @@ class TextEncoder(nn.Module):
         """Fills the backbone with the weights of a pretrained model (every key must match)."""
         from transformers import AutoModel
 
-        pretrained = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False)
+        pretrained = AutoModel.from_pretrained(name_or_path, **_no_pooler(self.backbone.config))
         self.backbone.load_state_dict(pretrained.state_dict(), strict=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:

@@ -78,3 +78,46 @@ def test_frozen_batchnorm_keeps_its_statistics_while_the_top_blocks_train():
     assert torch.equal(low.running_mean, before) and not torch.equal(
         top.running_mean, torch.zeros_like(top.running_mean)
     )
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        {
+            "model_type": "bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+        {
+            "model_type": "roberta",
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+        {"model_type": "distilbert", "dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+        {
+            "model_type": "clip_text_model",
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+    ],
+    ids=lambda b: b["model_type"],
+)
+def test_every_text_family_gets_lora_targets_and_top_k(backbone):
+    import re
+
+    from mmsr_peft.adapters import lora_target_modules
+    from mmsr_peft.encoders import TextEncoderConfig
+    from mmsr_peft.model import MMSRConfig, MMSRModel
+
+    model = MMSRModel(MMSRConfig(item_tower="text", hidden_size=16, text=TextEncoderConfig(backbone=backbone)))
+    pattern = lora_target_modules(model, ["text"])
+    assert sum(bool(re.fullmatch(pattern, n)) for n, _ in model.named_modules()) == 4  # query + value, 2 layers
+    model.item_tower.text.set_finetuning("top_k", 1)
+    trainable = [n for n, p in model.item_tower.text.named_parameters() if p.requires_grad]
+    assert trainable and not [n for n in trainable if ".0." in n or "embeddings" in n]
