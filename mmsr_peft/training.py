@@ -120,6 +120,8 @@ def train(
     the full training state every `save_steps` steps and at each epoch end, and stops early after `patience`
     epochs without improvement.
     """
+    from transformers import get_linear_schedule_with_warmup
+
     catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
     if not train_sequences:
         raise ValueError("no training sequences: every user has fewer than 3 interactions before the held-out two")
@@ -138,8 +140,6 @@ def train(
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=args.learning_rate, weight_decay=args.weight_decay)
     total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * accelerator.num_processes))
-    from transformers import get_linear_schedule_with_warmup
-
     # Accelerate steps a prepared scheduler once per process at every optimizer step: count in those units.
     processes = accelerator.num_processes
     scheduler = get_linear_schedule_with_warmup(
