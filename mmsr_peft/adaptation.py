@@ -98,7 +98,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     args.output_dir = args.output_dir or default or f"outputs/adapted/{adapt_args.target}-{adapt_args.method}"
     domain = load_domain(adapt_args.target, adapt_args.data_source, adapt_args.data_dir)
     model = MMSRModel.from_pretrained(adapt_args.base, revision=adapt_args.revision)
-    accelerator = make_accelerator(args, model.config)
+    accelerator = make_accelerator(args, model.config.item_tower, model.config.fusion.type)
     set_seed(args.seed)
     if model.config.item_tower == "id":
         raise ValueError(f"{adapt_args.base} is an ID-based model: its item table cannot represent new items")

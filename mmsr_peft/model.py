@@ -140,24 +140,20 @@ class ItemTower(nn.Module):
     def encode_image(self, items: ItemInputs) -> EncoderOutput:
         return items.image_states if items.image_states is not None else self.vision(items.pixel_values)
 
-    def forward(self, items: ItemInputs, with_alignment: bool = False):
-        """`(N, D)` item embeddings; with `with_alignment`, also the image-text contrastive loss of the items that
-        have both modalities (ALBEF's ITC: each item's text must pick its own image among the batch's, and back)."""
-        if not with_alignment:
-            return self._embed(items)
+    def alignment_loss(self, items: ItemInputs) -> torch.Tensor:
+        """Image-text contrastive loss of the items that have both modalities (ALBEF's ITC): each item's text must
+        pick its own image among the batch's, and back."""
         text, image = self.encode_text(items), self.encode_image(items)
-        items = items.with_states(text, image)  # encode once, for the embeddings and the alignment
         both = items.has_text & items.has_image
         if int(both.sum()) < 2:
-            return self._embed(items), text.pooled.sum() * 0.0
+            return text.pooled.sum() * 0.0
         t = F.normalize(self.itc_text(text.pooled[both]), dim=-1)
         v = F.normalize(self.itc_image(image.pooled[both]), dim=-1)
         logits = t @ v.T / self.config.temperature  # (M, M): the diagonal pairs are the positives
         labels = torch.arange(len(logits), device=logits.device)
-        alignment = (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels)) / 2
-        return self._embed(items), alignment
+        return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels)) / 2
 
-    def _embed(self, items: ItemInputs) -> torch.Tensor:
+    def forward(self, items: ItemInputs) -> torch.Tensor:
         mode = self.config.item_tower
         if mode == "id":
             if (items.item_index < 0).any():
@@ -229,10 +225,10 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         """
         alignment = None
         if targets is not None and self.config.itc_weight > 0:
-            raw, alignment = self.item_tower(items, with_alignment=True)
-            item_embeddings = F.normalize(raw, dim=-1)  # (N, D)
-        else:
-            item_embeddings = self.embed_items(items)  # (N, D)
+            tower = self.item_tower
+            items = items.with_states(tower.encode_text(items), tower.encode_image(items))  # encode once for both
+            alignment = tower.alignment_loss(items)
+        item_embeddings = self.embed_items(items)  # (N, D)
         sequence_output = self.encode_sequences(item_embeddings, inputs)  # (B, T, D)
         loss = None
         if targets is not None and self.config.loss == "bce":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
@@ -38,8 +37,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     from accelerate.utils import set_seed
 
     args.output_dir = args.output_dir or "outputs/pretrain"
-    architecture = SimpleNamespace(item_tower=model_args.item_tower, fusion=SimpleNamespace(type=model_args.fusion))
-    accelerator = make_accelerator(args, architecture)
+    accelerator = make_accelerator(args, model_args.item_tower, model_args.fusion)
     set_seed(args.seed)
     prepare_synthetic(data_args, accelerator)
     domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]

@@ -48,7 +48,7 @@ class TrainingArguments:
             raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
 
 
-def make_accelerator(args: TrainingArguments, model_config):
+def make_accelerator(args: TrainingArguments, item_tower: str, fusion: str):
     """An Accelerator that saves numbered training states under `output_dir/checkpoints`."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
@@ -59,8 +59,7 @@ def make_accelerator(args: TrainingArguments, model_config):
         args.output_dir, automatic_checkpoint_naming=True, total_limit=args.save_total_limit
     )
     # Token-level fusions leave the vision tower's pooled projection unused: DDP has to expect that.
-    unused = model_config.item_tower == "modal" and model_config.fusion.type in TOKEN_FUSIONS
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=unused)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=item_tower == "modal" and fusion in TOKEN_FUSIONS)
     return Accelerator(project_config=project, kwargs_handlers=[ddp])
 
 
@@ -118,11 +117,11 @@ def train(
     Evaluates on `eval_sets` after every epoch, keeps the weights with the best validation NDCG@10 (restored
     into `model` at the end), calls `on_best(model, metrics)` on the main process at each improvement, saves
     the full training state every `save_steps` steps and at each epoch end, and stops early after `patience`
-    epochs without improvement.
+    epochs without improvement. Pass `catalog_inputs` through `precompute_frozen_states` first (the caller
+    also evaluates with them) so frozen encoders run once, not at every step.
     """
     from transformers import get_linear_schedule_with_warmup
 
-    catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
     if not train_sequences:
         raise ValueError("no training sequences: every user has fewer than 3 interactions before the held-out two")
     counts = np.bincount(np.concatenate(train_sequences), minlength=len(catalog_inputs))

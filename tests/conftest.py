@@ -8,6 +8,7 @@ call of the suite goes to 127.0.0.1, never to the internet.
 import atexit
 import os
 import tempfile
+from pathlib import Path
 
 from hub_server import LocalHub
 
@@ -32,6 +33,13 @@ TINY_MODEL_FLAGS = [
     "--text_max_length", "24",
 ]  # fmt: skip
 TINY_TRAIN_FLAGS = ["--batch_size", "16", "--num_negatives", "16", "--learning_rate", "3.0e-3", "--seed", "0"]
+# Real posters of the ML-100k items, beside the repository (shared/ is there for every session and CI).
+POSTERS = Path(os.environ.get("MMSR_POSTERS", Path(__file__).resolve().parents[2] / "shared/data/ml100k-posters"))
+
+
+def tiny_pretrain_argv(data_dir, *extra: str) -> list[str]:
+    """Flags of a tiny pretraining run on the synthetic `food` domain (50 users: 4 steps of 16 per epoch)."""
+    return [*TINY_MODEL_FLAGS, *TINY_TRAIN_FLAGS, "--domains", "food", "--data_dir", str(data_dir), *extra]
 
 
 @pytest.fixture(scope="session")

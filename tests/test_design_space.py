@@ -80,7 +80,7 @@ def test_image_text_contrastive_auxiliary_loss_trains_its_heads_and_aligns(recor
     model = build_model(args).eval()
     batch = TrainCollator(model.processor(records), "sampled_softmax", num_negatives=0)(SEQUENCES)
     with_itc = model(batch.items, batch.inputs, batch.targets).loss
-    _, alignment = model.item_tower(batch.items, with_alignment=True)
+    alignment = model.item_tower.alignment_loss(batch.items)
     without = model.embed_items(batch.items)
     assert torch.allclose(model(batch.items, batch.inputs).item_embeddings, without)  # no targets: no ITC work
     with_itc.backward()
@@ -93,7 +93,7 @@ def test_image_text_contrastive_auxiliary_loss_trains_its_heads_and_aligns(recor
         optimizer.zero_grad()
         model(batch.items, batch.inputs, batch.targets).loss.backward()
         optimizer.step()
-    assert model.item_tower(batch.items, with_alignment=True)[1] < alignment
+    assert model.item_tower.alignment_loss(batch.items) < alignment
     model.save_pretrained(tmp_path / "itc")
     assert MMSRModel.from_pretrained(tmp_path / "itc").config.itc_weight == 0.5
     with pytest.raises(ValueError, match="itc_weight"):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY_MODEL_FLAGS, TINY_TRAIN_FLAGS
+from conftest import tiny_pretrain_argv
 
 from mmsr_peft import MMSRModel
 
@@ -24,17 +24,8 @@ def test_two_process_ddp_pretraining_with_a_token_level_fusion(data_dir, tmp_pat
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
-    argv = [
-        *TINY_MODEL_FLAGS,
-        *TINY_TRAIN_FLAGS,
-        "--domains",
-        "food",
-        "--num_epochs",
-        "2",
-        "--fusion",
-        "merge_attention",
-    ]
-    argv += ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "ddp")]
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "2", "--fusion", "merge_attention")
+    argv += ["--output_dir", str(tmp_path / "ddp")]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.run([*launch, str(RECIPE), *argv], env=env, capture_output=True, text=True, timeout=600)
     # Multi-process CPU runs sometimes abort at interpreter exit after all work is done (see ENVIRONMENT.md):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN_FLAGS
+from conftest import TINY_TRAIN_FLAGS, tiny_pretrain_argv
 
 from mmsr_peft import MMSRModel, load_domain
 from mmsr_peft.adaptation import AdaptArguments, adapt
@@ -124,20 +124,9 @@ def test_pretrain_config_file_fills_arguments_and_rejects_unknown_keys(tmp_path,
 
 
 def test_pretrain_resumes_from_saved_state(data_dir, tmp_path, capsys):
-    from conftest import TINY_MODEL_FLAGS
-
     from mmsr_peft.cli import pretrain_main
 
-    argv = [
-        *TINY_MODEL_FLAGS,
-        *TINY_TRAIN_FLAGS,
-        "--domains",
-        "food",
-        "--data_dir",
-        str(data_dir),
-        "--output_dir",
-        str(tmp_path),
-    ]
+    argv = tiny_pretrain_argv(data_dir, "--output_dir", str(tmp_path))
     assert pretrain_main([*argv, "--num_epochs", "1"]) == 0
     assert (tmp_path / "checkpoints").is_dir()
     capsys.readouterr()
@@ -191,21 +180,10 @@ def test_adapt_methods_other_than_lora_write_a_model(method, row, base_dir, data
 
 
 def test_run_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
-    from conftest import TINY_MODEL_FLAGS
-
     from mmsr_peft import training
     from mmsr_peft.cli import pretrain_main
 
-    argv = [
-        *TINY_MODEL_FLAGS,
-        *TINY_TRAIN_FLAGS,
-        "--domains",
-        "food",
-        "--data_dir",
-        str(data_dir),
-        "--num_epochs",
-        "3",
-    ]
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "3")
     assert pretrain_main([*argv, "--output_dir", str(tmp_path / "straight")]) == 0
 
     collate, calls = training.TrainCollator.__call__, []

@@ -1,17 +1,15 @@
 """MovieLens-100k, the built-in real domain: prepared from the recbole wheel's files, with posters when present."""
 
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import POSTERS
 
 from mmsr_peft.cli import data_main
 from mmsr_peft.data.movielens import item_text
 from mmsr_peft.domains import load_domain
 from mmsr_peft.errors import DataError
-
-POSTERS = Path(os.environ.get("MMSR_POSTERS", Path(__file__).resolve().parents[2] / "shared/data/ml100k-posters"))
 
 
 @pytest.fixture(scope="module")

