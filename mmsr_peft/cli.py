@@ -49,38 +49,23 @@ def publish_main(argv=None) -> int:
     return _run(publish, argv, (PublishArguments,), publish_main.__doc__, extra_errors=(HfHubHTTPError,))
 
 
-def data_main(argv=None) -> int:
-    """`mmsr-data`: prepare processed domain folders."""
-    from pathlib import Path
+# Modules of `mmsr_peft.data` that add a `mmsr-data` sub-command: each defines `add_command(commands)`, which adds
+# its sub-parser and sets `handler`, a function of the parsed arguments that does the work and prints the result.
+DATA_COMMANDS = ("synthetic", "movielens")
 
-    from .data.movielens import prepare_movielens
-    from .data.synthetic import SYNTHETIC_DOMAINS, SyntheticWorldConfig, generate_world
+
+def data_main(argv=None) -> int:
+    """`mmsr-data`: prepare, import, export and describe processed domain folders."""
+    import importlib
 
     parser = argparse.ArgumentParser(prog="mmsr-data", description=data_main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    synthetic = commands.add_parser("synthetic", help="Generate the embedded synthetic world (labelled synthetic).")
-    synthetic.add_argument(
-        "--data_dir", default="data", help="Root of processed domains (writes <data_dir>/synthetic)."
-    )
-    synthetic.add_argument("--domains", nargs="+", default=None, help=f"Subset of {sorted(SYNTHETIC_DOMAINS)}.")
-    synthetic.add_argument("--seed", type=int, default=0, help="Seed of the world.")
-    synthetic.add_argument("--overwrite", action="store_true", help="Replace existing folders.")
-    movielens = commands.add_parser("movielens", help="MovieLens-100k (real data, from the recbole wheel's files).")
-    movielens.add_argument(
-        "--data_dir", default="data", help="Root of processed domains (writes <data_dir>/movielens)."
-    )
-    movielens.add_argument("--posters", default=None, help="Folder of <item_id>.jpg posters to use as item images.")
-    movielens.add_argument("--overwrite", action="store_true", help="Replace an existing folder.")
+    for name in DATA_COMMANDS:
+        importlib.import_module(f".data.{name}", __package__).add_command(commands)
     args = parser.parse_args(argv)
     try:
-        if args.command == "movielens":
-            paths = [prepare_movielens(args.data_dir, args.posters, args.overwrite)]
-        else:
-            world = SyntheticWorldConfig(seed=args.seed)
-            paths = generate_world(Path(args.data_dir) / "synthetic", args.domains, world, args.overwrite)
-    except (ValueError, FileExistsError) as err:
+        args.handler(args)
+    except (*USAGE_ERRORS, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for path in paths:
-        print(f"wrote {path}")
     return 0

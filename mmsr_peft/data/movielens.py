@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import os
 import shutil
-import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import DataError
+from .folder import INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
 
 NAME = "ml-100k"
 
@@ -60,8 +58,6 @@ def prepare_movielens(data_dir: str | os.PathLike, posters: str | os.PathLike | 
     """Writes `<data_dir>/movielens/ml-100k/` (atomically). `posters` is a folder of `<item_id>.jpg` files; each
     poster found is copied into the domain's `images/`, items without one have no image."""
     target = Path(data_dir) / "movielens" / NAME
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass --overwrite to prepare it again")
     source = recbole_files()
     items = read_atomic(
         source / f"{NAME}.item",
@@ -70,40 +66,23 @@ def prepare_movielens(data_dir: str | os.PathLike, posters: str | os.PathLike | 
     interactions = read_atomic(
         source / f"{NAME}.inter", {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}.tmp-", dir=target.parent))
-    try:
+    with new_domain_folder(target, overwrite) as tmp:
         with_posters = _write(tmp, items, interactions, Path(posters) if posters else None)
-        manifest = {
-            "name": NAME,
-            "source": "movielens",
-            "version": "recbole-1.2.1 atomic files",
-            "created": datetime.now(timezone.utc).date().isoformat(),
-            "synthetic": False,
-            "counts": {
-                "items": len(items),
-                "users": len({row["user_id"] for row in interactions}),
-                "interactions": len(interactions),
-                "items_with_image": with_posters,
-            },
-            "preprocessing": {"text": "title (year). Genres: ...", "posters": str(posters) if posters else None},
+        counts = {
+            "items": len(items),
+            "users": len({row["user_id"] for row in interactions}),
+            "interactions": len(interactions),
+            "items_with_image": with_posters,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        preprocessing = {"text": "title (year). Genres: ...", "posters": str(posters) if posters else None}
+        write_manifest(tmp, NAME, "movielens", "recbole-1.2.1 atomic files", counts, preprocessing)
     return target
 
 
 def _write(folder: Path, items: list[dict], interactions: list[dict], posters: Path | None) -> int:
-    import datasets
-
     if posters is not None and not posters.is_dir():
         raise DataError(f"--posters {posters}: not a folder")
     images, copied = [], 0
-    (folder / "images").mkdir()
     for item in items:
         poster = posters / f"{item['item_id']}.jpg" if posters is not None else None
         if poster is not None and poster.is_file():
@@ -120,19 +99,22 @@ def _write(folder: Path, items: list[dict], interactions: list[dict], posters: P
         "year": [i["year"] for i in items],
         "genres": [i["genres"] for i in items],
     }
-    features = datasets.Features({name: datasets.Value("string") for name in columns})
-    datasets.Dataset.from_dict(columns, features=features).to_parquet(str(folder / "items.parquet"))
+    write_table(folder / "items.parquet", columns, ITEM_SCHEMA)
     rows = {
         "user_id": [r["user_id"] for r in interactions],
         "item_id": [r["item_id"] for r in interactions],
         "timestamp": [int(float(r["timestamp"])) for r in interactions],
     }
-    features = datasets.Features(
-        {
-            "user_id": datasets.Value("string"),
-            "item_id": datasets.Value("string"),
-            "timestamp": datasets.Value("int64"),
-        }
-    )
-    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / "interactions.parquet"))
+    write_table(folder / "interactions.parquet", rows, INTERACTION_SCHEMA)
     return copied
+
+
+def add_command(commands) -> None:
+    """`mmsr-data movielens`."""
+    parser = commands.add_parser("movielens", help="MovieLens-100k (real data, from the recbole wheel's files).")
+    parser.add_argument("--data_dir", default="data", help="Root of processed domains (writes <data_dir>/movielens).")
+    parser.add_argument("--posters", default=None, help="Folder of <item_id>.jpg posters to use as item images.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing folder.")
+    parser.set_defaults(
+        handler=lambda args: print(f"wrote {prepare_movielens(args.data_dir, args.posters, args.overwrite)}")
+    )

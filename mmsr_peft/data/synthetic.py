@@ -490,3 +490,19 @@ def generate_world(
     domains = list(domains) if domains is not None else [*SOURCE_DOMAINS, *TARGET_DOMAINS]
     _check_names(domains)  # before writing anything
     return [generate_domain(name, root, config, overwrite) for name in domains]
+
+
+def add_command(commands) -> None:
+    """`mmsr-data synthetic`."""
+    parser = commands.add_parser("synthetic", help="Generate the embedded synthetic world (labelled synthetic).")
+    parser.add_argument("--data_dir", default="data", help="Root of processed domains (writes <data_dir>/synthetic).")
+    parser.add_argument("--domains", nargs="+", default=None, help=f"Subset of {sorted(SYNTHETIC_DOMAINS)}.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the world.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing folders.")
+    parser.set_defaults(handler=_run_command)
+
+
+def _run_command(args) -> None:
+    folder = pathlib.Path(args.data_dir) / "synthetic"
+    for path in generate_world(folder, args.domains, SyntheticWorldConfig(seed=args.seed), args.overwrite):
+        print(f"wrote {path}")

@@ -1,0 +1,68 @@
+"""Writing processed domain folders: `items.parquet`, `interactions.parquet`, `images/`, `manifest.json`.
+
+Every preparer (synthetic, MovieLens, Amazon, RecBole import) writes through `new_domain_folder`, so a folder is
+either the complete previous version or the complete new one, never half of each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ITEM_SCHEMA = pa.schema([("item_id", pa.string()), ("text", pa.string()), ("image", pa.string())])
+INTERACTION_SCHEMA = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64())])
+
+
+@contextlib.contextmanager
+def new_domain_folder(target: str | os.PathLike, overwrite: bool = False):
+    """Yields an empty temporary folder (with `images/`) beside `target`; when the block succeeds it replaces
+    `target` by a rename, when it fails `target` is untouched and the temporary folder is removed."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass --overwrite to prepare it again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        (tmp / "images").mkdir()
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_table(path: Path, columns: dict | pa.Table, schema: pa.Schema) -> None:
+    """Writes `columns` (a dict of lists or an Arrow table) to parquet; the schema's columns come first, in its
+    order and types, any other column follows as given."""
+    table = columns if isinstance(columns, pa.Table) else pa.table(columns)
+    arrays = [table[name].cast(field.type) for field, name in zip(schema, schema.names, strict=True)]
+    extra = [name for name in table.column_names if name not in schema.names]
+    table = pa.table(arrays + [table[name] for name in extra], names=schema.names + extra)
+    pq.write_table(table, path)
+
+
+def write_manifest(folder: Path, name: str, source: str, version: str, counts: dict, preprocessing: dict) -> dict:
+    manifest = {
+        "name": name,
+        "source": source,
+        "version": version,
+        "created": datetime.now(timezone.utc).date().isoformat(),
+        "synthetic": source == "synthetic",
+        "counts": counts,
+        "preprocessing": preprocessing,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
