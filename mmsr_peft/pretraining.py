@@ -44,7 +44,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     corpus = build_corpus(domains, model_args.max_len)
     model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
     catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))), progress=True)
-    catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
+    catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir)
     accelerator.print(
         f"pretraining on {', '.join(corpus.stats)}: {len(corpus.catalog)} items, {len(corpus.train)} training "
         f"sequences; {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters"

@@ -15,6 +15,7 @@ from .encoders import EncoderOutput
 from .evaluation import EvalSet, evaluate
 
 SELECTION_METRIC = "ndcg@10"
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 @dataclass
@@ -28,6 +29,10 @@ class TrainingArguments:
     batch_size: int = field(default=64, metadata={"help": "Training sequences per step (per process)."})
     learning_rate: float = field(default=1.0e-3, metadata={"help": "Peak AdamW learning rate."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    optim: str = field(
+        default="adamw",
+        metadata={"help": "Optimizer: 'adamw' (torch) or 'adamw8bit' (bitsandbytes, 8-bit optimizer states)."},
+    )
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps with linear warm-up."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
     num_negatives: int = field(
@@ -39,6 +44,10 @@ class TrainingArguments:
     save_total_limit: int = field(default=2, metadata={"help": "Training states kept on disk."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and negative sampling."})
     resume: bool = field(default=False, metadata={"help": "Resume from the latest training state in output_dir."})
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Keep frozen encoders' outputs here and reuse them across runs (see mmsr_peft.cache)."},
+    )
 
     def __post_init__(self):
         for name in ("num_epochs", "batch_size", "patience", "eval_batch_size", "save_steps", "save_total_limit"):
@@ -46,6 +55,20 @@ class TrainingArguments:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.num_negatives < 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"unknown --optim {self.optim!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+
+
+def make_optimizer(params, args: TrainingArguments) -> torch.optim.Optimizer:
+    """AdamW over `params`: torch's, or bitsandbytes' AdamW8bit (`optim="adamw8bit"`), whose 8-bit moments take a
+    quarter of the memory (tensors under 4096 values keep 32-bit moments)."""
+    if args.optim == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError as err:
+            raise ImportError("--optim adamw8bit needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from err
+        return bitsandbytes.optim.AdamW8bit(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
 
 
 def make_accelerator(args: TrainingArguments, item_tower: str, fusion: str):
@@ -80,26 +103,37 @@ class TrainState:
 
 
 @torch.no_grad()
-def precompute_frozen_states(model, catalog_inputs: ItemInputs, batch_size: int = 256) -> ItemInputs:
+def encode_catalog(run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode") -> EncoderOutput:
+    """`run` (an encoder's forward on `ItemInputs`) over `inputs` in batches, in eval mode, gathered on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    chunks = [
+        run(inputs.select(torch.arange(i, min(i + batch_size, len(inputs)))).to(device)).to("cpu")
+        for i in tqdm(range(0, len(inputs), batch_size), desc=desc, leave=False)
+    ]
+    encoder.train(was_training)
+    return EncoderOutput.cat(chunks)
+
+
+def precompute_frozen_states(
+    model, catalog_inputs: ItemInputs, batch_size: int = 256, cache_dir: str | None = None
+) -> ItemInputs:
     """Runs each encoder that has no trainable parameter over the catalog once (eval mode) and attaches its
-    outputs, so training steps and evaluations gather them instead of running the encoder again."""
+    outputs, so training steps and evaluations gather them instead of running the encoder again. With
+    `cache_dir`, the outputs are also kept on disk (see `mmsr_peft.cache`) and reused by later runs."""
+    from .cache import FeatureCache
+
     tower = model.item_tower
+    cache = FeatureCache(cache_dir) if cache_dir else None
     states = {}
-    for name, encoder, run in (
-        ("text_states", tower.text, tower.encode_text),
-        ("image_states", tower.vision, tower.encode_image),
-    ):
+    for kind, encoder, run in (("text", tower.text, tower.encode_text), ("image", tower.vision, tower.encode_image)):
         if encoder is None or any(p.requires_grad for p in encoder.parameters()):
             continue
-        was_training = encoder.training
-        encoder.eval()
-        device = next(encoder.parameters()).device
-        chunks = [
-            run(catalog_inputs.select(torch.arange(i, min(i + batch_size, len(catalog_inputs)))).to(device)).to("cpu")
-            for i in tqdm(range(0, len(catalog_inputs), batch_size), desc=f"cache {name}", leave=False)
-        ]
-        encoder.train(was_training)
-        states[name] = EncoderOutput.cat(chunks)
+        if cache is not None:
+            states[f"{kind}_states"] = cache.encode(kind, encoder, run, catalog_inputs, batch_size)
+        else:
+            states[f"{kind}_states"] = encode_catalog(run, encoder, catalog_inputs, batch_size, f"encode {kind}")
     return catalog_inputs.with_states(**states) if states else catalog_inputs
 
 
@@ -137,7 +171,7 @@ def train(
         generator=generator,
     )
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(trainable.values(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(trainable.values(), args)
     total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * accelerator.num_processes))
     # Accelerate steps a prepared scheduler once per process at every optimizer step: count in those units.
     processes = accelerator.num_processes

@@ -1,0 +1,147 @@
+"""On-disk cache of frozen encoder outputs, so a frozen encoder runs over each item once across epochs and runs.
+
+One safetensors file per encoder and weights: `<kind>-<weights sha256[:16]>.safetensors` holds, for every item
+encoded so far, the sha256 of exactly what the encoder read (token ids and mask, or uint8 pixels) and the
+encoder's output (`pooled`, `tokens`, `mask`). Loading keeps the rows whose content digest matches an item of the
+catalog and encodes only the others, so:
+
+- other weights (a different base, a fine-tuned encoder) use another file: nothing stale is ever read;
+- an item whose text, image, tokenizer or image size changed has another digest and is encoded again;
+- items are matched by content, not by id or position, so catalogs that share items share the work.
+
+Files are written through a temporary file and a rename: a reader sees the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .data.collate import ItemInputs
+from .encoders import EncoderOutput
+
+logger = logging.getLogger(__name__)
+
+DIGEST_BYTES = 32
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, dtypes, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def content_digests(inputs: ItemInputs, kind: str) -> torch.Tensor:
+    """`(N, 32)` uint8 sha256 of what the `kind` (`"text"` or `"image"`) encoder reads for each item."""
+    if kind == "text":
+        parts = (inputs.input_ids, inputs.attention_mask, inputs.has_text)
+    elif kind == "image":
+        parts = (inputs.pixel_values, inputs.has_image)
+    else:
+        raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
+    rows = [part.reshape(len(inputs), -1).cpu().contiguous() for part in parts]
+    digests = torch.empty(len(inputs), DIGEST_BYTES, dtype=torch.uint8)
+    for i in range(len(inputs)):
+        digest = hashlib.sha256()
+        for row in rows:
+            digest.update(row[i].numpy().tobytes())
+        digests[i] = torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
+    return digests
+
+
+class FeatureCache:
+    """The cache folder. `encode(kind, encoder, run, inputs)` returns the encoder's outputs for `inputs`, reading
+    the rows it has and computing (then storing) the others.
+
+    Args:
+        folder (`str` or `os.PathLike`): where the files live; created when first written.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.last_hits = 0  # items found in the cache by the last `encode`
+        self.last_misses = 0
+
+    def path(self, kind: str, encoder: torch.nn.Module) -> Path:
+        return self.folder / f"{kind}-{weights_digest(encoder)[:16]}.safetensors"
+
+    def encode(self, kind: str, encoder: torch.nn.Module, run, inputs: ItemInputs, batch_size: int) -> EncoderOutput:
+        """`run(inputs)` is the encoder's forward on an `ItemInputs` batch (e.g. `ItemTower.encode_text`)."""
+        from .training import encode_catalog
+
+        path = self.path(kind, encoder)
+        digests = content_digests(inputs, kind)
+        keys = [bytes(d.tolist()) for d in digests]
+        position, first = {}, []  # items with identical content (e.g. no text) are encoded once
+        for i, key in enumerate(keys):
+            if key not in position:
+                position[key] = len(first)
+                first.append(i)
+        distinct = [keys[i] for i in first]
+        first = torch.tensor(first, dtype=torch.long)
+        expand = torch.tensor([position[key] for key in keys], dtype=torch.long)
+        stored = self._read(path)
+        rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
+        found = [rows.get(key) for key in distinct]
+        missing = [i for i, row in enumerate(found) if row is None]
+        self.last_hits = sum(found[i] is not None for i in expand.tolist())
+        self.last_misses = len(keys) - self.last_hits
+        logger.info("feature cache %s: %d items cached, %d to encode", path.name, self.last_hits, self.last_misses)
+        outputs = {}
+        if missing:
+            missing_items = inputs.select(first[missing])
+            computed = encode_catalog(run, encoder, missing_items, batch_size, desc=f"encode {kind}")
+        for name in ("pooled", "tokens", "mask"):
+            outputs[name] = _gather(stored, found, missing, name, getattr(computed, name) if missing else None)
+        if missing:
+            self._write(path, stored, digests[first], found, outputs)
+        return EncoderOutput(*(outputs[name][expand] for name in ("pooled", "tokens", "mask")))
+
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        if not path.is_file():
+            return None
+        try:
+            return load_file(path)
+        except Exception as err:  # a damaged cache file is recomputed, never trusted
+            logger.warning("feature cache %s is unreadable (%s); encoding again", path, err)
+            return None
+
+    def _write(self, path: Path, stored, digests, found, outputs) -> None:
+        """Stores the current items plus the previously cached items this catalog did not use."""
+        tensors = {"digests": digests, **outputs}
+        if stored is not None:
+            used = torch.zeros(len(stored["digests"]), dtype=torch.bool)
+            used[[row for row in found if row is not None]] = True
+            tensors = {name: torch.cat([value, stored[name][~used]]) for name, value in tensors.items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=self.folder)
+        os.close(fd)
+        try:
+            save_file({name: value.contiguous() for name, value in tensors.items()}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _gather(stored, found, missing, name, computed) -> torch.Tensor:
+    """The `name` output of each distinct item: cached rows where found, freshly computed rows at `missing`."""
+    hits = [i for i, row in enumerate(found) if row is not None]
+    reference = computed if computed is not None else stored[name]
+    out = reference.new_zeros((len(found), *reference.shape[1:]))
+    if missing:
+        out[torch.tensor(missing, dtype=torch.long)] = computed
+    if hits:
+        out[torch.tensor(hits, dtype=torch.long)] = stored[name][torch.tensor([found[i] for i in hits])]
+    return out

@@ -1,0 +1,136 @@
+"""The speed-ups change nothing but speed: the feature cache, encoding each distinct item once, chunked ranking."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_model import catalog, tiny  # noqa: F401  (catalog is a fixture)
+
+from mmsr_peft import Catalog
+from mmsr_peft.cache import FeatureCache
+from mmsr_peft.data.collate import TrainCollator
+from mmsr_peft.training import precompute_frozen_states
+
+
+def frozen(model):
+    for encoder in (model.item_tower.text, model.item_tower.vision):
+        encoder.requires_grad_(False)
+    return model
+
+
+class CountCalls:
+    """Counts the items an encoder's forward sees."""
+
+    def __init__(self, module):
+        self.items = 0
+        module.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        first = args[0] if args else None
+        self.items += len(first) if isinstance(first, torch.Tensor) else 0
+
+
+def test_cache_is_reused_when_nothing_changed(catalog, tmp_path):  # noqa: F811
+    model = frozen(tiny())
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    first = precompute_frozen_states(model, inputs, batch_size=5, cache_dir=tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert [f.split("-")[0] for f in files] == ["image", "text"]
+    calls = CountCalls(model.item_tower.text)
+    cache = FeatureCache(tmp_path)
+    states = cache.encode("text", model.item_tower.text, model.item_tower.encode_text, inputs, 5)
+    assert (cache.last_hits, cache.last_misses, calls.items) == (len(catalog), 0, 0)
+    assert torch.equal(states.pooled, first.text_states.pooled)
+    assert torch.equal(states.tokens, first.text_states.tokens)
+    assert torch.equal(states.mask, first.text_states.mask)
+
+
+def test_cache_is_recomputed_when_the_encoder_changes(catalog, tmp_path):  # noqa: F811
+    model = frozen(tiny())
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    cache = FeatureCache(tmp_path)
+    tower = model.item_tower
+    before = cache.encode("text", tower.text, tower.encode_text, inputs, 5)
+    with torch.no_grad():
+        next(tower.text.parameters()).add_(0.5)
+    after = cache.encode("text", tower.text, tower.encode_text, inputs, 5)
+    assert cache.last_misses == len(catalog)
+    assert len(list(tmp_path.glob("text-*.safetensors"))) == 2
+    assert not torch.allclose(before.pooled, after.pooled)
+    fresh = precompute_frozen_states(model, inputs, batch_size=5).text_states
+    torch.testing.assert_close(after.pooled, fresh.pooled, rtol=0, atol=1e-6)
+
+
+def test_cache_encodes_only_items_whose_content_changed(catalog, tmp_path):  # noqa: F811
+    model = frozen(tiny())
+    tower = model.item_tower
+    cache = FeatureCache(tmp_path)
+    cache.encode("text", tower.text, tower.encode_text, model.processor(catalog.records(range(len(catalog)))), 5)
+    texts = list(catalog.texts)
+    texts[2] = "a completely different yellow ruler"
+    changed = Catalog(catalog.item_ids, texts, catalog.images, name="tiny")
+    inputs = model.processor(changed.records(range(len(changed))))
+    calls = CountCalls(tower.text)
+    states = cache.encode("text", tower.text, tower.encode_text, inputs, 5)
+    assert (cache.last_hits, cache.last_misses, calls.items) == (len(catalog) - 1, 1, 1)
+    fresh = precompute_frozen_states(model, inputs, batch_size=5).text_states
+    torch.testing.assert_close(states.pooled, fresh.pooled, rtol=0, atol=1e-6)
+    stored = load_file(next(tmp_path.glob("text-*.safetensors")))
+    distinct = len(set(catalog.texts))  # items without text share one entry
+    assert len(stored["digests"]) == distinct + 1  # the old version of item 2 is kept for other catalogs
+
+
+def test_damaged_cache_file_is_recomputed_not_trusted(catalog, tmp_path):  # noqa: F811
+    model = frozen(tiny())
+    tower = model.item_tower
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    cache = FeatureCache(tmp_path)
+    expected = cache.encode("text", tower.text, tower.encode_text, inputs, 5)
+    path = next(tmp_path.glob("text-*.safetensors"))
+    path.write_bytes(path.read_bytes()[:100])
+    states = cache.encode("text", tower.text, tower.encode_text, inputs, 5)
+    assert cache.last_misses == len(catalog)
+    assert torch.equal(states.pooled, expected.pooled)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("fusion", ["concat", "merge_attention"])
+def test_cached_forward_equals_uncached_forward(catalog, fusion):  # noqa: F811
+    model = frozen(tiny(fusion=fusion))
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    cached = precompute_frozen_states(model, inputs, batch_size=5)
+    sequences = [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7, 8, 9]), np.array([10, 11, 3])]
+    plain = TrainCollator(inputs, num_negatives=4, seed=0)(sequences)
+    with_states = TrainCollator(cached, num_negatives=4, seed=0)(sequences)
+    assert with_states.items.text_states is not None and plain.items.text_states is None
+    a, b = model(**vars(plain)), model(**vars(with_states))
+    torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.item_embeddings, b.item_embeddings, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "merge_attention"])
+def test_encoding_each_distinct_item_once_gives_the_per_position_loss(catalog, fusion):  # noqa: F811
+    """The paper's code encodes the item at every position; we encode each distinct item of a batch once."""
+    model = tiny(fusion=fusion)  # trainable encoders, eval mode (no dropout)
+    model.config.loss = "bce"
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    inputs = dataclasses.replace(inputs, item_index=torch.arange(len(catalog)))  # to find the batch's rows
+    sequences = [np.array([0, 1, 2, 1, 3]), np.array([4, 5, 1, 7, 8, 9]), np.array([10, 0, 3])]
+    batch = TrainCollator(inputs, loss="bce", seed=0)(sequences)
+    catalog_rows = batch.items.item_index  # the batch's distinct items as catalog rows
+    # Naive: one encoded copy per position of inputs, targets and negatives.
+    positions = torch.cat([batch.inputs.flatten(), batch.targets.flatten(), batch.negatives.flatten()])
+    real = positions >= 0
+    naive_rows = torch.full_like(positions, -1)
+    naive_rows[real] = torch.arange(int(real.sum()))
+    naive_items = inputs.select(catalog_rows[positions[real]])
+    shape = batch.inputs.shape
+    naive_inputs, naive_targets, naive_negatives = naive_rows.split(batch.inputs.numel())
+    unique = model(**vars(batch))
+    naive = model(
+        naive_items, naive_inputs.view(shape), naive_targets.view(shape), negatives=naive_negatives.view(shape)
+    )
+    assert len(batch.items) < len(naive_items)
+    torch.testing.assert_close(unique.loss, naive.loss, rtol=0, atol=1e-6)
