@@ -22,6 +22,17 @@ class DataArguments:
     )
     data_source: str = field(default="synthetic", metadata={"help": "Where processed domains come from."})
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
+    cold_start_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of each domain's items held out of training and histories (seeded by --seed); "
+            "evaluation then reports warm and cold targets separately. 0: no cold-start split."
+        },
+    )
+
+    def __post_init__(self):
+        if not 0 <= self.cold_start_fraction < 1:
+            raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
 
 
 def parse_args(dataclass_types, argv=None, description: str | None = None):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data.catalog import Catalog
-from .data.sequences import Sequences, Split
+from .data.sequences import Sequences, Split, choose_cold_items
 from .errors import DataError
 from .evaluation import EvalSet
 
@@ -53,6 +53,8 @@ DOMAINS: dict[str, DomainSpec] = {
 SOURCES: dict[str, str] = {
     "synthetic": "mmsr-data synthetic --data_dir {data_dir} --domains {name}",
     "movielens": "mmsr-data movielens --data_dir {data_dir} [--posters FOLDER_OF_<item_id>.jpg]",
+    "amazon2018": "mmsr-data amazon --domain {name} --version 2018 --data_dir {data_dir} [--raw_dir FOLDER]",
+    "amazon2023": "mmsr-data amazon --domain {name} --version 2023 --data_dir {data_dir} [--raw_dir FOLDER]",
 }
 
 
@@ -77,7 +79,7 @@ def domain_folder(name: str, source: str = "synthetic", data_dir: str = DEFAULT_
         raise DataError(f"unknown domain {name!r}; valid domains: {', '.join(sorted(DOMAINS))}")
     if source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; valid sources: {', '.join(sorted(SOURCES))}")
-    for kind in ("synthetic", "movielens"):
+    for kind in ("synthetic", "movielens", "amazon2018", "amazon2023"):  # a spec field each
         if source == kind and not getattr(DOMAINS[name], kind):
             valid = sorted(n for n, spec in DOMAINS.items() if getattr(spec, kind))
             raise DataError(f"source {kind!r} has no domain {name!r}; its domains: {', '.join(valid)}")
@@ -124,23 +126,29 @@ class Corpus:
     stats: dict
 
 
-def build_corpus(domains: list[Domain], max_len: int) -> Corpus:
+def build_corpus(domains: list[Domain], max_len: int, cold_start_fraction: float = 0.0, seed: int = 0) -> Corpus:
+    """Joins `domains` and splits each by leave-one-out. With `cold_start_fraction`, that share of each domain's
+    items (drawn with `seed`) is held out of all training data and histories; evaluation then reports warm and
+    cold targets separately (see `Split.leave_one_out`)."""
     catalog = Catalog.concat([d.catalog for d in domains])
     train, valid, test, stats, offset = [], [], [], {}, 0
     for domain in domains:
-        split = Split.leave_one_out(domain.sequences, max_len)
+        cold = choose_cold_items(domain.sequences, cold_start_fraction, seed) if cold_start_fraction else None
+        split = Split.leave_one_out(domain.sequences, max_len, cold)
         item_range = (offset, offset + len(domain.catalog))
         train.extend(seq + offset for seq in split.train)
-        valid.append(
-            EvalSet(domain.name, [h + offset for h in split.valid_histories], split.valid_targets + offset, item_range)
-        )
-        test.append(
-            EvalSet(domain.name, [h + offset for h in split.test_histories], split.test_targets + offset, item_range)
-        )
+        for cases, histories, targets, cold_cases in (
+            (valid, split.valid_histories, split.valid_targets, split.valid_cold),
+            (test, split.test_histories, split.test_targets, split.test_cold),
+        ):
+            cases.append(
+                EvalSet(domain.name, [h + offset for h in histories], targets + offset, item_range, cold_cases)
+            )
         stats[domain.name] = {
             "items": len(domain.catalog),
             **domain.sequences.stats,
             "train_sequences": len(split.train),
+            "cold_items": 0 if cold is None else len(cold),
             "synthetic": domain.synthetic,
             "source": domain.manifest.get("source", "unknown"),
             "version": domain.manifest.get("version", "unknown"),

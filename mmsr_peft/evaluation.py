@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from .data.collate import ItemInputs, pad_histories
 
 DEFAULT_KS = (10, 20)
+DEFAULT_CHUNK_SIZE = 65536  # items scored at once: (users per batch x chunk) floats in memory
 MISS = 2**62  # rank given to a target that is not among the candidates
 PROTOCOL = (
     "leave-one-out by time (last item = test, second last = validation); full ranking over every item of the "
@@ -30,12 +31,15 @@ class EvalSet:
         histories (`list[np.ndarray]`): catalog indices, oldest first (at most `max_len`).
         targets (`np.ndarray`): catalog index of each held-out item.
         item_range (`tuple[int, int]`): the candidates: catalog rows `[start, end)` (this domain's items).
+        cold (`np.ndarray`, *optional*): True for each case whose target is a cold-start item (see
+            `Split.leave_one_out`'s `cold_items`).
     """
 
     name: str
     histories: list[np.ndarray]
     targets: np.ndarray
     item_range: tuple[int, int]
+    cold: np.ndarray | None = None
 
 
 def rank_metrics(ranks: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
@@ -85,6 +89,66 @@ def history_mask(histories: torch.Tensor, start: int, end: int) -> torch.Tensor:
     return mask[:, :-1]
 
 
+def chunked_ranks(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    histories: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """`target_ranks` of `users @ items.T` without materialising more than `(B, chunk_size)` scores.
+
+    Args:
+        users: `(B, D)`; items: `(N, D)`, the candidates; targets: `(B,)` rows of `items`;
+        histories: `(B, T)` rows of `items` to exclude (-1 = padding), or None to rank against every item.
+    """
+    # Each target's score comes from the same product as its competitors' scores, so ties are exact.
+    target_scores = users.new_empty(len(users), 1)
+    for first in range(0, len(items), chunk_size):
+        last = min(first + chunk_size, len(items))
+        inside = (targets >= first) & (targets < last)
+        if inside.any():
+            scores = users[inside] @ items[first:last].T
+            target_scores[inside] = scores.gather(1, (targets[inside] - first)[:, None])
+    ranks = torch.zeros(len(users), dtype=torch.long, device=users.device)
+    for first in range(0, len(items), chunk_size):
+        last = min(first + chunk_size, len(items))
+        ahead = users @ items[first:last].T >= target_scores
+        if histories is not None:
+            ahead &= ~history_mask(histories, first, last)
+        inside = torch.nonzero((targets >= first) & (targets < last)).squeeze(1)
+        ahead[inside, targets[inside] - first] = False  # the target does not count against itself
+        ranks += ahead.sum(1)
+    if histories is not None:
+        excluded = ((histories == targets[:, None]) & (histories >= 0)).any(1)
+        ranks.masked_fill_(excluded, MISS)  # a target in the history is not a candidate: a miss
+    return ranks
+
+
+def chunked_topk(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    k: int,
+    histories: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(values, indices)` of the top-`k` items per user, scoring `chunk_size` items at a time (no full sort)."""
+    k = min(k, len(items))
+    best_values = users.new_full((len(users), 0), float("-inf"))
+    best_indices = torch.zeros(len(users), 0, dtype=torch.long, device=users.device)
+    for first in range(0, len(items), chunk_size):
+        last = min(first + chunk_size, len(items))
+        scores = users @ items[first:last].T
+        if histories is not None:
+            scores.masked_fill_(history_mask(histories, first, last), float("-inf"))
+        top = scores.topk(min(k, last - first), dim=1)
+        values = torch.cat([best_values, top.values], dim=1)
+        indices = torch.cat([best_indices, top.indices + first], dim=1)
+        keep = values.topk(min(k, values.shape[1]), dim=1).indices
+        best_values, best_indices = values.gather(1, keep), indices.gather(1, keep)
+    return best_values, best_indices
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -94,10 +158,13 @@ def evaluate(
     batch_size: int = 256,
     exclude_history: bool = True,
     progress: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, dict[str, float]]:
-    """Full-ranking metrics per evaluation set, plus `"all"` (weighted by number of cases).
+    """Full-ranking metrics per evaluation set, plus `"all"` (weighted by number of cases). A set with cold items
+    also reports `"<name> warm"` and `"<name> cold"`: the cases whose target is a warm / cold item.
 
-    Catalog embeddings are computed once; each batch of users is scored with one matrix multiply.
+    Catalog embeddings are computed once; each batch of users is scored with one matrix multiply per chunk of
+    `chunk_size` items, so memory stays bounded for any catalog size.
     """
     was_training = model.training
     model.eval()
@@ -111,13 +178,15 @@ def evaluate(
         for first in tqdm(batches, desc=f"eval {eval_set.name}", disable=not progress, leave=False):
             histories = pad_histories(eval_set.histories[first : first + batch_size]).to(device)
             targets = torch.as_tensor(eval_set.targets[first : first + batch_size], device=device) - start
-            users = model.user_embeddings(item_embeddings, histories)  # (B, D)
-            scores = users.float() @ item_embeddings[start:end].T  # (B, N_domain)
-            exclude = history_mask(histories, start, end) if exclude_history else None
-            ranks.append(target_ranks(scores, targets, exclude).cpu())
+            users = model.user_embeddings(item_embeddings, histories).float()  # (B, D)
+            local = torch.where(histories >= 0, histories - start, -1) if exclude_history else None
+            ranks.append(chunked_ranks(users, item_embeddings[start:end], targets, local, chunk_size).cpu())
         ranks = torch.cat(ranks).numpy()
         all_ranks.append(ranks)
         results[eval_set.name] = rank_metrics(ranks, ks)
+        if eval_set.cold is not None:
+            results[f"{eval_set.name} warm"] = rank_metrics(ranks[~eval_set.cold], ks)
+            results[f"{eval_set.name} cold"] = rank_metrics(ranks[eval_set.cold], ks)
     results["all"] = rank_metrics(np.concatenate(all_ranks), ks)
     model.train(was_training)
     return results

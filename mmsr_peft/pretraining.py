@@ -41,7 +41,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     set_seed(args.seed)
     prepare_synthetic(data_args, accelerator)
     domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
-    corpus = build_corpus(domains, model_args.max_len)
+    corpus = build_corpus(domains, model_args.max_len, data_args.cold_start_fraction, args.seed)
     model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
     catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))), progress=True)
     catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir)

@@ -7,7 +7,10 @@ from torch import nn
 
 from mmsr_peft.data.collate import ItemInputs
 from mmsr_peft.evaluation import (
+    MISS,
     EvalSet,
+    chunked_ranks,
+    chunked_topk,
     evaluate,
     format_table,
     history_mask,
@@ -173,3 +176,65 @@ def test_evaluate_full_ranking_per_domain():
     kept = evaluate(model, catalog, [domain_a, domain_b], ks=(1, 2), exclude_history=False, progress=False)
     assert kept["a"] == pytest.approx(rank_metrics(np.array([1, 2]), ks=(1, 2)))
     assert kept["b"] == pytest.approx(rank_metrics(np.array([2]), ks=(1, 2)))
+
+
+def test_chunked_ranks_equal_unchunked_ranks_with_ties_and_history():
+    torch.manual_seed(0)
+    items = torch.randn(50, 8).round()  # rounded: many exact ties
+    users = torch.randn(16, 8).round()
+    targets = torch.randint(0, 50, (16,))
+    histories = torch.randint(-1, 50, (16, 6))
+    histories[0, 2] = targets[0]  # a target in its history is a miss
+    scores = users @ items.T
+    expected = target_ranks(scores, targets, history_mask(histories, 0, 50))
+    for chunk_size in (1, 7, 50, 1000):
+        assert torch.equal(chunked_ranks(users, items, targets, histories, chunk_size), expected)
+    assert chunked_ranks(users, items, targets, histories, 7)[0] == MISS
+    assert torch.equal(chunked_ranks(users, items, targets, None, 7), target_ranks(scores, targets))
+
+
+def test_chunked_topk_equals_a_full_sort():
+    torch.manual_seed(1)
+    items, users = torch.randn(300, 16), torch.randn(9, 16)
+    histories = torch.randint(-1, 300, (9, 20))
+    scores = (users @ items.T).masked_fill(history_mask(histories, 0, 300), float("-inf"))
+    expected = scores.sort(dim=1, descending=True)
+    for chunk_size in (5, 64, 300):
+        values, indices = chunked_topk(users, items, 25, histories, chunk_size)
+        assert torch.equal(values, expected.values[:, :25])
+        assert torch.equal(indices, expected.indices[:, :25])
+
+
+def test_evaluate_in_chunks_equals_evaluate_in_one_piece_and_reports_cold_targets():
+    torch.manual_seed(2)
+    embeddings = torch.randn(40, 4)
+
+    class Model(nn.Module):
+        def embed_catalog(self, inputs, batch_size):
+            return embeddings
+
+        def user_embeddings(self, item_embeddings, histories):
+            return (item_embeddings[histories.clamp(min=0)] * (histories >= 0)[..., None]).sum(1)
+
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(10, 40, size=rng.integers(1, 6)) for _ in range(30)]
+    targets = rng.integers(10, 40, size=30)
+    cold = targets % 3 == 0
+    eval_set = EvalSet("d", histories, targets, item_range=(10, 40), cold=cold)
+    inputs = ItemInputs(item_index=torch.arange(40))
+    whole = evaluate(Model(), inputs, [eval_set], batch_size=7, progress=False)
+    chunked = evaluate(Model(), inputs, [eval_set], batch_size=7, progress=False, chunk_size=4)
+    assert whole == chunked
+    assert sorted(whole) == ["all", "d", "d cold", "d warm"]
+    ranks = []
+    for history, target in zip(histories, targets, strict=True):
+        user = embeddings[torch.as_tensor(history)].sum(0)
+        scores = embeddings[10:40] @ user
+        ranks.append(
+            MISS
+            if target in history
+            else int(sum(scores[j] >= scores[target - 10] for j in range(30) if j + 10 not in history) - 1)
+        )
+    ranks = np.array(ranks)
+    assert whole["d cold"] == pytest.approx(rank_metrics(ranks[cold]))
+    assert whole["d warm"] == pytest.approx(rank_metrics(ranks[~cold]))

@@ -95,6 +95,8 @@ class Split:
         valid_histories / test_histories (`list[np.ndarray]`): the last `max_len` items before each target.
         valid_targets / test_targets (`np.ndarray`): catalog index of each target.
         users (`list[str]`): the user of each evaluation case.
+        cold_items / valid_cold / test_cold (`np.ndarray`, *optional*): with a cold-start split, the cold items and,
+            per evaluation case, whether its target is one of them.
     """
 
     train: list[np.ndarray]
@@ -103,19 +105,32 @@ class Split:
     test_histories: list[np.ndarray]
     test_targets: np.ndarray
     users: list[str]
+    cold_items: np.ndarray | None = None
+    valid_cold: np.ndarray | None = None
+    test_cold: np.ndarray | None = None
 
     @classmethod
-    def leave_one_out(cls, sequences: Sequences, max_len: int = 50) -> Split:
+    def leave_one_out(cls, sequences: Sequences, max_len: int = 50, cold_items: np.ndarray | None = None) -> Split:
+        """The split of `sequences`.
+
+        Args:
+            cold_items (`np.ndarray` of catalog indices, *optional*): cold-start items. They are removed from
+                every training sequence and every history, so a model never sees them before it is asked to
+                rank them; they remain validation and test targets, marked in `valid_cold` / `test_cold`.
+        """
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        cold = np.zeros(0, dtype=np.int64) if cold_items is None else np.asarray(cold_items, dtype=np.int64)
         train, valid_h, valid_t, test_h, test_t = [], [], [], [], []
         for seq in sequences.items:
-            train.extend(_windows(seq[:-2], max_len + 1))
-            valid_h.append(seq[:-2][-max_len:])
+            past = seq[:-2][~np.isin(seq[:-2], cold)] if len(cold) else seq[:-2]
+            train.extend(_windows(past, max_len + 1))
+            valid_h.append(past[-max_len:])
             valid_t.append(seq[-2])
-            test_h.append(seq[:-1][-max_len:])
+            before_test = np.append(past, seq[-2]) if seq[-2] not in cold else past
+            test_h.append(before_test[-max_len:])
             test_t.append(seq[-1])
-        return cls(
+        split = cls(
             train=train,
             valid_histories=valid_h,
             valid_targets=np.asarray(valid_t, dtype=np.int64),
@@ -123,6 +138,11 @@ class Split:
             test_targets=np.asarray(test_t, dtype=np.int64),
             users=list(sequences.user_ids),
         )
+        if cold_items is not None:
+            split.cold_items = cold
+            split.valid_cold = np.isin(split.valid_targets, cold)
+            split.test_cold = np.isin(split.test_targets, cold)
+        return split
 
     def evaluation(self, stage: str) -> tuple[list[np.ndarray], np.ndarray]:
         """`(histories, targets)` of `stage` (`"valid"` or `"test"`)."""
@@ -143,3 +163,12 @@ def _windows(seq: np.ndarray, size: int) -> list[np.ndarray]:
         if start == 0:
             break
     return windows[::-1]
+
+
+def choose_cold_items(sequences: Sequences, fraction: float, seed: int = 0) -> np.ndarray:
+    """A fixed-seed sample of `fraction` of the items that occur in `sequences`, as sorted catalog indices."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"cold-start fraction must be in (0, 1), got {fraction}")
+    items = np.unique(np.concatenate(sequences.items))
+    count = max(1, round(fraction * len(items)))
+    return np.sort(np.random.default_rng(seed).choice(items, size=count, replace=False))

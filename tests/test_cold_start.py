@@ -1,0 +1,53 @@
+"""Cold-start split: held-out items never reach training or histories; they are only ranked."""
+
+import numpy as np
+import pytest
+
+from mmsr_peft.data.sequences import Sequences, Split, choose_cold_items
+from mmsr_peft.domains import build_corpus, load_domain
+
+
+def sequences_of(*users) -> Sequences:
+    return Sequences([f"u{i}" for i in range(len(users))], [np.array(u) for u in users])
+
+
+def test_cold_items_leave_training_and_histories_but_stay_targets():
+    sequences = sequences_of([0, 1, 2, 3, 4, 5], [6, 2, 7, 1, 8], [3, 4, 9, 2])
+    split = Split.leave_one_out(sequences, max_len=10, cold_items=np.array([2, 9]))
+    assert [s.tolist() for s in split.train] == [[0, 1, 3], [6, 7], [3, 4]]
+    assert [h.tolist() for h in split.valid_histories] == [[0, 1, 3], [6, 7], [3, 4]]
+    assert split.valid_targets.tolist() == [4, 1, 9]
+    assert [h.tolist() for h in split.test_histories] == [[0, 1, 3, 4], [6, 7, 1], [3, 4]]  # cold 9 left out
+    assert split.test_targets.tolist() == [5, 8, 2]
+    assert split.valid_cold.tolist() == [False, False, True]
+    assert split.test_cold.tolist() == [False, False, True]
+
+
+def test_without_cold_items_the_split_is_unchanged():
+    sequences = sequences_of([0, 1, 2, 3, 4, 5], [6, 2, 7, 1, 8])
+    plain, empty = Split.leave_one_out(sequences, 3), Split.leave_one_out(sequences, 3, np.array([], dtype=int))
+    assert [s.tolist() for s in plain.train] == [s.tolist() for s in empty.train]
+    assert plain.valid_cold is None and empty.valid_cold.tolist() == [False, False]
+
+
+def test_cold_items_are_a_seeded_share_of_the_items_that_occur():
+    sequences = sequences_of(list(range(0, 100, 2)), list(range(50, 150, 2)))
+    cold = choose_cold_items(sequences, 0.1, seed=3)
+    occurring = set(range(0, 150, 2))
+    assert len(cold) == 8 and set(cold.tolist()) <= occurring  # 10 % of 75 items, rounded
+    assert np.array_equal(cold, choose_cold_items(sequences, 0.1, seed=3))
+    assert not np.array_equal(cold, choose_cold_items(sequences, 0.1, seed=4))
+    with pytest.raises(ValueError, match="fraction must be in"):
+        choose_cold_items(sequences, 1.5)
+
+
+def test_corpus_with_cold_start_holds_items_out_of_every_training_sequence(data_dir):
+    domain = load_domain("office", data_dir=data_dir)
+    corpus = build_corpus([domain], max_len=12, cold_start_fraction=0.2, seed=0)
+    cold = set(choose_cold_items(domain.sequences, 0.2, seed=0).tolist())
+    assert corpus.stats["office"]["cold_items"] == len(cold) > 0
+    assert not cold & {int(i) for seq in corpus.train for i in seq}
+    for eval_set in corpus.valid + corpus.test:
+        assert not cold & {int(i) for h in eval_set.histories for i in h}
+        assert eval_set.cold.tolist() == [int(t) in cold for t in eval_set.targets]
+    assert corpus.test[0].cold.any()
