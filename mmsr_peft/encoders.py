@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .config import ConfigMixin
+
+logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -169,6 +172,10 @@ class TextEncoder(nn.Module):
     def set_finetuning(self, regime: str, top_k: int = 1) -> None:
         """`frozen`, `full`, or `top_k`: only the top `top_k` transformer layers train."""
         set_finetuning(self.backbone, self.config.backbone["model_type"], regime, top_k)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recomputes each transformer layer's activations in the backward pass instead of storing them."""
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def load_backbone(self, name_or_path: str) -> None:
         """Fills the backbone with the weights of a pretrained model (every key must match)."""
@@ -329,6 +336,16 @@ class VisionEncoder(nn.Module):
     def set_finetuning(self, regime: str, top_k: int = 1) -> None:
         """`frozen`, `full`, or `top_k`: only the top `top_k` blocks (and the pooling/projection after them) train."""
         set_finetuning(self.tower, self.family, regime, top_k)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recomputes each block's activations in the backward pass (transformer towers; CNNs are left as they
+        are, with a warning)."""
+        if self.config.backend == "hf":
+            self.tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif hasattr(self.tower, "set_grad_checkpointing") and self.family == "open_clip_vit":
+            self.tower.set_grad_checkpointing(True)
+        else:
+            logger.warning("gradient checkpointing is not supported by the %s vision tower; ignored", self.family)
 
     def load_backbone(self, path: str) -> None:
         """Fills the tower from a local weights file: an open_clip checkpoint (full model with `visual.*` keys, or

@@ -18,7 +18,7 @@ from .data.catalog import Catalog
 from .data.collate import PROCESSOR_FILE, ItemInputs, ItemProcessor, pad_histories
 from .encoders import EncoderOutput, TextEncoder, TextEncoderConfig, VisionEncoder, VisionEncoderConfig
 from .errors import CheckpointError
-from .evaluation import history_mask
+from .evaluation import chunked_topk
 from .fusion import FusionConfig, ModalityProjection, build_fusion
 from .io import atomic_directory
 from .losses import LOSSES, bce_loss, softmax_loss
@@ -187,6 +187,12 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         self.name_or_path: str | None = None
         self.base_fingerprint: str | None = None  # sha256 of the model.safetensors it was loaded from / saved to
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Gradient checkpointing in the text and vision encoders: less activation memory, one more forward."""
+        for encoder in (self.item_tower.text, self.item_tower.vision):
+            if encoder is not None:
+                encoder.gradient_checkpointing_enable()
+
     def embed_items(self, items: ItemInputs) -> torch.Tensor:
         """`(N, D)` L2-normalised item embeddings."""
         return F.normalize(self.item_tower(items), dim=-1)
@@ -277,13 +283,11 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         self.eval()
         item_embeddings = self.embed_catalog(self.processor(catalog.records(range(len(catalog)))))
         padded = pad_histories(rows).to(item_embeddings.device)
-        scores = self.user_embeddings(item_embeddings, padded) @ item_embeddings.T  # (B, N)
-        if exclude_history:
-            scores.masked_fill_(history_mask(padded, 0, scores.shape[1]), float("-inf"))
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        users = self.user_embeddings(item_embeddings, padded)
+        values, indices = chunked_topk(users, item_embeddings, k, padded if exclude_history else None)
         self.train(was_training)
-        ids = [[catalog.item_ids[i] for i in row] for row in top.indices.tolist()]
-        return Recommendations(ids, top.values)
+        ids = [[catalog.item_ids[i] for i in row] for row in indices.tolist()]
+        return Recommendations(ids, values)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Writes `config.json`, `model.safetensors` and the processor files (tokenizer, image size) atomically.

@@ -44,6 +44,16 @@ class TrainingArguments:
     save_total_limit: int = field(default=2, metadata={"help": "Training states kept on disk."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and negative sampling."})
     resume: bool = field(default=False, metadata={"help": "Resume from the latest training state in output_dir."})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "'no', 'bf16' or 'fp16' autocast through Accelerate (default: what `accelerate launch` or "
+            "`accelerate config` chose, else 'no')."
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute encoder activations in the backward pass to save memory."}
+    )
     feature_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Keep frozen encoders' outputs here and reuse them across runs (see mmsr_peft.cache)."},
@@ -55,6 +65,8 @@ class TrainingArguments:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.num_negatives < 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
+            raise ValueError(f"--mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.optim not in OPTIMIZERS:
             raise ValueError(f"unknown --optim {self.optim!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
 
@@ -83,7 +95,7 @@ def make_accelerator(args: TrainingArguments, item_tower: str, fusion: str):
     )
     # Token-level fusions leave the vision tower's pooled projection unused: DDP has to expect that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=item_tower == "modal" and fusion in TOKEN_FUSIONS)
-    return Accelerator(project_config=project, kwargs_handlers=[ddp])
+    return Accelerator(mixed_precision=args.mixed_precision, project_config=project, kwargs_handlers=[ddp])
 
 
 class TrainState:
@@ -170,6 +182,8 @@ def train(
         collate_fn=collator,
         generator=generator,
     )
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(trainable.values(), args)
     total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * accelerator.num_processes))

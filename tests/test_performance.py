@@ -134,3 +134,39 @@ def test_encoding_each_distinct_item_once_gives_the_per_position_loss(catalog, f
     )
     assert len(batch.items) < len(naive_items)
     torch.testing.assert_close(unique.loss, naive.loss, rtol=0, atol=1e-6)
+
+
+def _loss_and_grads(model, batch):
+    torch.manual_seed(0)  # same dropout masks in both runs
+    model.zero_grad()
+    loss = model(**vars(batch)).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(catalog):  # noqa: F811
+    model = tiny().requires_grad_(True).train()
+    batch = TrainCollator(model.processor(catalog.records(range(len(catalog)))), num_negatives=4, seed=0)(
+        [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7, 8, 9])]
+    )
+    loss, grads = _loss_and_grads(model, batch)
+    model.gradient_checkpointing_enable()
+    assert model.item_tower.text.backbone.is_gradient_checkpointing
+    assert model.item_tower.vision.tower.transformer.grad_checkpointing
+    checkpointed_loss, checkpointed_grads = _loss_and_grads(model, batch)
+    torch.testing.assert_close(checkpointed_loss, loss, rtol=0, atol=1e-6)
+    assert grads.keys() == checkpointed_grads.keys() and any("backbone" in n for n in grads)
+    for name in grads:
+        torch.testing.assert_close(checkpointed_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_trains_on_cpu(data_dir, tmp_path):
+    from conftest import tiny_pretrain_argv
+
+    from mmsr_peft.cli import pretrain_main
+
+    argv = tiny_pretrain_argv(
+        data_dir, "--num_epochs", "1", "--output_dir", str(tmp_path), "--mixed_precision", "bf16"
+    )
+    assert pretrain_main([*argv, "--gradient_checkpointing", "true", "--vision_finetune", "full"]) == 0
+    assert (tmp_path / "model.safetensors").is_file()
