@@ -108,6 +108,14 @@ class EncoderOutput:
         return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("pooled", "tokens", "mask")))
 
 
+def _checkpointing_enable(model) -> None:
+    """Activation checkpointing of a transformers model (renamed in transformers 5; the old name warns)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _no_pooler(hf_config) -> dict:
     """`add_pooling_layer=False` for the models that have that option (BERT-like): their pooler is not used."""
     from transformers import AutoModel
@@ -175,7 +183,7 @@ class TextEncoder(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Recomputes each transformer layer's activations in the backward pass instead of storing them."""
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpointing_enable(self.backbone)
 
     def load_backbone(self, name_or_path: str) -> None:
         """Fills the backbone with the weights of a pretrained model (every key must match)."""
@@ -341,7 +349,7 @@ class VisionEncoder(nn.Module):
         """Recomputes each block's activations in the backward pass (transformer towers; CNNs are left as they
         are, with a warning)."""
         if self.config.backend == "hf":
-            self.tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _checkpointing_enable(self.tower)
         elif hasattr(self.tower, "set_grad_checkpointing") and self.family == "open_clip_vit":
             self.tower.set_grad_checkpointing(True)
         else:

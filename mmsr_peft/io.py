@@ -3,34 +3,63 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import glob
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+_ACTIVE: set[Path] = set()  # temporary folders this process is writing right now
 
 
 @contextlib.contextmanager
 def atomic_directory(folder: str | os.PathLike):
-    """Yields a temporary folder beside `folder`. When the block succeeds, each file written there replaces its
-    namesake in `folder` by a rename (other entries of `folder`, e.g. training states, are kept); when it fails,
-    nothing in `folder` changes. Every file is always whole: the old version or the new one."""
+    """Yields a temporary folder beside `folder`; when the block succeeds, that folder becomes `folder` in one step.
+
+    The new version holds what the block wrote plus every entry of the previous version that the block did not
+    write (training states, metrics, ...), hard-linked so the previous version stays whole until the swap. On
+    Linux the swap is one atomic rename exchange: a crash at any instant leaves the previous version or the new
+    one, never a mix and never no folder. Elsewhere it is two renames, and the next write puts back a previous
+    version that a crash left between them. When the block fails, nothing in `folder` changes and the temporary
+    folder is removed; one left by a killed writer is removed by the next write.
+    """
     folder = Path(folder)
+    if folder.is_symlink():  # write where the link points, keep the link
+        folder = folder.resolve()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    _recover(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a plain mkdir would honour the umask
+    _ACTIVE.add(tmp)
     try:
-        yield tmp
-        if not folder.exists():
-            os.replace(tmp, folder)
-            return
-        for path in sorted(tmp.rglob("*")):
-            target = folder / path.relative_to(tmp)
-            if path.is_dir():
-                target.mkdir(exist_ok=True)
-            else:
-                os.replace(path, target)
+        try:
+            yield tmp
+        except OSError as err:  # e.g. disk full inside a library writer: say which folder was being written
+            if err.filename is None and err.errno is not None:
+                message = f"{err.strerror or err} (the previous version is unchanged)"
+                raise OSError(err.errno, message, str(folder)) from err
+            raise
+        if folder.exists():
+            _link_missing(folder, tmp)
+        replace_directory(tmp, folder)
     finally:
+        _ACTIVE.discard(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_directory(new: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Moves the finished folder `new` to `folder` in one step, replacing (and removing) any previous version.
+
+    `new` must be beside `folder` (same file system). On Linux the replacement is one atomic rename exchange."""
+    new, folder = Path(new), Path(folder)
+    if not folder.exists():
+        os.replace(new, folder)
+        return
+    _swap(new, folder)  # the previous version is now at `new`
+    shutil.rmtree(new, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -45,9 +74,90 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, f"{err.strerror or err} (the previous version is unchanged)", str(path)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _link_missing(source: Path, target: Path) -> None:
+    """Adds to `target` every entry of `source` it lacks (merging sub-folders both have), as hard links."""
+    for entry in source.iterdir():
+        destination = target / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            if not destination.exists():
+                destination.mkdir()
+                shutil.copystat(entry, destination)
+            if destination.is_dir() and not destination.is_symlink():
+                _link_missing(entry, destination)
+        elif not destination.exists() and not destination.is_symlink():
+            if entry.is_symlink():
+                destination.symlink_to(os.readlink(entry))
+                continue
+            try:
+                os.link(entry, destination)
+            except OSError:  # a file system without hard links
+                shutil.copy2(entry, destination)
+
+
+def _swap(new: Path, folder: Path) -> None:
+    """Puts `new` at `folder` and the previous `folder` at `new`."""
+    if _rename_exchange(new, folder):
+        return
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.replace(folder, old)
+    os.replace(new, folder)  # a crash right before this line leaves `old`: `_recover` puts it back
+    os.replace(old, new)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Atomically exchanges two paths (Linux `renameat2(RENAME_EXCHANGE)`); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # C library older than glibc 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # file system or kernel without the flag
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _recover(folder: Path) -> None:
+    """Cleans up after writers of `folder` that died: puts back a previous version that a crash left between the
+    two renames of `_swap`, and removes their temporary folders."""
+    for kind in ("old", "tmp"):
+        prefix = f".{folder.name}.{kind}-"
+        for path in sorted(
+            folder.parent.glob(glob.escape(prefix) + "*"), key=lambda p: p.stat().st_mtime, reverse=True
+        ):
+            pid = path.name.removeprefix(prefix).split("-")[0]
+            if not path.is_dir() or not pid.isdigit() or path in _ACTIVE or _alive(int(pid)):
+                continue
+            if kind == "old" and not folder.exists():
+                os.replace(path, folder)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process: the folder is not in _ACTIVE, so it is left from a failed earlier write
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _umask() -> int:

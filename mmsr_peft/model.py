@@ -269,10 +269,12 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         >>> top.item_ids[0][:3]
         ```
         """
-        if not isinstance(k, int) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if self.processor is None:
             raise ValueError("this model has no processor; load it with MMSRModel.from_pretrained or pass one")
+        if isinstance(histories, str) or not all(isinstance(h, (list, tuple)) for h in histories):
+            raise ValueError(f"histories must be a list of lists of item ids (one list per user), got {histories!r}")
         rows = []
         for b, history in enumerate(histories):
             unknown = [item for item in history if item not in catalog.index]
@@ -289,17 +291,19 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         ids = [[catalog.item_ids[i] for i in row] for row in indices.tolist()]
         return Recommendations(ids, values)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
+    def save_pretrained(self, folder: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Writes `config.json`, `model.safetensors` and the processor files (tokenizer, image size) atomically.
 
-        Adapters are not part of the base: save them with `save_adapter`.
+        Adapters are not part of the base: save them with `save_adapter`. `state_dict` replaces the model's own
+        base weights in the file (`save_merged` passes the merged ones).
         """
         from safetensors.torch import save_file
 
+        state_dict = adapters.base_state_dict(self) if state_dict is None else state_dict
         with atomic_directory(folder) as tmp:
             config = {"mmsr_peft_version": _version(), **self.config.to_dict()}
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-            state = {k: v.detach().contiguous().cpu() for k, v in adapters.base_state_dict(self).items()}
+            state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
             save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
             if self.processor is not None:
                 self.processor.save_pretrained(tmp)
@@ -318,13 +322,16 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         config_path = folder / CONFIG_FILE
         if not config_path.is_file():
             raise CheckpointError(f"{folder}: no {CONFIG_FILE}; is this an mmsr_peft base checkpoint?")
-        settings = json.loads(config_path.read_text())
-        settings.pop("mmsr_peft_version", None)
-        config = MMSRConfig.from_dict(settings, where=str(config_path))
+        config = load_config(config_path)
         has_processor = (folder / PROCESSOR_FILE).is_file()  # a model saved without one cannot `recommend`
         processor = ItemProcessor.from_pretrained(folder, with_tokenizer=config.uses_text) if has_processor else None
         model = cls(config, processor)
-        model.load_state_dict(load_weights(folder, allow_pickle))
+        weights = load_weights(folder, allow_pickle)
+        try:
+            model.load_state_dict(weights)
+        except CheckpointError as err:
+            source = folder / WEIGHTS_FILE if (folder / WEIGHTS_FILE).is_file() else folder
+            raise CheckpointError(f"{source}: {err} (architecture from {config_path})") from None
         model.name_or_path = str(name_or_path)
         if (folder / WEIGHTS_FILE).is_file():
             model.base_fingerprint = file_sha256(folder / WEIGHTS_FILE)
@@ -340,6 +347,16 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
                 raise CheckpointError(
                     f"checkpoint does not match the architecture: {len(missing)} missing keys {_preview(missing)}, "
                     f"{len(unexpected)} unexpected keys {_preview(unexpected)}"
+                )
+            own = adapters.base_state_dict(self)
+            wrong = [
+                f"{k}: {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+                for k, v in state_dict.items()
+                if tuple(v.shape) != tuple(own[k].shape)
+            ]
+            if wrong:
+                raise CheckpointError(
+                    f"checkpoint does not match the architecture: {len(wrong)} keys have another shape {_preview(wrong)}"
                 )
         names = adapters.base_key_map(self)
         renamed = {names.get(k, k): v for k, v in state_dict.items()}
@@ -382,6 +399,21 @@ def resolve_checkpoint(
     return folder
 
 
+def load_config(path: Path) -> MMSRConfig:
+    """Reads a `config.json`; a file that is not valid JSON or not a valid config is an error naming it."""
+    try:
+        settings = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(settings, dict):
+        settings.pop("mmsr_peft_version", None)
+    try:
+        return MMSRConfig.from_dict(settings, where=str(path))
+    except ValueError as err:  # from_dict names the field; a check of __post_init__ does not name the file
+        message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+        raise CheckpointError(message) from None
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -408,7 +440,12 @@ def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Te
             "refused. Convert it to safetensors, or pass allow_pickle=True if you trust its author."
         )
     if pickles:
-        return torch.load(pickles[0], map_location="cpu", weights_only=True)
+        import pickle
+
+        try:  # weights_only: even an allowed pickle may hold tensors only, never code
+            return torch.load(pickles[0], map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+            raise CheckpointError(f"{pickles[0]}: unreadable weights file ({err})") from err
     raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")
 
 

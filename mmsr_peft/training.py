@@ -15,6 +15,7 @@ from .encoders import EncoderOutput
 from .evaluation import EvalSet, evaluate
 
 SELECTION_METRIC = "ndcg@10"
+COMPLETE_MARKER = "complete"  # written last into each saved training state
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
@@ -60,9 +61,13 @@ class TrainingArguments:
     )
 
     def __post_init__(self):
-        for name in ("num_epochs", "batch_size", "patience", "eval_batch_size", "save_steps", "save_total_limit"):
+        for name in ("num_epochs", "batch_size", "patience", "eval_batch_size", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_total_limit < 2:  # Accelerate deletes the oldest state before writing the next one
+            raise ValueError(
+                f"--save_total_limit must be >= 2 (one state survives a kill while saving), got {self.save_total_limit}"
+            )
         if self.learning_rate <= 0 or self.num_negatives < 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
@@ -197,10 +202,11 @@ def train(
     accelerator.register_for_checkpointing(state)
     saved = sorted(Path(args.output_dir, "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
     if args.resume:
-        if not saved:
-            raise FileNotFoundError(f"--resume: no training state under {args.output_dir}/checkpoints")
-        accelerator.load_state(str(saved[-1]))
-        accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {saved[-1]}")
+        complete = [folder for folder in saved if (folder / COMPLETE_MARKER).is_file()]
+        if not complete:
+            raise FileNotFoundError(f"--resume: no complete training state under {args.output_dir}/checkpoints")
+        accelerator.load_state(str(complete[-1]))
+        accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {complete[-1]}")
     # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
     accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
 
@@ -208,8 +214,9 @@ def train(
     while state.epoch < args.num_epochs and state.stale < args.patience:
         # Each epoch's order and negatives come from (seed, epoch): a resumed run replays the same batches.
         generator.manual_seed(args.seed + state.epoch)
-        collator.rng = np.random.default_rng([args.seed, state.epoch, accelerator.process_index])
         done_in_epoch = state.step - state.epoch * len(loader)
+        collator.seed = (args.seed, state.epoch, accelerator.process_index)
+        collator.batch_index = max(done_in_epoch, 0)  # skipped batches are not collated: start at the right one
         epoch_loader = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch > 0 else loader
         ddp_model.train()
         for batch in epoch_loader:
@@ -225,10 +232,10 @@ def train(
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}", items=len(batch.items))
             if state.step % args.save_steps == 0:
-                accelerator.save_state()
+                _save_state(accelerator)
         state.epoch += 1
         _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best)
-        accelerator.save_state()
+        _save_state(accelerator)
         accelerator.wait_for_everyone()
     progress.close()
     current = {**dict(model.named_buffers()), **trainable}  # buffers too: BatchNorm statistics of the best epoch
@@ -236,6 +243,14 @@ def train(
         for name, value in state.best_weights.items():
             current[name].copy_(value)
     return state
+
+
+def _save_state(accelerator) -> None:
+    """Accelerate's `save_state`, then a marker file: a state killed while being written is never resumed from."""
+    location = accelerator.save_state()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        Path(location, COMPLETE_MARKER).touch()
 
 
 def _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best) -> None:

@@ -151,7 +151,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(catalog):  # n
     )
     loss, grads = _loss_and_grads(model, batch)
     model.gradient_checkpointing_enable()
-    assert model.item_tower.text.backbone.is_gradient_checkpointing
+    assert model.item_tower.text.backbone.is_activation_checkpointing
     assert model.item_tower.vision.tower.transformer.grad_checkpointing
     checkpointed_loss, checkpointed_grads = _loss_and_grads(model, batch)
     torch.testing.assert_close(checkpointed_loss, loss, rtol=0, atol=1e-6)
@@ -161,6 +161,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(catalog):  # n
 
 
 def test_bf16_autocast_trains_on_cpu(data_dir, tmp_path):
+    from accelerate.state import AcceleratorState
     from conftest import tiny_pretrain_argv
 
     from mmsr_peft.cli import pretrain_main
@@ -168,5 +169,10 @@ def test_bf16_autocast_trains_on_cpu(data_dir, tmp_path):
     argv = tiny_pretrain_argv(
         data_dir, "--num_epochs", "1", "--output_dir", str(tmp_path), "--mixed_precision", "bf16"
     )
-    assert pretrain_main([*argv, "--gradient_checkpointing", "true", "--vision_finetune", "full"]) == 0
+    AcceleratorState._reset_state(reset_partial_state=True)  # precision is fixed per process, as in real runs
+    try:
+        assert pretrain_main([*argv, "--gradient_checkpointing", "true", "--vision_finetune", "full"]) == 0
+        assert AcceleratorState().mixed_precision == "bf16"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     assert (tmp_path / "model.safetensors").is_file()

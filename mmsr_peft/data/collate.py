@@ -15,6 +15,7 @@ from ..errors import DataError
 
 PROCESSOR_FILE = "processor_config.json"
 ITEM_VOCAB_FILE = "item_ids.json"
+MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused before their pixels are decoded
 
 
 @dataclass
@@ -130,9 +131,14 @@ class ItemProcessor:
 def load_image(path: str, size: int) -> torch.Tensor:
     """Decodes an image file to a `(3, size, size)` uint8 tensor: RGB, shorter side resized, centre-cropped."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: image of {image.width}x{image.height} pixels exceeds the limit of {MAX_IMAGE_PIXELS:,} "
+                    "(a decompression bomb, or a file to downscale first)"
+                )
             image = image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot decode image ({err})") from err
     scale = size / min(image.size)
     width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
@@ -194,7 +200,8 @@ class TrainCollator:
         self.catalog_inputs = catalog_inputs
         self.loss = loss
         self.num_negatives = num_negatives
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.batch_index = 0  # negatives of batch i come from (seed, i): a resumed run draws the same ones
         self.item_share = None
         if item_counts is not None:
             counts = torch.as_tensor(item_counts, dtype=torch.float64)
@@ -206,7 +213,9 @@ class TrainCollator:
         num_items = len(self.catalog_inputs)
         if self.loss == "full_ce":
             return TrainBatch(self.catalog_inputs, inputs=padded[:, :-1], targets=padded[:, 1:])
-        extra = self.rng.integers(0, num_items, padded.shape if self.loss == "bce" else self.num_negatives)
+        rng = np.random.default_rng([*np.atleast_1d(self.seed), self.batch_index])
+        self.batch_index += 1
+        extra = rng.integers(0, num_items, padded.shape if self.loss == "bce" else self.num_negatives)
         extra = torch.as_tensor(extra, dtype=torch.long)
         unique, inverse = torch.unique(torch.cat([padded[valid], extra.flatten()]), return_inverse=True)
         rows = torch.full_like(padded, -1)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..io import replace_directory
+
 ITEM_SCHEMA = pa.schema([("item_id", pa.string()), ("text", pa.string()), ("image", pa.string())])
 INTERACTION_SCHEMA = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64())])
 
@@ -33,13 +35,7 @@ def new_domain_folder(target: str | os.PathLike, overwrite: bool = False):
     try:
         (tmp / "images").mkdir()
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_directory(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
