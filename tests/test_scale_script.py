@@ -1,0 +1,46 @@
+"""scripts/benchmark_scale.py on a tiny generated category: every stage runs and their counts agree."""
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_scale.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_scale", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_reports_every_stage_with_consistent_counts(tmp_path):
+    script = load_script()
+    argv = ["--interactions", "3000", "--items", "500", "--k", "3", "--same_process"]
+    argv += ["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "results")]
+    assert script.main(argv) == 0
+
+    table = (tmp_path / "results" / "scale.md").read_text()
+    for stage in ("imports", *script.STAGES):
+        assert f"\n| {stage} | " in table
+    payload = json.loads((tmp_path / "results" / "scale.json").read_text())
+    assert payload["command"].startswith("python scripts/benchmark_scale.py --interactions 3000")
+    assert payload["machine"]["cores"] >= 1
+    results = payload["results"]
+    assert all(result["seconds"] >= 0 and result["peak_rss_bytes"] > 0 for result in results.values())
+
+    generated, prepared, loaded, split, inputs = (results[stage] for stage in script.STAGES)
+    raw = tmp_path / "work" / "raw"
+    with gzip.open(raw / "Office_Products.jsonl.gz", "rt") as lines:
+        assert sum(1 for _ in lines) == generated["review_lines"] == prepared["raw_reviews"] == 3000
+    with gzip.open(raw / "meta_Office_Products.jsonl.gz", "rt") as lines:
+        assert sum(1 for _ in lines) == generated["meta_lines"] == prepared["meta_lines"] == 495  # 1 % undescribed
+    dropped = prepared["interactions_dropped"]
+    kept = 3000 - prepared["duplicate_reviews"] - dropped["no_metadata"] - dropped["no_title"] - dropped["k_core"]
+    assert 0 < prepared["interactions"] == kept == loaded["interactions"]
+    assert prepared["users"] == loaded["users"] == loaded["users_kept"] == split["valid_cases"] == split["test_cases"]
+    assert prepared["items"] == loaded["items"] == inputs["items"] <= generated["items_reviewed"]
+    # training windows hold >= 2 items, from all but each user's last 2, consecutive windows sharing one
+    windows, window_items = split["train_sequences"], split["train_items"]
+    assert 2 * windows <= window_items <= kept - 2 * loaded["users"] + windows
