@@ -1,0 +1,444 @@
+"""Performance benchmark: every figure is measured side by side in one run on this machine.
+
+    python scripts/benchmark.py                       # everything (about 15 minutes on 2 CPU cores)
+    python scripts/benchmark.py --sections catalog    # one section
+    make benchmark                                    # the same, with RecBole's own virtual environment
+
+Sections:
+- `recbole`: our ID-SASRec vs RecBole's SASRec on MovieLens-100k, same split (exported with `mmsr-data
+  recbole-export`), same hyper-parameters: training transitions per second and full-ranking users per second.
+  RecBole runs in its own virtual environment (`.venv-recbole`, made by `make recbole-venv`); when it is missing
+  the section says so and reports our side only.
+- `cached`: MMSR with the frozen MiniLM text encoder cached vs our ID-SASRec, epoch time on MovieLens-100k.
+- `unique`: items encoded per step vs the B x T positions of the batch (trainable encoders encode each distinct item
+  of a batch once).
+- `lora`: LoRA vs full fine-tuning of the default CPU model (MiniLM + ViT, concat fusion) on the synthetic office
+  domain: peak memory (RSS of a fresh process), step time, trainable share, adapter vs base checkpoint size.
+- `catalog`: full-ranking evaluation time and peak memory vs catalog size (10 k, 100 k, 1 M generated items).
+
+Timings are medians of `--repeats` runs with [min, max]; each memory figure comes from its own fresh process.
+Writes `<output_dir>/benchmark.md` and `.json` with the command that made them and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RECBOLE_PYTHON = REPO / ".venv-recbole" / "bin" / "python"
+SECTIONS = ("recbole", "cached", "unique", "lora", "catalog")
+# The hyper-parameters both SASRecs share (RecBole's names in scripts/recbole_sasrec.py).
+SASREC = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "max_len": 50, "dropout": 0.2, "batch_size": 256}
+
+
+def in_fresh_process(function, *args):
+    """Runs `function(*args)` in a new (spawned) Python process; returns its result and that process's peak RSS."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_measured, (function, *args))
+
+
+def _measured(function, *args):
+    torch.set_num_threads(int(os.environ.get("MMSR_BENCH_THREADS", torch.get_num_threads())))
+    result = function(*args)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def fmt(stat: dict, digits: int = 2) -> str:
+    return f"{stat['median']:.{digits}f} [{stat['min']:.{digits}f}, {stat['max']:.{digits}f}]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Our training epoch, as `mmsr_peft.training.train` runs it (without its end-of-epoch evaluation).
+
+
+def epoch_seconds(model, train_sequences, catalog_inputs, batch_size, num_negatives, loss, seed=0) -> float:
+    from mmsr_peft.data.collate import TrainCollator
+
+    collate = TrainCollator(catalog_inputs, loss, num_negatives, seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    order = np.random.default_rng(seed).permutation(len(train_sequences))
+    model.train()
+    began = time.perf_counter()
+    for first in range(0, len(order), batch_size):
+        batch = collate([train_sequences[i] for i in order[first : first + batch_size]])
+        model(**vars(batch)).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - began
+
+
+def movielens_corpus(data_dir: str):
+    from mmsr_peft.data.movielens import prepare_movielens
+    from mmsr_peft.domains import build_corpus, load_folder
+
+    folder = Path(data_dir) / "movielens" / "ml-100k"
+    if not folder.exists():
+        prepare_movielens(data_dir)
+    return build_corpus([load_folder(folder)], SASREC["max_len"])
+
+
+def sasrec_model(item_tower: str, item_ids, loss: str):
+    from mmsr_peft.builder import ModelArguments, build_model
+
+    args = ModelArguments(
+        item_tower=item_tower,
+        hidden_size=SASREC["hidden_size"],
+        num_layers=SASREC["num_layers"],
+        num_heads=SASREC["num_heads"],
+        max_len=SASREC["max_len"],
+        dropout=SASREC["dropout"],
+        loss=loss,
+        text_finetune="frozen",
+    )
+    return build_model(args, item_vocab=item_ids)
+
+
+def ours_sasrec(data_dir: str, item_tower: str, repeats: int, cache_dir: str) -> dict:
+    """Epoch time and evaluation speed of our SASRec with the `id` tower or the frozen, cached MiniLM `text` tower."""
+    from mmsr_peft.evaluation import evaluate
+    from mmsr_peft.training import precompute_frozen_states
+
+    corpus = movielens_corpus(data_dir)
+    torch.manual_seed(0)
+    model = sasrec_model(item_tower, corpus.catalog.item_ids, "full_ce")
+    inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))))
+    began = time.perf_counter()
+    inputs = precompute_frozen_states(model, inputs, 256, cache_dir)
+    cache_seconds = time.perf_counter() - began
+    epochs = [epoch_seconds(model, corpus.train, inputs, SASREC["batch_size"], 0, "full_ce") for _ in range(repeats)]
+    evals = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        evaluate(model, inputs, corpus.test, batch_size=256, progress=False)
+        evals.append(time.perf_counter() - began)
+    transitions = sum(len(s) - 1 for s in corpus.train)
+    users = len(corpus.test[0].targets)
+    return {
+        "epoch_s": spread(epochs),
+        "transitions": transitions,
+        "transitions_per_s": spread([transitions / e for e in epochs]),
+        "eval_s": spread(evals),
+        "eval_users_per_s": spread([users / e for e in evals]),
+        "cache_s": cache_seconds,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+
+
+def recbole_sasrec(data_dir: str, epochs: int, out: Path) -> dict:
+    """RecBole's SASRec on the exported split, in `.venv-recbole` (see scripts/recbole_sasrec.py)."""
+    if not RECBOLE_PYTHON.is_file():
+        return {"error": f"{RECBOLE_PYTHON.relative_to(REPO)} not found: run `make recbole-venv` to compare"}
+    from mmsr_peft.data.recbole import export_recbole
+
+    export = out / "recbole-export"
+    export_recbole(Path(data_dir) / "movielens" / "ml-100k", export, max_len=SASREC["max_len"], overwrite=True)
+    report = out / "recbole_sasrec.json"
+    command = [
+        str(RECBOLE_PYTHON), str(REPO / "scripts" / "recbole_sasrec.py"), str(export),
+        "--epochs", str(epochs), "--output", str(report),
+        *[f"--{k}={v}" for k, v in SASREC.items()], "--learning_rate=1e-3", "--patience", str(epochs),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": f"RecBole run failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}"}
+    raw = json.loads(report.read_text())
+    epochs_s = raw["wall_s"]["train_per_epoch"]  # each RecBole training row is one transition (a prefix + target)
+    return {
+        "epoch_s": spread(epochs_s),
+        "transitions_per_s": spread([raw["data"]["train_rows"] / e for e in epochs_s]),
+        "eval_s": spread([raw["data"]["test_users"] / raw["throughput"]["recbole_eval_users_per_s"]]),
+        "eval_users_per_s": spread([raw["throughput"]["recbole_eval_users_per_s"]]),
+        "test": raw["test"],
+        "raw": raw,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def unique_items(data_dir: str) -> dict:
+    """Distinct items per training batch of MovieLens-100k vs the B x T positions (and negatives) of the batch."""
+    from mmsr_peft.data.collate import ItemInputs, TrainCollator
+
+    corpus = movielens_corpus(data_dir)
+    inputs = ItemInputs(item_index=torch.arange(len(corpus.catalog)))
+    rows = []
+    for batch_size, negatives in ((64, 256), (256, 256)):
+        collate = TrainCollator(inputs, "sampled_softmax", negatives, seed=0)
+        order = np.random.default_rng(0).permutation(len(corpus.train))
+        encoded, positions = [], []
+        for first in range(0, len(order), batch_size):
+            batch = collate([corpus.train[i] for i in order[first : first + batch_size]])
+            encoded.append(len(batch.items))
+            positions.append(int((batch.inputs >= 0).sum() + (batch.targets[:, -1:] >= 0).sum()) + negatives)
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "negatives": negatives,
+                "items_encoded_per_step": statistics.mean(encoded),
+                "positions_per_step": statistics.mean(positions),
+            }
+        )
+    return {"rows": rows}
+
+
+def lora_or_full(method: str, data_dir: str, steps: int) -> dict:
+    """Step time, peak memory and sizes of one adaptation method on the default CPU model (synthetic office)."""
+    from peft import LoraConfig
+
+    from mmsr_peft.adapters import lora_target_modules
+    from mmsr_peft.builder import ModelArguments, build_model
+    from mmsr_peft.data.collate import TrainCollator
+    from mmsr_peft.domains import build_corpus, load_domain
+    from mmsr_peft.training import precompute_frozen_states
+
+    corpus = build_corpus([load_domain("office", data_dir=data_dir)], 50)
+    torch.manual_seed(0)
+    model = build_model(ModelArguments(text_finetune="full", vision_finetune="full"), corpus.catalog.item_ids)
+    if method == "lora":
+        model.requires_grad_(False)
+        model.add_adapter(LoraConfig(r=8, lora_alpha=16, target_modules=lora_target_modules(model)), "bench")
+    inputs = precompute_frozen_states(model, model.processor(corpus.catalog.records(range(len(corpus.catalog)))))
+    collate = TrainCollator(inputs, "sampled_softmax", 256, seed=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+    times = []
+    for step in range(steps + 1):
+        batch = collate(corpus.train[step * 64 : (step + 1) * 64])
+        began = time.perf_counter()
+        model(**vars(batch)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:  # the first step allocates; it is not timed
+            times.append(time.perf_counter() - began)
+    with tempfile.TemporaryDirectory() as folder:
+        if method == "lora":
+            model.save_adapter(folder, "bench")
+            size = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+        else:
+            model.save_pretrained(folder)
+            size = (Path(folder) / "model.safetensors").stat().st_size
+    return {
+        "step_s": spread(times),
+        "trainable_parameters": sum(p.numel() for p in params),
+        "base_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
+        "weights_bytes": size,
+    }
+
+
+def catalog_scale(num_items: int, num_users: int) -> dict:
+    """Full-ranking evaluation of an ID-SASRec over a generated catalog of `num_items` items."""
+    from mmsr_peft.data.collate import ItemInputs
+    from mmsr_peft.evaluation import EvalSet, evaluate
+
+    torch.manual_seed(0)
+    item_ids = [str(i) for i in range(num_items)]
+    model = sasrec_model("id", item_ids, "full_ce")
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(0, num_items, size=rng.integers(5, 51)) for _ in range(num_users)]
+    eval_set = EvalSet("generated", histories, rng.integers(0, num_items, size=num_users), (0, num_items))
+    inputs = ItemInputs(item_index=torch.arange(num_items))
+    began = time.perf_counter()
+    evaluate(model, inputs, [eval_set], batch_size=256, progress=False)
+    seconds = time.perf_counter() - began
+    return {"items": num_items, "users": num_users, "eval_s": seconds, "users_per_s": num_users / seconds}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run(args) -> dict:
+    from mmsr_peft.data.synthetic import SyntheticWorldConfig, generate_world
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as data_dir:
+        movielens_corpus(data_dir)  # prepared once, in this process
+        if "recbole" in args.sections or "cached" in args.sections:
+            results["ours_id"] = in_fresh_process(ours_sasrec, data_dir, "id", args.repeats, None)
+            print("ours id-SASRec:", json.dumps(results["ours_id"]["epoch_s"]), flush=True)
+        if "recbole" in args.sections:
+            results["recbole"] = recbole_sasrec(data_dir, args.repeats, out)
+            print("RecBole SASRec:", json.dumps(results["recbole"])[:300], flush=True)
+        if "cached" in args.sections:
+            cache_dir = str(Path(data_dir) / "feature-cache")
+            in_fresh_process(ours_sasrec, data_dir, "text", 1, cache_dir)  # fills the cache, as a first run would
+            results["ours_text_cached"] = in_fresh_process(ours_sasrec, data_dir, "text", args.repeats, cache_dir)
+            print("ours text (cached):", json.dumps(results["ours_text_cached"]["epoch_s"]), flush=True)
+        if "unique" in args.sections:
+            results["unique"] = unique_items(data_dir)
+        if "lora" in args.sections:
+            generate_world(Path(data_dir) / "synthetic", ["office"], SyntheticWorldConfig(seed=0))
+            for method in ("lora", "full"):
+                results[method] = in_fresh_process(lora_or_full, method, data_dir, args.steps)
+                print(f"{method}:", json.dumps(results[method]["step_s"]), flush=True)
+    if "catalog" in args.sections:
+        results["catalog"] = []
+        for num_items in args.catalog_sizes:
+            results["catalog"].append(in_fresh_process(catalog_scale, num_items, args.eval_users))
+            print("catalog:", results["catalog"][-1], flush=True)
+    return results
+
+
+def report(results: dict, args, command: str) -> str:
+    lines = [
+        "# Performance benchmark",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}  ",
+        f"Timings: median [min, max] of {args.repeats} runs (steps: {args.steps}); memory: peak RSS of a fresh "
+        "process per measurement.",
+        "",
+    ]
+    ours = results.get("ours_id")
+    if "recbole" in results:
+        lines += [
+            "## Our ID-SASRec vs RecBole's SASRec (MovieLens-100k, identical leave-one-out split)",
+            "",
+            f"Both: hidden {SASREC['hidden_size']}, {SASREC['num_layers']} layers, {SASREC['num_heads']} heads, "
+            f"max_len {SASREC['max_len']}, batch {SASREC['batch_size']}, full softmax cross-entropy, AdamW/Adam lr "
+            "1e-3. An epoch is one pass over every training transition (next-item target). RecBole trains each "
+            "prefix of a user's sequence as its own sample (one target each); we train windows of up to 51 items "
+            "with a target at every position. Evaluation: full ranking of all 1,682 items for the 943 test users.",
+            "",
+            "| | epoch (s) | transitions / s | evaluation (s) | users / s |",
+            "|---|---|---|---|---|",
+            f"| ours, id tower | {fmt(ours['epoch_s'])} | {fmt(ours['transitions_per_s'], 0)} | "
+            f"{fmt(ours['eval_s'], 3)} | {fmt(ours['eval_users_per_s'], 0)} |",
+        ]
+        recbole = results["recbole"]
+        if "error" in recbole:
+            lines += ["", f"RecBole: not measured — {recbole['error']}"]
+        else:
+            lines.append(
+                f"| RecBole 1.2.1 SASRec | {fmt(recbole['epoch_s'])} | {fmt(recbole['transitions_per_s'], 0)} | "
+                f"{fmt(recbole['eval_s'], 3)} | {fmt(recbole['eval_users_per_s'], 0)} |"
+            )
+            train_ratio = ours["transitions_per_s"]["median"] / recbole["transitions_per_s"]["median"]
+            eval_ratio = ours["eval_users_per_s"]["median"] / recbole["eval_users_per_s"]["median"]
+            lines += ["", f"Ratio ours / RecBole: training {train_ratio:.1f}x (target >= 3x), evaluation "
+                      f"{eval_ratio:.1f}x (target >= 2x)."]  # fmt: skip
+        lines.append("")
+    if "ours_text_cached" in results:
+        cached = results["ours_text_cached"]
+        ratio = cached["epoch_s"]["median"] / ours["epoch_s"]["median"]
+        lines += [
+            "## MMSR with a frozen, cached text encoder vs ID-SASRec (MovieLens-100k)",
+            "",
+            "| | epoch (s) | evaluation (s) | encoder pass at start (s) |",
+            "|---|---|---|---|",
+            f"| ours, id tower | {fmt(ours['epoch_s'])} | {fmt(ours['eval_s'], 3)} | - |",
+            f"| ours, MiniLM text tower, frozen + cached | {fmt(cached['epoch_s'])} | {fmt(cached['eval_s'], 3)} | "
+            f"{cached['cache_s']:.2f} (read from the on-disk cache of a previous run) |",
+            "",
+            f"Epoch time ratio text-cached / id: {ratio:.2f}x (target <= 1.3x).",
+            "",
+        ]
+    if "unique" in results:
+        lines += [
+            "## Items encoded per step (MovieLens-100k training batches, sampled softmax)",
+            "",
+            "| batch | negatives | items encoded / step | B x T positions + negatives | share |",
+            "|---|---|---|---|---|",
+        ]
+        for row in results["unique"]["rows"]:
+            share = row["items_encoded_per_step"] / row["positions_per_step"]
+            lines.append(
+                f"| {row['batch_size']} | {row['negatives']} | {row['items_encoded_per_step']:.0f} | "
+                f"{row['positions_per_step']:.0f} | {share:.1%} |"
+            )
+        lines.append("")
+    if "lora" in results:
+        lora, full = results["lora"], results["full"]
+        lines += [
+            "## LoRA vs full fine-tuning (default CPU model: MiniLM + ViT, concat; synthetic office, batch 64)",
+            "",
+            "| | step (s) | peak RSS (MiB) | trainable parameters | weights on disk |",
+            "|---|---|---|---|---|",
+            f"| LoRA r=8 (text, vision, fusion) | {fmt(lora['step_s'], 3)} | {lora['peak_rss_mib']:.0f} | "
+            f"{lora['trainable_parameters']:,} ({lora['trainable_parameters'] / lora['base_parameters']:.2%}) | "
+            f"adapter {lora['weights_bytes'] / 2**20:.2f} MiB |",
+            f"| full fine-tuning | {fmt(full['step_s'], 3)} | {full['peak_rss_mib']:.0f} | "
+            f"{full['trainable_parameters']:,} (100%) | base checkpoint {full['weights_bytes'] / 2**20:.2f} MiB |",
+            "",
+            f"LoRA / full: peak memory {lora['peak_rss_mib'] / full['peak_rss_mib']:.2f}x (target <= 0.6x), step "
+            f"time {lora['step_s']['median'] / full['step_s']['median']:.2f}x; adapter / base checkpoint "
+            f"{lora['weights_bytes'] / full['weights_bytes']:.2%} (target <= 3 %).",
+            "",
+        ]
+    if "catalog" in results:
+        lines += [
+            "## Full-ranking evaluation vs catalog size (ID-SASRec, generated catalog and histories)",
+            "",
+            "| items | users | evaluation (s) | users / s | peak RSS (MiB) |",
+            "|---|---|---|---|---|",
+        ]
+        for row in results["catalog"]:
+            lines.append(
+                f"| {row['items']:,} | {row['users']:,} | {row['eval_s']:.2f} | {row['users_per_s']:.0f} | "
+                f"{row['peak_rss_mib']:.0f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per timing (median, min, max reported).")
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps per LoRA / full measurement.")
+    parser.add_argument("--catalog_sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--eval_users", type=int, default=2_000, help="Users ranked per catalog-size measurement.")
+    parser.add_argument("--output_dir", default="results", help="Where benchmark.md/json go.")
+    args = parser.parse_args(argv)
+    command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    results = run(args)
+    text = report(results, args, command)
+    print("\n" + text)
+    from mmsr_peft.io import atomic_write_text
+
+    atomic_write_text(Path(args.output_dir) / "benchmark.md", text)
+    payload = {"command": command, "machine": machine(), "args": vars(args), "results": results}
+    atomic_write_text(Path(args.output_dir) / "benchmark.json", json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
