@@ -6,16 +6,24 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import COMPONENTS, lora_target_modules, model_components
+from .adapters import COMPONENTS, is_adapter_key, lora_target_patterns, model_components
 from .arguments import save_run_args
 from .cards import adapter_card, base_card
 from .domains import DEFAULT_DATA_DIR, DOMAINS, build_corpus, load_domain
 from .evaluation import evaluate, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
+from .quantization import QUANTIZATIONS, quantize_encoders
 from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train
 
 METHODS = {"lora": "LoRA", "full": "full fine-tuning", "frozen": "frozen encoders", "scratch": "from scratch"}
+
+
+def _override(component: str, what: str):
+    return field(
+        default=None,
+        metadata={"help": f"{what} of the {component} component's LoRA (default: the global setting)."},
+    )
 
 
 @dataclass
@@ -33,6 +41,35 @@ class AdaptArguments:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    text_lora_r: int | None = _override("text", "Rank")
+    text_lora_alpha: int | None = _override("text", "Alpha")
+    text_lora_dropout: float | None = _override("text", "Dropout")
+    text_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names in the text encoder that get LoRA (default: its family's)."}
+    )
+    vision_lora_r: int | None = _override("vision", "Rank")
+    vision_lora_alpha: int | None = _override("vision", "Alpha")
+    vision_lora_dropout: float | None = _override("vision", "Dropout")
+    vision_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names in the vision encoder that get LoRA, e.g. q_proj,v_proj."}
+    )
+    fusion_lora_r: int | None = _override("fusion", "Rank")
+    fusion_lora_alpha: int | None = _override("fusion", "Alpha")
+    fusion_lora_dropout: float | None = _override("fusion", "Dropout")
+    fusion_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names in the fusion module that get LoRA (default: its type's)."}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules trained in full and saved with the adapter, e.g. sequence_encoder (LoRA only)."},
+    )
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": f"QLoRA: store the frozen encoders' Linear layers in {' or '.join(QUANTIZATIONS)} with "
+            "bitsandbytes (4bit: NF4, float32 compute) and train LoRA on top (--method lora only)."
+        },
+    )
     adapter_name: str | None = field(default=None, metadata={"help": "Name of the adapter (default: the target)."})
     method: str = field(
         default="lora",
@@ -50,25 +87,100 @@ class AdaptArguments:
             raise ValueError(f"unknown --components {unknown}; valid components: {', '.join(COMPONENTS)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown --method {self.method!r}; valid methods: {', '.join(METHODS)}")
-        if self.lora_r < 1:
-            raise ValueError(f"--lora_r must be >= 1, got {self.lora_r}")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise ValueError(f"unknown --quantize {self.quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
+        if (self.quantize or self.modules_to_save) and self.method != "lora":
+            raise ValueError(f"--quantize and --modules_to_save need --method lora, got --method {self.method}")
+        for component in COMPONENTS:  # "q_proj,v_proj" and "q_proj v_proj" both name two modules
+            name = f"{component}_target_modules"
+            if getattr(self, name):
+                setattr(self, name, [m for value in getattr(self, name) for m in value.split(",") if m])
+        for component, settings in self.lora_settings().items():
+            if settings["r"] < 1 or not 0 <= settings["lora_dropout"] < 1:
+                raise ValueError(
+                    f"{component} LoRA: rank must be >= 1 and dropout in [0, 1), got {settings['r']}, "
+                    f"{settings['lora_dropout']}"
+                )
+            keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+            given = [f"--{component}_{k}" for k in keys if getattr(self, f"{component}_{k}") is not None]
+            if given and self.components is not None and component not in self.components:
+                raise ValueError(f"{', '.join(given)} given, but {component!r} is not in --components")
         self.adapter_name = self.adapter_name or self.target
 
+    def lora_settings(self) -> dict[str, dict]:
+        """Rank, alpha, dropout and target modules (None: the family's defaults) of each component."""
 
-def prepare_method(model: MMSRModel, adapt_args: AdaptArguments) -> tuple[MMSRModel, str]:
-    """Marks what trains for `adapt_args.method`; returns the model to train and its row name in the table."""
+        def pick(component: str, key: str):
+            value = getattr(self, f"{component}_{key}")
+            return getattr(self, key) if value is None else value
+
+        return {
+            component: {
+                "r": pick(component, "lora_r"),
+                "lora_alpha": pick(component, "lora_alpha"),
+                "lora_dropout": pick(component, "lora_dropout"),
+                "target_modules": getattr(self, f"{component}_target_modules"),
+            }
+            for component in COMPONENTS
+        }
+
+
+def lora_config(model: MMSRModel, adapt_args: AdaptArguments):
+    """The `LoraConfig` of `adapt_args` for `model` (per-component ranks and alphas as peft's `rank_pattern` and
+    `alpha_pattern`), and the LoRA settings recorded with the adapter (with the per-component dropout that
+    `add_adapter` applies)."""
     from peft import LoraConfig
 
+    settings = {c: s for c, s in adapt_args.lora_settings().items() if c in adapt_args.components}
+    targets = {c: s["target_modules"] for c, s in settings.items() if s["target_modules"]}
+    patterns = lora_target_patterns(model, adapt_args.components, targets)
+    config = LoraConfig(
+        r=adapt_args.lora_r,
+        lora_alpha=adapt_args.lora_alpha,
+        lora_dropout=adapt_args.lora_dropout,
+        target_modules="|".join(f"({p})" for p in patterns.values()),
+        rank_pattern={patterns[c]: s["r"] for c, s in settings.items() if s["r"] != adapt_args.lora_r},
+        alpha_pattern={
+            patterns[c]: s["lora_alpha"] for c, s in settings.items() if s["lora_alpha"] != adapt_args.lora_alpha
+        },
+        modules_to_save=adapt_args.modules_to_save,
+    )
+    record = {
+        "components": {c: {**s, "target_modules": patterns[c]} for c, s in settings.items()},
+        "modules_to_save": adapt_args.modules_to_save or [],
+        "dropout_pattern": {
+            patterns[c]: s["lora_dropout"] for c, s in settings.items() if s["lora_dropout"] != adapt_args.lora_dropout
+        },
+    }
+    return config, record
+
+
+def prepare_method(
+    model: MMSRModel, adapt_args: AdaptArguments, metadata: dict | None = None
+) -> tuple[MMSRModel, str]:
+    """Marks what trains for `adapt_args.method`; returns the model to train and its row name in the table.
+
+    LoRA with `quantize` is QLoRA: the encoders are quantized where the model lies (move it to its device first)
+    and frozen with peft's `prepare_model_for_kbit_training` (its gradient checkpointing is left to
+    `--gradient_checkpointing`, which `train` applies), then the adapter is added on top.
+    """
     method = adapt_args.method
     if method == "lora":
-        lora = LoraConfig(
-            r=adapt_args.lora_r,
-            lora_alpha=adapt_args.lora_alpha,
-            lora_dropout=adapt_args.lora_dropout,
-            target_modules=lora_target_modules(model, adapt_args.components),
-        )
-        model.add_adapter(lora, adapt_args.adapter_name)
-        return model, f"LoRA ({'+'.join(adapt_args.components)})"
+        components = adapt_args.components or model_components(model)
+        adapt_args.components = components
+        for name in adapt_args.modules_to_save or []:
+            if name not in dict(model.named_modules()):
+                top = [n for n, _ in model.named_children()] + [n for n, _ in model.item_tower.named_children()]
+                raise ValueError(f"--modules_to_save: no module {name!r} in the model; e.g. {sorted(top)}")
+        if adapt_args.quantize:
+            from peft import prepare_model_for_kbit_training
+
+            quantize_encoders(model, adapt_args.quantize)
+            prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        config, settings = lora_config(model, adapt_args)
+        model.add_adapter(config, adapt_args.adapter_name, {**(metadata or {}), "lora": settings})
+        kind = f"QLoRA {adapt_args.quantize}" if adapt_args.quantize else "LoRA"
+        return model, f"{kind} ({'+'.join(components)})"
     if method == "scratch":  # the same architecture, new random weights, trained on the target alone
         model = MMSRModel(model.config, model.processor)
     model.requires_grad_(True)
@@ -79,16 +191,16 @@ def prepare_method(model: MMSRModel, adapt_args: AdaptArguments) -> tuple[MMSRMo
     return model, METHODS[method]
 
 
-def _save(model: MMSRModel, folder: str, adapt_args: AdaptArguments) -> None:
+def _save(model: MMSRModel, folder: str, adapt_args: AdaptArguments, metadata: dict | None = None) -> None:
     if adapt_args.method == "lora":
-        model.save_adapter(folder, adapt_args.adapter_name)
+        model.save_adapter(folder, adapt_args.adapter_name, metadata)
     else:
         model.save_pretrained(folder)
 
 
 def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRModel, dict]:
     """Loads the base, evaluates it zero-shot on the target, trains a LoRA adapter, evaluates it, and writes the
-    adapter (peft layout + model card), its metrics and run arguments to `output_dir`.
+    adapter (peft layout + `mmsr_adapter.json` + model card), its metrics and run arguments to `output_dir`.
 
     Returns the base model with the trained adapter active, and the test metrics of each row of the table.
     """
@@ -108,9 +220,19 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     results = {"random": random_baseline(corpus.test)}
     results["zero-shot base"] = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)["all"]
 
-    model, row = prepare_method(model, adapt_args)
+    stats = corpus.stats[domain.name]
+    metadata = {
+        "target": adapt_args.target,
+        "method": adapt_args.method,
+        "quantization": adapt_args.quantize,
+        "data": {"name": domain.name, **{k: stats[k] for k in ("source", "version", "manifest_sha256", "synthetic")}},
+    }
+    base_parameters = sum(p.numel() for p in model.parameters())  # counted before 4-bit packing halves them
+    if adapt_args.quantize:
+        model.to(accelerator.device)  # bitsandbytes quantizes on the device the weights lie on
+    model, row = prepare_method(model, adapt_args, metadata)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = base_parameters + sum(p.numel() for n, p in model.named_parameters() if is_adapter_key(n))
     catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
     state = train(
         model,
@@ -119,7 +241,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         corpus.valid,
         args,
         accelerator,
-        on_best=lambda m, _: _save(m, args.output_dir, adapt_args),
+        on_best=lambda m, valid: _save(m, args.output_dir, adapt_args, {"metrics": {"valid": valid["all"]}}),
     )
     results[row] = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)["all"]
     share = {name: {"trainable": "-"} for name in results}
@@ -127,7 +249,10 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     share[next(reversed(results))] = {"trainable": f"{trainable:,} ({100 * trainable / total:.2f} %)"}
     table = format_table(results, extra=share)
     if accelerator.is_main_process:
-        _save(model, args.output_dir, adapt_args)
+        best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
+        valid = {k.removeprefix("valid_"): v for k, v in best.items() if k.startswith("valid_")}
+        metrics = {"valid": valid, "test": results[row], "best_epoch": state.best_epoch}
+        _save(model, args.output_dir, adapt_args, {"metrics": metrics})
         summary = {"test": results, "trainable_parameters": trainable, "total_parameters": total}
         summary.update(best_epoch=state.best_epoch, history=state.history, data=corpus.stats, trainable_column=share)
         atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")

@@ -17,7 +17,8 @@ from torch import nn
 from .errors import CheckpointError
 
 COMPONENTS = ("text", "vision", "fusion")
-ADAPTER_RECORD = "mmsr_adapter.json"  # which base weights an adapter belongs to
+ADAPTER_RECORD = "mmsr_adapter.json"  # the base an adapter belongs to, and its metadata
+BASE_FIELDS = ("adapter_name", "base_model", "base_sha256")  # the fields of the record that describe the base
 PEFT_PREFIX = "base_model.model."  # how PeftModel names weights in adapter files; plain peft users load ours
 
 # Modules LoRA adapts in each encoder family (regex on the module name inside the encoder).
@@ -60,12 +61,20 @@ def model_components(model: nn.Module) -> list[str]:
     return [component for component in COMPONENTS if present[component]]
 
 
-def lora_target_modules(model: nn.Module, components=None) -> str:
-    """A regex for `LoraConfig(target_modules=...)` covering `components` of `model` (default: every component
-    it has); every component's pattern must match at least one module, so nothing is silently left without LoRA."""
+def lora_target_patterns(
+    model: nn.Module, components=None, target_modules: dict[str, list[str]] | None = None
+) -> dict[str, str]:
+    """One regex per component of `model` for peft's `target_modules`, `rank_pattern` and `alpha_pattern`.
+
+    `components` default to every one the model has; each gets the default targets of its encoder family, or
+    the module names in `target_modules[component]` (e.g. `{"vision": ["q_proj", "v_proj"]}`: modules of that
+    component whose name ends with one of them). Every pattern must match at least one module, and none a
+    module peft would adapt without effect, so nothing is silently left without LoRA.
+    """
     config = model.config
     present = model_components(model)
     components = present if components is None else components
+    target_modules = target_modules or {}
     patterns = {}
     for component in components:
         if component not in COMPONENTS:
@@ -76,43 +85,115 @@ def lora_target_modules(model: nn.Module, components=None) -> str:
         if component not in present:
             raise ValueError(f"component {component!r} does not exist in an item_tower={config.item_tower!r} model")
         if component == "text":
-            family = config.text.backbone["model_type"]
-            if family not in TEXT_TARGETS:
-                raise ValueError(
-                    f"no default LoRA targets for text encoder type {family!r}; known: {sorted(TEXT_TARGETS)}"
-                )
-            patterns["text"] = rf"item_tower\.text\.backbone\.{TEXT_TARGETS[family]}"
+            prefix, family, table = r"item_tower\.text\.backbone\.", config.text.backbone["model_type"], TEXT_TARGETS
         elif component == "vision":
-            patterns["vision"] = rf"item_tower\.vision\.tower\.{VISION_TARGETS[model.item_tower.vision.family]}"
+            prefix, family, table = r"item_tower\.vision\.tower\.", model.item_tower.vision.family, VISION_TARGETS
         elif config.item_tower == "modal":
-            patterns["fusion"] = rf"item_tower\.fusion\.{FUSION_TARGETS[config.fusion.type]}"
+            prefix, family, table = r"item_tower\.fusion\.", config.fusion.type, FUSION_TARGETS
         else:  # a single-modality tower's projection head plays the fusion part
-            patterns["fusion"] = r"item_tower\.head\.proj"
+            prefix, family, table = r"item_tower\.head\.", "head", {"head": "proj"}
+        if target_modules.get(component):
+            patterns[component] = prefix + rf"(.*\.)?({'|'.join(map(re.escape, target_modules[component]))})"
+        elif family in table:
+            patterns[component] = prefix + table[family]
+        else:
+            raise ValueError(
+                f"no default LoRA targets for {component} encoder type {family!r}; known: {sorted(table)}"
+            )
     if not patterns:
         raise ValueError("no component to adapt: pass at least one of " + ", ".join(COMPONENTS))
-    names = [name for name, _ in model.named_modules()]
+    modules = dict(model.named_modules())
     for component, pattern in patterns.items():
-        if not any(re.fullmatch(pattern, name) for name in names):
+        matched = [name for name in modules if re.fullmatch(pattern, name)]
+        if not matched:
             raise ValueError(f"LoRA target pattern for {component!r} matches no module: {pattern}")
-    return "|".join(f"({p})" for p in patterns.values())
+        # nn.MultiheadAttention reads its out_proj weights directly: LoRA there would change nothing
+        inert = [name for name in matched if isinstance(modules.get(name.rpartition(".")[0]), nn.MultiheadAttention)]
+        if inert:
+            raise ValueError(
+                f"LoRA targets for {component!r} inside nn.MultiheadAttention would have no effect: {inert[:3]}; "
+                "target the attention module itself (e.g. 'attn')"
+            )
+    return patterns
 
 
-def _is_adapter_key(key: str) -> bool:
-    return "lora_" in key
+def lora_target_modules(model: nn.Module, components=None, target_modules=None) -> str:
+    """A regex for `LoraConfig(target_modules=...)` covering `components` of `model` (see `lora_target_patterns`)."""
+    return "|".join(f"({p})" for p in lora_target_patterns(model, components, target_modules).values())
+
+
+def keep_attention_weights_exact(model: nn.Module) -> None:
+    """peft's LoRA on `nn.MultiheadAttention` adds the LoRA delta to the attention weights before every forward and
+    subtracts it after, which leaves the base weights off by rounding (and drifting, forward after forward). These
+    hooks put the untouched original weights back after each forward, so the base stays bit-exact (its scores with
+    adapters disabled, its sha256)."""
+    from peft.tuners.lora.layer import MultiheadAttention
+
+    def keep(module, args):
+        if not module.merged and not module.disable_adapters:  # this forward will merge and unmerge
+            attention = module.get_base_layer()
+            module._original_weights = (attention.in_proj_weight, attention.out_proj.get_base_layer().weight)
+
+    def restore(module, args, output):
+        if "_original_weights" not in module.__dict__:
+            return
+        attention = module.get_base_layer()
+        in_proj, out_proj = module.__dict__.pop("_original_weights")
+        for owner, name, weight in (
+            (attention, "in_proj_weight", in_proj),
+            (attention.out_proj.get_base_layer(), "weight", out_proj),
+        ):
+            delattr(owner, name)
+            owner.register_parameter(name, weight)
+
+    for module in model.modules():
+        if isinstance(module, MultiheadAttention) and not getattr(module, "_keeps_weights", False):
+            module.register_forward_pre_hook(keep)
+            module.register_forward_hook(restore)
+            module._keeps_weights = True
+
+
+def set_lora_dropout(model: nn.Module, adapter_name: str, dropout_pattern: dict[str, float]) -> None:
+    """Sets the LoRA input dropout of `adapter_name` per module pattern (keys matched like peft's `rank_pattern`);
+    peft has one `lora_dropout` per adapter, so a per-component dropout is applied here after injection."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import get_pattern_key
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_dropout:
+            key = get_pattern_key(dropout_pattern.keys(), name)
+            if key in dropout_pattern:
+                p = dropout_pattern[key]
+                module.lora_dropout[adapter_name] = nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+def is_adapter_key(key: str) -> bool:
+    return "lora_" in key or ".modules_to_save." in key
 
 
 def _base_key(key: str) -> str:
-    return key.replace(".base_layer", "")
+    # peft moves an adapted layer's weights under `base_layer`, and a module to save under `original_module`
+    return key.replace(".base_layer", "").replace(".original_module", "")
 
 
-def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's own weights under their plain names, without any adapter weights."""
-    return {_base_key(k): v for k, v in model.state_dict().items() if not _is_adapter_key(k)}
+def base_state_dict(model: nn.Module, merged_adapter: str | None = None) -> dict[str, torch.Tensor]:
+    """The model's own weights under their plain names, without any adapter weights. With `merged_adapter`, that
+    adapter's trained copies of its `modules_to_save` stand in for the originals (a merged export)."""
+    if getattr(model, "quantization", None):
+        raise ValueError(
+            f"this model's encoders are quantized ({model.quantization}): it cannot be saved as a base; save its "
+            "adapters, or load them onto the unquantized base and save (or merge) from there"
+        )
+    state = {_base_key(k): v for k, v in model.state_dict().items() if not is_adapter_key(k)}
+    if merged_adapter is not None:
+        copy = f".modules_to_save.{merged_adapter}."
+        state.update({k.replace(copy, "."): v for k, v in model.state_dict().items() if copy in k})
+    return state
 
 
 def base_key_map(model: nn.Module) -> dict[str, str]:
-    """Plain name -> current name of every base weight (peft moves an adapted layer's weights under `base_layer`)."""
-    return {_base_key(k): k for k in model.state_dict() if not _is_adapter_key(k)}
+    """Plain name -> current name of every base weight."""
+    return {_base_key(k): k for k in model.state_dict() if not is_adapter_key(k)}
 
 
 def _adapter_record(name_or_path, revision=None) -> dict:
@@ -120,30 +201,56 @@ def _adapter_record(name_or_path, revision=None) -> dict:
     local = Path(str(name_or_path))
     if local.is_dir():
         path = local / ADAPTER_RECORD
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return _read_record(path) if path.is_file() else {}
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     try:
-        return json.loads(Path(hf_hub_download(str(name_or_path), ADAPTER_RECORD, revision=revision)).read_text())
+        path = Path(hf_hub_download(str(name_or_path), ADAPTER_RECORD, revision=revision))
     except EntryNotFoundError:
         return {}
     except (HfHubHTTPError, OSError) as err:
         raise CheckpointError(f"{name_or_path}: cannot read the adapter from the Hub ({err})") from err
+    return _read_record(path)
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
 
 
 class AdapterMixin:
-    """Several named peft adapters on one model, in place (the model stays an `MMSRModel`)."""
+    """Several named peft adapters on one model, in place (the model stays an `MMSRModel`).
 
-    def add_adapter(self, peft_config, adapter_name: str = "default") -> None:
-        """Injects a new adapter (e.g. a `LoraConfig`) and makes it the active, trainable one."""
+    Each adapter keeps its peft config and its metadata (what `mmsr_adapter.json` records: target domain, data,
+    metrics, method, LoRA settings); adapters whose `modules_to_save` differ live side by side (peft issue #2422).
+    """
+
+    def add_adapter(self, peft_config, adapter_name: str = "default", metadata: dict | None = None) -> None:
+        """Injects a new adapter (e.g. a `LoraConfig`) and makes it the active, trainable one.
+
+        `metadata` is kept with it and written to `mmsr_adapter.json` by `save_adapter`; its
+        `metadata["lora"]["dropout_pattern"]` (LoRA dropout per module pattern, which peft's config cannot hold)
+        is applied to the new layers.
+        """
+        import warnings
+
         from peft import inject_adapter_in_model
 
         if adapter_name in self.list_adapters():
             raise ValueError(f"adapter {adapter_name!r} already exists; loaded adapters: {self.list_adapters()}")
         peft_config.base_model_name_or_path = self.name_or_path
-        inject_adapter_in_model(peft_config, self, adapter_name=adapter_name)
+        with warnings.catch_warnings():  # several adapters on one model are the point here
+            warnings.filterwarnings("ignore", "Already found a `peft_config` attribute")
+            inject_adapter_in_model(peft_config, self, adapter_name=adapter_name)
         self._peft_configs()[adapter_name] = peft_config
+        self._metadata()[adapter_name] = dict(metadata or {})
+        dropout_pattern = self._metadata()[adapter_name].get("lora", {}).get("dropout_pattern")
+        if dropout_pattern:
+            set_lora_dropout(self, adapter_name, dropout_pattern)
+        keep_attention_weights_exact(self)
         self.set_adapter(adapter_name)
 
     def load_adapter(
@@ -172,14 +279,15 @@ class AdapterMixin:
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{name_or_path}: cannot read a peft adapter ({err})") from err
         weights = {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
-        self.add_adapter(peft_config, adapter_name)
+        metadata = {k: v for k, v in record.items() if k not in BASE_FIELDS}
+        self.add_adapter(peft_config, adapter_name, metadata)
         try:
             result = set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
-        except RuntimeError as err:  # shape mismatch: made for another architecture or rank
+        except (RuntimeError, KeyError) as err:  # shape mismatch or missing module: another architecture or rank
             self.delete_adapter(adapter_name)
-            raise CheckpointError(f"{name_or_path}: adapter does not fit this base model ({err})") from err
-        unexpected = [k for k in result.unexpected_keys if _is_adapter_key(k)]
-        expected = {k for k in self.state_dict() if _is_adapter_key(k) and f".{adapter_name}." in k}
+            raise CheckpointError(f"{name_or_path}: adapter does not fit this base model ({err!r})") from err
+        unexpected = [k for k in result.unexpected_keys if is_adapter_key(k)]
+        expected = {k for k in self.state_dict() if is_adapter_key(k) and f".{adapter_name}." in k}
         missing = sorted(k for k in result.missing_keys if k in expected)
         if unexpected or missing:
             self.delete_adapter(adapter_name)
@@ -190,44 +298,80 @@ class AdapterMixin:
         self.eval()
         return adapter_name
 
-    def save_adapter(self, folder: str | os.PathLike, adapter_name: str | None = None) -> None:
-        """Writes one adapter in peft's layout (`adapter_config.json` + `adapter_model.safetensors`), atomically."""
+    def load_adapters(self, folder: str | os.PathLike, force: bool = False) -> list[str]:
+        """Loads every adapter saved by `save_adapters` in `folder` (one subfolder each, named after the adapter)
+        and returns their names, sorted; the last one is active."""
+        subfolders = sorted(p for p in Path(folder).iterdir() if (p / "adapter_config.json").is_file())
+        if not subfolders:
+            raise CheckpointError(f"{folder}: no adapter subfolder (with adapter_config.json) in it")
+        return [self.load_adapter(path, path.name, force=force) for path in subfolders]
+
+    def save_adapter(
+        self, folder: str | os.PathLike, adapter_name: str | None = None, metadata: dict | None = None
+    ) -> None:
+        """Writes one adapter in peft's layout (`adapter_config.json` + `adapter_model.safetensors`) and its
+        `mmsr_adapter.json` (the base it belongs to, and its metadata updated with `metadata`), atomically."""
+        from .io import atomic_directory
+
+        with atomic_directory(folder) as tmp:
+            self._write_adapter(tmp, adapter_name or self.active_adapter(), metadata)
+
+    def save_adapters(self, folder: str | os.PathLike) -> None:
+        """Writes every loaded adapter to `folder/<adapter name>/` (the layout `load_adapters` reads), atomically."""
+        from .io import atomic_directory
+
+        if not self.list_adapters():
+            raise ValueError("no adapter to save")
+        with atomic_directory(folder) as tmp:
+            for name in self.list_adapters():
+                self._write_adapter(tmp / name, name)
+
+    def _write_adapter(self, folder: Path, adapter_name: str, metadata: dict | None = None) -> None:
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        from .io import atomic_directory
-
-        adapter_name = adapter_name or self.active_adapter()
-        config = self._peft_configs()[adapter_name]
+        if adapter_name not in self.list_adapters():
+            raise ValueError(f"no adapter {adapter_name!r}; loaded adapters: {self.list_adapters()}")
+        self._metadata()[adapter_name].update(metadata or {})
         state = get_peft_model_state_dict(self, adapter_name=adapter_name)
-        with atomic_directory(folder) as tmp:
-            config.save_pretrained(str(tmp))
-            record = {
-                "adapter_name": adapter_name,
-                "base_model": self.name_or_path,
-                "base_sha256": self.base_fingerprint,
-            }
-            (tmp / ADAPTER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-            save_file(
-                {PEFT_PREFIX + k: v.contiguous().cpu() for k, v in state.items()},
-                tmp / "adapter_model.safetensors",
-                {"format": "pt"},
-            )
+        folder.mkdir(parents=True, exist_ok=True)
+        self._peft_configs()[adapter_name].save_pretrained(str(folder))
+        record = {"adapter_name": adapter_name, "base_model": self.name_or_path, "base_sha256": self.base_fingerprint}
+        record.update(self._metadata()[adapter_name])
+        (folder / ADAPTER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        save_file(
+            {PEFT_PREFIX + k: v.contiguous().cpu() for k, v in state.items()},
+            folder / "adapter_model.safetensors",
+            {"format": "pt"},
+        )
+
+    def adapter_metadata(self, adapter_name: str | None = None) -> dict:
+        """What `mmsr_adapter.json` records about an adapter besides its base (target, data, metrics, settings)."""
+        adapter_name = adapter_name or self.active_adapter()
+        if adapter_name not in self.list_adapters():
+            raise ValueError(f"no adapter {adapter_name!r}; loaded adapters: {self.list_adapters()}")
+        return self._metadata()[adapter_name]
 
     def save_merged(self, folder: str | os.PathLike, adapter_name: str | None = None) -> None:
-        """Writes a standalone base checkpoint with `adapter_name` merged into the weights; it loads with plain
-        `MMSRModel.from_pretrained` and scores like this model with the adapter active. This model is unchanged."""
+        """Writes a standalone base checkpoint with `adapter_name` merged into the weights (and its trained
+        `modules_to_save` in place of the originals); it loads with plain `MMSRModel.from_pretrained` and scores
+        like this model with the adapter active. This model is unchanged."""
         adapter_name = adapter_name or self.active_adapter()
         if adapter_name not in self.list_adapters():
             raise ValueError(f"no adapter {adapter_name!r} to merge; loaded adapters: {self.list_adapters()}")
-        layers, fingerprint = self._tuner_layers(), self.base_fingerprint
+        layers = [layer for layer in self._tuner_layers() if adapter_name in layer.lora_A]
+        fingerprint = self.base_fingerprint
+        original = {k: v.clone() for k, v in base_state_dict(self).items()}  # unmerging is exact only up to rounding
         for layer in layers:
-            layer.merge(adapter_names=[adapter_name])
+            if not layer.merged:  # LoRA on nn.MultiheadAttention merges its out_proj layer too
+                layer.merge(adapter_names=[adapter_name])
         try:
-            self.save_pretrained(folder)
+            self.save_pretrained(folder, state_dict=base_state_dict(self, merged_adapter=adapter_name))
         finally:
             for layer in layers:
-                layer.unmerge()
+                if layer.merged:
+                    layer.unmerge()
+            self.load_state_dict(original)
             self.base_fingerprint = fingerprint  # this model is still the unmerged base
 
     def _tuner_layers(self):
@@ -235,10 +379,18 @@ class AdapterMixin:
 
         return [m for m in self.modules() if isinstance(m, BaseTunerLayer)]
 
+    def _adapter_modules(self):
+        """peft's LoRA layers and the wrappers of `modules_to_save`."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        return [m for m in self.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+
     def _peft_configs(self) -> dict:
-        if "_adapter_configs" not in self.__dict__:
-            self.__dict__["_adapter_configs"] = {}
-        return self.__dict__["_adapter_configs"]
+        return self.__dict__.setdefault("_adapter_configs", {})
+
+    def _metadata(self) -> dict:
+        return self.__dict__.setdefault("_adapter_metadata", {})
 
     def list_adapters(self) -> list[str]:
         return list(self._peft_configs())
@@ -248,20 +400,27 @@ class AdapterMixin:
         return layers[0].active_adapters[0] if layers and not layers[0].disable_adapters else None
 
     def set_adapter(self, adapter_name: str) -> None:
-        """Activates one loaded adapter (the others stay loaded but unused)."""
+        """Activates one loaded adapter (the others stay loaded but unused; a module another adapter saves goes
+        back to its original weights)."""
+        from peft.functional import set_adapter
+
         if adapter_name not in self.list_adapters():
             raise ValueError(f"no adapter {adapter_name!r}; loaded adapters: {self.list_adapters()}")
-        for layer in self._tuner_layers():
-            layer.enable_adapters(True)
-            layer.set_adapter(adapter_name)
+        for module in self._adapter_modules():
+            module.enable_adapters(True)
+        set_adapter(self, adapter_name)
 
     def disable_adapters(self) -> None:
         """Runs the base model alone until `set_adapter` is called again."""
-        for layer in self._tuner_layers():
-            layer.enable_adapters(False)
+        for module in self._adapter_modules():
+            module.enable_adapters(False)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        for layer in self._tuner_layers():
-            if adapter_name in layer.lora_A:
-                layer.delete_adapter(adapter_name)
-        self._peft_configs().pop(adapter_name, None)
+        from peft.functional import delete_adapter
+
+        if adapter_name not in self.list_adapters():
+            raise ValueError(f"no adapter {adapter_name!r}; loaded adapters: {self.list_adapters()}")
+        delete_adapter(self, adapter_name, prefix="lora_")
+        self._peft_configs().pop(adapter_name)
+        self._metadata().pop(adapter_name)
+        getattr(self, "peft_config", {}).pop(adapter_name, None)

@@ -1,8 +1,9 @@
 """The transfer table: every way of moving a base model to a target domain, on the same target and split.
 
-Rows: zero-shot base, LoRA on text + vision + fusion, LoRA on each single component, full fine-tuning, frozen
-encoders (only fusion and sequence encoder train) and the same architecture trained from scratch on the target.
-Each row is one `mmsr-adapt` run in its own process, so its wall time and peak memory (RSS) are its own.
+Rows: zero-shot base, LoRA on text + vision + fusion, LoRA on each single component, QLoRA (the same LoRA on
+encoders stored in 4 bits), full fine-tuning, frozen encoders (only fusion and sequence encoder train) and the
+same architecture trained from scratch on the target. Each row is one `mmsr-adapt` run in its own process, so its
+wall time and peak memory (RSS) are its own.
 
     python scripts/transfer_table.py --target office --base outputs/demo/base
     python scripts/transfer_table.py --target office --base outputs/demo/base --rows lora full -- --num_epochs 5
@@ -28,6 +29,7 @@ ROWS = {
     "lora-text": ["--method", "lora", "--components", "text"],
     "lora-vision": ["--method", "lora", "--components", "vision"],
     "lora-fusion": ["--method", "lora", "--components", "fusion"],
+    "qlora-4bit": ["--method", "lora", "--quantize", "4bit"],
     "full": ["--method", "full"],
     "frozen": ["--method", "frozen"],
     "scratch": ["--method", "scratch"],
@@ -61,12 +63,12 @@ def run_row(name: str, args, extra: list[str]) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| row | HR@10 | NDCG@10 | MRR@10 | trainable (count, %) | weights on disk | peak RSS (GiB) | wall (s) |",
+        "| row | HR@10 | NDCG@10 | MRR@10 | trainable (count, %) | adapter / model on disk | peak RSS (GiB) | wall (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     first = results[0]["test"]
-    for label, key in (("random", "random"), ("zero-shot base", "zero-shot base")):
-        lines.append(f"| {label} | " + " | ".join(f"{first[key][m]:.4f}" for m in METRICS) + " | 0 | - | - | - |")
+    for label in ("random", "zero-shot base"):
+        lines.append(f"| {label} | " + " | ".join(f"{first[label][m]:.4f}" for m in METRICS) + " | 0 | - | - | - |")
     for r in results:
         trained = r["test"][next(reversed(r["test"]))]
         share = 100 * r["trainable_parameters"] / r["total_parameters"]
@@ -77,6 +79,23 @@ def table(results: list[dict]) -> str:
             f" | {r['peak_rss_gib']:.2f} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def checks(results: list[dict]) -> list[str]:
+    """The claims the table is made to check, stated with the numbers (only for the rows that ran)."""
+    rows = {r["row"]: r for r in results}
+    ndcg = {name: r["test"][next(reversed(r["test"]))]["ndcg@10"] for name, r in rows.items()}
+    lines = []
+    if "lora" in rows:
+        share = 100 * rows["lora"]["trainable_parameters"] / rows["lora"]["total_parameters"]
+        lines.append(f"LoRA trains {share:.2f} % of the parameters ({'under' if share < 2 else 'NOT under'} 2 %).")
+    if "lora" in rows and "scratch" in rows:
+        verdict = "beats" if ndcg["lora"] > ndcg["scratch"] else "does NOT beat"
+        lines.append(
+            f"Pretrain + LoRA {verdict} from-scratch training on the target: NDCG@10 {ndcg['lora']:.4f} vs "
+            f"{ndcg['scratch']:.4f}."
+        )
+    return lines
 
 
 def main(argv=None) -> int:
@@ -91,20 +110,36 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", default="results", help="Where transfer_<target>.md/json go.")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.work_dir = args.work_dir or f"outputs/transfer/{args.target}"
-    results = [run_row(name, args, extra) for name in args.rows]
     command = "python scripts/transfer_table.py " + " ".join(argv)
+    results = []
+    for name in args.rows:  # the files are rewritten after each row: a failure late in the run keeps the others
+        results.append(run_row(name, args, extra))
+        text = write(results, args, command)
+    print("\n" + text)
+    return 0
+
+
+def write(results: list[dict], args, command: str) -> str:
     protocol = "full ranking over the target catalog, leave-one-out, history excluded, ties pessimistic"
+    machine = f"{os.cpu_count()} CPU cores, torch {_torch_version()}, one process per row"
     text = (
         f"Transfer to `{args.target}` from `{args.base}` (test split; {protocol}; trainable share of the whole "
-        f"model; weights = adapter or model file; peak RSS of the run's process).\n\nCommand: `{command}`\n\n"
-        f"{table(results)}\n"
+        f"model; on disk: the adapter file for LoRA rows, the model file otherwise; peak RSS of the run's process; "
+        f"{machine}).\n\nCommand: `{command}`\n\n{table(results)}\n\n" + "\n".join(checks(results)) + "\n"
     )
-    print("\n" + text)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"transfer_{args.target}.md").write_text(text)
-    (out / f"transfer_{args.target}.json").write_text(json.dumps({"command": command, "rows": results}, indent=2))
-    return 0
+    summary = {"command": command, "machine": machine, "protocol": protocol, "rows": results}
+    summary["checks"] = checks(results)
+    (out / f"transfer_{args.target}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return text
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 if __name__ == "__main__":

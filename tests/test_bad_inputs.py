@@ -562,12 +562,7 @@ def history_not_a_list_of_lists(ws):
 
 # ------------------------------------------------------------------ the test
 
-XFAIL = {
-    "adapter_record_with_a_malformed_line": (
-        "mmsr_peft/adapters.py _adapter_record: json.loads of mmsr_adapter.json raises a bare JSONDecodeError that "
-        "names neither the file nor is a CheckpointError"
-    ),
-}
+XFAIL = {}  # cases that are known to fail: name -> the change that would fix it
 
 
 @pytest.mark.parametrize(

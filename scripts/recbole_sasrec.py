@@ -1,0 +1,355 @@
+"""RecBole's SASRec on exactly our leave-one-out split, for a side-by-side with mmsr_peft's numbers.
+
+Runs in its own virtual environment, `.venv-recbole` (RecBole 1.2.1 and its pinned stack; RecBole is never imported
+in the project's `.venv`). The data comes from `mmsr-data recbole-export`:
+
+    make recbole-venv                                                   # once: .venv-recbole
+    .venv/bin/mmsr-data movielens --data_dir data
+    .venv/bin/mmsr-data recbole-export data/movielens/ml-100k recbole/ml-100k
+    .venv-recbole/bin/python scripts/recbole_sasrec.py recbole/ml-100k --epochs 50 --output results/recbole_sasrec.json
+    .venv-recbole/bin/python scripts/recbole_sasrec.py recbole/ml-100k --epochs 2    # a quick smoke run
+
+What it does: RecBole's `SASRec` (hidden 64, 2 layers, 2 heads, CE loss = softmax over every item) trains with
+RecBole's `Trainer` on `<name>.train.inter`, one row per training transition of our split; after each epoch it is
+validated on `<name>.valid.inter` and the epoch with the best validation NDCG@10 is kept (early stopping after
+`--patience` epochs without improvement). The kept model is then evaluated on `<name>.test.inter` twice:
+
+- `test`: our protocol (mmsr_peft.evaluation.PROTOCOL), computed here from SASRec's full-sort scores: every item is
+  a candidate except the items of the history the model reads (a target that repeats one of them is a miss); ties
+  count against the target.
+- `test_recbole`: RecBole's own full-sort evaluation, as RecBole reports it: for sequential models RecBole does NOT
+  exclude history items (its `FullSortEvalDataLoader` passes no history for them) and breaks score ties with
+  `torch.topk`.
+
+Validation (model selection) uses our protocol too (RecBole's evaluator with the history items masked). Prints and
+optionally writes a JSON report: metrics, the data sizes, training rows per second, evaluation users per second
+and wall times.
+
+Compatibility shims, applied in this process only (site-packages is not edited): RecBole 1.2.1's `Config` aliases
+`np.float_`, `np.complex_`, `np.unicode_`, removed in numpy 2, so they are restored; its best-model checkpoint is a
+pickle read back with `torch.load`, which torch >= 2.6 refuses by default (`weights_only=True`), so the best weights
+are kept in memory instead and nothing is written to disk but this report. RecBole's `Config` reads `sys.argv`,
+and its trainer writes `./log_tensorboard`: both are kept away (RecBole runs in a temporary working folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+MISS = 2**62
+PROTOCOL = (
+    "full ranking over every item of the catalog; items of the history the model reads (its last max_len items) "
+    "are excluded from the candidates, so a target that repeats one of them counts as a miss; ties are counted "
+    "against the target (pessimistic rank); HR@K equals Recall@K with one target"
+)
+RECBOLE_PROTOCOL = (
+    "RecBole 1.2.1 full-sort evaluation of a sequential model: every item is a candidate, history items included "
+    "(RecBole excludes them only for non-sequential models); ties broken by torch.topk"
+)
+METRICS = ("hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20", "mrr@20")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("benchmark_dir", help="Folder written by `mmsr-data recbole-export` (RecBole data_path/name).")
+    parser.add_argument("--epochs", type=int, default=50, help="Most training epochs.")
+    parser.add_argument("--patience", type=int, default=10, help="Epochs without a better validation NDCG@10.")
+    parser.add_argument("--hidden_size", type=int, default=64, help="Item embedding and transformer width.")
+    parser.add_argument("--num_layers", type=int, default=2, help="Transformer layers.")
+    parser.add_argument("--num_heads", type=int, default=2, help="Attention heads.")
+    parser.add_argument("--dropout", type=float, default=0.5, help="Hidden and attention dropout (RecBole default).")
+    parser.add_argument("--max_len", type=int, default=None, help="History length; default: the export's max_len.")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate.")
+    parser.add_argument("--batch_size", type=int, default=256, help="Training rows per step.")
+    parser.add_argument("--eval_batch_size", type=int, default=256, help="Users per evaluation batch.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of RecBole's init_seed.")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Where to train and evaluate.")
+    parser.add_argument("--output", default=None, help="Write the JSON report there too.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    folder = Path(args.benchmark_dir).resolve()
+    export_path = folder / "mmsr_export.json"
+    if not export_path.is_file():
+        print(f"error: {export_path} not found; write the folder with `mmsr-data recbole-export`", file=sys.stderr)
+        return 2
+    export = json.loads(export_path.read_text())
+    name = export["name"]
+    try:
+        recbole = import_recbole()
+    except ImportError as err:
+        print(
+            f"error: {err}. Run this script with the RecBole environment: `make recbole-venv`, then "
+            "`.venv-recbole/bin/python scripts/recbole_sasrec.py ...`",
+            file=sys.stderr,
+        )
+        return 2
+    output = Path(args.output).resolve() if args.output else None
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="recbole-sasrec-") as work:
+        os.chdir(work)  # RecBole writes ./log_tensorboard (and a checkpoint folder) into the working folder
+        try:
+            report = run(recbole, args, folder, name, export, Path(work))
+        finally:
+            os.chdir(cwd)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+    return 0
+
+
+def import_recbole():
+    """Imports RecBole after restoring the numpy aliases its `Config` assigns (removed in numpy 2); refuses to in
+    the project's environment, whose recbole wheel is installed without its dependencies, for its data files only."""
+    import importlib.util
+
+    if importlib.util.find_spec("mmsr_peft") is not None:
+        raise ImportError(
+            f"{sys.executable} has mmsr_peft: it is the project's environment, where RecBole stays unused"
+        )
+    import numpy as np
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="recbole")  # pandas/torch deprecations
+    for alias, value in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+        if not hasattr(np, alias):
+            setattr(np, alias, value)
+    import recbole
+    import recbole.config
+    import recbole.data
+    import recbole.model.sequential_recommender
+    import recbole.trainer
+    import recbole.utils
+
+    return recbole
+
+
+def run(recbole, args, folder: Path, name: str, export: dict, work: Path) -> dict:
+    import torch
+
+    start = time.perf_counter()
+    max_len = args.max_len or export["split"]["max_len"]
+    config_dict = {
+        "model": "SASRec",
+        "dataset": name,
+        "data_path": str(folder.parent),
+        "benchmark_filename": ["train", "valid", "test"],
+        "load_col": {"inter": ["user_id", "item_id_list", "item_id"], "item": ["item_id"]},  # every catalog item
+        "MAX_ITEM_LIST_LENGTH": max_len,
+        "eval_args": {"order": "TO", "mode": "full"},
+        "loss_type": "CE",
+        "train_neg_sample_args": None,
+        "hidden_size": args.hidden_size,
+        "inner_size": 4 * args.hidden_size,
+        "n_layers": args.num_layers,
+        "n_heads": args.num_heads,
+        "hidden_dropout_prob": args.dropout,
+        "attn_dropout_prob": args.dropout,
+        "learning_rate": args.learning_rate,
+        "train_batch_size": args.batch_size,
+        "eval_batch_size": args.eval_batch_size,
+        "epochs": args.epochs,
+        "stopping_step": args.patience,
+        "metrics": ["Hit", "NDCG", "MRR"],
+        "topk": [10, 20],
+        "valid_metric": "NDCG@10",
+        "metric_decimal_place": 10,  # RecBole rounds its metrics to 4 places by default
+        "seed": args.seed,
+        "reproducibility": True,
+        "use_gpu": args.device == "cuda",
+        "checkpoint_dir": str(work / "saved"),
+        "show_progress": False,
+        "state": "WARNING",
+    }
+    argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config parses `--key=value` from the command line
+    try:
+        config = recbole.config.Config(config_dict=config_dict)
+    finally:
+        sys.argv = argv
+    config["data_path"] = str(folder)  # Config points a dataset named ml-100k at RecBole's bundled copy: undo that
+    recbole.utils.init_seed(config["seed"], config["reproducibility"])
+    dataset = recbole.data.create_dataset(config)
+    train_data, valid_data, test_data = recbole.data.data_preparation(config, dataset)
+    recbole.utils.init_seed(config["seed"], config["reproducibility"])
+    model = recbole.model.sequential_recommender.SASRec(config, train_data.dataset).to(config["device"])
+    trainer = make_trainer(recbole, config, model)
+    load_s = time.perf_counter() - start
+
+    trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
+    model.load_state_dict(trainer.best_state)
+
+    eval_start, eval_cpu = time.perf_counter(), time.process_time()
+    ranks = protocol_ranks(model, test_data, config["device"])
+    eval_s, eval_cpu = time.perf_counter() - eval_start, time.process_time() - eval_cpu
+    masked = trainer.evaluate(test_data, load_best_model=False)  # RecBole's evaluator, history excluded
+    trainer.exclude_history = False
+    recbole_start = time.perf_counter()
+    native = trainer.evaluate(test_data, load_best_model=False)
+    recbole_eval_s = time.perf_counter() - recbole_start
+
+    num_items = dataset.item_num - 1  # RecBole's id 0 is padding
+    train_rows = len(train_data.dataset)
+    epochs_run = len(trainer.train_seconds)
+    return {
+        "model": "RecBole SASRec",
+        "dataset": name,
+        "synthetic": bool(export["domain"].get("synthetic", False)),
+        "versions": versions(recbole, torch),
+        "device": str(config["device"]),
+        "torch_threads": torch.get_num_threads(),
+        "hyper_parameters": {
+            key: config_dict[key]
+            for key in (
+                "hidden_size",
+                "inner_size",
+                "n_layers",
+                "n_heads",
+                "hidden_dropout_prob",
+                "attn_dropout_prob",
+                "MAX_ITEM_LIST_LENGTH",
+                "loss_type",
+                "learning_rate",
+                "train_batch_size",
+                "epochs",
+                "stopping_step",
+                "seed",
+            )
+        },  # fmt: skip
+        "data": {
+            "items": num_items,
+            "items_in_export": export["domain"].get("counts", {}).get("items"),
+            "train_rows": train_rows,
+            "valid_users": len(valid_data.dataset),
+            "test_users": len(test_data.dataset),
+        },
+        "epochs_run": epochs_run,
+        "best_epoch": trainer.best_epoch,
+        "valid_best": {"protocol": "ours, ties by torch.topk", "ndcg@10": float(trainer.best_valid_score)},
+        "test": {"protocol": PROTOCOL, **rank_metrics(ranks)},
+        "test_recbole": {"protocol": RECBOLE_PROTOCOL, **recbole_metrics(native)},
+        "test_recbole_history_excluded": {
+            "protocol": "RecBole's evaluator on scores with the history items set to -inf: equals `test` up to ties",
+            **recbole_metrics(masked),
+        },
+        "throughput": {
+            "train_rows_per_s": train_rows * epochs_run / sum(trainer.train_seconds),
+            "eval_users_per_s": len(ranks) / eval_s,
+            "recbole_eval_users_per_s": len(ranks) / recbole_eval_s,
+        },
+        "wall_s": {
+            "load": load_s,
+            "train": sum(trainer.train_seconds),
+            "train_per_epoch": trainer.train_seconds,
+            "validation": sum(trainer.valid_seconds),
+            "test_eval": eval_s,
+            "total": time.perf_counter() - start,
+        },
+        "cpu_s": {"train": sum(trainer.train_cpu_seconds), "test_eval": eval_cpu},  # all threads; shared machines
+    }
+
+
+def make_trainer(recbole, config, model):
+    """RecBole's `Trainer`, timing each epoch, keeping the best weights in memory (its checkpoint is a pickle that
+    torch >= 2.6 no longer loads by default), and masking history items while `exclude_history` is set."""
+    import numpy as np
+
+    class Trainer(recbole.trainer.Trainer):
+        exclude_history = True
+
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            self.train_seconds, self.train_cpu_seconds, self.valid_seconds = [], [], []
+            self.best_state, self.best_epoch = None, None
+
+        def _train_epoch(self, *args, **kwargs):
+            start, cpu = time.perf_counter(), time.process_time()
+            loss = super()._train_epoch(*args, **kwargs)
+            self.train_seconds.append(time.perf_counter() - start)
+            self.train_cpu_seconds.append(time.process_time() - cpu)
+            return loss
+
+        def _valid_epoch(self, *args, **kwargs):
+            start = time.perf_counter()
+            result = super()._valid_epoch(*args, **kwargs)
+            self.valid_seconds.append(time.perf_counter() - start)
+            return result
+
+        def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_epoch = epoch + 1  # 1-based, as in our runs
+
+        def _full_sort_batch_eval(self, batched_data):
+            interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+            if self.exclude_history:
+                history = interaction[self.model.ITEM_SEQ].to(scores.device)  # (B, L), 0 = padding
+                scores = scores.scatter(1, history, -np.inf)
+            return interaction, scores, positive_u, positive_i
+
+    return Trainer(config, model)
+
+
+def protocol_ranks(model, eval_data, device):
+    """0-based rank of each target under our protocol, from SASRec's full-sort scores."""
+    import numpy as np
+    import torch
+
+    model.eval()
+    ranks = []
+    with torch.no_grad():
+        for interaction, _, _, targets in eval_data:
+            interaction, targets = interaction.to(device), targets.to(device)
+            scores = model.full_sort_predict(interaction)  # (B, N + 1): column 0 is padding
+            exclude = torch.zeros_like(scores, dtype=torch.bool)
+            exclude.scatter_(1, interaction[model.ITEM_SEQ], True)  # history items (and padding 0)
+            exclude[:, 0] = True
+            target_scores = scores.gather(1, targets[:, None])  # (B, 1)
+            rank = ((scores >= target_scores) & ~exclude).sum(1) - 1
+            rank = rank.masked_fill(exclude.gather(1, targets[:, None]).squeeze(1), MISS)
+            ranks.append(rank.cpu())
+    return np.concatenate([r.numpy() for r in ranks])
+
+
+def rank_metrics(ranks) -> dict[str, float]:
+    """HR@K, NDCG@K, MRR@K from 0-based ranks (as mmsr_peft.evaluation.rank_metrics)."""
+    import numpy as np
+
+    ranks = np.asarray(ranks, dtype=np.float64)
+    metrics = {}
+    for k in (10, 20):
+        hit = ranks < k
+        metrics[f"hr@{k}"] = float(hit.mean())
+        metrics[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+        metrics[f"mrr@{k}"] = float(np.where(hit, 1.0 / (ranks + 1.0), 0.0).mean())
+    return {key: metrics[key] for key in METRICS}
+
+
+def recbole_metrics(result) -> dict[str, float]:
+    return {key: float(result[key.replace("hr@", "hit@")]) for key in METRICS}
+
+
+def versions(recbole, torch) -> dict[str, str]:
+    import numpy
+    import pandas
+
+    return {
+        "recbole": recbole.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

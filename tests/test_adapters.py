@@ -1,0 +1,247 @@
+"""Adapters beyond the basics of test_model.py: per-component LoRA settings, modules_to_save, folders of adapters
+loaded in a new process, exact base scores, merged exports, QLoRA and the 8-bit optimizer, adapter metadata."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import TINY_TRAIN_FLAGS
+from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file
+from test_model import ITEM_IDS, tiny
+
+from mmsr_peft import Catalog, MMSRModel
+from mmsr_peft.adaptation import AdaptArguments, adapt, prepare_method
+from mmsr_peft.adapters import base_state_dict, lora_target_modules
+from mmsr_peft.arguments import parse_args
+from mmsr_peft.errors import CheckpointError
+from mmsr_peft.training import TrainingArguments, make_optimizer
+
+HISTORIES = [ITEM_IDS[:3], ITEM_IDS[5:9], [ITEM_IDS[11]]]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """The items of `tiny()`'s vocabulary, with text and 32-px images (one without)."""
+    from PIL import Image
+
+    folder, images = tmp_path_factory.mktemp("images"), []
+    for i in range(len(ITEM_IDS)):
+        images.append(None if i == 7 else str(folder / f"{i}.png"))
+        if images[-1]:
+            Image.new("RGB", (32, 32), (20 * i, 255 - 20 * i, 60 + 10 * i)).save(images[-1])
+    texts = [f"a {['red', 'blue', 'green'][i % 3]} notebook with {i} stripes" for i in range(len(ITEM_IDS))]
+    return Catalog(ITEM_IDS, texts, images, name="tiny")
+
+
+def scores(model, catalog):
+    """Every item's score for each history, in catalog order: `(B, N)`."""
+    top = model.recommend(HISTORIES, catalog, k=len(catalog), exclude_history=False)
+    order = torch.tensor([[catalog.index[i] for i in row] for row in top.item_ids])
+    return torch.empty_like(top.scores).scatter_(1, order, top.scores)
+
+
+def lora_layers(model, prefix: str) -> dict:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and n.startswith(prefix)}
+
+
+def test_rank_alpha_dropout_and_targets_per_component(tmp_path):
+    argv = ["--target", "office", "--text_lora_r", "16", "--vision_target_modules", "mlp.c_fc"]
+    argv += ["--fusion_lora_alpha", "32", "--fusion_lora_dropout", "0.2", "--lora_r", "4"]
+    adapt_args, _ = parse_args((AdaptArguments, TrainingArguments), argv)
+    model, row = prepare_method(tiny(), adapt_args)
+    assert row == "LoRA (text+vision+fusion)"
+    text, vision = lora_layers(model, "item_tower.text."), lora_layers(model, "item_tower.vision.")
+    fusion = lora_layers(model, "item_tower.fusion.")
+    assert text and {layer.r["office"] for layer in text.values()} == {16}
+    assert vision and all(n.endswith("mlp.c_fc") for n in vision) and {m.r["office"] for m in vision.values()} == {4}
+    assert fusion and {layer.scaling["office"] for layer in fusion.values()} == {32 / 4}
+    assert {layer.lora_dropout["office"].p for layer in fusion.values()} == {0.2}
+    assert all(isinstance(layer.lora_dropout["office"], torch.nn.Identity) for layer in text.values())
+
+    model.save_adapter(tmp_path / "office", "office")
+    record = json.loads((tmp_path / "office" / "mmsr_adapter.json").read_text())
+    assert (
+        record["lora"]["components"]["text"]["r"] == 16 and record["lora"]["components"]["fusion"]["lora_alpha"] == 32
+    )
+    loaded = tiny()
+    loaded.load_adapter(tmp_path / "office")
+    assert {m.r["office"] for m in lora_layers(loaded, "item_tower.text.").values()} == {16}
+    assert {m.lora_dropout["office"].p for m in lora_layers(loaded, "item_tower.fusion.").values()} == {0.2}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--components", "text", "--vision_lora_r", "4"], "'vision' is not in --components"),
+        (["--vision_target_modules", "out_proj"], "nn.MultiheadAttention would have no effect"),
+        (["--vision_target_modules", "q_proj,v_proj"], "matches no module"),
+        (["--modules_to_save", "nothing"], "no module 'nothing'"),
+        (["--quantize", "2bit"], "valid: 4bit, 8bit"),
+        (["--method", "full", "--quantize", "4bit"], "need --method lora"),
+    ],
+)
+def test_bad_lora_settings_name_the_problem(argv, message):
+    with pytest.raises(ValueError, match=message):
+        adapt_args, _ = parse_args((AdaptArguments, TrainingArguments), ["--target", "office", *argv])
+        prepare_method(tiny(), adapt_args)
+
+
+def test_only_lora_weights_and_declared_modules_to_save_train():
+    adapt_args = AdaptArguments(target="office", modules_to_save=["sequence_encoder"])
+    model, _ = prepare_method(tiny(), adapt_args)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    copies = {n for n in trainable if n.startswith("sequence_encoder.modules_to_save.office.")}
+    assert copies and len(copies) == len(list(tiny().sequence_encoder.parameters()))
+    assert all("lora_" in n for n in trainable - copies)
+    assert base_state_dict(model).keys() == tiny().state_dict().keys()  # the base is unchanged underneath
+
+
+def two_adapters(base_dir):
+    """The base, with `office` (LoRA everywhere + its own sequence encoder) and `arts` (LoRA on the fusion only)."""
+    model = MMSRModel.from_pretrained(base_dir)
+    targets = lora_target_modules(model)
+    model.add_adapter(
+        LoraConfig(r=4, target_modules=targets, init_lora_weights=False, modules_to_save=["sequence_encoder"]),
+        "office",
+    )
+    with torch.no_grad():
+        model.sequence_encoder.modules_to_save["office"].position.weight.add_(0.5)
+    model.add_adapter(
+        LoraConfig(r=2, target_modules=lora_target_modules(model, ["fusion"]), init_lora_weights=False), "arts"
+    )
+    return model
+
+
+def test_adapters_with_different_modules_to_save_save_as_a_folder_and_load_in_a_new_process(catalog, tmp_path):
+    tiny().requires_grad_(False).save_pretrained(tmp_path / "base")
+    base = scores(MMSRModel.from_pretrained(tmp_path / "base"), catalog)
+    model = two_adapters(tmp_path / "base")
+    expected = {}
+    for name in ("office", "arts"):
+        model.set_adapter(name)
+        expected[name] = scores(model, catalog)
+    model.disable_adapters()
+    expected["base"] = scores(model, catalog)
+    assert torch.equal(expected["base"], base)  # exactly: LoRA on nn.MultiheadAttention left no rounding behind
+    assert not torch.allclose(expected["office"], base) and not torch.allclose(expected["arts"], base)
+    assert not torch.allclose(expected["office"], expected["arts"])
+
+    model.save_adapters(tmp_path / "adapters")
+    office = load_file(tmp_path / "adapters" / "office" / "adapter_model.safetensors")
+    arts = load_file(tmp_path / "adapters" / "arts" / "adapter_model.safetensors")
+    assert any(".sequence_encoder." in k for k in office) and not any(".sequence_encoder." in k for k in arts)
+
+    script = textwrap.dedent(f"""
+        import torch
+        from safetensors.torch import save_file
+        from mmsr_peft import Catalog, MMSRModel
+
+        catalog = Catalog({catalog.item_ids!r}, {catalog.texts!r}, {catalog.images!r}, name="tiny")
+        def scores(model):
+            top = model.recommend({HISTORIES!r}, catalog, k=len(catalog), exclude_history=False)
+            order = torch.tensor([[catalog.index[i] for i in row] for row in top.item_ids])
+            return torch.empty_like(top.scores).scatter_(1, order, top.scores)
+
+        model = MMSRModel.from_pretrained({str(tmp_path / "base")!r})
+        assert model.load_adapters({str(tmp_path / "adapters")!r}) == ["arts", "office"]
+        out = {{}}
+        for name in ("office", "arts"):
+            model.set_adapter(name)
+            out[name] = scores(model)
+        model.disable_adapters()
+        out["base"] = scores(model)
+        save_file(out, {str(tmp_path / "scores.safetensors")!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    loaded = load_file(tmp_path / "scores.safetensors")
+    for name in ("office", "arts", "base"):
+        assert torch.equal(loaded[name], expected[name]), name
+
+    # the other order: the adapter without modules_to_save first (peft issue #2422)
+    model = MMSRModel.from_pretrained(tmp_path / "base")
+    model.load_adapter(tmp_path / "adapters" / "arts")
+    model.load_adapter(tmp_path / "adapters" / "office")
+    assert torch.equal(scores(model, catalog), expected["office"])
+    model.set_adapter("arts")
+    assert torch.equal(scores(model, catalog), expected["arts"])
+
+
+def test_merged_export_holds_the_modules_to_save_and_leaves_the_base_exact(catalog, tmp_path):
+    tiny().requires_grad_(False).save_pretrained(tmp_path / "base")
+    model = two_adapters(tmp_path / "base")
+    model.set_adapter("office")
+    adapted = scores(model, catalog)
+    model.save_merged(tmp_path / "merged", "office")
+    merged = MMSRModel.from_pretrained(tmp_path / "merged")
+    assert torch.allclose(scores(merged, catalog), adapted, atol=1e-5)
+    assert torch.equal(scores(model, catalog), adapted)
+    model.disable_adapters()
+    assert torch.equal(scores(model, catalog), scores(MMSRModel.from_pretrained(tmp_path / "base"), catalog))
+
+
+def test_adamw8bit_is_bitsandbytes_and_unknown_optimizers_are_refused():
+    import bitsandbytes
+
+    weights = [torch.nn.Parameter(torch.randn(64, 64))]
+    assert isinstance(make_optimizer(weights, TrainingArguments(optim="adamw8bit")), bitsandbytes.optim.AdamW8bit)
+    with pytest.raises(ValueError, match="valid optimizers: adamw, adamw8bit"):
+        TrainingArguments(optim="sgd")
+
+
+def test_qlora_adapt_runs_on_cpu_records_its_metadata_and_loads_on_the_unquantized_base(catalog, data_dir, tmp_path):
+    from peft.tuners.lora import bnb
+
+    tiny().requires_grad_(False).save_pretrained(tmp_path / "base")
+    adapt_args = AdaptArguments(target="office", base=str(tmp_path / "base"), data_dir=str(data_dir), quantize="4bit")
+    _, training_args = parse_args((AdaptArguments, TrainingArguments), ["--target", "office", *TINY_TRAIN_FLAGS])
+    training_args.output_dir, training_args.num_epochs, training_args.optim = str(tmp_path / "qlora"), 1, "adamw8bit"
+    model, results = adapt(adapt_args, training_args)
+    assert "QLoRA 4bit (text+vision+fusion)" in results
+    query = model.item_tower.text.backbone.encoder.layer[0].attention.self.query
+    assert isinstance(query, bnb.Linear4bit) and query.lora_B["office"].weight.abs().sum() > 0  # it trained
+    with pytest.raises(ValueError, match="quantized"):
+        model.save_merged(tmp_path / "merged")
+
+    record = json.loads((tmp_path / "qlora" / "mmsr_adapter.json").read_text())
+    assert record["base_sha256"] == MMSRModel.from_pretrained(tmp_path / "base").base_fingerprint
+    assert (record["target"], record["method"], record["quantization"]) == ("office", "lora", "4bit")
+    assert record["data"]["name"] == "office" and len(record["data"]["manifest_sha256"]) == 64
+    assert set(record["metrics"]) == {"valid", "test", "best_epoch"} and "ndcg@10" in record["metrics"]["test"]
+    assert record["lora"]["components"]["text"]["r"] == 8
+
+    quantized = scores(model, catalog)
+    plain = MMSRModel.from_pretrained(tmp_path / "base")
+    plain.load_adapter(tmp_path / "qlora")
+    assert (scores(plain, catalog) - quantized).abs().max() < 0.05  # NF4 rounding of the frozen weights only
+    other = tiny()
+    torch.nn.init.normal_(other.sequence_encoder.position.weight)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="trained on base"):
+        MMSRModel.from_pretrained(tmp_path / "other").load_adapter(tmp_path / "qlora")
+
+
+def test_lora_trains_on_8bit_encoders_and_loads_on_the_unquantized_base(catalog, tmp_path):
+    from peft.tuners.lora import bnb
+
+    from mmsr_peft.data.collate import TrainCollator
+
+    model, _ = prepare_method(tiny(), AdaptArguments(target="office", quantize="8bit"))
+    assert isinstance(model.item_tower.text.backbone.encoder.layer[0].attention.self.value, bnb.Linear8bitLt)
+    optimizer = make_optimizer(
+        [p for p in model.parameters() if p.requires_grad], TrainingArguments(optim="adamw8bit")
+    )
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    batch = TrainCollator(inputs, num_negatives=3, seed=0)([torch.arange(6).numpy(), torch.arange(4, 12).numpy()])
+    model.train()
+    model(batch.items, batch.inputs, batch.targets).loss.backward()
+    optimizer.step()
+    model.eval()
+    model.save_adapter(tmp_path / "office")
+    plain = tiny()
+    plain.load_adapter(tmp_path / "office")
+    assert (scores(plain, catalog) - scores(model, catalog)).abs().max() < 0.01
