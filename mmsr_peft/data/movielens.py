@@ -113,7 +113,9 @@ def add_command(commands) -> None:
     """`mmsr-data movielens`."""
     parser = commands.add_parser("movielens", help="MovieLens-100k (real data, from the recbole wheel's files).")
     parser.add_argument("--data_dir", default="data", help="Root of processed domains (writes <data_dir>/movielens).")
-    parser.add_argument("--posters", default=None, help="Folder of <item_id>.jpg posters to use as item images.")
+    parser.add_argument(
+        "--images", "--posters", dest="posters", default=None, help="Folder of <item_id>.jpg item images (posters)."
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing folder.")
     parser.set_defaults(
         handler=lambda args: print(f"wrote {prepare_movielens(args.data_dir, args.posters, args.overwrite)}")
