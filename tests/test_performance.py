@@ -176,3 +176,12 @@ def test_bf16_autocast_trains_on_cpu(data_dir, tmp_path):
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_weights_digest_covers_scalar_buffers_and_changes_with_them():
+    from mmsr_peft.cache import weights_digest
+
+    norm = torch.nn.BatchNorm1d(4)  # num_batches_tracked is a 0-dim integer buffer
+    before = weights_digest(norm)
+    norm.num_batches_tracked += 1
+    assert weights_digest(norm) != before
