@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test style clean
+.PHONY: install demo test style clean recbole-venv
 
 install: $(STAMP)
 
@@ -27,6 +27,20 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# RecBole 1.2.1 in its own environment, for scripts/recbole_sasrec.py (RecBole is never imported in .venv).
+# pandas stays below 3 (RecBole 1.2.1's id remapping fails on pandas 3). The CPU torch wheel keeps it at 1.6 GB;
+# where that build is not available: make recbole-venv RECBOLE_TORCH=torch==2.14.1
+RECBOLE_VENV ?= .venv-recbole
+RECBOLE_TORCH ?= torch==2.13.0+cpu
+
+recbole-venv: $(RECBOLE_VENV)/.installed
+
+$(RECBOLE_VENV)/.installed: Makefile
+	test -x $(RECBOLE_VENV)/bin/python || $(PYTHON) -m venv $(RECBOLE_VENV)
+	$(RECBOLE_VENV)/bin/python -m pip install --quiet $(RECBOLE_TORCH) recbole==1.2.1 pandas==2.3.3 numpy==2.4.6 \
+		scipy==1.17.1 scikit-learn==1.9.1 tensorboard==2.21.0 ray==2.6.3
+	touch $@
 
 style: $(STAMP)
 	$(BIN)/ruff check --fix mmsr_peft recipes scripts tests

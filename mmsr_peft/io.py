@@ -32,7 +32,7 @@ def atomic_directory(folder: str | os.PathLike):
     folder.parent.mkdir(parents=True, exist_ok=True)
     _recover(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a plain mkdir would honour the umask
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; a plain mkdir would honour the umask
     _ACTIVE.add(tmp)
     try:
         try:
@@ -67,7 +67,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would honour the umask
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -160,7 +160,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read without changing it for longer than one call)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

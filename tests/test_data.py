@@ -424,3 +424,15 @@ def test_load_image_corrupt_file(tmp_path):
     with pytest.raises(DataError) as err:
         load_image(str(path), 8)
     assert str(path) in str(err.value)
+
+
+def test_prepared_folders_get_the_umask_permissions_not_mkdtemp_ones(tmp_path):
+    import os
+    import stat
+
+    from mmsr_peft.data.folder import new_domain_folder
+    from mmsr_peft.io import current_umask
+
+    with new_domain_folder(tmp_path / "d") as tmp:
+        (tmp / "x").write_text("1")
+    assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o777 & ~current_umask()

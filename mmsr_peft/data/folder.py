@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import replace_directory
+from ..io import current_umask, replace_directory
 
 ITEM_SCHEMA = pa.schema([("item_id", pa.string()), ("text", pa.string()), ("image", pa.string())])
 INTERACTION_SCHEMA = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64())])
@@ -32,6 +32,7 @@ def new_domain_folder(target: str | os.PathLike, overwrite: bool = False):
         raise FileExistsError(f"{target} already exists; pass --overwrite to prepare it again")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; a plain mkdir would honour the umask
     try:
         (tmp / "images").mkdir()
         yield tmp
