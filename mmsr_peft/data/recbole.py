@@ -104,7 +104,7 @@ def import_recbole(
         text_fields: `.item` fields that make the item text. One field: its value is the text. Several:
             `"field: value; field: value"`, empty values left out. Default: `text` when the file has that field
             (files exported by `export_recbole`), else every token/token_seq field but `item_id` and `image`, in
-            file order (ML-100k: `"movie_title: Toy Story; release_year: 1995; class: Animation Children's"`).
+            file order (ML-100k: `"movie_title: Toy Story; release_year: 1995; class: Animation Children's Comedy"`).
         overwrite: replace an existing folder.
 
     Every token and token_seq field of `.item` is kept as an extra string column; an `image` field holds image
