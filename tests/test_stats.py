@@ -91,6 +91,8 @@ def test_movielens_100k_numbers(tmp_path, capsys):
     from mmsr_peft.data.movielens import prepare_movielens
 
     folder = prepare_movielens(tmp_path)
+    assert data_main(["stats", "ml-100k", "--data_dir", str(tmp_path)]) == 0  # by name, as a user types it
+    assert capsys.readouterr().out.startswith(f"ml-100k (movielens, real data): {folder}")
     assert data_main(["stats", str(folder)]) == 0
     table = capsys.readouterr().out
     for label, value in [("users", "943"), ("items", "1,682"), ("interactions", "100,000"), ("density", "6.3047 %")]:

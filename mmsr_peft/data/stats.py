@@ -116,13 +116,23 @@ def format_stats(stats: dict) -> str:
 
 
 def add_command(commands) -> None:
-    """`mmsr-data stats DOMAIN_FOLDER`."""
-    parser = commands.add_parser("stats", help="Users, items, interactions, lengths, coverage of a domain folder.")
-    parser.add_argument("folder", help="A processed domain folder.")
+    """`mmsr-data stats DOMAIN` (a processed folder, or a registered name with `--data_source`)."""
+    parser = commands.add_parser("stats", help="Users, items, interactions, lengths, coverage of a domain.")
+    parser.add_argument("domain", help="A processed domain folder, or a domain name (e.g. ml-100k, office).")
+    parser.add_argument(
+        "--data_source", default=None, help="Source of a domain name (default: movielens for ml-100k, else synthetic)."
+    )
+    parser.add_argument("--data_dir", default="data", help="Root of processed domains, for a domain name.")
     parser.add_argument("--json", action="store_true", help="Print the statistics as JSON instead of a table.")
     parser.set_defaults(handler=_run_command)
 
 
 def _run_command(args) -> None:
-    stats = domain_stats(args.folder)
+    from ..domains import DOMAINS, domain_folder
+
+    folder = args.domain
+    if not Path(folder).is_dir() and folder in DOMAINS:
+        source = args.data_source or ("movielens" if DOMAINS[folder].movielens else "synthetic")
+        folder = domain_folder(folder, source, args.data_dir)
+    stats = domain_stats(folder)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
