@@ -1,0 +1,922 @@
+"""Quality on real data: MovieLens-100k (interactions, item text, posters), warm and cold start, genre transfer,
+against ID-based SASRec (ours and RecBole's on the identical split).
+
+    python scripts/benchmark_quality.py                                  # everything: 3 seeds (see README for time)
+    python scripts/benchmark_quality.py --quick --rows id text           # smoke run: 1 seed, at most 2 epochs
+    python scripts/benchmark_quality.py --rows id recbole concat_mlp --seeds 0 1 --output_dir /tmp/quality
+    make quality                                                         # the full run, RecBole venv included
+
+Protocol: leave-one-out by time, full ranking over every item, history items excluded, ties against the target
+(`mmsr_peft.evaluation.PROTOCOL`); HR@10, NDCG@10, MRR@10, HR@20, NDCG@20 as mean ± standard deviation over
+`--seeds`; model selection on validation NDCG@10 with early stopping (`--patience`).
+
+Rows (`--rows`, any subset; a fine-tuning row brings the row it starts from):
+- `id`: our SASRec with an `id` item tower; `recbole`: RecBole's SASRec on the same split, exported with
+  `mmsr_peft.data.recbole.export_recbole` and run by `scripts/recbole_sasrec.py` in `.venv-recbole` (when that
+  environment or script is missing or fails, the row says "not run: <reason>");
+- `text`, `image`: one modality, the pretrained encoder frozen (MiniLM, MobileNetV2 on posters);
+- `concat_mlp`, `gated`, `merge_attention`: text + image, both encoders frozen;
+- `text_lora`, `best_lora`, `best_full`: the encoders train. They start from the weights of their frozen row of
+  the same seed (`text`; the fusion row with the best mean validation NDCG@10) and train the text encoder with
+  LoRA (text + fusion/head, the sequence encoder in full) or in full, for `--finetune_steps` steps of
+  `--finetune_batch_size` sequences (each step encodes nearly the whole catalog: this is where CPU time goes), on
+  the first `--finetune_seeds` seeds. MobileNetV2 stays frozen in both (a CNN: no LoRA targets here).
+- `transfer`: items split into two genre groups (`GENRE_RULE`); a model pretrained on group A's interactions is
+  evaluated zero-shot on group B, adapted to B with LoRA on its fusion, and compared with the same architecture
+  trained from scratch on B.
+
+Cold start: every row but `recbole` also runs on a second split where `--cold_start_fraction` of the items (drawn
+with `--cold_seed`) never appear in training or histories; warm and cold test targets are reported separately.
+
+Frozen encoders run once per benchmark over the catalog (and through `--feature_cache_dir` across runs). Writes
+`<output_dir>/quality_ml100k.md`, `.json` (command, protocol, machine, per-seed numbers) and `.png` (NDCG@10 per
+row with error bars).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+POSTERS = REPO.parent / "shared" / "data" / "ml100k-posters"
+RECBOLE_SCRIPT = REPO / "scripts" / "recbole_sasrec.py"
+METRICS = ("hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20")
+COLD_METRICS = ("hr@10", "ndcg@10")
+DOMAIN = "ml-100k"
+# Group A of the genre transfer: items with at least one of these genres; group B: every other item.
+GENRE_A = ("Drama", "Romance")
+GENRE_RULE = f"group A = items whose genres include {' or '.join(GENRE_A)}; group B = all other items"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table.
+
+    Args:
+        label (`str`): the row's name; `{text}` and `{vision}` are replaced by the encoder names.
+        model (`dict`): `ModelArguments` fields that differ from the benchmark's defaults.
+        method (`str`): `frozen` (encoders frozen, cached), `lora`, `full` (the text encoder trains, starting from
+            `init`'s weights) or `recbole`.
+        init (`str`, *optional*): the frozen row a fine-tuning row starts from (`best`: the best fusion row).
+    """
+
+    label: str
+    model: dict = field(default_factory=dict)
+    method: str = "frozen"
+    init: str | None = None
+
+
+ROWS = {
+    "id": Row("ID SASRec (ours, id tower)", {"item_tower": "id"}),
+    "recbole": Row("RecBole SASRec (id)", method="recbole"),
+    "text": Row("text: {text}, frozen", {"item_tower": "text"}),
+    "text_lora": Row("text: {text} + LoRA", {"item_tower": "text"}, "lora", "text"),
+    "image": Row("image: {vision} on posters, frozen", {"item_tower": "image"}),
+    "concat_mlp": Row("text+image: concat_mlp, frozen", {"item_tower": "modal", "fusion": "concat_mlp"}),
+    "gated": Row("text+image: gated, frozen", {"item_tower": "modal", "fusion": "gated"}),
+    "merge_attention": Row(
+        "text+image: merge_attention, frozen", {"item_tower": "modal", "fusion": "merge_attention"}
+    ),
+    "best_lora": Row("best text+image ({best}) + LoRA", method="lora", init="best"),
+    "best_full": Row("best text+image ({best}) + full fine-tuning", method="full", init="best"),
+}
+FUSION_ROWS = ("concat_mlp", "gated", "merge_attention")
+CHOICES = (*ROWS, "transfer")
+
+
+@dataclass
+class QualityArguments:
+    """What the quality benchmark runs (see the module docstring)."""
+
+    rows: list[str] = field(default_factory=lambda: list(CHOICES), metadata={"help": f"Any of {CHOICES}."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "One run per seed and row."})
+    epochs: int = field(default=10, metadata={"help": "Most epochs of a run (early stopping decides)."})
+    patience: int = field(default=2, metadata={"help": "Epochs without a better validation NDCG@10 before stopping."})
+    max_users: int | None = field(
+        default=None, metadata={"help": "Keep only the first N users (tests and smoke runs; RecBole is then skipped)."}
+    )
+    quick: bool = field(default=False, metadata={"help": "Smoke run: the first seed, at most 2 epochs and 1 step."})
+    output_dir: str = field(default="results", metadata={"help": "Where quality_ml100k.{md,json,png} go."})
+    feature_cache_dir: str | None = field(
+        default="outputs/feature_cache", metadata={"help": "Frozen encoder outputs kept across runs ('' : off)."}
+    )
+    data_dir: str = field(default="data", metadata={"help": "Root of processed domains (prepared when missing)."})
+    posters: str = field(default=str(POSTERS), metadata={"help": "Folder of <item_id>.jpg ML-100k posters."})
+    text_model: str = field(default="minilm", metadata={"help": "Text encoder (ModelArguments.text_model)."})
+    vision_model: str = field(default="mobilenet_v2", metadata={"help": "Vision encoder (ModelArguments)."})
+    image_size: int = field(default=128, metadata={"help": "Poster side in pixels (posters are 128 x 192)."})
+    text_max_length: int = field(default=32, metadata={"help": "Tokens per item text."})
+    hidden_size: int = field(default=64, metadata={"help": "Width of item and user embeddings (both SASRecs)."})
+    max_len: int = field(default=50, metadata={"help": "History length."})
+    batch_size: int = field(default=64, metadata={"help": "Training sequences per step (frozen rows)."})
+    learning_rate: float = field(default=3.0e-3, metadata={"help": "AdamW learning rate (frozen rows)."})
+    num_negatives: int = field(default=256, metadata={"help": "Uniform extra negatives per step (sampled softmax)."})
+    loss: str = field(default="sampled_softmax", metadata={"help": "Training loss (ModelArguments.loss)."})
+    temperature: float = field(default=0.07, metadata={"help": "Softmax temperature on cosine scores."})
+    cold_start_fraction: float = field(default=0.1, metadata={"help": "Share of items of the cold-start split."})
+    cold_rows: list[str] | None = field(
+        default=None, metadata={"help": "Rows that also run on the cold-start split (default: all but recbole)."}
+    )
+    cold_negatives: int = field(
+        default=0,
+        metadata={
+            "help": "Uniform extra negatives per step on the cold-start split (default 0: in-batch negatives only; "
+            "uniform ones would be drawn from the cold items too, which would then enter training as negatives)."
+        },
+    )
+    cold_seed: int = field(default=0, metadata={"help": "Seed that draws the cold items (fixed across seeds)."})
+    finetune_steps: int = field(default=4, metadata={"help": "Optimizer steps of an encoder-training row."})
+    finetune_batch_size: int = field(default=128, metadata={"help": "Sequences per step of encoder training."})
+    finetune_seeds: int = field(default=3, metadata={"help": "Encoder-training rows run on this many seeds."})
+    finetune_cold: bool = field(default=False, metadata={"help": "Run encoder-training rows on the cold split."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (alpha = 2 r)."})
+    lora_learning_rate: float = field(default=1.0e-3, metadata={"help": "Learning rate of LoRA rows."})
+    full_learning_rate: float = field(default=1.0e-4, metadata={"help": "Learning rate of full fine-tuning rows."})
+    transfer_fusion: str = field(default="concat_mlp", metadata={"help": "Fusion of the genre-transfer model."})
+    recbole_epochs: int = field(default=20, metadata={"help": "Most epochs of RecBole's SASRec (0: skip it)."})
+    recbole_python: str = field(
+        default=str(REPO / ".venv-recbole" / "bin" / "python"), metadata={"help": "Python of RecBole's venv."}
+    )
+
+    def __post_init__(self):
+        unknown = sorted(set(self.rows) - set(CHOICES))
+        if unknown:
+            raise ValueError(f"unknown --rows {unknown}; valid rows: {', '.join(CHOICES)}")
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed")
+        if self.quick:
+            self.seeds = self.seeds[:1]
+            self.epochs, self.recbole_epochs, self.finetune_steps = min(self.epochs, 2), min(self.recbole_epochs, 2), 1
+        self.finetune_seeds = min(self.finetune_seeds, len(self.seeds))
+        self.feature_cache_dir = self.feature_cache_dir or None
+        unknown = sorted(set(self.cold_rows or []) - set(ROWS))
+        if unknown:
+            raise ValueError(f"unknown --cold_rows {unknown}; valid rows: {', '.join(ROWS)}")
+
+
+def expand_rows(requested: list[str]) -> list[str]:
+    """`requested` plus the frozen rows its fine-tuning rows start from, in table order."""
+    wanted = set(requested)
+    if "text_lora" in wanted:
+        wanted.add("text")
+    if wanted & {"best_lora", "best_full"} and not wanted & set(FUSION_ROWS):
+        wanted.update(FUSION_ROWS)
+    return [row for row in CHOICES if row in wanted]
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def prepare_data(args: QualityArguments):
+    """Loads ML-100k, preparing it (with the posters) when its folder is missing; `--max_users` keeps the first N."""
+    from mmsr_peft.data.movielens import prepare_movielens
+    from mmsr_peft.data.sequences import Sequences
+    from mmsr_peft.domains import load_folder
+
+    folder = Path(args.data_dir) / "movielens" / DOMAIN
+    posters = Path(args.posters)
+    if not (folder / "items.parquet").is_file():
+        prepare_movielens(args.data_dir, posters=posters if posters.is_dir() else None, overwrite=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if needs(args.rows, "image") and not manifest["counts"].get("items_with_image"):
+        raise SystemExit(
+            f"{folder} has no posters, which the image rows need: prepare it again with "
+            f"`mmsr-data movielens --data_dir {args.data_dir} --posters FOLDER --overwrite` (--posters {posters})"
+        )
+    domain = load_folder(folder)
+    if args.max_users:
+        kept = domain.sequences
+        stats = {**kept.stats, "users_kept": min(args.max_users, len(kept))}
+        sequences = Sequences(kept.user_ids[: args.max_users], kept.items[: args.max_users], stats)
+        domain = dataclasses.replace(domain, sequences=sequences)
+    return domain
+
+
+def write_genre_groups(domain, data_dir: str) -> dict[str, Path]:
+    """Two processed domain folders, `ml-100k-genre-a` / `-b`, splitting the items by `GENRE_RULE`; each keeps the
+    interactions with its items (users occur in both; items never do)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmsr_peft.data.folder import INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
+
+    items = pq.read_table(domain.folder / "items.parquet")
+    interactions = pq.read_table(domain.folder / "interactions.parquet")
+    in_a = [bool(set(genres.split()) & set(GENRE_A)) for genres in items["genres"].to_pylist()]
+    users = set(domain.sequences.user_ids)  # all of them, or the first --max_users
+    folders = {}
+    for group, keep in (("a", in_a), ("b", [not a for a in in_a])):
+        name = f"{DOMAIN}-genre-{group}"
+        target = Path(data_dir) / "movielens" / name
+        group_items = items.filter(pa.array(keep))
+        ids = set(group_items["item_id"].to_pylist())
+        pairs = zip(interactions["user_id"].to_pylist(), interactions["item_id"].to_pylist(), strict=True)
+        mask = [user in users and item in ids for user, item in pairs]
+        group_interactions = interactions.filter(pa.array(mask))
+        with new_domain_folder(target, overwrite=True) as tmp:
+            for image in group_items["image"].to_pylist():
+                if image:
+                    shutil.copyfile(domain.folder / image, tmp / image)
+            write_table(tmp / "items.parquet", group_items, ITEM_SCHEMA)
+            write_table(tmp / "interactions.parquet", group_interactions, INTERACTION_SCHEMA)
+            counts = {"items": len(ids), "interactions": group_interactions.num_rows}
+            write_manifest(tmp, name, "movielens", domain.manifest.get("version", ""), counts, {"rule": GENRE_RULE})
+        folders[group] = target
+    return folders
+
+
+def needs(rows: list[str], modality: str) -> bool:
+    towers = {"text": ("text", "modal"), "image": ("image", "modal")}[modality]
+    modal = any(r in rows for r in (*FUSION_ROWS, "best_lora", "best_full", "transfer"))
+    return modal or any(ROWS[r].model.get("item_tower") in towers for r in rows if r in ROWS)
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+
+
+class Benchmark:
+    """Everything shared by the runs: the catalog inputs with the frozen encoders' outputs attached (computed once),
+    and the frozen-stage weights that fine-tuning rows start from."""
+
+    def __init__(self, args: QualityArguments, domain, work_dir: Path):
+        self.args, self.domain, self.work_dir = args, domain, work_dir
+        self.inputs, self.feature_notes = self._catalog_inputs()
+        self.index = {item_id: i for i, item_id in enumerate(domain.catalog.item_ids)}
+        self.start_weights: dict[tuple, dict] = {}  # (split, row, seed) -> trainable weights of a frozen run
+
+    def model_args(self, row: Row | dict, **overrides):
+        from mmsr_peft.builder import ModelArguments
+
+        a = self.args
+        settings = dict(
+            text_model=a.text_model,
+            vision_model=a.vision_model,
+            image_size=a.image_size,
+            text_max_length=a.text_max_length,
+            hidden_size=a.hidden_size,
+            max_len=a.max_len,
+            loss=a.loss,
+            temperature=a.temperature,
+            text_finetune="frozen",
+            vision_finetune="frozen",
+        )
+        settings.update(row.model if isinstance(row, Row) else row)
+        settings.update(overrides)
+        return ModelArguments(**settings)
+
+    def _catalog_inputs(self):
+        """Inputs of every catalog item (token ids, posters, id-vocabulary rows) with the frozen encoders' outputs."""
+        from accelerate.utils import set_seed
+
+        from mmsr_peft.builder import build_model
+        from mmsr_peft.data.collate import ItemProcessor
+        from mmsr_peft.training import precompute_frozen_states
+
+        catalog = self.domain.catalog
+        text, image = needs(self.args.rows, "text"), needs(self.args.rows, "image")
+        tower = "modal" if text and image else "text" if text else "image" if image else None
+        if tower is None:
+            return ItemProcessor(item_vocab=catalog.item_ids)(catalog.records(range(len(catalog)))), []
+        set_seed(0)  # encoders without pretrained weights (test presets) are then the same in every run
+        encoders = build_model(self.model_args({"item_tower": tower}))
+        processor = encoders.processor
+        processor = ItemProcessor(processor.tokenizer, processor.max_length, processor.image_size, catalog.item_ids)
+        inputs = processor(catalog.records(range(len(catalog))), progress=True)
+        notes = []
+        try:
+            inputs = precompute_frozen_states(encoders, inputs, 256, self.args.feature_cache_dir)
+        except RuntimeError as err:  # mmsr_peft.cache cannot hash some encoders' weights (e.g. BatchNorm counters)
+            notes.append(f"feature cache off ({type(err).__name__}: {err}); frozen outputs computed in memory")
+            inputs = precompute_frozen_states(encoders, inputs, 256)
+        return inputs, notes
+
+    def subset_inputs(self, catalog):
+        """The inputs of another catalog made of ML-100k items (a genre group), selected by item id."""
+        return self.inputs.select(torch.tensor([self.index[i] for i in catalog.item_ids]))
+
+    def row_inputs(self, model_args, text_trains: bool = False, inputs=None):
+        """`inputs` (default: the catalog's) as `model_args`' item tower reads them: the frozen encoders' outputs
+        (pooled vectors only, unless its fusion attends over tokens), token ids only when the text encoder trains,
+        no pixels (the vision encoder is frozen in every row). Each training step gathers its items' rows of these
+        tensors: gathering token states that nothing reads cost more than the rest of a step on this CPU."""
+        from mmsr_peft.encoders import EncoderOutput
+        from mmsr_peft.fusion import TOKEN_FUSIONS
+
+        inputs = self.inputs if inputs is None else inputs
+        tower = model_args.item_tower
+        tokens = tower == "modal" and model_args.fusion in TOKEN_FUSIONS
+
+        def read(states, used: bool):
+            if states is None or not used or tokens:
+                return states if used else None
+            present = torch.ones(len(states.pooled), 1, dtype=torch.bool)
+            return EncoderOutput(states.pooled, states.pooled[:, None], present)  # (N, 1, H): the pooled vector
+
+        return dataclasses.replace(
+            inputs,
+            input_ids=inputs.input_ids if text_trains else None,
+            attention_mask=inputs.attention_mask if text_trains else None,
+            pixel_values=None,
+            text_states=None if text_trains else read(inputs.text_states, tower in ("modal", "text")),
+            image_states=read(inputs.image_states, tower in ("modal", "image")),
+        )
+
+    def training_args(self, output_dir: str, seed: int, **overrides):
+        from mmsr_peft.training import TrainingArguments
+
+        a = self.args
+        settings = dict(
+            output_dir=output_dir,
+            num_epochs=a.epochs,
+            batch_size=a.batch_size,
+            learning_rate=a.learning_rate,
+            num_negatives=a.num_negatives,
+            patience=a.patience,
+            seed=seed,
+            save_steps=10**9,
+            save_total_limit=2,
+            feature_cache_dir=a.feature_cache_dir,
+        )
+        settings.update(overrides)
+        return TrainingArguments(**settings)
+
+    def fit(self, model, corpus, inputs, seed: int, train_sequences=None, **overrides) -> dict:
+        """Trains `model` on `corpus` (best validation epoch kept), tests it; returns the run's record."""
+        from mmsr_peft.evaluation import evaluate
+        from mmsr_peft.training import make_accelerator, train
+
+        began = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=self.work_dir) as out:
+            args = self.training_args(out, seed, **overrides)
+            accelerator = make_accelerator(args, model.config.item_tower, model.config.fusion.type)
+            sequences = corpus.train if train_sequences is None else train_sequences
+            state = train(model, sequences, inputs, corpus.valid, args, accelerator)
+        test = evaluate(model, inputs, corpus.test, batch_size=args.eval_batch_size, progress=False)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return {
+            "test": test,
+            "valid_ndcg@10": state.best_metric,
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch,
+            "steps": state.step,
+            "trainable_parameters": trainable,
+            "wall_s": time.perf_counter() - began,
+            "weights": state.best_weights,
+        }
+
+    def negatives(self, split: str) -> int:
+        """Extra catalog negatives per step. The collator draws them from the whole catalog: on the cold split that
+        would show the held-out items to training (as negatives only, which teaches any model to rank them last)."""
+        return self.args.cold_negatives if split == "cold" else self.args.num_negatives
+
+    def run_frozen(self, name: str, split: str, corpus, seed: int) -> dict:
+        from accelerate.utils import set_seed
+
+        from mmsr_peft.builder import build_model
+
+        set_seed(seed)
+        model_args = self.model_args(ROWS[name])
+        model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
+        record = self.fit(model, corpus, self.row_inputs(model_args), seed, num_negatives=self.negatives(split))
+        self.start_weights[(split, name, seed)] = record.pop("weights")
+        return record
+
+    def run_finetune(self, name: str, split: str, corpus, seed: int, init: str) -> dict:
+        """Starts from `init`'s frozen-stage weights and trains the text encoder (LoRA or full) with the rest."""
+        from accelerate.utils import set_seed
+        from peft import LoraConfig
+
+        from mmsr_peft.adapters import lora_target_modules
+        from mmsr_peft.builder import build_model
+
+        row, a = ROWS[name], self.args
+        set_seed(seed)
+        full = row.method == "full"
+        model_args = self.model_args(ROWS[init], text_finetune="full" if full else "frozen")
+        model = build_model(model_args)
+        named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        with torch.no_grad():
+            for key, value in self.start_weights[(split, init, seed)].items():
+                named[key].copy_(value)
+        if not full:
+            targets = lora_target_modules(model, ["text", "fusion"])
+            config = LoraConfig(
+                r=a.lora_r, lora_alpha=2 * a.lora_r, target_modules=targets, modules_to_save=["sequence_encoder"]
+            )
+            model.add_adapter(config, "default")
+        inputs = self.row_inputs(model_args, text_trains=True)  # the text encoder runs at every step now
+        size = min(len(corpus.train), a.finetune_steps * a.finetune_batch_size)
+        chosen = np.random.default_rng(seed).choice(len(corpus.train), size=size, replace=False)
+        record = self.fit(
+            model,
+            corpus,
+            inputs,
+            seed,
+            train_sequences=[corpus.train[i] for i in chosen],
+            num_epochs=1,
+            batch_size=a.finetune_batch_size,
+            learning_rate=a.full_learning_rate if full else a.lora_learning_rate,
+            warmup_ratio=0.0,
+            num_negatives=self.negatives(split),
+            gradient_checkpointing=True,  # MiniLM's activations for ~1,000 items x 32 tokens otherwise take GBs
+        )
+        record.pop("weights")
+        record["start"] = init
+        return record
+
+    def run_recbole(self, seed: int) -> dict:
+        """RecBole's SASRec in its own venv on our split; `{"not_run": reason}` when it cannot run."""
+        a = self.args
+        if a.recbole_epochs < 1:
+            return {"not_run": "skipped with --recbole_epochs 0"}
+        if not Path(a.recbole_python).is_file():
+            return {"not_run": f"{a.recbole_python} not found (RecBole's venv: make recbole-venv)"}
+        if not RECBOLE_SCRIPT.is_file():
+            return {"not_run": f"{RECBOLE_SCRIPT} not found"}
+        if a.max_users:
+            return {"not_run": "--max_users subsamples the users; the RecBole export holds all of them"}
+        export = self.work_dir / "recbole" / DOMAIN
+        if not export.is_dir():
+            from mmsr_peft.data.recbole import export_recbole
+
+            export_recbole(self.domain.folder, export, max_len=a.max_len, overwrite=True)
+        report = self.work_dir / f"recbole-{seed}.json"
+        command = [a.recbole_python, str(RECBOLE_SCRIPT), str(export), "--epochs", str(a.recbole_epochs)]
+        command += ["--patience", str(a.patience), "--seed", str(seed), "--hidden_size", str(a.hidden_size)]
+        command += ["--max_len", str(a.max_len), "--learning_rate", str(a.learning_rate), "--output", str(report)]
+        began = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0 or not report.is_file():
+            lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit status {done.returncode}"]
+            return {"not_run": f"scripts/recbole_sasrec.py failed: {lines[-1][:300]}"}
+        result = json.loads(report.read_text())
+        return {
+            "test": {"all": result["test"]},
+            "test_recbole_protocol": result.get("test_recbole"),
+            "valid_ndcg@10": result.get("valid_best", {}).get("ndcg@10"),
+            "best_epoch": result.get("best_epoch"),
+            "epochs_run": result.get("epochs_run"),
+            "hyper_parameters": result.get("hyper_parameters"),
+            "wall_s": time.perf_counter() - began,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------- schedule
+
+
+def best_fusion(records: dict) -> str | None:
+    """The fusion row with the best mean validation NDCG@10 on the main split."""
+    scores = {
+        name: np.mean([r["valid_ndcg@10"] for r in records[name]["main"].values()])
+        for name in FUSION_ROWS
+        if not not_run(records[name]["main"])
+    }
+    return max(scores, key=scores.get) if scores else None
+
+
+def run_all(bench: Benchmark, splits: dict, rows: list[str], records: dict, log) -> str | None:
+    """Fills `records[row][split][seed]` for every table row (`log` reports each run and rewrites the report);
+    returns the best fusion."""
+    a = bench.args
+    for split, corpus in splits.items():
+        for name in rows:
+            if name not in ROWS or ROWS[name].method != "frozen":
+                continue
+            if split == "cold" and a.cold_rows is not None and name not in a.cold_rows:
+                records[name][split] = {"not_run": "not in --cold_rows"}
+                continue
+            for seed in a.seeds:
+                records[name][split][seed] = record = bench.run_frozen(name, split, corpus, seed)
+                log(f"{split:4s} {name:16s} seed {seed}: {summary(record)}")
+    if "recbole" in rows:
+        for seed in a.seeds:
+            records["recbole"]["main"][seed] = record = bench.run_recbole(seed)
+            log(f"main recbole          seed {seed}: {summary(record)}")
+        records["recbole"]["cold"] = {"not_run": "the RecBole export holds the standard split only"}
+    best = best_fusion(records)
+    for split, corpus in splits.items():
+        for name in rows:
+            row = ROWS.get(name)
+            if row is None or row.method not in ("lora", "full"):
+                continue
+            if split == "cold" and not (a.finetune_cold and (a.cold_rows is None or name in a.cold_rows)):
+                records[name][split] = {"not_run": "encoder-training rows run on the main split (--finetune_cold)"}
+                continue
+            init = best if row.init == "best" else row.init
+            if not_run(records[init][split]):
+                records[name][split] = {"not_run": f"its starting row {init} did not run on this split"}
+                continue
+            for seed in a.seeds[: a.finetune_seeds]:
+                records[name][split][seed] = record = bench.run_finetune(name, split, corpus, seed, init)
+                log(f"{split:4s} {name:16s} seed {seed}: {summary(record)}")
+    return best
+
+
+def run_transfer(bench: Benchmark, fusion: str, results: dict, log) -> None:
+    """Pretrain on genre group A, then on group B: zero-shot, LoRA on the fusion, and from scratch (fills
+    `results`)."""
+    from accelerate.utils import set_seed
+    from peft import LoraConfig
+
+    from mmsr_peft.adapters import lora_target_modules
+    from mmsr_peft.builder import build_model
+    from mmsr_peft.domains import build_corpus, load_folder
+    from mmsr_peft.evaluation import evaluate
+
+    a = bench.args
+    folders = write_genre_groups(bench.domain, a.data_dir)
+    groups = {g: load_folder(f) for g, f in folders.items()}
+    corpora = {g: build_corpus([d], a.max_len) for g, d in groups.items()}
+    model_args = bench.model_args({"item_tower": "modal", "fusion": fusion})
+    inputs = {g: bench.row_inputs(model_args, inputs=bench.subset_inputs(d.catalog)) for g, d in groups.items()}
+    results.update(rule=GENRE_RULE, fusion=fusion, lora_r=a.lora_r, data={g: c.stats for g, c in corpora.items()})
+    results["rows"] = {}
+    rows = results["rows"]
+    for name in ("pretrained on A (test on A)", "A -> B zero-shot", "A -> B LoRA (fusion)", "B from scratch"):
+        rows[name] = {}
+    for seed in a.seeds:
+        set_seed(seed)
+        base = build_model(model_args)
+        pretrained = bench.fit(base, corpora["a"], inputs["a"], seed)
+        pretrained.pop("weights")
+        rows["pretrained on A (test on A)"][seed] = pretrained
+        zero = evaluate(base, inputs["b"], corpora["b"].test, progress=False)
+        rows["A -> B zero-shot"][seed] = {"test": zero, "trainable_parameters": 0}
+        adapted = copy.deepcopy(base)
+        config = LoraConfig(
+            r=a.lora_r, lora_alpha=2 * a.lora_r, target_modules=lora_target_modules(adapted, ["fusion"])
+        )
+        adapted.add_adapter(config, "default")
+        record = bench.fit(adapted, corpora["b"], inputs["b"], seed)
+        record.pop("weights")
+        rows["A -> B LoRA (fusion)"][seed] = record
+        set_seed(seed)
+        scratch = bench.fit(build_model(model_args), corpora["b"], inputs["b"], seed)
+        scratch.pop("weights")
+        rows["B from scratch"][seed] = scratch
+        log(f"transfer seed {seed}: LoRA {summary(record)} | scratch {summary(scratch)}")
+
+
+def summary(record: dict) -> str:
+    if "not_run" in record:
+        return f"not run: {record['not_run']}"
+    test = record["test"]["all"]
+    return f"test NDCG@10 {test['ndcg@10']:.4f} HR@10 {test['hr@10']:.4f} ({record.get('wall_s', 0):.0f} s)"
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan with one value)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def cell(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def aggregate(per_seed: dict, key: str) -> dict[str, tuple[float, float]]:
+    """`{metric: (mean, std)}` of `per_seed[seed]["test"][key]`."""
+    if not per_seed or "not_run" in per_seed or any("not_run" in r for r in per_seed.values()):
+        return {}
+    return {m: stats([r["test"][key][m] for r in per_seed.values()]) for m in METRICS}
+
+
+def not_run(per_seed: dict) -> str | None:
+    if not per_seed:
+        return "not yet (the benchmark was still running or was interrupted)"
+    if "not_run" in per_seed:
+        return per_seed["not_run"]
+    reasons = [r["not_run"] for r in per_seed.values() if "not_run" in r]
+    return reasons[0] if reasons else None
+
+
+def render(report: dict, labels: dict[str, str]) -> str:
+    records, cold_key = report["records"], f"{DOMAIN} cold"
+    lines = [
+        "# Quality on MovieLens-100k: text, posters, warm and cold start, genre transfer",
+        "",
+        "Real data: MovieLens-100k interactions (943 users, 1,682 movies, 100,000 ratings as implicit feedback), item "
+        "text = title (year) + genres, item images = posters. Produced by:",
+        "",
+        f"    {report['command']}",
+        "",
+        f"**Protocol.** {report['protocol']} Mean ± sample standard deviation over seeds {report['seeds']} (n = "
+        "number of seeds a row ran); model selection: the epoch with the best validation NDCG@10, early stopping "
+        f"after {report['arguments']['patience']} epochs without improvement (at most {report['arguments']['epochs']}).",
+        "",
+        f"**Machine.** {report['machine']['summary']}. Total wall time {report['wall_s'] / 60:.1f} min.",
+        "",
+    ]
+    lines += [f"- {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
+    header = ["model", "n", *[m.upper() for m in METRICS]]
+    lines += ["## Standard split (leave-one-out)", "", table_header(header)]
+    for name, per_split in records.items():
+        per_seed = per_split["main"]
+        reason = not_run(per_seed)
+        if reason:
+            lines.append(f"| {labels[name]} | 0 | not run: {reason} |" + " |" * (len(METRICS) - 1))
+            continue
+        agg = aggregate(per_seed, "all")
+        lines.append(f"| {labels[name]} | {len(per_seed)} | " + " | ".join(cell(*agg[m]) for m in METRICS) + " |")
+    lines += ["", report["random_note"], ""]
+    lines += [
+        f"## Cold start ({report['cold']['cold_items']} of {report['cold']['items']} items held out of training and "
+        f"histories, drawn with seed {report['arguments']['cold_seed']})",
+        "",
+        f"Test cases: {report['cold']['warm_cases']} with a warm target, {report['cold']['cold_cases']} with a cold "
+        f"target. Training on this split uses {report['arguments']['cold_negatives']} extra uniform negatives per step "
+        "(`--cold_negatives`; the collator draws them from the whole catalog, so cold items would enter training as "
+        "negatives). The ID model has a row for every catalog item, but a cold item's row never trains: it cannot "
+        "rank cold items.",
+        "",
+        table_header(["model", "n", "warm HR@10", "warm NDCG@10", "cold HR@10", "cold NDCG@10", "cold/warm HR@10"]),
+    ]
+    for name, per_split in records.items():
+        per_seed = per_split["cold"]
+        reason = not_run(per_seed)
+        if reason:
+            lines.append(f"| {labels[name]} | 0 | not run: {reason} |" + " |" * 4)
+            continue
+        warm, cold = aggregate(per_seed, f"{DOMAIN} warm"), aggregate(per_seed, cold_key)
+        cold_warm = ratio(cold["hr@10"][0], warm["hr@10"][0])  # of the means
+        cells = (
+            [cell(*warm[m]) for m in COLD_METRICS]
+            + [cell(*cold[m]) for m in COLD_METRICS]
+            + [cell(cold_warm, math.nan)]
+        )
+        lines.append(f"| {labels[name]} | {len(per_seed)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if report.get("transfer"):
+        lines += render_transfer(report["transfer"])
+    lines += ["## Targets of the issue (goals, not assertions)", ""]
+    lines += [f"- {t}" for t in report["targets"]] + [""]
+    lines += ["## Per-seed test NDCG@10 (standard split)", "", table_header(["model", *map(str, report["seeds"])])]
+    for name, per_split in records.items():
+        per_seed = per_split["main"]
+        if not_run(per_seed):
+            continue
+        values = [f"{per_seed[s]['test']['all']['ndcg@10']:.4f}" if s in per_seed else "-" for s in report["seeds"]]
+        lines.append(f"| {labels[name]} | " + " | ".join(values) + " |")
+    lines += ["", "Every number per seed (all metrics, epochs, wall time) is in `quality_ml100k.json`.", ""]
+    if report.get("plot"):
+        lines += [f"![NDCG@10 per row]({report['plot']})", ""]
+    return "\n".join(lines)
+
+
+def render_transfer(transfer: dict) -> list[str]:
+    a, b = transfer["data"]["a"], transfer["data"]["b"]
+    lines = [
+        "## Genre transfer",
+        "",
+        f"Rule: {transfer['rule']}. Group A: {a[f'{DOMAIN}-genre-a']['items']} items, "
+        f"{a[f'{DOMAIN}-genre-a']['interactions']} interactions; group B: {b[f'{DOMAIN}-genre-b']['items']} items, "
+        f"{b[f'{DOMAIN}-genre-b']['interactions']} interactions (users occur in both groups, items in one). Model: "
+        f"text+image {transfer['fusion']}, frozen encoders. LoRA (r = {transfer['lora_r']}) adapts the fusion only; the "
+        "sequence encoder stays as pretrained on A. Test on group B unless said otherwise.",
+        "",
+        table_header(["model", "n", *[m.upper() for m in METRICS], "trainable"]),
+    ]
+    for name, per_seed in transfer["rows"].items():
+        agg = aggregate(per_seed, "all")
+        if not agg:
+            continue
+        trainable = next(iter(per_seed.values())).get("trainable_parameters", "-")
+        cells = [cell(*agg[m]) for m in METRICS] + [f"{trainable:,}" if isinstance(trainable, int) else trainable]
+        lines.append(f"| {name} | {len(per_seed)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan
+
+
+def table_header(names: list[str]) -> str:
+    return "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
+
+
+def targets(records: dict, transfer: dict | None, best: str | None) -> list[str]:
+    """The issue's four targets, checked on the means (text only; nothing is asserted)."""
+
+    def mean(name, split="main", key="all", metric="ndcg@10"):
+        per_seed = records.get(name, {}).get(split, {})
+        agg = aggregate(per_seed, key)
+        return agg[metric][0] if agg else math.nan
+
+    def verdict(value: float, goal: float) -> str:
+        return (
+            "not measured"
+            if math.isnan(value)
+            else f"{value:.3f} (goal {goal}: {'met' if value >= goal else 'missed'})"
+        )
+
+    out = []
+    if best:
+        out.append(
+            f"text+image ({best}) NDCG@10 / RecBole SASRec NDCG@10 = {verdict(ratio(mean(best), mean('recbole')), 1.05)}"
+        )
+        out.append(
+            f"text+image ({best}) NDCG@10 / our ID SASRec NDCG@10 = {verdict(ratio(mean(best), mean('id')), 1.05)}"
+        )
+        cold_warm = ratio(mean(best, "cold", f"{DOMAIN} cold", "hr@10"), mean(best, "cold", f"{DOMAIN} warm", "hr@10"))
+        out.append(f"cold-item HR@10 / warm-item HR@10 of text+image ({best}) = {verdict(cold_warm, 0.5)}")
+    out.append(
+        f"LoRA NDCG@10 / full fine-tuning NDCG@10 (best config) = {verdict(ratio(mean('best_lora'), mean('best_full')), 0.97)}"
+    )
+    if transfer:
+        rows = transfer["rows"]
+        lora = aggregate(rows["A -> B LoRA (fusion)"], "all").get("ndcg@10", (math.nan,))[0]
+        scratch = aggregate(rows["B from scratch"], "all").get("ndcg@10", (math.nan,))[0]
+        out.append(
+            f"genre transfer: pretrain on A + LoRA NDCG@10 / from scratch on B = {verdict(ratio(lora, scratch), 1.0)}"
+        )
+    return out
+
+
+def plot(rows: list[tuple[str, float, float]], path: Path) -> None:
+    """A horizontal bar chart of NDCG@10 (mean, error bar = std) per row, drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    left, bar, gap, width = 330, 22, 10, 900
+    height = 60 + len(rows) * (bar + gap)
+    top = max([m + (0 if math.isnan(s) else s) for _, m, s in rows] + [1e-6]) * 1.1
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    scale = (width - left - 40) / top
+    draw.text((left, 10), "MovieLens-100k, test NDCG@10 (mean ± std over seeds)", fill="black")
+    for i, (label, mean, std) in enumerate(rows):
+        y = 40 + i * (bar + gap)
+        draw.text((10, y + 5), label[:52], fill="black")
+        draw.rectangle([left, y, left + mean * scale, y + bar], fill=(76, 114, 176))
+        if not math.isnan(std):
+            lo, hi = left + (mean - std) * scale, left + (mean + std) * scale
+            draw.line([lo, y + bar / 2, hi, y + bar / 2], fill="black", width=2)
+            draw.line([lo, y + 4, lo, y + bar - 4], fill="black", width=2)
+            draw.line([hi, y + 4, hi, y + bar - 4], fill="black", width=2)
+        draw.text(
+            (left + mean * scale + 8 + (0 if math.isnan(std) else std * scale), y + 5), f"{mean:.4f}", fill="black"
+        )
+    draw.line([left, 35, left, height - 10], fill="black")
+    image.save(path)
+
+
+def machine() -> dict:
+    load = os.getloadavg()
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": load,
+    }
+    device = info["gpu"] or f"{info['cpu_count']} CPU cores, no GPU"
+    info["summary"] = (
+        f"{device}, torch {info['torch']} ({info['torch_threads']} threads), Python {info['python']}; load average "
+        f"{load[0]:.1f} at start (the machine was shared with other jobs: wall times are indicative)"
+    )
+    return info
+
+
+def main(argv=None) -> int:
+    from mmsr_peft.arguments import parse_args
+    from mmsr_peft.domains import build_corpus
+
+    (args,) = parse_args([QualityArguments], argv, description=__doc__.split("\n\n")[0])
+    began = time.perf_counter()
+    command = "python scripts/benchmark_quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    info = machine()
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = expand_rows(args.rows)
+    args.rows = rows
+
+    def log(message: str) -> None:
+        print(f"[{(time.perf_counter() - began) / 60:6.1f} min] {message}", flush=True)
+
+    domain = prepare_data(args)
+    splits = {
+        "main": build_corpus([domain], args.max_len),
+        "cold": build_corpus([domain], args.max_len, args.cold_start_fraction, args.cold_seed),
+    }
+    skipped = {split: {"not_run": "not in --rows"} for split in splits}
+    records = {name: {split: {} for split in splits} if name in rows else dict(skipped) for name in ROWS}
+    found = {"best": None, "transfer": {} if "transfer" in rows else None, "notes": []}
+
+    def write(finished: bool = False) -> None:
+        report = build_report(args, command, info, splits, records, found, began, finished)
+        write_report(report, output_dir)
+
+    def log_and_write(message: str) -> None:
+        log(message)
+        write()
+
+    with tempfile.TemporaryDirectory(prefix="quality-") as work:
+        bench = Benchmark(args, domain, Path(work))
+        found["notes"] = bench.feature_notes
+        log(f"catalog inputs ready ({len(domain.catalog)} items); rows: {', '.join(rows)}")
+        found["best"] = run_all(bench, splits, [r for r in rows if r != "transfer"], records, log_and_write)
+        if "transfer" in rows:
+            run_transfer(bench, args.transfer_fusion, found["transfer"], log_and_write)
+    write(finished=True)
+    log(f"wrote {output_dir}/quality_ml100k.md, .json, .png")
+    print((output_dir / "quality_ml100k.md").read_text())
+    return 0
+
+
+def build_report(args, command, info, splits, records, found, began, finished) -> dict:
+    from mmsr_peft.evaluation import PROTOCOL, random_baseline
+
+    best = found["best"]
+    labels = {
+        name: ROWS[name].label.format(text=args.text_model, vision=args.vision_model, best=best or "fusion")
+        for name in records
+    }
+    random = random_baseline(splits["main"].test)
+    cold = splits["cold"].test[0].cold
+    notes = scope_notes(args) + found["notes"]
+    if not finished:
+        notes.insert(0, "Partial report, written while the benchmark was running: rows without numbers had not run.")
+    transfer = found["transfer"] if found["transfer"] and found["transfer"].get("rows") else None
+    return {
+        "command": command,
+        "protocol": PROTOCOL,
+        "machine": info,
+        "arguments": dataclasses.asdict(args),
+        "seeds": args.seeds,
+        "finished": finished,
+        "notes": notes,
+        "data": splits["main"].stats,
+        "cold": {
+            "items": len(splits["main"].catalog),
+            "cold_items": splits["cold"].stats[DOMAIN]["cold_items"],
+            "cold_cases": int(cold.sum()),
+            "warm_cases": int((~cold).sum()),
+        },
+        "random": random,
+        "random_note": "A uniformly random ranking of the same candidates scores HR@10 "
+        f"{random['hr@10']:.4f}, NDCG@10 {random['ndcg@10']:.4f}.",
+        "best_fusion": best,
+        "labels": labels,
+        "records": records,
+        "transfer": transfer,
+        "targets": targets(records, transfer, best),
+        "wall_s": time.perf_counter() - began,
+    }
+
+
+def write_report(report: dict, output_dir: Path) -> None:
+    """`quality_ml100k.json`, `.md` and (when a row has numbers) `.png` in `output_dir`."""
+    bars = []
+    for name, per_split in report["records"].items():
+        agg = aggregate(per_split["main"], "all")
+        if agg:
+            bars.append((report["labels"][name], *agg["ndcg@10"]))
+    if bars:
+        plot(bars, output_dir / "quality_ml100k.png")
+        report["plot"] = "quality_ml100k.png"
+    (output_dir / "quality_ml100k.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (output_dir / "quality_ml100k.md").write_text(render(report, report["labels"]))
+
+
+def scope_notes(args: QualityArguments) -> list[str]:
+    notes = []
+    if args.quick:
+        notes.append("--quick smoke run: one seed, at most 2 epochs; not a result.")
+    if any(ROWS[r].method in ("lora", "full") for r in args.rows if r in ROWS):
+        notes.append(
+            f"Encoder-training rows (LoRA / full fine-tuning of the text encoder) start from their frozen row's weights "
+            f"and train {args.finetune_steps} steps of {args.finetune_batch_size} sequences on "
+            f"{args.finetune_seeds} seed(s) (learning rate LoRA {args.lora_learning_rate}, full "
+            f"{args.full_learning_rate}): every step encodes nearly the whole catalog with MiniLM, which is what a "
+            "2-core CPU affords; they are short fine-tunes, not converged runs."
+        )
+    return notes
+
+
+if __name__ == "__main__":
+    sys.exit(main())
