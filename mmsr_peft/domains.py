@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .data.catalog import Catalog
 from .data.sequences import Sequences, Split, choose_cold_items
@@ -124,6 +126,13 @@ class Corpus:
     valid: list[EvalSet]
     test: list[EvalSet]
     stats: dict
+    cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def negative_candidates(self) -> np.ndarray | None:
+        """The catalog indices training may draw as negatives: all but the cold items (None: the whole catalog)."""
+        if not len(self.cold_items):
+            return None
+        return np.setdiff1d(np.arange(len(self.catalog)), self.cold_items)
 
 
 def build_corpus(domains: list[Domain], max_len: int, cold_start_fraction: float = 0.0, seed: int = 0) -> Corpus:
@@ -131,12 +140,14 @@ def build_corpus(domains: list[Domain], max_len: int, cold_start_fraction: float
     items (drawn with `seed`) is held out of all training data and histories; evaluation then reports warm and
     cold targets separately (see `Split.leave_one_out`)."""
     catalog = Catalog.concat([d.catalog for d in domains])
-    train, valid, test, stats, offset = [], [], [], {}, 0
+    train, valid, test, stats, cold_items, offset = [], [], [], {}, [], 0
     for domain in domains:
         cold = choose_cold_items(domain.sequences, cold_start_fraction, seed) if cold_start_fraction else None
         split = Split.leave_one_out(domain.sequences, max_len, cold)
         item_range = (offset, offset + len(domain.catalog))
         train.extend(seq + offset for seq in split.train)
+        if cold is not None:
+            cold_items.append(cold + offset)
         for cases, histories, targets, cold_cases in (
             (valid, split.valid_histories, split.valid_targets, split.valid_cold),
             (test, split.test_histories, split.test_targets, split.test_cold),
@@ -155,4 +166,5 @@ def build_corpus(domains: list[Domain], max_len: int, cold_start_fraction: float
             "manifest_sha256": hashlib.sha256(json.dumps(domain.manifest, sort_keys=True).encode()).hexdigest(),
         }
         offset += len(domain.catalog)
-    return Corpus(catalog, train, valid, test, stats)
+    cold_items = np.concatenate(cold_items) if cold_items else np.zeros(0, dtype=np.int64)
+    return Corpus(catalog, train, valid, test, stats, cold_items)

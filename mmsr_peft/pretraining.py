@@ -57,6 +57,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
         args,
         accelerator,
         on_best=lambda m, _: m.save_pretrained(args.output_dir),
+        candidates=corpus.negative_candidates(),
     )
     results = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
     results["random"] = random_baseline(corpus.test)

@@ -162,6 +162,7 @@ def train(
     args: TrainingArguments,
     accelerator,
     on_best=None,
+    candidates=None,
 ) -> TrainState:
     """Trains `model` (only its parameters that require grad) with next-item softmax over each batch's items.
 
@@ -169,7 +170,8 @@ def train(
     into `model` at the end), calls `on_best(model, metrics)` on the main process at each improvement, saves
     the full training state every `save_steps` steps and at each epoch end, and stops early after `patience`
     epochs without improvement. Pass `catalog_inputs` through `precompute_frozen_states` first (the caller
-    also evaluates with them) so frozen encoders run once, not at every step.
+    also evaluates with them) so frozen encoders run once, not at every step. `candidates` (catalog indices)
+    restricts the negatives to those items (`Corpus.negative_candidates`: everything but the cold-start items).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -178,7 +180,12 @@ def train(
     counts = np.bincount(np.concatenate(train_sequences), minlength=len(catalog_inputs))
     generator = torch.Generator()
     collator = TrainCollator(
-        catalog_inputs, model.config.loss, args.num_negatives, counts, seed=args.seed + accelerator.process_index
+        catalog_inputs,
+        model.config.loss,
+        args.num_negatives,
+        counts,
+        seed=args.seed + accelerator.process_index,
+        candidates=candidates,
     )
     loader = torch.utils.data.DataLoader(
         train_sequences,

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
+from mmsr_peft.data.collate import ItemInputs, TrainCollator
 from mmsr_peft.data.sequences import Sequences, Split, choose_cold_items
 from mmsr_peft.domains import build_corpus, load_domain
 
@@ -51,3 +53,47 @@ def test_corpus_with_cold_start_holds_items_out_of_every_training_sequence(data_
         assert not cold & {int(i) for h in eval_set.histories for i in h}
         assert eval_set.cold.tolist() == [int(t) in cold for t in eval_set.targets]
     assert corpus.test[0].cold.any()
+
+
+def test_cold_items_are_never_drawn_as_negatives_or_softmax_candidates(data_dir):
+    domain = load_domain("office", data_dir=data_dir)
+    corpus = build_corpus([domain], max_len=12, cold_start_fraction=0.2, seed=0)
+    candidates = corpus.negative_candidates()
+    assert len(candidates) + len(corpus.cold_items) == len(corpus.catalog)
+    assert not set(candidates.tolist()) & set(corpus.cold_items.tolist())
+    catalog = ItemInputs(item_index=torch.arange(len(corpus.catalog)))  # items.item_index gives back catalog rows
+    cold = set(corpus.cold_items.tolist())
+    for loss in ("sampled_softmax", "bce"):
+        collator = TrainCollator(catalog, loss, num_negatives=500, seed=0, candidates=candidates)
+        for start in range(0, len(corpus.train), 64):
+            batch = collator(corpus.train[start : start + 64])
+            assert not cold & set(batch.items.item_index.tolist()), loss
+    # without candidates the same draws do reach the cold items: the test above can fail
+    batch = TrainCollator(catalog, "sampled_softmax", num_negatives=500, seed=0)(corpus.train[:64])
+    assert cold & set(batch.items.item_index.tolist())
+
+
+def test_full_softmax_over_candidates_keeps_targets_and_drops_cold_items():
+    catalog = ItemInputs(item_index=torch.arange(8))
+    sequences = [np.array([1, 3, 5]), np.array([6, 1])]
+    batch = TrainCollator(catalog, "full_ce", candidates=np.array([0, 1, 3, 5, 6]))(sequences)
+    rows = batch.items.item_index
+    assert rows.tolist() == [0, 1, 3, 5, 6]
+    assert rows[batch.inputs[0, :2]].tolist() == [1, 3] and rows[batch.targets[0, :2]].tolist() == [3, 5]
+    assert rows[batch.targets[1, :1]].tolist() == [1] and batch.targets[1, 1:].tolist() == [-1]
+    with pytest.raises(ValueError, match="catalog item 2, which is not among the candidates"):
+        TrainCollator(catalog, "full_ce", candidates=np.array([0, 1, 3]))([np.array([1, 2])])
+    with pytest.raises(ValueError, match=r"candidates must be catalog indices in \[0, 8\), got indices from 0 to 9"):
+        TrainCollator(catalog, candidates=np.array([0, 9]))
+    with pytest.raises(ValueError, match="candidates is empty"):
+        TrainCollator(catalog, candidates=np.array([], dtype=int))
+
+
+def test_logq_counts_negatives_drawn_from_the_candidates_only():
+    catalog = ItemInputs(item_index=torch.arange(10))
+    counts = np.ones(10)
+    batch = TrainCollator(catalog, num_negatives=4, item_counts=counts, seed=0, candidates=np.arange(4))(
+        [np.array([0, 1])]
+    )
+    expected = 2 * 0.1 + 4 / 4  # two positions times the item's share, plus 4 draws from 4 candidates
+    assert torch.allclose(batch.logq, torch.full_like(batch.logq, np.log(expected)))

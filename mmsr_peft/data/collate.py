@@ -187,6 +187,9 @@ class TrainCollator:
     uniformly to the candidates, with each candidate's log expected count in the pool (from `item_counts`, the
     items' frequencies in the training data); `full_ce` makes the whole catalog the candidates; `bce` draws one
     uniform negative per position.
+
+    `candidates` (catalog indices, *optional*) restricts negatives (and `full_ce`'s softmax) to those items: with a
+    cold-start split, the cold items must never enter training, not even as negatives.
     """
 
     def __init__(
@@ -196,11 +199,28 @@ class TrainCollator:
         num_negatives: int = 0,
         item_counts=None,
         seed=0,
+        candidates=None,
     ):
         self.catalog_inputs = catalog_inputs
         self.loss = loss
         self.num_negatives = num_negatives
         self.seed = seed
+        self.candidates = None
+        if candidates is not None:
+            candidates = np.unique(np.asarray(candidates, dtype=np.int64))
+            if not len(candidates):
+                raise ValueError("candidates is empty: training needs at least one item to draw negatives from")
+            if candidates[0] < 0 or candidates[-1] >= len(catalog_inputs):
+                raise ValueError(
+                    f"candidates must be catalog indices in [0, {len(catalog_inputs)}), got indices from "
+                    f"{candidates[0]} to {candidates[-1]}"
+                )
+            self.candidates = torch.as_tensor(candidates)
+            # full_ce's candidates: catalog index -> row of `candidate_inputs`, -1 for an excluded item
+            self.candidate_rows = torch.full((len(catalog_inputs),), -1, dtype=torch.long)
+            self.candidate_rows[self.candidates] = torch.arange(len(self.candidates))
+            if loss == "full_ce":
+                self.candidate_inputs = catalog_inputs.select(self.candidates)
         self.batch_index = 0  # negatives of batch i come from (seed, i): a resumed run draws the same ones
         self.item_share = None
         if item_counts is not None:
@@ -211,12 +231,20 @@ class TrainCollator:
         padded = pad_histories(sequences)  # (B, T + 1)
         valid = padded >= 0
         num_items = len(self.catalog_inputs)
+        if self.candidates is not None and (self.candidate_rows[padded[valid]] < 0).any():
+            item = int(padded[valid][self.candidate_rows[padded[valid]] < 0][0])
+            raise ValueError(f"training sequences hold catalog item {item}, which is not among the candidates")
         if self.loss == "full_ce":
-            return TrainBatch(self.catalog_inputs, inputs=padded[:, :-1], targets=padded[:, 1:])
+            if self.candidates is None:
+                return TrainBatch(self.catalog_inputs, inputs=padded[:, :-1], targets=padded[:, 1:])
+            rows = torch.where(valid, self.candidate_rows[padded.clamp(min=0)], -1)
+            return TrainBatch(self.candidate_inputs, inputs=rows[:, :-1], targets=rows[:, 1:])
         rng = np.random.default_rng([*np.atleast_1d(self.seed), self.batch_index])
         self.batch_index += 1
-        extra = rng.integers(0, num_items, padded.shape if self.loss == "bce" else self.num_negatives)
-        extra = torch.as_tensor(extra, dtype=torch.long)
+        pool = num_items if self.candidates is None else len(self.candidates)
+        extra = torch.as_tensor(rng.integers(0, pool, padded.shape if self.loss == "bce" else self.num_negatives))
+        if self.candidates is not None:
+            extra = self.candidates[extra]
         unique, inverse = torch.unique(torch.cat([padded[valid], extra.flatten()]), return_inverse=True)
         rows = torch.full_like(padded, -1)
         rows[valid] = inverse[: int(valid.sum())]
@@ -224,6 +252,6 @@ class TrainCollator:
         if self.loss == "bce":
             batch.negatives = inverse[int(valid.sum()) :].view(padded.shape)[:, 1:]
         elif self.item_share is not None:
-            expected = int(valid.sum()) * self.item_share[unique] + self.num_negatives / num_items
+            expected = int(valid.sum()) * self.item_share[unique] + self.num_negatives / pool
             batch.logq = expected.log().float()
         return batch
