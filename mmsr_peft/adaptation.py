@@ -35,6 +35,13 @@ class AdaptArguments:
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --base."})
     data_source: str = field(default="synthetic", metadata={"help": "Where the target's processed data comes from."})
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
+    cold_start_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of the target's items held out of training and histories (seeded by --seed); evaluation "
+            "then reports warm and cold targets separately. 0: no cold-start split."
+        },
+    )
     components: list[str] | None = field(
         default=None, metadata={"help": f"Components that get LoRA, any of {COMPONENTS} (default: all the base has)."}
     )
@@ -82,6 +89,8 @@ class AdaptArguments:
     def __post_init__(self):
         if self.target not in DOMAINS:
             raise ValueError(f"unknown --target {self.target!r}; valid targets: {', '.join(sorted(DOMAINS))}")
+        if not 0 <= self.cold_start_fraction < 1:
+            raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
         unknown = sorted(set(self.components or []) - set(COMPONENTS))
         if unknown:
             raise ValueError(f"unknown --components {unknown}; valid components: {', '.join(COMPONENTS)}")
@@ -191,6 +200,15 @@ def prepare_method(
     return model, METHODS[method]
 
 
+def _warm_and_cold(label: str, metrics: dict, domain: str) -> dict:
+    """`{"<label>, warm targets": ..., "<label>, cold targets": ...}` when `metrics` has a cold-start split."""
+    return {
+        f"{label}, {part} targets": metrics[f"{domain} {part}"]
+        for part in ("warm", "cold")
+        if f"{domain} {part}" in metrics
+    }
+
+
 def _save(model: MMSRModel, folder: str, adapt_args: AdaptArguments, metadata: dict | None = None) -> None:
     if adapt_args.method == "lora":
         model.save_adapter(folder, adapt_args.adapter_name, metadata)
@@ -215,10 +233,12 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     if model.config.item_tower == "id":
         raise ValueError(f"{adapt_args.base} is an ID-based model: its item table cannot represent new items")
     adapt_args.components = adapt_args.components or model_components(model)
-    corpus = build_corpus([domain], model.config.sequence.max_len)
+    corpus = build_corpus([domain], model.config.sequence.max_len, adapt_args.cold_start_fraction, args.seed)
     catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))), progress=True)
     results = {"random": random_baseline(corpus.test)}
-    results["zero-shot base"] = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)["all"]
+    zero_shot = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+    results["zero-shot base"] = zero_shot["all"]
+    by_target = _warm_and_cold("zero-shot base", zero_shot, domain.name)  # with --cold_start_fraction only
 
     stats = corpus.stats[domain.name]
     metadata = {
@@ -242,8 +262,11 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         args,
         accelerator,
         on_best=lambda m, valid: _save(m, args.output_dir, adapt_args, {"metrics": {"valid": valid["all"]}}),
+        candidates=corpus.negative_candidates(),
     )
-    results[row] = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)["all"]
+    adapted = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+    results[row] = adapted["all"]
+    by_target.update(_warm_and_cold(row, adapted, domain.name))
     share = {name: {"trainable": "-"} for name in results}
     share["zero-shot base"] = {"trainable": "0 %"}
     share[next(reversed(results))] = {"trainable": f"{trainable:,} ({100 * trainable / total:.2f} %)"}
@@ -255,6 +278,9 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         _save(model, args.output_dir, adapt_args, {"metrics": metrics})
         summary = {"test": results, "trainable_parameters": trainable, "total_parameters": total}
         summary.update(best_epoch=state.best_epoch, history=state.history, data=corpus.stats, trainable_column=share)
+        if by_target:
+            summary["test_by_target"] = by_target
+            table += f"\n\nCold start: {len(corpus.cold_items)} items held out of training.\n{format_table(by_target)}"
         atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
         save_run_args(args.output_dir, adapt_args, args)
         if adapt_args.method == "lora":

@@ -1,5 +1,7 @@
 """Cold-start split: held-out items never reach training or histories; they are only ranked."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +99,29 @@ def test_logq_counts_negatives_drawn_from_the_candidates_only():
     )
     expected = 2 * 0.1 + 4 / 4  # two positions times the item's share, plus 4 draws from 4 candidates
     assert torch.allclose(batch.logq, torch.full_like(batch.logq, np.log(expected)))
+
+
+def test_adapt_with_cold_start_reports_warm_and_cold_targets(base_dir, data_dir, tmp_path, capsys):
+    from conftest import TINY_TRAIN_FLAGS
+
+    from mmsr_peft.cli import adapt_main
+
+    out = tmp_path / "office"
+    argv = ["--target", "office", "--base", str(base_dir), "--data_dir", str(data_dir), "--output_dir", str(out)]
+    assert adapt_main([*argv, "--cold_start_fraction", "0.2", *TINY_TRAIN_FLAGS, "--num_epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "Cold start: " in printed and "| LoRA (text+vision+fusion), cold targets |" in printed
+    by_target = json.loads((out / "metrics.json").read_text())["test_by_target"]
+    assert set(by_target) == {
+        f"{row}, {part} targets"
+        for row in ("zero-shot base", "LoRA (text+vision+fusion)")
+        for part in ("warm", "cold")
+    }
+    assert json.loads((out / "metrics.json").read_text())["data"]["office"]["cold_items"] > 0
+
+
+def test_adapt_refuses_a_cold_start_fraction_out_of_range(capsys):
+    from mmsr_peft.cli import adapt_main
+
+    assert adapt_main(["--target", "office", "--cold_start_fraction", "1.5"]) != 0
+    assert "--cold_start_fraction must be in [0, 1), got 1.5" in capsys.readouterr().err
