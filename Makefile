@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test style clean recbole-venv
+.PHONY: install demo test style clean recbole-venv benchmark quality transfer
 
 install: $(STAMP)
 
@@ -41,6 +41,19 @@ $(RECBOLE_VENV)/.installed: Makefile
 	$(RECBOLE_VENV)/bin/python -m pip install --quiet $(RECBOLE_TORCH) recbole==1.2.1 pandas==2.3.3 numpy==2.4.6 \
 		scipy==1.17.1 scikit-learn==1.9.1 tensorboard==2.21.0 ray==2.6.3
 	touch $@
+
+# The measured results in results/ (each writes .md + .json with the command that made it; see README).
+benchmark: $(STAMP) $(RECBOLE_VENV)/.installed
+	$(BIN)/python scripts/benchmark.py
+
+quality: $(STAMP) $(RECBOLE_VENV)/.installed
+	$(BIN)/python scripts/benchmark_quality.py
+
+# the base of `make demo`, then every way of moving it to office (5 epochs per row keep it near an hour on 2 cores)
+transfer: $(STAMP)
+	test -f outputs/demo/base/model.safetensors || $(BIN)/accelerate launch --num_processes 1 --num_machines 1 \
+		--mixed_precision no --dynamo_backend no recipes/pretrain.py --output_dir outputs/demo/base
+	$(BIN)/python scripts/transfer_table.py --target office --base outputs/demo/base -- --num_epochs 5
 
 style: $(STAMP)
 	$(BIN)/ruff check --fix mmsr_peft recipes scripts tests

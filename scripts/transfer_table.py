@@ -127,12 +127,14 @@ def write(results: list[dict], args, command: str) -> str:
         f"model; on disk: the adapter file for LoRA rows, the model file otherwise; peak RSS of the run's process; "
         f"{machine}).\n\nCommand: `{command}`\n\n{table(results)}\n\n" + "\n".join(checks(results)) + "\n"
     )
+    from mmsr_peft.io import atomic_write_text
+
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"transfer_{args.target}.md").write_text(text)
+    atomic_write_text(out / f"transfer_{args.target}.md", text)
     summary = {"command": command, "machine": machine, "protocol": protocol, "rows": results}
     summary["checks"] = checks(results)
-    (out / f"transfer_{args.target}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / f"transfer_{args.target}.json", json.dumps(summary, indent=2) + "\n")
     return text
 
 
