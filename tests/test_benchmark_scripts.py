@@ -1,0 +1,71 @@
+"""The performance benchmark and the transfer table, end to end on tiny settings: their reports and what they hold."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_TRAIN_FLAGS
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_transfer_table_runs_each_row_in_its_own_process(base_dir, data_dir, tmp_path):
+    out = tmp_path / "results"
+    argv = [
+        "--target", "office",
+        "--base", str(base_dir),
+        "--data_dir", str(data_dir),
+        "--rows", "lora", "scratch",
+        "--work_dir", str(tmp_path / "runs"),
+        "--output_dir", str(out),
+        "--", *TINY_TRAIN_FLAGS, "--num_epochs", "1",
+    ]  # fmt: skip
+    assert load_script("transfer_table").main(argv) == 0
+
+    report = json.loads((out / "transfer_office.json").read_text())
+    assert report["command"] == "python scripts/transfer_table.py " + " ".join(argv)
+    rows = {row["row"]: row for row in report["rows"]}
+    assert list(rows) == ["lora", "scratch"]
+    lora, scratch = rows["lora"], rows["scratch"]
+    assert 0 < lora["trainable_parameters"] < scratch["trainable_parameters"] <= scratch["total_parameters"]
+    assert 0 < lora["weights_bytes"] < scratch["weights_bytes"]  # the adapter file vs the whole model file
+    assert lora["peak_rss_gib"] > 0 and lora["wall_s"] > 0
+    assert set(lora["test"]) == {"random", "zero-shot base", "LoRA (text+vision+fusion)"}
+    assert set(scratch["test"]) == {"random", "zero-shot base", "from scratch"}
+
+    text = (out / "transfer_office.md").read_text()
+    for line in ("| random |", "| zero-shot base |", "| lora |", "| scratch |", f"Command: `{report['command']}`"):
+        assert line in text
+    assert report["checks"][0].startswith("LoRA trains") and "from-scratch training" in report["checks"][1]
+
+
+def test_performance_benchmark_sections_write_tables(tmp_path):
+    if importlib.util.find_spec("recbole") is None:
+        pytest.skip("MovieLens-100k comes with the recbole wheel (pip install --no-deps recbole==1.2.1)")
+    out = tmp_path / "results"
+    argv = ["--sections", "unique", "catalog", "--catalog_sizes", "300", "1000", "--eval_users", "40"]
+    argv += ["--repeats", "1", "--output_dir", str(out)]
+    subprocess.run([sys.executable, str(SCRIPTS / "benchmark.py"), *argv], check=True, capture_output=True)
+
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["command"] == "python scripts/benchmark.py " + " ".join(argv)
+    unique = report["results"]["unique"]["rows"]
+    assert [row["batch_size"] for row in unique] == [64, 256]
+    for row in unique:  # each distinct item once: far fewer than the positions of the batch
+        assert 0 < row["items_encoded_per_step"] < row["positions_per_step"]
+    catalog = report["results"]["catalog"]
+    assert [row["items"] for row in catalog] == [300, 1000]
+    assert all(row["users"] == 40 and row["eval_s"] > 0 and row["peak_rss_mib"] > 0 for row in catalog)
+    text = (out / "benchmark.md").read_text()
+    assert "## Items encoded per step" in text and "## Full-ranking evaluation vs catalog size" in text
+    assert "| 1,000 | 40 |" in text
