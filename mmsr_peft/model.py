@@ -207,10 +207,11 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         return F.normalize(self.sequence_encoder(states), dim=-1)
 
     def user_embeddings(self, item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
-        """`(B, D)`: the state after the last real item of each history."""
-        states = self.encode_sequences(item_embeddings, histories)
+        """`(B, D)`: the state after the last real item of each history (only that position is computed where
+        the sequence encoder can skip the others)."""
+        states = item_embeddings[histories.clamp(min=0)] * (histories >= 0).unsqueeze(-1)  # (B, T, D)
         last = (histories >= 0).sum(1).clamp(min=1) - 1  # (B,)
-        return states[torch.arange(len(histories), device=states.device), last]
+        return F.normalize(self.sequence_encoder.last_states(states, last), dim=-1)
 
     def forward(
         self,

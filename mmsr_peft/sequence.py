@@ -63,13 +63,22 @@ class SequenceEncoderConfig(ConfigMixin):
         self.dilations = tuple(self.dilations)
 
 
+class SequenceEncoder(nn.Module):
+    """Base of the encoders: `forward` gives the state after every position, `last_states` after one position per
+    row (what ranking needs); an encoder that can skip work for the other positions overrides `last_states`."""
+
+    def last_states(self, item_states: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """`(B, D)`: the state after position `last[b]` of each row of `item_states` `(B, T, D)`."""
+        return self(item_states)[torch.arange(len(last), device=last.device), last]
+
+
 def _check_length(item_states: torch.Tensor, config: SequenceEncoderConfig) -> None:
     length = item_states.shape[1]
     if length > config.max_len:
         raise ValueError(f"history of {length} items is longer than sequence.max_len={config.max_len}")
 
 
-class SASRec(nn.Module):
+class SASRec(SequenceEncoder):
     """Causal transformer over a right-padded history (Kang & McAuley 2018): learned positions, pre-norm layers
     with a causal attention mask, a final LayerNorm."""
 
@@ -95,8 +104,29 @@ class SASRec(nn.Module):
         states = self.layers(self.dropout(item_states * self.scale + positions), mask=causal, is_causal=True)
         return self.norm(states)
 
+    def last_states(self, item_states: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """`(B, D)`: the state after position `last[b]` of each row. The layers below the top one run over every
+        position (their outputs are the top layer's keys and values); the top layer runs for one query per row,
+        which makes ranking about `num_layers / (num_layers - 1)` times faster than `forward`."""
+        _check_length(item_states, self.config)
+        length = item_states.shape[1]
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=item_states.device)
+        states = self.dropout(item_states * self.scale + self.position.weight[:length])
+        *lower, top = self.layers.layers
+        for layer in lower:
+            states = layer(states, src_mask=causal, is_causal=True)
+        query = states[torch.arange(len(last), device=last.device), last].unsqueeze(1)  # (B, 1, D)
+        # the pre-norm layer of nn.TransformerEncoderLayer(norm_first=True), for that one query: it sees the
+        # positions up to its own (the causal mask's row `last`)
+        hidden = top.norm1(states)
+        after_query = torch.arange(length, device=last.device) > last.unsqueeze(1)  # (B, T), True = hidden
+        attended = top.self_attn(top.norm1(query), hidden, hidden, key_padding_mask=after_query, need_weights=False)[0]
+        query = query + top.dropout1(attended)
+        feed_forward = top.linear2(top.dropout(top.activation(top.linear1(top.norm2(query)))))
+        return self.norm((query + top.dropout2(feed_forward)).squeeze(1))
 
-class GRU4Rec(nn.Module):
+
+class GRU4Rec(SequenceEncoder):
     """GRU over the history (Hidasi et al. 2016): input dropout, a `num_layers` GRU of width D, a linear output
     projection. A recurrence is causal by construction and needs no position table."""
 
@@ -146,7 +176,7 @@ class NextItNetBlock(nn.Module):
         return x + self.dropout(h)
 
 
-class NextItNet(nn.Module):
+class NextItNet(SequenceEncoder):
     """Stack of residual blocks of dilated causal convolutions (Yuan et al. 2019), dilations cycling through
     `config.dilations`, then a final LayerNorm. Left-only padding keeps every position causal."""
 

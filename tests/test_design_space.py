@@ -98,3 +98,20 @@ def test_image_text_contrastive_auxiliary_loss_trains_its_heads_and_aligns(recor
     assert MMSRModel.from_pretrained(tmp_path / "itc").config.itc_weight == 0.5
     with pytest.raises(ValueError, match="itc_weight"):
         build_model(ModelArguments(item_tower="id", itc_weight=0.5), item_vocab=["a"])
+
+
+@pytest.mark.parametrize("sequence", SEQUENCE_TYPES)
+def test_user_embeddings_equal_the_full_sequence_states_at_the_last_item(sequence):
+    torch.manual_seed(0)
+    args = ModelArguments(item_tower="id", hidden_size=16, sequence_encoder=sequence, max_len=8, num_layers=3)
+    model = build_model(args, item_vocab=[f"it-{i}" for i in range(20)]).eval()
+    items = torch.nn.functional.normalize(torch.randn(20, 16), dim=-1)
+    histories = torch.tensor(
+        [[3, 1, 4, 1, 5, 9, 2, 6], [7, 8, -1, -1, -1, -1, -1, -1], [-1] * 8, [0, 2, 4, 6, 8, -1, -1, -1]]
+    )
+    full = model.encode_sequences(items, histories)  # every position, then the last real one is picked
+    expected = full[torch.arange(4), torch.tensor([7, 1, 0, 4])]
+    assert torch.allclose(model.user_embeddings(items, histories), expected, atol=1e-6)
+    # the padding after the last item changes nothing, whatever it holds
+    padded = torch.cat([histories[1:2, :2], torch.full((1, 6), -1)], dim=1)
+    assert torch.allclose(model.user_embeddings(items, padded), expected[1:2], atol=1e-6)
