@@ -234,7 +234,8 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         raise ValueError(f"{adapt_args.base} is an ID-based model: its item table cannot represent new items")
     adapt_args.components = adapt_args.components or model_components(model)
     corpus = build_corpus([domain], model.config.sequence.max_len, adapt_args.cold_start_fraction, args.seed)
-    catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))), progress=True)
+    records = corpus.catalog.records(range(len(corpus.catalog)))
+    catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)
     results = {"random": random_baseline(corpus.test)}
     zero_shot = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
     results["zero-shot base"] = zero_shot["all"]
@@ -253,7 +254,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     model, row = prepare_method(model, adapt_args, metadata)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = base_parameters + sum(p.numel() for n, p in model.named_parameters() if is_adapter_key(n))
-    catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size)
+    catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir)
     state = train(
         model,
         corpus.train,

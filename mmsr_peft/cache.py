@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .data.collate import ItemInputs
 from .encoders import EncoderOutput
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class FeatureCache:
         try:
             return load_file(path)
         except Exception as err:  # a damaged cache file is recomputed, never trusted
-            logger.warning("feature cache %s is unreadable (%s); encoding again", path, err)
+            logger.warning("cache file %s is unreadable (%s); computing its rows again", path, err)
             return None
 
     def _write(self, path: Path, stored, digests, found, outputs) -> None:
@@ -124,8 +125,13 @@ class FeatureCache:
             used = torch.zeros(len(stored["digests"]), dtype=torch.bool)
             used[[row for row in found if row is not None]] = True
             tensors = {name: torch.cat([value, stored[name][~used]]) for name, value in tensors.items()}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=self.folder)
+        self._write_tensors(self.folder, path, tensors)
+
+    @staticmethod
+    def _write_tensors(folder: Path, path: Path, tensors: dict[str, torch.Tensor]) -> None:
+        """Writes `tensors` to `path` through a temporary file in `folder` and a rename."""
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=folder)
         os.close(fd)
         try:
             save_file({name: value.contiguous() for name, value in tensors.items()}, tmp)
@@ -145,3 +151,63 @@ def _gather(stored, found, missing, name, computed) -> torch.Tensor:
     if hits:
         out[torch.tensor(hits, dtype=torch.long)] = stored[name][torch.tensor([found[i] for i in hits])]
     return out
+
+
+class ImageCache:
+    """Decoded, resized images kept on disk, so each image file is decoded and resized once across runs.
+
+    `images-<side>px.safetensors` in `folder` holds, for every image seen at that side, the sha256 of the file's
+    bytes and its `(3, side, side)` uint8 pixels. A file whose bytes changed has another digest and is decoded
+    again; a damaged cache file is ignored and rewritten; writes are atomic (temporary file + rename).
+
+    Args:
+        folder (`str` or `os.PathLike`): where the files live (the same folder as a `FeatureCache` is fine).
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.last_hits = 0  # images found in the cache by the last `load`
+        self.last_misses = 0
+
+    def path(self, side: int) -> Path:
+        return self.folder / f"images-{side}px.safetensors"
+
+    def load(self, paths: list[str | None], side: int, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(N, 3, side, side)` uint8 pixels and `(N,)` has-image flags for `paths` (None: the item has no image)."""
+        from tqdm.auto import tqdm
+
+        from .data.collate import load_image
+
+        path = self.path(side)
+        stored = FeatureCache._read(path)
+        rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
+        pixels = torch.zeros(len(paths), 3, side, side, dtype=torch.uint8)
+        has_image = torch.zeros(len(paths), dtype=torch.bool)
+        digests = torch.zeros(len(paths), DIGEST_BYTES, dtype=torch.uint8)
+        found, new = [], {}  # new: digest -> item index of its first occurrence
+        for i, image in enumerate(tqdm(paths, desc="images", disable=not progress, leave=False)):
+            if not image:
+                continue
+            try:
+                digest = hashlib.sha256(Path(image).read_bytes()).digest()
+            except OSError as err:
+                raise DataError(f"{image}: cannot read image ({err})") from err
+            digests[i] = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+            has_image[i] = True
+            if digest in rows:
+                pixels[i] = stored["pixels"][rows[digest]]
+                found.append(rows[digest])
+            elif digest in new:
+                pixels[i] = pixels[new[digest]]
+            else:
+                pixels[i] = load_image(image, side)
+                new[digest] = i
+        self.last_hits, self.last_misses = int(has_image.sum()) - len(new), len(new)
+        logger.info("image cache %s: %d images cached, %d decoded", path.name, self.last_hits, self.last_misses)
+        if new:
+            first = torch.tensor(list(new.values()), dtype=torch.long)
+            tensors = {"digests": digests[first], "pixels": pixels[first]}
+            if stored is not None:
+                tensors = {name: torch.cat([value, stored[name]]) for name, value in tensors.items()}
+            FeatureCache._write_tensors(self.folder, path, tensors)
+        return pixels, has_image

@@ -43,7 +43,8 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
     corpus = build_corpus(domains, model_args.max_len, data_args.cold_start_fraction, args.seed)
     model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
-    catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))), progress=True)
+    records = corpus.catalog.records(range(len(corpus.catalog)))
+    catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)
     catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir)
     accelerator.print(
         f"pretraining on {', '.join(corpus.stats)}: {len(corpus.catalog)} items, {len(corpus.train)} training "

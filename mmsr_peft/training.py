@@ -57,7 +57,10 @@ class TrainingArguments:
     )
     feature_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Keep frozen encoders' outputs here and reuse them across runs (see mmsr_peft.cache)."},
+        metadata={
+            "help": "Keep frozen encoders' outputs and the decoded, resized images here and reuse them across runs "
+            "(see mmsr_peft.cache)."
+        },
     )
 
     def __post_init__(self):

@@ -298,7 +298,8 @@ class Benchmark:
         encoders = build_model(self.model_args({"item_tower": tower}))
         processor = encoders.processor
         processor = ItemProcessor(processor.tokenizer, processor.max_length, processor.image_size, catalog.item_ids)
-        inputs = processor(catalog.records(range(len(catalog))), progress=True)
+        records = catalog.records(range(len(catalog)))
+        inputs = processor(records, progress=True, image_cache_dir=self.args.feature_cache_dir)
         notes = []
         try:
             inputs = precompute_frozen_states(encoders, inputs, 256, self.args.feature_cache_dir)

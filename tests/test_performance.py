@@ -185,3 +185,54 @@ def test_weights_digest_covers_scalar_buffers_and_changes_with_them():
     before = weights_digest(norm)
     norm.num_batches_tracked += 1
     assert weights_digest(norm) != before
+
+
+def _images(folder, colours):
+    from PIL import Image
+
+    paths = []
+    for i, colour in enumerate(colours):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (40, 24), colour).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_image_cache_decodes_each_image_once_across_runs(tmp_path):
+    from mmsr_peft.cache import ImageCache
+    from mmsr_peft.data.collate import ItemProcessor
+
+    paths = _images(tmp_path, [(250, 0, 0), (0, 250, 0), (250, 0, 0)])  # the third file has the first one's bytes
+    records = [{"item_id": str(i), "text": "", "image": p} for i, p in enumerate([*paths, None])]
+    processor = ItemProcessor(image_size=16)
+    plain = processor(records)
+    cache = ImageCache(tmp_path / "cache")
+    pixels, has_image = cache.load([r["image"] for r in records], 16)
+    assert (cache.last_hits, cache.last_misses) == (1, 2)  # identical bytes are decoded once
+    assert torch.equal(pixels, plain.pixel_values) and torch.equal(has_image, plain.has_image)
+    cached = processor(records, image_cache_dir=tmp_path / "cache")
+    assert torch.equal(cached.pixel_values, plain.pixel_values) and torch.equal(cached.has_image, plain.has_image)
+    again = ImageCache(tmp_path / "cache")
+    again.load([r["image"] for r in records], 16)
+    assert (again.last_hits, again.last_misses) == (3, 0)
+
+    _images(tmp_path, [(0, 0, 250)])  # 0.png is rewritten: its bytes, so its digest, change
+    changed = ImageCache(tmp_path / "cache")
+    pixels, _ = changed.load(paths, 16)
+    assert (changed.last_hits, changed.last_misses) == (2, 1)
+    assert pixels[0, 2].float().mean() > 200 and pixels[2, 0].float().mean() > 200  # new blue, old red kept
+
+    (tmp_path / "cache" / "images-16px.safetensors").write_bytes(b"not a safetensors file")
+    damaged = ImageCache(tmp_path / "cache")
+    assert torch.equal(damaged.load(paths, 16)[0], pixels) and damaged.last_misses == 3  # decoded again, not trusted
+    assert load_file(tmp_path / "cache" / "images-16px.safetensors")["pixels"].shape == (3, 3, 16, 16)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["images-16px.safetensors"]  # no temp files
+
+
+def test_image_cache_names_an_unreadable_image(tmp_path):
+    from mmsr_peft.cache import ImageCache
+    from mmsr_peft.errors import DataError
+
+    with pytest.raises(DataError, match=r"missing\.png: cannot read image"):
+        ImageCache(tmp_path / "cache").load([str(tmp_path / "missing.png")], 16)
+    assert not (tmp_path / "cache").exists()

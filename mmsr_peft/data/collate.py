@@ -84,7 +84,9 @@ class ItemProcessor:
         self.item_vocab = list(item_vocab) if item_vocab is not None else None
         self._vocab_index = {item_id: i for i, item_id in enumerate(self.item_vocab or [])}
 
-    def __call__(self, records: list[dict], progress: bool = False) -> ItemInputs:
+    def __call__(self, records: list[dict], progress: bool = False, image_cache_dir=None) -> ItemInputs:
+        """`ItemInputs` of `records`. With `image_cache_dir`, decoded and resized images are read from (and added
+        to) an on-disk `mmsr_peft.cache.ImageCache` there instead of being decoded again."""
         item_ids = [r["item_id"] for r in records]
         inputs = ItemInputs(
             item_index=torch.tensor([self._vocab_index.get(i, -1) for i in item_ids], dtype=torch.long)
@@ -96,7 +98,12 @@ class ItemProcessor:
             )
             inputs.input_ids, inputs.attention_mask = encoded["input_ids"], encoded["attention_mask"]
             inputs.has_text = torch.tensor([bool(t.strip()) for t in texts])
-        if self.image_size is not None:
+        if self.image_size is not None and image_cache_dir is not None:
+            from ..cache import ImageCache
+
+            paths = [record.get("image") for record in records]
+            inputs.pixel_values, inputs.has_image = ImageCache(image_cache_dir).load(paths, self.image_size, progress)
+        elif self.image_size is not None:
             pixels = torch.zeros(len(records), 3, self.image_size, self.image_size, dtype=torch.uint8)
             has_image = torch.zeros(len(records), dtype=torch.bool)
             for i, record in enumerate(tqdm(records, desc="images", disable=not progress, leave=False)):
