@@ -325,7 +325,8 @@ def report(results: dict, args, command: str) -> str:
         "# Performance benchmark",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
+        f"Machine: {machine()}; load average {results['load_average']['start']:.1f} at start, "
+        f"{results['load_average']['end']:.1f} at the end (other jobs on the machine slow both sides of a ratio)  ",
         f"Timings: median [min, max] of {args.repeats} runs (steps: {args.steps}); memory: peak RSS of a fresh "
         "process per measurement.",
         "",
@@ -469,8 +470,12 @@ def main(argv=None) -> int:
     parser.add_argument("--eval_users", type=int, default=2_000, help="Users ranked per catalog-size measurement.")
     parser.add_argument("--output_dir", default="results", help="Where benchmark.md/json go.")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    threads = {name: os.environ[name] for name in ("OMP_NUM_THREADS", "MMSR_BENCH_THREADS") if name in os.environ}
+    command = shlex.join([*(f"{k}={v}" for k, v in threads.items()), "python", "scripts/benchmark.py"])
+    command += "".join(f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv))
+    load_before = os.getloadavg()[0]
     results = run(args)
+    results["load_average"] = {"start": load_before, "end": os.getloadavg()[0]}
     text = report(results, args, command)
     print("\n" + text)
     from mmsr_peft.io import atomic_write_text
