@@ -184,7 +184,7 @@ class ImageCache:
         pixels = torch.zeros(len(paths), 3, side, side, dtype=torch.uint8)
         has_image = torch.zeros(len(paths), dtype=torch.bool)
         digests = torch.zeros(len(paths), DIGEST_BYTES, dtype=torch.uint8)
-        found, new = [], {}  # new: digest -> item index of its first occurrence
+        new = {}  # digest -> index of the first item with that image, for images not in the cache
         for i, image in enumerate(tqdm(paths, desc="images", disable=not progress, leave=False)):
             if not image:
                 continue
@@ -196,7 +196,6 @@ class ImageCache:
             has_image[i] = True
             if digest in rows:
                 pixels[i] = stored["pixels"][rows[digest]]
-                found.append(rows[digest])
             elif digest in new:
                 pixels[i] = pixels[new[digest]]
             else:

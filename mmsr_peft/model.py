@@ -203,15 +203,14 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         Args:
             item_embeddings: `(N, D)`; histories: `(B, T)` rows of `item_embeddings`, right-padded with -1.
         """
-        states = item_embeddings[histories.clamp(min=0)] * (histories >= 0).unsqueeze(-1)  # (B, T, D)
-        return F.normalize(self.sequence_encoder(states), dim=-1)
+        return F.normalize(self.sequence_encoder(_history_states(item_embeddings, histories)), dim=-1)
 
     def user_embeddings(self, item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
         """`(B, D)`: the state after the last real item of each history (only that position is computed where
         the sequence encoder can skip the others)."""
-        states = item_embeddings[histories.clamp(min=0)] * (histories >= 0).unsqueeze(-1)  # (B, T, D)
         last = (histories >= 0).sum(1).clamp(min=1) - 1  # (B,)
-        return F.normalize(self.sequence_encoder.last_states(states, last), dim=-1)
+        states = self.sequence_encoder.last_states(_history_states(item_embeddings, histories), last)
+        return F.normalize(states, dim=-1)
 
     def forward(
         self,
@@ -454,3 +453,8 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _history_states(item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
+    """`(B, T, D)`: the embedding of each history item, zeros at the padding (-1)."""
+    return item_embeddings[histories.clamp(min=0)] * (histories >= 0).unsqueeze(-1)
