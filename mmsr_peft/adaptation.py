@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import COMPONENTS, is_adapter_key, lora_target_patterns, model_components
+from .adapters import COMPONENTS, DEFAULT_COMPONENTS, is_adapter_key, lora_target_patterns, model_components
 from .arguments import save_run_args
 from .cards import adapter_card, base_card
 from .domains import DEFAULT_DATA_DIR, DOMAINS, build_corpus, load_domain
@@ -43,7 +43,11 @@ class AdaptArguments:
         },
     )
     components: list[str] | None = field(
-        default=None, metadata={"help": f"Components that get LoRA, any of {COMPONENTS} (default: all the base has)."}
+        default=None,
+        metadata={
+            "help": f"Components that get LoRA, any of {COMPONENTS} (default: those of {DEFAULT_COMPONENTS} the base "
+            "has)."
+        },
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
@@ -65,6 +69,16 @@ class AdaptArguments:
     fusion_lora_dropout: float | None = _override("fusion", "Dropout")
     fusion_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Module names in the fusion module that get LoRA (default: its type's)."}
+    )
+    sequence_lora_r: int | None = _override("sequence", "Rank")
+    sequence_lora_alpha: int | None = _override("sequence", "Alpha")
+    sequence_lora_dropout: float | None = _override("sequence", "Dropout")
+    sequence_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names in the sequence encoder that get LoRA (default: SASRec's attention and "
+            "feed-forward layers, GRU4Rec's output projection)."
+        },
     )
     modules_to_save: list[str] | None = field(
         default=None,

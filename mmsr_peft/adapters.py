@@ -16,7 +16,8 @@ from torch import nn
 
 from .errors import CheckpointError
 
-COMPONENTS = ("text", "vision", "fusion")
+COMPONENTS = ("text", "vision", "fusion", "sequence")
+DEFAULT_COMPONENTS = ("text", "vision", "fusion")  # what `mmsr-adapt` adapts unless --components says otherwise
 ADAPTER_RECORD = "mmsr_adapter.json"  # the base an adapter belongs to, and its metadata
 BASE_FIELDS = ("adapter_name", "base_model", "base_sha256")  # the fields of the record that describe the base
 PEFT_PREFIX = "base_model.model."  # how PeftModel names weights in adapter files; plain peft users load ours
@@ -51,14 +52,27 @@ FUSION_TARGETS = {
     ),
     "merge_attention": r"(text_proj|image_proj|out_proj|layers\.layers\.\d+\.(self_attn|linear1|linear2))",
 }
+# The sequence encoder: SASRec's attention (the module itself, see above) and feed-forward layers; GRU4Rec's output
+# projection (peft cannot adapt nn.GRU). NextItNet's causal convolutions pad on one side, which peft's LoRA for
+# Conv1d does not reproduce: it has no default (train it in full with --modules_to_save sequence_encoder).
+SEQUENCE_TARGETS = {
+    "sasrec": r"layers\.layers\.\d+\.(self_attn|linear1|linear2)",
+    "gru4rec": r"projection",
+}
 
 
-def model_components(model: nn.Module) -> list[str]:
-    """The components of `model` that have default LoRA targets (an `id` tower has none of them)."""
+def model_components(model: nn.Module, components=DEFAULT_COMPONENTS) -> list[str]:
+    """Those of `components` that `model` has and that have default LoRA targets (an `id` tower has no text,
+    vision or fusion)."""
     config = model.config
     vision = config.uses_vision and model.item_tower.vision.family in VISION_TARGETS
-    present = {"text": config.uses_text, "vision": vision, "fusion": config.item_tower != "id"}
-    return [component for component in COMPONENTS if present[component]]
+    present = {
+        "text": config.uses_text,
+        "vision": vision,
+        "fusion": config.item_tower != "id",
+        "sequence": config.sequence.type in SEQUENCE_TARGETS,
+    }
+    return [component for component in components if present[component]]
 
 
 def lora_target_patterns(
@@ -72,8 +86,8 @@ def lora_target_patterns(
     module peft would adapt without effect, so nothing is silently left without LoRA.
     """
     config = model.config
-    present = model_components(model)
-    components = present if components is None else components
+    present = model_components(model, COMPONENTS)
+    components = model_components(model) if components is None else components
     target_modules = target_modules or {}
     patterns = {}
     for component in components:
@@ -82,9 +96,11 @@ def lora_target_patterns(
         if component == "vision" and config.uses_vision and component not in present:
             family = model.item_tower.vision.family
             raise ValueError(f"no default LoRA targets for vision tower {family!r}; known: {sorted(VISION_TARGETS)}")
-        if component not in present:
+        if component == "sequence":
+            prefix, family, table = r"sequence_encoder\.", config.sequence.type, SEQUENCE_TARGETS
+        elif component not in present:
             raise ValueError(f"component {component!r} does not exist in an item_tower={config.item_tower!r} model")
-        if component == "text":
+        elif component == "text":
             prefix, family, table = r"item_tower\.text\.backbone\.", config.text.backbone["model_type"], TEXT_TARGETS
         elif component == "vision":
             prefix, family, table = r"item_tower\.vision\.tower\.", model.item_tower.vision.family, VISION_TARGETS

@@ -245,3 +245,51 @@ def test_lora_trains_on_8bit_encoders_and_loads_on_the_unquantized_base(catalog,
     plain = tiny()
     plain.load_adapter(tmp_path / "office")
     assert (scores(plain, catalog) - scores(model, catalog)).abs().max() < 0.01
+
+
+@pytest.mark.parametrize(
+    "sequence, adapted", [("sasrec", {"self_attn", "out_proj", "linear1", "linear2"}), ("gru4rec", {"projection"})]
+)
+def test_sequence_component_gets_lora_and_changes_the_user_states(sequence, adapted, catalog, tmp_path):
+    from mmsr_peft.builder import ModelArguments, build_model
+
+    def fresh():
+        torch.manual_seed(0)
+        args = ModelArguments(text_model="tiny-bert", vision_model="micro-vit", image_size=32, hidden_size=32)
+        args.sequence_encoder, args.max_len, args.text_max_length = sequence, 8, 16
+        return build_model(args, item_vocab=ITEM_IDS).eval()
+
+    model = fresh()
+    before = scores(model, catalog)
+    adapt_args = AdaptArguments(target="office", components=["sequence"], sequence_lora_r=2)
+    model, row = prepare_method(model, adapt_args)
+    assert row == "LoRA (sequence)"
+    layers = lora_layers(model, "sequence_encoder.")
+    assert (
+        layers
+        and {n.rpartition(".")[2] for n in layers} == adapted
+        and {m.r["office"] for m in layers.values()} == {2}
+    )
+    assert not lora_layers(model, "item_tower.")  # only the sequence encoder was asked for
+    assert torch.allclose(scores(model, catalog), before, atol=1e-6)  # LoRA starts as a no-op (B = 0)
+    with torch.no_grad():
+        for layer in layers.values():
+            for weight in layer.lora_B.values():
+                weight.weight.normal_(0, 0.5)
+    adapted_scores = scores(model, catalog)
+    assert not torch.allclose(adapted_scores, before, atol=1e-4)
+    model.save_adapter(tmp_path / "office", "office")
+    loaded = fresh()
+    loaded.load_adapter(tmp_path / "office")
+    assert torch.allclose(scores(loaded, catalog), adapted_scores, atol=1e-6)
+
+
+def test_sequence_component_is_opt_in_and_nextitnet_has_no_default():
+    from mmsr_peft.adapters import model_components
+    from mmsr_peft.builder import ModelArguments, build_model
+
+    assert "sequence" not in model_components(tiny())  # the defaults: text, vision, fusion
+    args = ModelArguments(item_tower="id", hidden_size=16, max_len=8, sequence_encoder="nextitnet")
+    model = build_model(args, item_vocab=ITEM_IDS)
+    with pytest.raises(ValueError, match="no default LoRA targets for sequence encoder type 'nextitnet'"):
+        lora_target_modules(model, ["sequence"])
