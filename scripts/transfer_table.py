@@ -29,6 +29,7 @@ ROWS = {
     "lora-text": ["--method", "lora", "--components", "text"],
     "lora-vision": ["--method", "lora", "--components", "vision"],
     "lora-fusion": ["--method", "lora", "--components", "fusion"],
+    "lora+sequence": ["--method", "lora", "--components", "text", "vision", "fusion", "sequence"],
     "qlora-4bit": ["--method", "lora", "--quantize", "4bit"],
     "full": ["--method", "full"],
     "frozen": ["--method", "frozen"],
@@ -108,15 +109,40 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="Rows to run.")
     parser.add_argument("--work_dir", default=None, help="Where each run writes (default outputs/transfer/<target>).")
     parser.add_argument("--output_dir", default="results", help="Where transfer_<target>.md/json go.")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="Add the rows to the table already in --output_dir (same target, base and run arguments), replacing "
+        "rows of the same name; both commands are recorded.",
+    )
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.work_dir = args.work_dir or f"outputs/transfer/{args.target}"
+    args.extra = extra
     command = "python scripts/transfer_table.py " + " ".join(argv)
     results = []
+    if args.append:
+        results, command = previous_rows(args, extra, command)
     for name in args.rows:  # the files are rewritten after each row: a failure late in the run keeps the others
         results.append(run_row(name, args, extra))
         text = write(results, args, command)
     print("\n" + text)
     return 0
+
+
+def previous_rows(args, extra: list[str], command: str) -> tuple[list[dict], str]:
+    """The rows of the existing table that this run keeps, and the commands of both runs."""
+    path = Path(args.output_dir) / f"transfer_{args.target}.json"
+    if not path.is_file():
+        raise SystemExit(f"--append: {path} does not exist")
+    previous = json.loads(path.read_text())
+    same = previous.get("base") == args.base and previous.get("extra") == extra
+    if not same:
+        raise SystemExit(
+            f"--append: {path} was made with --base {previous.get('base')} and run arguments {previous.get('extra')}, "
+            f"not {args.base} and {extra}"
+        )
+    kept = [row for row in previous["rows"] if row["row"] not in args.rows]
+    return kept, f"{previous['command']}` then `{command}"
 
 
 def write(results: list[dict], args, command: str) -> str:
@@ -132,7 +158,8 @@ def write(results: list[dict], args, command: str) -> str:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"transfer_{args.target}.md", text)
-    summary = {"command": command, "machine": machine, "protocol": protocol, "rows": results}
+    summary = {"command": command, "machine": machine, "protocol": protocol, "base": args.base, "extra": args.extra}
+    summary["rows"] = results
     summary["checks"] = checks(results)
     atomic_write_text(out / f"transfer_{args.target}.json", json.dumps(summary, indent=2) + "\n")
     return text

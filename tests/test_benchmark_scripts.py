@@ -48,6 +48,16 @@ def test_transfer_table_runs_each_row_in_its_own_process(base_dir, data_dir, tmp
         assert line in text
     assert report["checks"][0].startswith("LoRA trains") and "from-scratch training" in report["checks"][1]
 
+    more = [*argv[: argv.index("--rows")], "--rows", "frozen", "--append", *argv[argv.index("--work_dir") :]]
+    assert load_script("transfer_table").main(more) == 0
+    appended = json.loads((out / "transfer_office.json").read_text())
+    assert [row["row"] for row in appended["rows"]] == ["lora", "scratch", "frozen"]
+    assert appended["rows"][0] == report["rows"][0]  # the earlier rows are kept as they were
+    assert appended["command"] == f"{report['command']}` then `python scripts/transfer_table.py {' '.join(more)}"
+    other_base = [a if a != str(base_dir) else str(tmp_path) for a in more]
+    with pytest.raises(SystemExit, match="was made with --base"):
+        load_script("transfer_table").main(other_base)
+
 
 def test_performance_benchmark_sections_write_tables(tmp_path):
     if importlib.util.find_spec("recbole") is None:
