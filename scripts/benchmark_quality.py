@@ -864,7 +864,7 @@ def build_report(args, command, info, splits, records, found, began, finished) -
         "command": command,
         "protocol": PROTOCOL,
         "machine": info,
-        "arguments": dataclasses.asdict(args),
+        "arguments": {name: repo_relative(value) for name, value in dataclasses.asdict(args).items()},
         "seeds": args.seeds,
         "finished": finished,
         "notes": notes,
@@ -885,6 +885,13 @@ def build_report(args, command, info, splits, records, found, began, finished) -
         "targets": targets(records, transfer, best),
         "wall_s": time.perf_counter() - began,
     }
+
+
+def repo_relative(value):
+    """An absolute path as seen from the repository (results are committed: no path of this machine in them)."""
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.relpath(value, REPO)
+    return value
 
 
 def write_report(report: dict, output_dir: Path) -> None:
