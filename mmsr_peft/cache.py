@@ -91,7 +91,7 @@ class FeatureCache:
         distinct = [keys[i] for i in first]
         first = torch.tensor(first, dtype=torch.long)
         expand = torch.tensor([position[key] for key in keys], dtype=torch.long)
-        stored = self._read(path)
+        stored = _read_tensors(path)
         rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
         found = [rows.get(key) for key in distinct]
         missing = [i for i, row in enumerate(found) if row is None]
@@ -108,16 +108,6 @@ class FeatureCache:
             self._write(path, stored, digests[first], found, outputs)
         return EncoderOutput(*(outputs[name][expand] for name in ("pooled", "tokens", "mask")))
 
-    @staticmethod
-    def _read(path: Path) -> dict | None:
-        if not path.is_file():
-            return None
-        try:
-            return load_file(path)
-        except Exception as err:  # a damaged cache file is recomputed, never trusted
-            logger.warning("cache file %s is unreadable (%s); computing its rows again", path, err)
-            return None
-
     def _write(self, path: Path, stored, digests, found, outputs) -> None:
         """Stores the current items plus the previously cached items this catalog did not use."""
         tensors = {"digests": digests, **outputs}
@@ -125,20 +115,31 @@ class FeatureCache:
             used = torch.zeros(len(stored["digests"]), dtype=torch.bool)
             used[[row for row in found if row is not None]] = True
             tensors = {name: torch.cat([value, stored[name][~used]]) for name, value in tensors.items()}
-        self._write_tensors(self.folder, path, tensors)
+        _write_tensors(self.folder, path, tensors)
 
-    @staticmethod
-    def _write_tensors(folder: Path, path: Path, tensors: dict[str, torch.Tensor]) -> None:
-        """Writes `tensors` to `path` through a temporary file in `folder` and a rename."""
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=folder)
-        os.close(fd)
-        try:
-            save_file({name: value.contiguous() for name, value in tensors.items()}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+def _read_tensors(path: Path) -> dict | None:
+    """The tensors of a cache file; None when it is missing or damaged (a damaged file is recomputed, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path)
+    except Exception as err:
+        logger.warning("cache file %s is unreadable (%s); computing its rows again", path, err)
+        return None
+
+
+def _write_tensors(folder: Path, path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Writes `tensors` to `path` through a temporary file in `folder` and a rename."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=folder)
+    os.close(fd)
+    try:
+        save_file({name: value.contiguous() for name, value in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _gather(stored, found, missing, name, computed) -> torch.Tensor:
@@ -179,7 +180,7 @@ class ImageCache:
         from .data.collate import load_image
 
         path = self.path(side)
-        stored = FeatureCache._read(path)
+        stored = _read_tensors(path)
         rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
         pixels = torch.zeros(len(paths), 3, side, side, dtype=torch.uint8)
         has_image = torch.zeros(len(paths), dtype=torch.bool)
@@ -208,5 +209,5 @@ class ImageCache:
             tensors = {"digests": digests[first], "pixels": pixels[first]}
             if stored is not None:
                 tensors = {name: torch.cat([value, stored[name]]) for name, value in tensors.items()}
-            FeatureCache._write_tensors(self.folder, path, tensors)
+            _write_tensors(self.folder, path, tensors)
         return pixels, has_image

@@ -238,9 +238,12 @@ class TrainCollator:
         padded = pad_histories(sequences)  # (B, T + 1)
         valid = padded >= 0
         num_items = len(self.catalog_inputs)
-        if self.candidates is not None and (self.candidate_rows[padded[valid]] < 0).any():
-            item = int(padded[valid][self.candidate_rows[padded[valid]] < 0][0])
-            raise ValueError(f"training sequences hold catalog item {item}, which is not among the candidates")
+        if self.candidates is not None:
+            items = padded[valid]
+            outside = self.candidate_rows[items] < 0
+            if outside.any():
+                item = int(items[outside][0])
+                raise ValueError(f"training sequences hold catalog item {item}, which is not among the candidates")
         if self.loss == "full_ce":
             if self.candidates is None:
                 return TrainBatch(self.catalog_inputs, inputs=padded[:, :-1], targets=padded[:, 1:])
