@@ -13,7 +13,8 @@ Protocol: leave-one-out by time, full ranking over every item, history items exc
 Rows (`--rows`, any subset; a fine-tuning row brings the row it starts from):
 - `id`: our SASRec with an `id` item tower; `recbole`: RecBole's SASRec on the same split, exported with
   `mmsr_peft.data.recbole.export_recbole` and run by `scripts/recbole_sasrec.py` in `.venv-recbole` (when that
-  environment or script is missing or fails, the row says "not run: <reason>");
+  environment or script is missing or fails, the row says "not run: <reason>"); its seeds run one after another in
+  a process beside the other rows (`--recbole_background`), so a 2-core machine trains both at once;
 - `text`, `image`: one modality, the pretrained encoder frozen (MiniLM, MobileNetV2 on posters);
 - `concat_mlp`, `gated`, `merge_attention`: text + image, both encoders frozen;
 - `text_lora`, `best_lora`, `best_full`: the encoders train. They start from the weights of their frozen row of
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,8 +148,15 @@ class QualityArguments:
     recbole_seeds: int = field(
         default=1,
         metadata={
-            "help": "RecBole's SASRec runs on this many seeds (one epoch is ~3 min on 2 CPU cores: it trains "
+            "help": "RecBole's SASRec runs on this many seeds (one epoch is ~3.5 min on one CPU core: it trains "
             "on every prefix of every sequence)."
+        },
+    )
+    recbole_background: bool = field(
+        default=True,
+        metadata={
+            "help": "Run RecBole's seeds in a process beside the other rows (a second core; both use one thread "
+            "with OMP_NUM_THREADS=1); --recbole_background false runs them after the other rows."
         },
     )
     recbole_python: str = field(
@@ -502,11 +511,6 @@ def run_all(bench: Benchmark, splits: dict, rows: list[str], records: dict, log)
             for seed in a.seeds:
                 records[name][split][seed] = record = bench.run_frozen(name, split, corpus, seed)
                 log(f"{split:4s} {name:16s} seed {seed}: {summary(record)}")
-    if "recbole" in rows:
-        for seed in a.seeds[: a.recbole_seeds]:
-            records["recbole"]["main"][seed] = record = bench.run_recbole(seed)
-            log(f"main recbole          seed {seed}: {summary(record)}")
-        records["recbole"]["cold"] = {"not_run": "the RecBole export holds the standard split only"}
     best = best_fusion(records)
     for split, corpus in splits.items():
         for name in rows:
@@ -524,6 +528,19 @@ def run_all(bench: Benchmark, splits: dict, rows: list[str], records: dict, log)
                 records[name][split][seed] = record = bench.run_finetune(name, split, corpus, seed, init)
                 log(f"{split:4s} {name:16s} seed {seed}: {summary(record)}")
     return best
+
+
+def start_recbole(bench: Benchmark, pool: ThreadPoolExecutor) -> dict[int, Future]:
+    """Queues RecBole's seeds, one after another, on `pool` (each is a process of its own: see `run_recbole`)."""
+    return {seed: pool.submit(bench.run_recbole, seed) for seed in bench.args.seeds[: bench.args.recbole_seeds]}
+
+
+def finish_recbole(runs: dict[int, Future], records: dict, log) -> None:
+    """Waits for RecBole's seeds and files them under `records["recbole"]`."""
+    for seed, run in runs.items():
+        records["recbole"]["main"][seed] = record = run.result()
+        log(f"main recbole          seed {seed}: {summary(record)}")
+    records["recbole"]["cold"] = {"not_run": "the RecBole export holds the standard split only"}
 
 
 def run_transfer(bench: Benchmark, fusion: str, results: dict, log) -> None:
@@ -833,13 +850,18 @@ def main(argv=None) -> int:
         log(message)
         write()
 
-    with tempfile.TemporaryDirectory(prefix="quality-") as work:
+    with tempfile.TemporaryDirectory(prefix="quality-") as work, ThreadPoolExecutor(max_workers=1) as pool:
         bench = Benchmark(args, domain, Path(work))
         found["notes"] = bench.feature_notes
         log(f"catalog inputs ready ({len(domain.catalog)} items); rows: {', '.join(rows)}")
-        found["best"] = run_all(bench, splits, [r for r in rows if r != "transfer"], records, log_and_write)
+        recbole = start_recbole(bench, pool) if "recbole" in rows and args.recbole_background else None
+        found["best"] = run_all(
+            bench, splits, [r for r in rows if r not in ("transfer", "recbole")], records, log_and_write
+        )
         if "transfer" in rows:
             run_transfer(bench, args.transfer_fusion, found["transfer"], log_and_write)
+        if "recbole" in rows:
+            finish_recbole(recbole or start_recbole(bench, pool), records, log_and_write)
     write(finished=True)
     log(f"wrote {output_dir}/quality_ml100k.md, .json, .png")
     print((output_dir / "quality_ml100k.md").read_text())
