@@ -70,3 +70,45 @@ def test_rows_bring_their_starting_rows_and_bad_rows_fail(benchmark):
     assert benchmark.expand_rows(["gated", "best_lora"]) == ["gated", "best_lora"]
     with pytest.raises(ValueError, match="valid rows: id, recbole"):
         benchmark.QualityArguments(rows=["sasrec"])
+
+
+def quality_report(ndcg: dict[str, list[float]], **arguments) -> dict:
+    """A minimal quality_ml100k.json: `ndcg[row]` per seed on the standard split (HR@10 = 2 x NDCG@10)."""
+    records = {
+        name: {
+            "main": {str(seed): {"test": {"all": {"ndcg@10": v, "hr@10": 2 * v}}} for seed, v in enumerate(values)},
+            "cold": {"not_run": "not in --cold_rows"},
+        }
+        for name, values in ndcg.items()
+    }
+    return {"command": "python scripts/benchmark_quality.py", "arguments": arguments, "records": records}
+
+
+def test_compare_quality_flags_rows_outside_the_reference_std(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("compare_quality", SCRIPT.with_name("compare_quality.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    reference = quality_report({"id": [0.04, 0.05], "text": [0.07, 0.08], "gated": [0.08, 0.081]}, epochs=10)
+    rerun = quality_report({"id": [0.04, 0.05], "text": [0.072, 0.082], "gated": [0.09, 0.091]}, epochs=5)
+    paths = [tmp_path / "reference.json", tmp_path / "rerun.json"]
+    for path, report in zip(paths, (reference, rerun), strict=True):
+        path.write_text(json.dumps(report))
+
+    assert compare.main([*map(str, paths), "--output", str(tmp_path / "check.md")]) == 1
+    text = (tmp_path / "check.md").read_text()
+    assert "- `epochs`: 10 -> 5" in text
+    assert "| id | standard | ndcg@10 | 0.0450 ± 0.0071 (n=2) | 0.0450 ± 0.0071 (n=2) | +0.0000 | identical |" in text
+    assert "| text | standard | ndcg@10 | 0.0750 ± 0.0071 (n=2) | 0.0770 ± 0.0071 (n=2) | +0.0020 | within |" in text
+    assert "| gated | standard | hr@10 |" in text and "outside (14.1 std)" in text
+    assert "Cells: 2 identical, 2 outside, 2 within" in text
+    assert text in capsys.readouterr().out
+
+    # a partial re-run (seed 0 only) is compared on that seed; without a std on either side there is no verdict
+    rerun["records"]["text"]["main"].pop("1")
+    paths[1].write_text(json.dumps(rerun))
+    compare.main(list(map(str, paths)))
+    assert "| text | standard | ndcg@10 | 0.0700 (n=1) | 0.0720 (n=1) | +0.0020 | no std |" in capsys.readouterr().out
+
+    paths[1].write_text("{}")
+    with pytest.raises(SystemExit, match="rerun.json has no 'records'"):
+        compare.main(list(map(str, paths)))
