@@ -810,9 +810,10 @@ def machine() -> dict:
         "load_average_at_start": load,
     }
     device = info["gpu"] or f"{info['cpu_count']} CPU cores, no GPU"
+    busy = " (other jobs were running: wall times are indicative)" if load[0] >= 0.5 else ""
     info["summary"] = (
         f"{device}, torch {info['torch']} ({info['torch_threads']} threads), Python {info['python']}; load average "
-        f"{load[0]:.1f} at start (the machine was shared with other jobs: wall times are indicative)"
+        f"{load[0]:.1f} at start{busy}"
     )
     return info
 

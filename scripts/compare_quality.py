@@ -104,10 +104,12 @@ def changed_arguments(reference: dict, rerun: dict) -> list[str]:
     ]
 
 
-def compare(reference: dict, rerun: dict, metrics: list[str]) -> tuple[str, int]:
-    """The markdown report and the number of cells outside the reference's standard deviation."""
+def compare(reference: dict, rerun: dict, metrics: list[str], names: tuple[str, str] = ("", "")) -> tuple[str, int]:
+    """The markdown report and the number of cells outside the reference's standard deviation (`names`: how the
+    header calls the two files)."""
     lines = ["# Re-run check of the quality benchmark", ""]
-    lines += [f"Reference: `{reference.get('command', '?')}`", "", f"Re-run: `{rerun.get('command', '?')}`", ""]
+    for role, name, report in (("Reference", names[0], reference), ("Re-run", names[1], rerun)):
+        lines += [f"{role}: {name + ', made by ' if name else ''}`{report.get('command', '?')}`", ""]
     changed = changed_arguments(reference, rerun)
     if changed:
         lines += ["Arguments that differ (rows they touch are expected to move):", ""]
@@ -124,7 +126,7 @@ def compare(reference: dict, rerun: dict, metrics: list[str]) -> tuple[str, int]
             if not ref or not new:
                 continue
             result, delta = verdict(ref, new)
-            kind = result.split(" ")[0]
+            kind = result.split(" (")[0]  # "outside (2.1 std)" counts as "outside"
             counts[kind] = counts.get(kind, 0) + 1
             lines.append(f"| {label} | {where} | {metric} | {cell(ref)} | {cell(new)} | {delta:+.4f} | {result} |")
     lines += ["", "Cells: " + ", ".join(f"{count} {name}" for name, count in sorted(counts.items())), ""]
@@ -133,7 +135,8 @@ def compare(reference: dict, rerun: dict, metrics: list[str]) -> tuple[str, int]
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    text, outside = compare(load(args.reference), load(args.rerun), args.metrics)
+    names = tuple(str(path) if not path.is_absolute() else path.name for path in (args.reference, args.rerun))
+    text, outside = compare(load(args.reference), load(args.rerun), args.metrics, names)
     print(text)
     if args.output is not None:
         from mmsr_peft.io import atomic_write_text

@@ -107,7 +107,9 @@ def test_compare_quality_flags_rows_outside_the_reference_std(tmp_path, capsys):
     rerun["records"]["text"]["main"].pop("1")
     paths[1].write_text(json.dumps(rerun))
     compare.main(list(map(str, paths)))
-    assert "| text | standard | ndcg@10 | 0.0700 (n=1) | 0.0720 (n=1) | +0.0020 | no std |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| text | standard | ndcg@10 | 0.0700 (n=1) | 0.0720 (n=1) | +0.0020 | no std |" in out
+    assert "Cells: 2 identical, 2 no std, 2 outside" in out
 
     paths[1].write_text("{}")
     with pytest.raises(SystemExit, match="rerun.json has no 'records'"):
