@@ -863,9 +863,7 @@ def main(argv=None) -> int:
         found["notes"] = bench.feature_notes
         log(f"catalog inputs ready ({len(domain.catalog)} items); rows: {', '.join(rows)}")
         recbole = start_recbole(bench, pool) if "recbole" in rows and args.recbole_background else None
-        found["best"] = run_all(
-            bench, splits, [r for r in rows if r not in ("transfer", "recbole")], records, log_and_write
-        )
+        found["best"] = run_all(bench, splits, rows, records, log_and_write)  # the frozen and fine-tuning rows
         if "transfer" in rows:
             run_transfer(bench, args.transfer_fusion, found["transfer"], log_and_write)
         if "recbole" in rows:

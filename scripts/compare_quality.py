@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 
-DOMAIN = "ml-100k"
+from benchmark_quality import DOMAIN, cell, not_run, stats  # scripts/ is on the path of a script run from there
+
 SLICES = (("main", "all", "standard"), ("cold", f"{DOMAIN} warm", "cold split, warm targets"))
 SLICES += (("cold", f"{DOMAIN} cold", "cold split, cold targets"),)
 EXACT = 5e-5  # the tables print 4 decimals
@@ -51,18 +51,10 @@ def load(path: Path) -> dict:
 
 
 def per_seed_values(per_seed: dict, key: str, metric: str) -> dict[str, float]:
-    """`{seed: metric}` of every seed that ran (empty when the row did not run)."""
-    if not isinstance(per_seed, dict) or "not_run" in per_seed:
+    """`{seed: metric}` of a row that ran (empty when it did not)."""
+    if not_run(per_seed):
         return {}
-    return {
-        seed: r["test"][key][metric] for seed, r in per_seed.items() if "not_run" not in r and key in r.get("test", {})
-    }
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+    return {seed: record["test"][key][metric] for seed, record in per_seed.items() if key in record["test"]}
 
 
 def slices(report: dict) -> dict[tuple[str, str], tuple[dict, str]]:
@@ -78,7 +70,7 @@ def slices(report: dict) -> dict[tuple[str, str], tuple[dict, str]]:
 
 
 def verdict(ref: list[float], new: list[float]) -> tuple[str, float]:
-    (ref_mean, ref_std), (new_mean, new_std) = mean_std(ref), mean_std(new)
+    (ref_mean, ref_std), (new_mean, new_std) = stats(ref), stats(new)
     delta = new_mean - ref_mean
     if abs(delta) < EXACT:
         return "identical", delta
@@ -88,10 +80,8 @@ def verdict(ref: list[float], new: list[float]) -> tuple[str, float]:
     return ("within" if abs(delta) <= std else f"outside ({abs(delta) / std:.1f} std)"), delta
 
 
-def cell(values: list[float]) -> str:
-    mean, std = mean_std(values)
-    text = f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
-    return f"{text} (n={len(values)})"
+def counted(values: list[float]) -> str:
+    return f"{cell(*stats(values))} (n={len(values)})"
 
 
 def changed_arguments(reference: dict, rerun: dict) -> list[str]:
@@ -120,15 +110,17 @@ def compare(reference: dict, rerun: dict, metrics: list[str], names: tuple[str, 
     for (label, where), (ref_seeds, key) in slices(reference).items():
         new_seeds = ours.get((label, where), ({}, key))[0]
         for metric in metrics:
-            ref, new = per_seed_values(ref_seeds, key, metric), per_seed_values(new_seeds, key, metric)
-            common = ref.keys() & new.keys()  # a partial re-run is compared on the seeds it has run
-            ref, new = ([v for s, v in values.items() if s in common or not common] for values in (ref, new))
+            by_seed = per_seed_values(ref_seeds, key, metric), per_seed_values(new_seeds, key, metric)
+            seeds = by_seed[0].keys() & by_seed[1].keys()  # a partial re-run is compared on the seeds it has run
+            ref, new = ([v for seed, v in values.items() if seed in seeds or not seeds] for values in by_seed)
             if not ref or not new:
                 continue
             result, delta = verdict(ref, new)
             kind = result.split(" (")[0]  # "outside (2.1 std)" counts as "outside"
             counts[kind] = counts.get(kind, 0) + 1
-            lines.append(f"| {label} | {where} | {metric} | {cell(ref)} | {cell(new)} | {delta:+.4f} | {result} |")
+            lines.append(
+                f"| {label} | {where} | {metric} | {counted(ref)} | {counted(new)} | {delta:+.4f} | {result} |"
+            )
     lines += ["", "Cells: " + ", ".join(f"{count} {name}" for name, count in sorted(counts.items())), ""]
     return "\n".join(lines), counts.get("outside", 0)
 

@@ -84,10 +84,10 @@ def quality_report(ndcg: dict[str, list[float]], **arguments) -> dict:
     return {"command": "python scripts/benchmark_quality.py", "arguments": arguments, "records": records}
 
 
-def test_compare_quality_flags_rows_outside_the_reference_std(tmp_path, capsys):
+def test_compare_quality_flags_rows_outside_the_reference_std(benchmark, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("compare_quality", SCRIPT.with_name("compare_quality.py"))
     compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    spec.loader.exec_module(compare)  # its `import benchmark_quality` finds the module the fixture loaded
     reference = quality_report({"id": [0.04, 0.05], "text": [0.07, 0.08], "gated": [0.08, 0.081]}, epochs=10)
     rerun = quality_report({"id": [0.04, 0.05], "text": [0.072, 0.082], "gated": [0.09, 0.091]}, epochs=5)
     paths = [tmp_path / "reference.json", tmp_path / "rerun.json"]
