@@ -29,6 +29,11 @@ Rows (`--rows`, any subset; a fine-tuning row brings the row it starts from):
 Cold start: every row but `recbole` also runs on a second split where `--cold_start_fraction` of the items (drawn
 with `--cold_seed`) never appear in training or histories; warm and cold test targets are reported separately.
 
+Two lanes share the work: the main process runs the table's runs in order, while a background lane runs RecBole's
+seeds and then takes runs from the end of the queue, each in a process of its own (`--background_rows`); a
+fine-tuning run starts once the frozen run it starts from has written its weights to the work folder. Every run is
+seeded and single-threaded (`OMP_NUM_THREADS=1`), so its numbers do not depend on the lane that ran it.
+
 Frozen encoders run once per benchmark over the catalog (and through `--feature_cache_dir` across runs). Writes
 `<output_dir>/quality_ml100k.md`, `.json` (command, protocol, machine, per-seed numbers) and `.png` (NDCG@10 per
 row with error bars).
@@ -47,6 +52,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
 POSTERS = REPO.parent / "shared" / "data" / "ml100k-posters"
@@ -99,6 +106,7 @@ ROWS = {
     "best_full": Row("best text+image ({best}) + full fine-tuning", method="full", init="best"),
 }
 FUSION_ROWS = ("concat_mlp", "gated", "merge_attention")
+SPLITS = ("main", "cold")
 CHOICES = (*ROWS, "transfer")
 
 
@@ -155,7 +163,7 @@ class QualityArguments:
     recbole_seeds: int = field(
         default=1,
         metadata={
-            "help": "RecBole's SASRec runs on this many seeds (one epoch is ~3.5 min on one CPU core: it trains "
+            "help": "RecBole's SASRec runs on this many seeds (one epoch is ~3 min on one CPU core: it trains "
             "on every prefix of every sequence)."
         },
     )
@@ -169,6 +177,18 @@ class QualityArguments:
     recbole_python: str = field(
         default=str(REPO / ".venv-recbole" / "bin" / "python"), metadata={"help": "Python of RecBole's venv."}
     )
+    background_rows: bool = field(
+        default=True,
+        metadata={
+            "help": "A second lane takes runs from the end of the queue, each in a process of its own, once "
+            "RecBole's seeds are done (at once without them), so both cores work until the end; every run is "
+            "seeded, so its numbers do not depend on the lane."
+        },
+    )
+    job: str | None = field(
+        default=None, metadata={"help": "Internal: run one queued run (SPLIT:ROW:SEED:START) in --job_dir."}
+    )
+    job_dir: str | None = field(default=None, metadata={"help": "Internal: the work folder of --job."})
 
     def __post_init__(self):
         unknown = sorted(set(self.rows) - set(CHOICES))
@@ -269,13 +289,16 @@ def needs(rows: list[str], modality: str) -> bool:
 
 class Benchmark:
     """Everything shared by the runs: the catalog inputs with the frozen encoders' outputs attached (computed once),
-    and the frozen-stage weights that fine-tuning rows start from."""
+    and the work folder, where frozen runs leave the weights that fine-tuning rows start from."""
 
-    def __init__(self, args: QualityArguments, domain, work_dir: Path):
-        self.args, self.domain, self.work_dir = args, domain, work_dir
+    def __init__(self, args: QualityArguments, domain, work_dir: Path, argv: list[str] | None = None):
+        self.args, self.domain, self.work_dir, self.argv = args, domain, work_dir, argv or []
         self.inputs, self.feature_notes = self._catalog_inputs()
         self.index = {item_id: i for i, item_id in enumerate(domain.catalog.item_ids)}
-        self.start_weights: dict[tuple, dict] = {}  # (split, row, seed) -> trainable weights of a frozen run
+
+    def weights_path(self, split: str, name: str, seed: int) -> Path:
+        """Where a frozen run leaves its trained weights, the start of the fine-tuning rows (in either lane)."""
+        return self.work_dir / "weights" / f"{split}-{name}-{seed}.safetensors"
 
     def model_args(self, row: Row | dict, **overrides):
         from mmsr_peft.builder import ModelArguments
@@ -409,7 +432,11 @@ class Benchmark:
         model_args = self.model_args(ROWS[name])
         model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
         record = self.fit(model, corpus, self.row_inputs(model_args), seed)
-        self.start_weights[(split, name, seed)] = record.pop("weights")
+        path = self.weights_path(split, name, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        save_file({key: value.contiguous() for key, value in record.pop("weights").items()}, str(partial))
+        os.replace(partial, path)  # the other lane waits for this file: it appears complete or not at all
         return record
 
     def run_finetune(self, name: str, split: str, corpus, seed: int, init: str) -> dict:
@@ -427,7 +454,7 @@ class Benchmark:
         model = build_model(model_args)
         named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         with torch.no_grad():
-            for key, value in self.start_weights[(split, init, seed)].items():
+            for key, value in load_file(str(self.weights_path(split, init, seed))).items():
                 named[key].copy_(value)
         if not full:
             targets = lora_target_modules(model, ["text", "fusion"])
@@ -453,6 +480,25 @@ class Benchmark:
         record.pop("weights")
         record["start"] = init
         return record
+
+    def run(self, run: Run, corpus) -> dict:
+        if run.init is None:
+            return self.run_frozen(run.name, run.split, corpus, run.seed)
+        return self.run_finetune(run.name, run.split, corpus, run.seed, run.init)
+
+    def run_in_process(self, run: Run) -> dict:
+        """`run` in a process of its own (`--job`): the same arguments, the same work folder, so it reads the
+        frozen runs' weights that the main process wrote and writes its own there."""
+        command = [sys.executable, str(Path(__file__).resolve()), *self.argv]
+        command += ["--job", run.spec, "--job_dir", str(self.work_dir)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit status {done.returncode}"]
+            raise RuntimeError(f"run {run.spec} failed in its process: {lines[-1][:500]}")
+        return json.loads(self.record_path(run).read_text())
+
+    def record_path(self, run: Run) -> Path:
+        return self.work_dir / "records" / f"{run.spec.replace(':', '-')}.json"
 
     def run_recbole(self, seed: int) -> dict:
         """RecBole's SASRec in its own venv on our split; `{"not_run": reason}` when it cannot run."""
@@ -504,37 +550,133 @@ def best_fusion(records: dict) -> str | None:
     return max(scores, key=scores.get) if scores else None
 
 
-def run_all(bench: Benchmark, splits: dict, rows: list[str], records: dict, log) -> str | None:
-    """Fills `records[row][split][seed]` for every table row (`log` reports each run and rewrites the report);
-    returns the best fusion."""
-    a = bench.args
-    for split, corpus in splits.items():
+@dataclass(frozen=True)
+class Run:
+    """One run of the table: a row on a split with a seed; a fine-tuning row names the frozen row it starts from
+    (`"best"` until the fusion rows of the main split have run)."""
+
+    split: str
+    name: str
+    seed: int
+    init: str | None = None
+
+    @property
+    def spec(self) -> str:
+        return f"{self.split}:{self.name}:{self.seed}:{self.init or ''}"
+
+    @classmethod
+    def parse(cls, spec: str) -> Run:
+        split, name, seed, init = spec.split(":")
+        return cls(split, name, int(seed), init or None)
+
+
+def plan_runs(args: QualityArguments, splits: dict, rows: list[str], records: dict) -> list[Run]:
+    """Every run of the table in order: the frozen rows, then the fine-tuning rows (fills the "not run" cells)."""
+    runs = []
+    for split in splits:
         for name in rows:
             if name not in ROWS or ROWS[name].method != "frozen":
                 continue
-            if split == "cold" and a.cold_rows is not None and name not in a.cold_rows:
+            if split == "cold" and args.cold_rows is not None and name not in args.cold_rows:
                 records[name][split] = {"not_run": "not in --cold_rows"}
                 continue
-            for seed in a.seeds:
-                records[name][split][seed] = record = bench.run_frozen(name, split, corpus, seed)
-                log(f"{split:4s} {name:16s} seed {seed}: {summary(record)}")
-    best = best_fusion(records)
-    for split, corpus in splits.items():
+            runs += [Run(split, name, seed) for seed in args.seeds]
+    for split in splits:
         for name in rows:
             row = ROWS.get(name)
             if row is None or row.method not in ("lora", "full"):
                 continue
-            if split == "cold" and not (a.finetune_cold and (a.cold_rows is None or name in a.cold_rows)):
+            if split == "cold" and not (args.finetune_cold and (args.cold_rows is None or name in args.cold_rows)):
                 records[name][split] = {"not_run": "encoder-training rows run on the main split (--finetune_cold)"}
                 continue
-            init = best if row.init == "best" else row.init
-            if not_run(records[init][split]):
-                records[name][split] = {"not_run": f"its starting row {init} did not run on this split"}
+            if row.init != "best" and "not_run" in records[row.init][split]:
+                records[name][split] = {"not_run": f"its starting row {row.init} did not run on this split"}
                 continue
-            for seed in a.seeds[: a.finetune_seeds]:
-                records[name][split][seed] = record = bench.run_finetune(name, split, corpus, seed, init)
-                log(f"{split:4s} {name:16s} seed {seed}: {summary(record)}")
-    return best
+            runs += [Run(split, name, seed, row.init) for seed in args.seeds[: args.finetune_seeds]]
+    return runs
+
+
+class RunQueue:
+    """The runs of the table, shared by two lanes: the main process takes them from the front, the background lane
+    from the back; each takes the first run it can start (a fine-tuning run once its frozen run's weights are
+    written) and waits when there is none. Results are filed in seed order, so the report does not depend on which
+    lane ran what."""
+
+    def __init__(self, runs: list[Run], records: dict, bench: Benchmark, log):
+        self.pending, self.records, self.bench, self.log = list(runs), records, bench, log
+        self.running: set[Run] = set()
+        self.error: BaseException | None = None
+        self.condition = threading.Condition()
+
+    def take(self, from_back: bool = False) -> Run | None:
+        with self.condition:
+            while True:
+                if self.error is not None:
+                    raise RuntimeError("the other lane of the benchmark failed") from self.error
+                self._resolve_best()
+                if not self.pending:
+                    return None
+                order = reversed(self.pending) if from_back else self.pending
+                run = next((run for run in order if self._ready(run)), None)
+                if run is not None:
+                    self.pending.remove(run)
+                    self.running.add(run)
+                    return run
+                self.condition.wait()
+
+    def finish(self, run: Run, record: dict, lane: str) -> None:
+        with self.condition:
+            record["lane"] = lane
+            per_seed = self.records[run.name][run.split]
+            per_seed[run.seed] = record
+            self.records[run.name][run.split] = dict(sorted(per_seed.items()))
+            self.running.discard(run)
+            suffix = "" if lane == "main" else f" [{lane}]"
+            self.log(f"{run.split:4s} {run.name:16s} seed {run.seed}: {summary(record)}{suffix}")
+            self.condition.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.condition:
+            self.error = error
+            self.condition.notify_all()
+
+    def _ready(self, run: Run) -> bool:
+        return run.init is None or (
+            run.init != "best" and self.bench.weights_path(run.split, run.init, run.seed).is_file()
+        )
+
+    def _resolve_best(self) -> None:
+        """Once no fusion run of the main split is left, `"best"` becomes the best fusion row (the runs that start
+        from it are filed as not run when there is none)."""
+        if not any(run.init == "best" for run in self.pending):
+            return
+        if any(run.split == "main" and run.name in FUSION_ROWS for run in [*self.pending, *self.running]):
+            return
+        best = best_fusion(self.records)
+        kept = []
+        for run in self.pending:
+            if run.init != "best":
+                kept.append(run)
+            elif best is None or "not_run" in self.records[best][run.split]:
+                reason = "no fusion row ran" if best is None else f"its starting row {best} did not run on this split"
+                self.records[run.name][run.split] = {"not_run": reason}
+            else:
+                kept.append(dataclasses.replace(run, init=best))
+        self.pending = kept
+
+
+def run_lane(bench: Benchmark, queue: RunQueue, splits: dict | None = None) -> None:
+    """Takes runs from `queue` until none is left: in this process from the front (`splits` given), or each in a
+    process of its own from the back (the background lane). A failure stops the other lane too."""
+    try:
+        while (run := queue.take(from_back=splits is None)) is not None:
+            if splits is None:
+                queue.finish(run, bench.run_in_process(run), "background")
+            else:
+                queue.finish(run, bench.run(run, splits[run.split]), "main")
+    except BaseException as err:
+        queue.fail(err)
+        raise
 
 
 def start_recbole(bench: Benchmark, pool: ThreadPoolExecutor) -> dict[int, Future]:
@@ -827,11 +969,13 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     from mmsr_peft.arguments import parse_args
-    from mmsr_peft.domains import build_corpus
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args([QualityArguments], argv, description=__doc__.split("\n\n")[0])
+    if args.job:
+        return run_job(args)
     began = time.perf_counter()
-    command = "python scripts/benchmark_quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/benchmark_quality.py " + shlex.join(argv)
     info = machine()
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -842,10 +986,7 @@ def main(argv=None) -> int:
         print(f"[{(time.perf_counter() - began) / 60:6.1f} min] {message}", flush=True)
 
     domain = prepare_data(args)
-    splits = {
-        "main": build_corpus([domain], args.max_len),
-        "cold": build_corpus([domain], args.max_len, args.cold_start_fraction, args.cold_seed),
-    }
+    splits = {split: build_split(args, domain, split) for split in SPLITS}
     skipped = {split: {"not_run": "not in --rows"} for split in splits}
     records = {name: {split: {} for split in splits} if name in rows else dict(skipped) for name in ROWS}
     found = {"best": None, "transfer": {} if "transfer" in rows else None, "notes": []}
@@ -859,18 +1000,47 @@ def main(argv=None) -> int:
         write()
 
     with tempfile.TemporaryDirectory(prefix="quality-") as work, ThreadPoolExecutor(max_workers=1) as pool:
-        bench = Benchmark(args, domain, Path(work))
+        bench = Benchmark(args, domain, Path(work), argv)
         found["notes"] = bench.feature_notes
         log(f"catalog inputs ready ({len(domain.catalog)} items); rows: {', '.join(rows)}")
+        # one background lane: RecBole's seeds first, then runs from the end of the queue
         recbole = start_recbole(bench, pool) if "recbole" in rows and args.recbole_background else None
-        found["best"] = run_all(bench, splits, rows, records, log_and_write)  # the frozen and fine-tuning rows
+        queue = RunQueue(plan_runs(args, splits, rows, records), records, bench, log_and_write)
+        background = pool.submit(run_lane, bench, queue) if args.background_rows else None
+        run_lane(bench, queue, splits)  # the frozen and fine-tuning rows
         if "transfer" in rows:
             run_transfer(bench, args.transfer_fusion, found["transfer"], log_and_write)
+        if background is not None:
+            background.result()
+        found["best"] = best_fusion(records)
         if "recbole" in rows:
             finish_recbole(recbole or start_recbole(bench, pool), records, log_and_write)
     write(finished=True)
     log(f"wrote {output_dir}/quality_ml100k.md, .json, .png")
     print((output_dir / "quality_ml100k.md").read_text())
+    return 0
+
+
+def build_split(args: QualityArguments, domain, split: str):
+    from mmsr_peft.domains import build_corpus
+
+    if split == "cold":
+        return build_corpus([domain], args.max_len, args.cold_start_fraction, args.cold_seed)
+    return build_corpus([domain], args.max_len)
+
+
+def run_job(args: QualityArguments) -> int:
+    """`--job`: one run of a background lane, on the data and in the work folder of the benchmark that started it;
+    its record goes to a JSON file there."""
+    from mmsr_peft.io import atomic_write_text
+
+    run = Run.parse(args.job)
+    domain = prepare_data(args)
+    bench = Benchmark(args, domain, Path(args.job_dir))
+    record = bench.run(run, build_split(args, domain, run.split))
+    path = bench.record_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record))
     return 0
 
 

@@ -27,17 +27,17 @@ def test_tiny_run_writes_tables_and_per_seed_numbers(benchmark, tmp_path):
     out = tmp_path / "results"
     argv = [
         *TINY_MODEL_FLAGS,
-        "--rows", "id", "text", "recbole",
+        "--rows", "id", "text_lora", "recbole",
         "--seeds", "3",
         "--epochs", "1",
+        "--finetune_cold",
         "--max_users", "40",
         "--data_dir", str(tmp_path / "data"),
         "--posters", str(tmp_path / "no-posters"),  # the rows need no image
-        "--output_dir", str(out),
         "--feature_cache_dir", str(tmp_path / "cache"),
         "--recbole_python", str(tmp_path / "missing-python"),
     ]  # fmt: skip
-    assert benchmark.main(argv) == 0
+    assert benchmark.main([*argv, "--output_dir", str(out)]) == 0
 
     report = json.loads((out / "quality_ml100k.json").read_text())
     assert report["command"].startswith("python scripts/benchmark_quality.py --text_model tiny-bert")
@@ -62,6 +62,25 @@ def test_tiny_run_writes_tables_and_per_seed_numbers(benchmark, tmp_path):
     assert "| text: tiny-bert, frozen | 1 |" in text
     assert "| text+image: gated, frozen | 0 | not run: not in --rows |" in text
     assert (out / "quality_ml100k.png").read_bytes().startswith(b"\x89PNG")
+
+    # the background lane ran some runs in processes of their own; one lane alone gets the same numbers
+    assert {run["lane"] for run in runs(report).values()} == {"main", "background"}
+    assert benchmark.main([*argv, "--output_dir", str(tmp_path / "one-lane"), "--background_rows", "false"]) == 0
+    alone = runs(json.loads((tmp_path / "one-lane" / "quality_ml100k.json").read_text()))
+    assert {run["lane"] for run in alone.values()} == {"main"} and len(alone) == 6  # 3 rows x 2 splits
+    assert {key: run["test"] for key, run in alone.items()} == {key: run["test"] for key, run in runs(report).items()}
+    assert report["records"]["text_lora"]["cold"]["3"]["start"] == "text"
+
+
+def runs(report: dict) -> dict[tuple, dict]:
+    """(row, split, seed) -> the record of every run that has numbers."""
+    return {
+        (name, split, seed): run
+        for name, per_split in report["records"].items()
+        for split, seeds in per_split.items()
+        for seed, run in seeds.items()
+        if isinstance(run, dict) and "test" in run
+    }
 
 
 def test_rows_bring_their_starting_rows_and_bad_rows_fail(benchmark):
