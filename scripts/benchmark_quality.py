@@ -972,6 +972,7 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = parse_args([QualityArguments], argv, description=__doc__.split("\n\n")[0])
+    args.rows = rows = expand_rows(args.rows)  # before --job: its catalog inputs depend on the rows
     if args.job:
         return run_job(args)
     began = time.perf_counter()
@@ -979,8 +980,6 @@ def main(argv=None) -> int:
     info = machine()
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows = expand_rows(args.rows)
-    args.rows = rows
 
     def log(message: str) -> None:
         print(f"[{(time.perf_counter() - began) / 60:6.1f} min] {message}", flush=True)
