@@ -17,15 +17,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .data.collate import ItemInputs
 from .encoders import EncoderOutput
 from .errors import DataError
+from .io import atomic_save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class FeatureCache:
             used = torch.zeros(len(stored["digests"]), dtype=torch.bool)
             used[[row for row in found if row is not None]] = True
             tensors = {name: torch.cat([value, stored[name][~used]]) for name, value in tensors.items()}
-        _write_tensors(self.folder, path, tensors)
+        atomic_save_tensors(path, tensors)
 
 
 def _read_tensors(path: Path) -> dict | None:
@@ -127,19 +127,6 @@ def _read_tensors(path: Path) -> dict | None:
     except Exception as err:
         logger.warning("cache file %s is unreadable (%s); computing its rows again", path, err)
         return None
-
-
-def _write_tensors(folder: Path, path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Writes `tensors` to `path` through a temporary file in `folder` and a rename."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=folder)
-    os.close(fd)
-    try:
-        save_file({name: value.contiguous() for name, value in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _gather(stored, found, missing, name, computed) -> torch.Tensor:
@@ -209,5 +196,5 @@ class ImageCache:
             tensors = {"digests": digests[first], "pixels": pixels[first]}
             if stored is not None:
                 tensors = {name: torch.cat([value, stored[name]]) for name, value in tensors.items()}
-            _write_tensors(self.folder, path, tensors)
+            atomic_save_tensors(path, tensors)
         return pixels, has_image

@@ -84,6 +84,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def atomic_save_tensors(path: str | os.PathLike, tensors: dict) -> None:
+    """Writes `tensors` to the safetensors file `path` through a temporary file in the same folder and a rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({name: value.contiguous() for name, value in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _link_missing(source: Path, target: Path) -> None:
     """Adds to `target` every entry of `source` it lacks (merging sub-folders both have), as hard links."""
     for entry in source.iterdir():

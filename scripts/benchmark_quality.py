@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 POSTERS = REPO.parent / "shared" / "data" / "ml100k-posters"
@@ -427,16 +427,13 @@ class Benchmark:
         from accelerate.utils import set_seed
 
         from mmsr_peft.builder import build_model
+        from mmsr_peft.io import atomic_save_tensors
 
         set_seed(seed)
         model_args = self.model_args(ROWS[name])
         model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
         record = self.fit(model, corpus, self.row_inputs(model_args), seed)
-        path = self.weights_path(split, name, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        save_file({key: value.contiguous() for key, value in record.pop("weights").items()}, str(partial))
-        os.replace(partial, path)  # the other lane waits for this file: it appears complete or not at all
+        atomic_save_tensors(self.weights_path(split, name, seed), record.pop("weights"))
         return record
 
     def run_finetune(self, name: str, split: str, corpus, seed: int, init: str) -> dict:
@@ -641,9 +638,9 @@ class RunQueue:
             self.condition.notify_all()
 
     def _ready(self, run: Run) -> bool:
-        return run.init is None or (
-            run.init != "best" and self.bench.weights_path(run.split, run.init, run.seed).is_file()
-        )
+        """A frozen run is always ready; a fine-tuning run once its frozen run is filed (its weights are written
+        before that, in either lane)."""
+        return run.init is None or (run.init != "best" and run.seed in self.records[run.init][run.split])
 
     def _resolve_best(self) -> None:
         """Once no fusion run of the main split is left, `"best"` becomes the best fusion row (the runs that start
