@@ -47,7 +47,7 @@ benchmark: $(STAMP) $(RECBOLE_VENV)/.installed
 	$(BIN)/python scripts/benchmark.py
 
 # the command of results/quality_ml100k.md, on 2 lanes: our rows in order on one; RecBole's seeds, then our rows from
-# the end of the queue on the other (the committed run took 130 min, before both lanes took our rows)
+# the end of the queue on the other (the committed run took 113 min on 2 cores)
 quality: $(STAMP) $(RECBOLE_VENV)/.installed
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/benchmark_quality.py --recbole_epochs 10 --recbole_seeds 3 --finetune_cold
 
