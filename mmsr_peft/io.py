@@ -62,42 +62,44 @@ def replace_directory(new: str | os.PathLike, folder: str | os.PathLike) -> None
     shutil.rmtree(new, ignore_errors=True)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yields `(fd, tmp)`: an open descriptor and the path of a temporary file beside `path` (folders created); when
+    the block succeeds, that file replaces `path` in one rename; when it fails, it is removed and `path` is
+    unchanged. The block owns `fd` (closes it, or hands it to `os.fdopen`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would honour the umask
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield fd, tmp
         os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.errno is None:
-            raise
-        raise OSError(err.errno, f"{err.strerror or err} (the previous version is unchanged)", str(path)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+    try:
+        with atomic_file(path) as (fd, tmp):
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would honour the umask
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, f"{err.strerror or err} (the previous version is unchanged)", str(path)) from err
 
 
 def atomic_save_tensors(path: str | os.PathLike, tensors: dict) -> None:
     """Writes `tensors` to the safetensors file `path` through a temporary file in the same folder and a rename."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as (fd, tmp):
+        os.close(fd)
         save_file({name: value.contiguous() for name, value in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _link_missing(source: Path, target: Path) -> None:

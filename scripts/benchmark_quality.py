@@ -586,11 +586,20 @@ def plan_runs(args: QualityArguments, splits: dict, rows: list[str], records: di
             if split == "cold" and not (args.finetune_cold and (args.cold_rows is None or name in args.cold_rows)):
                 records[name][split] = {"not_run": "encoder-training rows run on the main split (--finetune_cold)"}
                 continue
-            if row.init != "best" and "not_run" in records[row.init][split]:
-                records[name][split] = {"not_run": f"its starting row {row.init} did not run on this split"}
+            if row.init != "best" and (reason := missing_start(records, row.init, split)):
+                records[name][split] = {"not_run": reason}
                 continue
             runs += [Run(split, name, seed, row.init) for seed in args.seeds[: args.finetune_seeds]]
     return runs
+
+
+def missing_start(records: dict, init: str | None, split: str) -> str | None:
+    """Why the fine-tuning runs on `split` cannot start from row `init` (None while they can, or may once it ran)."""
+    if init is None:
+        return "no fusion row ran"
+    if "not_run" in records[init][split]:
+        return f"its starting row {init} did not run on this split"
+    return None
 
 
 class RunQueue:
@@ -654,23 +663,19 @@ class RunQueue:
         for run in self.pending:
             if run.init != "best":
                 kept.append(run)
-            elif best is None or "not_run" in self.records[best][run.split]:
-                reason = "no fusion row ran" if best is None else f"its starting row {best} did not run on this split"
+            elif reason := missing_start(self.records, best, run.split):
                 self.records[run.name][run.split] = {"not_run": reason}
             else:
                 kept.append(dataclasses.replace(run, init=best))
         self.pending = kept
 
 
-def run_lane(bench: Benchmark, queue: RunQueue, splits: dict | None = None) -> None:
-    """Takes runs from `queue` until none is left: in this process from the front (`splits` given), or each in a
-    process of its own from the back (the background lane). A failure stops the other lane too."""
+def run_lane(queue: RunQueue, lane: str, execute) -> None:
+    """Takes runs from `queue` until none is left and files what `execute(run)` returns: the main lane from the
+    front, the background lane from the back. A failure stops the other lane too."""
     try:
-        while (run := queue.take(from_back=splits is None)) is not None:
-            if splits is None:
-                queue.finish(run, bench.run_in_process(run), "background")
-            else:
-                queue.finish(run, bench.run(run, splits[run.split]), "main")
+        while (run := queue.take(from_back=lane == "background")) is not None:
+            queue.finish(run, execute(run), lane)
     except BaseException as err:
         queue.fail(err)
         raise
@@ -1002,11 +1007,12 @@ def main(argv=None) -> int:
         # one background lane: RecBole's seeds first, then runs from the end of the queue
         recbole = start_recbole(bench, pool) if "recbole" in rows and args.recbole_background else None
         queue = RunQueue(plan_runs(args, splits, rows, records), records, bench, log_and_write)
-        background = pool.submit(run_lane, bench, queue) if args.background_rows else None
-        run_lane(bench, queue, splits)  # the frozen and fine-tuning rows
+        if args.background_rows:  # each run in a process of its own
+            background = pool.submit(run_lane, queue, "background", bench.run_in_process)
+        run_lane(queue, "main", lambda run: bench.run(run, splits[run.split]))  # the frozen and fine-tuning rows
         if "transfer" in rows:
             run_transfer(bench, args.transfer_fusion, found["transfer"], log_and_write)
-        if background is not None:
+        if args.background_rows:
             background.result()
         found["best"] = best_fusion(records)
         if "recbole" in rows:
@@ -1034,9 +1040,7 @@ def run_job(args: QualityArguments) -> int:
     domain = prepare_data(args)
     bench = Benchmark(args, domain, Path(args.job_dir))
     record = bench.run(run, build_split(args, domain, run.split))
-    path = bench.record_path(run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record))
+    atomic_write_text(bench.record_path(run), json.dumps(record))
     return 0
 
 

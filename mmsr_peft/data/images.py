@@ -30,7 +30,6 @@ import json
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 import urllib.error
@@ -47,7 +46,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..io import atomic_write_text
+from ..io import atomic_file, atomic_write_text
 from .folder import ITEM_SCHEMA, write_table
 
 URL_COLUMN = "image_urls"
@@ -263,14 +262,9 @@ def _fetch_item(item_id: str, urls: list[str], images: Path, client: _Client) ->
 
 def _write_bytes(path: Path, data: bytes) -> None:
     # No fsync per image (millions of files): a file damaged by a power cut fails check_image and is fetched again.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
+    with atomic_file(path) as (fd, _):
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _bounded_map(function, jobs, workers: int):
