@@ -2,9 +2,16 @@
 
 __version__ = "0.1.0"
 
-from .data.catalog import Catalog
-from .domains import DOMAINS, load_domain, load_folder
-from .model import MMSRConfig, MMSRModel, MMSROutput, Recommendations
+import logging
+
+# bitsandbytes (optional; peft imports it whenever it is installed) logs at import time that the `kernels` package,
+# a faster CPU 4-bit matmul, is missing, and then uses its own kernel: nothing to act on, even for a run that
+# quantizes nothing. That one notice is dropped; everything else the logger says gets through.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in str(record.msg))
+
+from .data.catalog import Catalog  # noqa: E402 (after the filter: these imports import peft)
+from .domains import DOMAINS, load_domain, load_folder  # noqa: E402
+from .model import MMSRConfig, MMSRModel, MMSROutput, Recommendations  # noqa: E402
 
 __all__ = [
     "DOMAINS",

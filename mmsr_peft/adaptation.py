@@ -9,11 +9,11 @@ from pathlib import Path
 from .adapters import COMPONENTS, DEFAULT_COMPONENTS, is_adapter_key, lora_target_patterns, model_components
 from .arguments import save_run_args
 from .cards import adapter_card, base_card
-from .domains import DEFAULT_DATA_DIR, DOMAINS, build_corpus, load_domain
+from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, build_corpus, load_domain
 from .evaluation import evaluate, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
-from .quantization import QUANTIZATIONS, quantize_encoders
+from .quantization import QUANTIZATIONS, quantize_encoders, require_bitsandbytes
 from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train
 
 METHODS = {"lora": "LoRA", "full": "full fine-tuning", "frozen": "frozen encoders", "scratch": "from scratch"}
@@ -33,7 +33,10 @@ class AdaptArguments:
     target: str = field(metadata={"help": f"Target domain, one of: {', '.join(sorted(DOMAINS))}."})
     base: str = field(default="outputs/pretrain", metadata={"help": "Base model: local folder or Hub repo id."})
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --base."})
-    data_source: str = field(default="synthetic", metadata={"help": "Where the target's processed data comes from."})
+    data_source: str = field(
+        default="synthetic",
+        metadata={"help": f"Where the target's processed data comes from, one of: {', '.join(SOURCES)}."},
+    )
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
     cold_start_fraction: float = field(
         default=0.0,
@@ -45,8 +48,8 @@ class AdaptArguments:
     components: list[str] | None = field(
         default=None,
         metadata={
-            "help": f"Components that get LoRA, any of {COMPONENTS} (default: those of {DEFAULT_COMPONENTS} the base "
-            "has)."
+            "help": f"Components that get LoRA, any of: {', '.join(COMPONENTS)} (default: those of "
+            f"{', '.join(DEFAULT_COMPONENTS)} the base has)."
         },
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -114,6 +117,8 @@ class AdaptArguments:
             raise ValueError(f"unknown --quantize {self.quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
         if (self.quantize or self.modules_to_save) and self.method != "lora":
             raise ValueError(f"--quantize and --modules_to_save need --method lora, got --method {self.method}")
+        if self.quantize:
+            require_bitsandbytes(f"--quantize {self.quantize}")
         for component in COMPONENTS:  # "q_proj,v_proj" and "q_proj v_proj" both name two modules
             name = f"{component}_target_modules"
             if getattr(self, name):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .domains import DEFAULT_DATA_DIR
+from .domains import DEFAULT_DATA_DIR, SOURCES
 
 
 @dataclass
@@ -20,7 +20,9 @@ class DataArguments:
     domains: list[str] = field(
         default_factory=lambda: ["food", "home", "movies"], metadata={"help": "Source domains to pretrain on."}
     )
-    data_source: str = field(default="synthetic", metadata={"help": "Where processed domains come from."})
+    data_source: str = field(
+        default="synthetic", metadata={"help": f"Where processed domains come from, one of: {', '.join(SOURCES)}."}
+    )
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
     cold_start_fraction: float = field(
         default=0.0,
@@ -35,12 +37,21 @@ class DataArguments:
             raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds `(default: X)` to a help text once, only where there is a default and the text does not give it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.required or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(dataclass_types, argv=None, description: str | None = None):
     """Parses `argv` into one instance of each dataclass. `--config file.yaml` sets defaults that flags override;
     a key of the YAML file that is no argument is an error."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(dataclass_types, description=description)
+    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file whose keys fill the arguments; flags win.")
     config_only = argparse.ArgumentParser(add_help=False)  # read --config before required flags are checked
     config_only.add_argument("--config", default=None)

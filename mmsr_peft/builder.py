@@ -7,10 +7,10 @@ from pathlib import Path
 
 from .data.collate import ItemProcessor
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_CNNS, TextEncoderConfig, VisionEncoderConfig
-from .fusion import FusionConfig
+from .fusion import FUSION_TYPES, FusionConfig
 from .losses import LOSSES
 from .model import ITEM_TOWERS, MMSRConfig, MMSRModel
-from .sequence import SequenceEncoderConfig
+from .sequence import SEQUENCE_TYPES, SequenceEncoderConfig
 
 # A tiny BERT for tests and smoke runs: random weights, the MiniLM tokenizer.
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -49,7 +49,7 @@ def minilm_path() -> str:
 class ModelArguments:
     """Which architecture to build, and which pretrained weights initialise its encoders."""
 
-    item_tower: str = field(default="modal", metadata={"help": f"Item embedding: one of {ITEM_TOWERS}."})
+    item_tower: str = field(default="modal", metadata={"help": f"Item embedding, one of: {', '.join(ITEM_TOWERS)}."})
     text_model: str = field(
         default="minilm",
         metadata={
@@ -69,10 +69,10 @@ class ModelArguments:
         default=None, metadata={"help": "Local open_clip weights file (.safetensors/.pt) for the vision tower."}
     )
     image_size: int = field(default=64, metadata={"help": "Image side in pixels fed to the vision tower."})
-    fusion: str = field(default="concat", metadata={"help": "Fusion type, one of mmsr_peft.fusion.FUSION_TYPES."})
+    fusion: str = field(default="concat", metadata={"help": f"Fusion type, one of: {', '.join(FUSION_TYPES)}."})
     hidden_size: int = field(default=64, metadata={"help": "Width of item and user embeddings."})
     sequence_encoder: str = field(
-        default="sasrec", metadata={"help": "Sequence encoder type (see SequenceEncoderConfig)."}
+        default="sasrec", metadata={"help": f"Sequence encoder, one of: {', '.join(SEQUENCE_TYPES)}."}
     )
     num_layers: int = field(default=2, metadata={"help": "Sequence encoder layers."})
     num_heads: int = field(default=2, metadata={"help": "Sequence encoder attention heads (SASRec)."})
@@ -80,7 +80,7 @@ class ModelArguments:
     max_len: int = field(default=50, metadata={"help": "History length read by the sequence encoder."})
     text_max_length: int = field(default=32, metadata={"help": "Tokens per item text."})
     temperature: float = field(default=0.07, metadata={"help": "Softmax temperature on cosine scores."})
-    loss: str = field(default="sampled_softmax", metadata={"help": f"Training loss, one of {LOSSES}."})
+    loss: str = field(default="sampled_softmax", metadata={"help": f"Training loss, one of: {', '.join(LOSSES)}."})
     itc_weight: float = field(
         default=0.0, metadata={"help": "Weight of the auxiliary image-text contrastive loss (modal only; 0: off)."}
     )

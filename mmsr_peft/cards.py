@@ -1,4 +1,5 @@
-"""Model cards for base models and adapters, rendered from the templates in `model_cards/`.
+"""Model cards for base models and adapters, rendered from the templates of `mmsr_peft.model_cards` (the repository's
+`model_cards/` folder, shipped inside the package).
 
 A card is a function of a run folder (its `config.json` or `adapter_config.json`, `metrics.json` and
 `run_args.json`) and of the repo id it is published under, so `mmsr-publish` can render it again for the Hub.
@@ -7,11 +8,12 @@ A card is a function of a run folder (its `config.json` or `adapter_config.json`
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
 
 from .evaluation import PROTOCOL, format_table
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
+TEMPLATES = "mmsr_peft.model_cards"
 TASK = "sequential-recommendation"
 SYNTHETIC_NOTE = (
     "The embedded **synthetic** multi-domain world of mmsr_peft (generated, deterministic): items with text and "
@@ -30,10 +32,8 @@ def _read(folder: Path, name: str) -> dict:
 def _render(template: str, card_data, **values) -> str:
     from huggingface_hub import ModelCard
 
-    path = TEMPLATES / template
-    if not path.is_file():
-        raise FileNotFoundError(f"model card template {path} not found (install mmsr_peft from its repository)")
-    return str(ModelCard.from_template(card_data, template_path=str(path), **values))
+    text = files(TEMPLATES).joinpath(template).read_text(encoding="utf-8")
+    return str(ModelCard.from_template(card_data, template_str=text, **values))
 
 
 def _eval_results(metrics: dict, model_name: str, domain: str) -> list:

@@ -31,7 +31,8 @@ def adapt_main(argv=None) -> int:
 
 
 def pretrain_main(argv=None) -> int:
-    """Pretraining of a base model on source domains (also `accelerate launch recipes/pretrain.py`)."""
+    """`mmsr-pretrain`: pretraining of a base model on source domains (in a clone: `accelerate launch
+    recipes/pretrain.py`; several processes without one: `accelerate launch --multi_gpu $(which mmsr-pretrain)`)."""
     from .arguments import DataArguments
     from .builder import ModelArguments
     from .pretraining import pretrain

@@ -102,18 +102,21 @@ def chunked_ranks(
         users: `(B, D)`; items: `(N, D)`, the candidates; targets: `(B,)` rows of `items`;
         histories: `(B, T)` rows of `items` to exclude (-1 = padding), or None to rank against every item.
     """
-    # Each target's score comes from the same product as its competitors' scores, so ties are exact.
-    target_scores = users.new_empty(len(users), 1)
-    for first in range(0, len(items), chunk_size):
-        last = min(first + chunk_size, len(items))
+    # Each target's score is read from the very product that scores its competitors (the same shapes, so the same
+    # BLAS kernel on any CPU): a target and an item that scores alike tie exactly. With several chunks, the chunks
+    # that hold targets are scored twice; with one chunk (catalogs up to `chunk_size`), once.
+    chunks = [(first, min(first + chunk_size, len(items))) for first in range(0, len(items), chunk_size)]
+    target_scores, scores = users.new_empty(len(users), 1), None
+    for first, last in chunks:
         inside = (targets >= first) & (targets < last)
         if inside.any():
-            scores = users[inside] @ items[first:last].T
-            target_scores[inside] = scores.gather(1, (targets[inside] - first)[:, None])
+            scores = users @ items[first:last].T  # (B, chunk)
+            target_scores[inside] = scores[inside].gather(1, (targets[inside] - first)[:, None])
     ranks = torch.zeros(len(users), dtype=torch.long, device=users.device)
-    for first in range(0, len(items), chunk_size):
-        last = min(first + chunk_size, len(items))
-        ahead = users @ items[first:last].T >= target_scores
+    for first, last in chunks:
+        if len(chunks) > 1 or scores is None:
+            scores = users @ items[first:last].T
+        ahead = scores >= target_scores
         if histories is not None:
             ahead &= ~history_mask(histories, first, last)
         inside = torch.nonzero((targets >= first) & (targets < last)).squeeze(1)

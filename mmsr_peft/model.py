@@ -384,9 +384,13 @@ def resolve_checkpoint(
     try:
         folder = Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=patterns))
     except RepositoryNotFoundError as err:
-        raise CheckpointError(f"{name_or_path}: no such local folder, and no such repo on the Hub") from err
+        raise CheckpointError(
+            f"{name_or_path}: no local folder {path.resolve()}, and no such repo on the Hub"
+        ) from err
     except (HfHubHTTPError, OSError, ValueError) as err:  # offline cache misses, connection errors, bad ids
-        raise CheckpointError(f"{name_or_path}: no such local folder, and not available from the Hub ({err})") from err
+        raise CheckpointError(
+            f"{name_or_path}: no local folder {path.resolve()}, and not available from the Hub as a repo id ({err})"
+        ) from err
     if not (folder / WEIGHTS_FILE).is_file() and not allow_pickle:
         from huggingface_hub import HfApi
 

@@ -14,11 +14,20 @@ from torch import nn
 QUANTIZATIONS = ("4bit", "8bit")
 
 
-def _bitsandbytes():
+def require_bitsandbytes(option: str) -> None:
+    """Fails with the install command when bitsandbytes, an optional dependency (the `qlora` extra), is missing."""
     try:
-        import bitsandbytes
+        import bitsandbytes  # noqa: F401
     except ImportError as err:
-        raise ImportError("--quantize needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from err
+        raise ImportError(
+            f"{option} needs bitsandbytes, which is not installed: pip install 'mmsr-peft[qlora]'"
+        ) from err
+
+
+def _bitsandbytes():
+    require_bitsandbytes("--quantize")
+    import bitsandbytes
+
     return bitsandbytes
 
 

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from .data.collate import ItemInputs, TrainCollator
 from .encoders import EncoderOutput
 from .evaluation import EvalSet, evaluate
+from .quantization import require_bitsandbytes
 
 SELECTION_METRIC = "ndcg@10"
 COMPLETE_MARKER = "complete"  # written last into each saved training state
@@ -77,16 +78,16 @@ class TrainingArguments:
             raise ValueError(f"--mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.optim not in OPTIMIZERS:
             raise ValueError(f"unknown --optim {self.optim!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+        if self.optim == "adamw8bit":
+            require_bitsandbytes("--optim adamw8bit")
 
 
 def make_optimizer(params, args: TrainingArguments) -> torch.optim.Optimizer:
     """AdamW over `params`: torch's, or bitsandbytes' AdamW8bit (`optim="adamw8bit"`), whose 8-bit moments take a
     quarter of the memory (tensors under 4096 values keep 32-bit moments)."""
     if args.optim == "adamw8bit":
-        try:
-            import bitsandbytes
-        except ImportError as err:
-            raise ImportError("--optim adamw8bit needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from err
+        import bitsandbytes
+
         return bitsandbytes.optim.AdamW8bit(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
 

@@ -6,7 +6,7 @@ in the project's `.venv`). The data comes from `mmsr-data recbole-export`:
     make recbole-venv                                                   # once: .venv-recbole
     .venv/bin/mmsr-data movielens --data_dir data
     .venv/bin/mmsr-data recbole-export data/movielens/ml-100k recbole/ml-100k
-    .venv-recbole/bin/python scripts/recbole_sasrec.py recbole/ml-100k --epochs 50 --output results/recbole_sasrec.json
+    .venv-recbole/bin/python scripts/recbole_sasrec.py recbole/ml-100k --output outputs/recbole_sasrec.json
     .venv-recbole/bin/python scripts/recbole_sasrec.py recbole/ml-100k --epochs 2    # a quick smoke run
 
 What it does: RecBole's `SASRec` (hidden 64, 2 layers, 2 heads, CE loss = softmax over every item) trains with
@@ -14,16 +14,19 @@ RecBole's `Trainer` on `<name>.train.inter`, one row per training transition of 
 validated on `<name>.valid.inter` and the epoch with the best validation NDCG@10 is kept (early stopping after
 `--patience` epochs without improvement). The kept model is then evaluated on `<name>.test.inter` twice:
 
-- `test`: our protocol (mmsr_peft.evaluation.PROTOCOL), computed here from SASRec's full-sort scores: every item is
-  a candidate except the items of the history the model reads (a target that repeats one of them is a miss); ties
-  count against the target.
+- `test`: our main protocol (mmsr_peft.evaluation.PROTOCOL), computed here from SASRec's full-sort scores: every
+  item is a candidate except the items the user interacted with before the target (its whole known history, not
+  only the last max_len items the model reads); ties count against the target.
+- `test_last_max_len` and `test_unmasked`: the secondary columns, from the same scores: only the history the model
+  reads is excluded, or nothing is.
 - `test_recbole`: RecBole's own full-sort evaluation, as RecBole reports it: for sequential models RecBole does NOT
   exclude history items (its `FullSortEvalDataLoader` passes no history for them) and breaks score ties with
   `torch.topk`.
 
-Validation (model selection) uses our protocol too (RecBole's evaluator with the history items masked). Prints and
-optionally writes a JSON report: metrics, the data sizes, training rows per second, evaluation users per second
-and wall times.
+Validation (model selection) uses our main protocol too (RecBole's evaluator with the user's known items masked).
+Prints and optionally writes a JSON report: metrics, the validation NDCG@10 of every epoch, the best epoch, the
+epochs run and why training stopped (`patience` or the `ceiling` of --epochs), the data sizes, training rows per
+second, evaluation users per second and wall times.
 
 Compatibility shims, applied in this process only (site-packages is not edited): RecBole 1.2.1's `Config` aliases
 `np.float_`, `np.complex_`, `np.unicode_`, removed in numpy 2, so they are restored; its best-model checkpoint is a
@@ -48,10 +51,14 @@ from pathlib import Path
 
 MISS = 2**62
 PROTOCOL = (
-    "full ranking over every item of the catalog; items of the history the model reads (its last max_len items) "
-    "are excluded from the candidates, so a target that repeats one of them counts as a miss; ties are counted "
-    "against the target (pessimistic rank); HR@K equals Recall@K with one target"
+    "full ranking over every item of the catalog; the items the user interacted with before the target (its whole "
+    "known history) are excluded from the candidates; ties are counted against the target (pessimistic rank); "
+    "HR@K equals Recall@K with one target"
 )
+SECONDARY_PROTOCOLS = {
+    "test_last_max_len": "as `test`, but only the last max_len history items (those the model reads) are excluded",
+    "test_unmasked": "as `test`, but no item is excluded (history items stay candidates)",
+}
 RECBOLE_PROTOCOL = (
     "RecBole 1.2.1 full-sort evaluation of a sequential model: every item is a candidate, history items included "
     "(RecBole excludes them only for non-sequential models); ties broken by torch.topk"
@@ -62,7 +69,7 @@ METRICS = ("hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20", "mrr@20")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("benchmark_dir", help="Folder written by `mmsr-data recbole-export` (RecBole data_path/name).")
-    parser.add_argument("--epochs", type=int, default=50, help="Most training epochs.")
+    parser.add_argument("--epochs", type=int, default=200, help="Epoch ceiling (reported when it is hit).")
     parser.add_argument("--patience", type=int, default=10, help="Epochs without a better validation NDCG@10.")
     parser.add_argument("--hidden_size", type=int, default=64, help="Item embedding and transformer width.")
     parser.add_argument("--num_layers", type=int, default=2, help="Transformer layers.")
@@ -153,6 +160,8 @@ def run(recbole, args, folder: Path, name: str, export: dict, work: Path) -> dic
         "data_path": str(folder.parent),
         "benchmark_filename": ["train", "valid", "test"],
         "load_col": {"inter": ["user_id", "item_id_list", "item_id"], "item": ["item_id"]},  # every catalog item
+        # one id space for history and target items (without it RecBole remaps item_id_list on its own)
+        "alias_of_item_id": ["item_id_list"],
         "MAX_ITEM_LIST_LENGTH": max_len,
         "eval_args": {"order": "TO", "mode": "full"},
         "loss_type": "CE",
@@ -190,17 +199,24 @@ def run(recbole, args, folder: Path, name: str, export: dict, work: Path) -> dic
     train_data, valid_data, test_data = recbole.data.data_preparation(config, dataset)
     recbole.utils.init_seed(config["seed"], config["reproducibility"])
     model = recbole.model.sequential_recommender.SASRec(config, train_data.dataset).to(config["device"])
-    trainer = make_trainer(recbole, config, model)
+    user_field = config["USER_ID_FIELD"]
+    known_before_valid = known_items(model, user_field, train_data.dataset, shape=(dataset.user_num, dataset.item_num))
+    known_before_test = known_before_valid | known_items(
+        model, user_field, valid_data.dataset, shape=(dataset.user_num, dataset.item_num)
+    )
+    trainer = make_trainer(recbole, config, model, user_field)
     load_s = time.perf_counter() - start
 
+    trainer.known = known_before_valid.to(config["device"])
     trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
     model.load_state_dict(trainer.best_state)
 
     eval_start, eval_cpu = time.perf_counter(), time.process_time()
-    ranks = protocol_ranks(model, test_data, config["device"])
+    ranks = protocol_ranks(model, test_data, config["device"], known_before_test, user_field)
     eval_s, eval_cpu = time.perf_counter() - eval_start, time.process_time() - eval_cpu
-    masked = trainer.evaluate(test_data, load_best_model=False)  # RecBole's evaluator, history excluded
-    trainer.exclude_history = False
+    trainer.known = known_before_test.to(config["device"])
+    masked = trainer.evaluate(test_data, load_best_model=False)  # RecBole's evaluator, known items excluded
+    trainer.known = None
     recbole_start = time.perf_counter()
     native = trainer.evaluate(test_data, load_best_model=False)
     recbole_eval_s = time.perf_counter() - recbole_start
@@ -242,17 +258,20 @@ def run(recbole, args, folder: Path, name: str, export: dict, work: Path) -> dic
         },
         "epochs_run": epochs_run,
         "best_epoch": trainer.best_epoch,
+        "stopped_by": "patience" if epochs_run < args.epochs else "ceiling",
         "valid_best": {"protocol": "ours, ties by torch.topk", "ndcg@10": float(trainer.best_valid_score)},
-        "test": {"protocol": PROTOCOL, **rank_metrics(ranks)},
+        "valid_ndcg@10_per_epoch": trainer.valid_scores,
+        "test": {"protocol": PROTOCOL, **rank_metrics(ranks["test"])},
+        **{key: {"protocol": text, **rank_metrics(ranks[key])} for key, text in SECONDARY_PROTOCOLS.items()},
         "test_recbole": {"protocol": RECBOLE_PROTOCOL, **recbole_metrics(native)},
         "test_recbole_history_excluded": {
-            "protocol": "RecBole's evaluator on scores with the history items set to -inf: equals `test` up to ties",
+            "protocol": "RecBole's evaluator on scores with the known items set to -inf: equals `test` up to ties",
             **recbole_metrics(masked),
         },
         "throughput": {
             "train_rows_per_s": train_rows * epochs_run / sum(trainer.train_seconds),
-            "eval_users_per_s": len(ranks) / eval_s,
-            "recbole_eval_users_per_s": len(ranks) / recbole_eval_s,
+            "eval_users_per_s": len(ranks["test"]) / eval_s,
+            "recbole_eval_users_per_s": len(ranks["test"]) / recbole_eval_s,
         },
         "wall_s": {
             "load": load_s,
@@ -266,17 +285,32 @@ def run(recbole, args, folder: Path, name: str, export: dict, work: Path) -> dic
     }
 
 
-def make_trainer(recbole, config, model):
-    """RecBole's `Trainer`, timing each epoch, keeping the best weights in memory (its checkpoint is a pickle that
-    torch >= 2.6 no longer loads by default), and masking history items while `exclude_history` is set."""
+def known_items(model, user_field: str, dataset, shape: tuple[int, int]):
+    """`(users, items)` bool: the items each user has in `dataset`'s rows, as targets or in histories (RecBole's
+    remapped ids; id 0 is padding)."""
+    import torch
+
+    rows = dataset.inter_feat
+    users, histories = rows[user_field], rows[model.ITEM_SEQ]  # (R,), (R, L)
+    known = torch.zeros(shape, dtype=torch.bool)
+    known[users[:, None].expand_as(histories), histories] = True
+    known[users, rows[model.ITEM_ID]] = True
+    known[:, 0] = False
+    return known
+
+
+def make_trainer(recbole, config, model, user_field: str):
+    """RecBole's `Trainer`, timing each epoch, recording each validation NDCG@10, keeping the best weights in
+    memory (its checkpoint is a pickle that torch >= 2.6 no longer loads by default), and masking each user's
+    `known` items (a `(users, items)` bool tensor; None: nothing masked) in its full-sort evaluation."""
     import numpy as np
 
     class Trainer(recbole.trainer.Trainer):
-        exclude_history = True
+        known = None
 
         def __init__(self, config, model):
             super().__init__(config, model)
-            self.train_seconds, self.train_cpu_seconds, self.valid_seconds = [], [], []
+            self.train_seconds, self.train_cpu_seconds, self.valid_seconds, self.valid_scores = [], [], [], []
             self.best_state, self.best_epoch = None, None
 
         def _train_epoch(self, *args, **kwargs):
@@ -288,9 +322,10 @@ def make_trainer(recbole, config, model):
 
         def _valid_epoch(self, *args, **kwargs):
             start = time.perf_counter()
-            result = super()._valid_epoch(*args, **kwargs)
+            score, result = super()._valid_epoch(*args, **kwargs)
             self.valid_seconds.append(time.perf_counter() - start)
-            return result
+            self.valid_scores.append(float(score))
+            return score, result
 
         def _save_checkpoint(self, epoch, verbose=True, **kwargs):
             self.best_state = copy.deepcopy(self.model.state_dict())
@@ -298,33 +333,46 @@ def make_trainer(recbole, config, model):
 
         def _full_sort_batch_eval(self, batched_data):
             interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
-            if self.exclude_history:
-                history = interaction[self.model.ITEM_SEQ].to(scores.device)  # (B, L), 0 = padding
-                scores = scores.scatter(1, history, -np.inf)
+            if self.known is not None:
+                scores = scores.masked_fill(self.known[interaction[user_field].to(scores.device)], -np.inf)
             return interaction, scores, positive_u, positive_i
 
     return Trainer(config, model)
 
 
-def protocol_ranks(model, eval_data, device):
-    """0-based rank of each target under our protocol, from SASRec's full-sort scores."""
+def protocol_ranks(model, eval_data, device, known, user_field: str) -> dict:
+    """0-based rank of each target from SASRec's full-sort scores under our main protocol (`test`: the user's
+    `known` items excluded) and the secondary ones (only the history the model reads excluded; nothing excluded)."""
     import numpy as np
     import torch
 
     model.eval()
-    ranks = []
+    known = known.to(device)
+    ranks = {"test": [], "test_last_max_len": [], "test_unmasked": []}
     with torch.no_grad():
         for interaction, _, _, targets in eval_data:
             interaction, targets = interaction.to(device), targets.to(device)
             scores = model.full_sort_predict(interaction)  # (B, N + 1): column 0 is padding
-            exclude = torch.zeros_like(scores, dtype=torch.bool)
-            exclude.scatter_(1, interaction[model.ITEM_SEQ], True)  # history items (and padding 0)
-            exclude[:, 0] = True
-            target_scores = scores.gather(1, targets[:, None])  # (B, 1)
-            rank = ((scores >= target_scores) & ~exclude).sum(1) - 1
-            rank = rank.masked_fill(exclude.gather(1, targets[:, None]).squeeze(1), MISS)
-            ranks.append(rank.cpu())
-    return np.concatenate([r.numpy() for r in ranks])
+            read = torch.zeros_like(scores, dtype=torch.bool)
+            read.scatter_(1, interaction[model.ITEM_SEQ], True)  # the history the model reads (and padding 0)
+            read[:, 0] = True
+            padding = torch.zeros_like(read)
+            padding[:, 0] = True
+            masks = {
+                "test": read | known[interaction[user_field]],
+                "test_last_max_len": read,
+                "test_unmasked": padding,
+            }
+            for key, exclude in masks.items():
+                ranks[key].append(target_ranks(scores, targets, exclude).cpu().numpy())
+    return {key: np.concatenate(parts) for key, parts in ranks.items()}
+
+
+def target_ranks(scores, targets, exclude):
+    """0-based rank of each target among its row's candidates (as mmsr_peft.evaluation.target_ranks)."""
+    target_scores = scores.gather(1, targets[:, None])  # (B, 1)
+    ranks = ((scores >= target_scores) & ~exclude).sum(1) - 1
+    return ranks.masked_fill(exclude.gather(1, targets[:, None]).squeeze(1), MISS)
 
 
 def rank_metrics(ranks) -> dict[str, float]:

@@ -436,3 +436,17 @@ def test_prepared_folders_get_the_umask_permissions_not_mkdtemp_ones(tmp_path):
     with new_domain_folder(tmp_path / "d") as tmp:
         (tmp / "x").write_text("1")
     assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o777 & ~current_umask()
+
+
+def test_a_failed_domain_write_removes_the_parent_folders_it_made(tmp_path):
+    from mmsr_peft.data.folder import new_domain_folder
+
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "other.txt").write_text("1")
+    for target, made in ((tmp_path / "a" / "b" / "d", tmp_path / "a"), (tmp_path / "kept" / "c" / "d", None)):
+        with pytest.raises(RuntimeError, match="interrupted"), new_domain_folder(target) as tmp:
+            (tmp / "items.parquet").write_text("partial")
+            raise RuntimeError("interrupted")
+        assert not target.exists()
+        assert made is None or not made.exists()
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["other.txt"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TRAIN_FLAGS, tiny_pretrain_argv
+from testing_utils import assert_topk_agree
 
 from mmsr_peft import MMSRModel, load_domain
 from mmsr_peft.adaptation import AdaptArguments, adapt
@@ -65,12 +66,14 @@ def test_new_process_loads_base_and_adapter_and_recommends_identically(base_dir,
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     loaded = json.loads(run.stdout.strip().splitlines()[-1])
-    assert loaded["ids"] == expected.item_ids
+    assert loaded["ids"] == expected.item_ids  # exact: the same forward on identical weights (base + saved adapter)
     assert torch.allclose(torch.tensor(loaded["scores"]), expected.scores, atol=1e-5)
 
     model.disable_adapters()
-    base_only = MMSRModel.from_pretrained(base_dir).recommend(histories, catalog, k=10)
-    assert model.recommend(histories, catalog, k=10).item_ids == base_only.item_ids
+    base_only = MMSRModel.from_pretrained(base_dir).recommend(histories, catalog, k=11)  # 11: near-ties at the cut
+    disabled = model.recommend(histories, catalog, k=10)
+    # the peft-wrapped modules and the plain ones compute alike only up to float32 rounding on some CPUs
+    assert_topk_agree(disabled.scores, disabled.item_ids, base_only.scores, base_only.item_ids, atol=1e-5)
 
 
 def test_adapt_help_prints_every_option_with_its_help(capsys):
@@ -137,9 +140,11 @@ def test_pretrain_resumes_from_saved_state(data_dir, tmp_path, capsys):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
-def test_missing_base_names_it(data_dir, capsys):
+def test_missing_base_names_it(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     assert adapt_main(["--target", "office", "--base", "outputs/no-such-base", "--data_dir", str(data_dir)]) != 0
-    assert "outputs/no-such-base: no such local folder" in capsys.readouterr().err
+    # the folder it looked for, by its full path, before the Hub is mentioned
+    assert f"no local folder {tmp_path.resolve() / 'outputs' / 'no-such-base'}, and" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -166,6 +171,7 @@ def test_adapt_methods_other_than_lora_write_a_model(method, row, base_dir, data
     assert adapt_main([*argv, "--method", method, *TINY_TRAIN_FLAGS, "--num_epochs", "1"]) == 0
     assert f"| {row} |" in capsys.readouterr().out
     trained, base = MMSRModel.from_pretrained(out), MMSRModel.from_pretrained(base_dir)
+    # exact: a weight that did not train is saved as it was loaded
     text_changed = not torch.equal(
         trained.item_tower.text.backbone.embeddings.word_embeddings.weight,
         base.item_tower.text.backbone.embeddings.word_embeddings.weight,

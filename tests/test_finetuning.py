@@ -75,6 +75,7 @@ def test_frozen_batchnorm_keeps_its_statistics_while_the_top_blocks_train():
     assert not low.training and top.training
     before = low.running_mean.clone()
     model.item_tower.vision(torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8))
+    # exact: a frozen BatchNorm's statistics are not written at all
     assert torch.equal(low.running_mean, before) and not torch.equal(
         top.running_mean, torch.zeros_like(top.running_mean)
     )

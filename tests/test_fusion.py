@@ -141,4 +141,4 @@ def test_save_then_load_gives_identical_embeddings(fusion_type, tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     loaded = MMSRModel.from_pretrained(tmp_path / "ckpt")
     assert loaded.config.fusion.type == fusion_type
-    assert torch.equal(loaded.embed_items(inputs), model.embed_items(inputs))
+    assert torch.equal(loaded.embed_items(inputs), model.embed_items(inputs))  # exact: the same forward, same weights

@@ -40,7 +40,7 @@ def test_hf_tower_is_built_from_its_config_and_filled_with_its_weights(hf_folder
 
     model.save_pretrained(tmp_path / "ckpt")
     loaded = MMSRModel.from_pretrained(tmp_path / "ckpt").eval()
-    assert torch.equal(loaded.item_tower.vision(pixels).tokens, out.tokens)
+    assert torch.equal(loaded.item_tower.vision(pixels).tokens, out.tokens)  # exact: the same forward, same weights
 
 
 def test_hf_tower_has_lora_targets_and_top_k(hf_folder):

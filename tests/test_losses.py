@@ -41,6 +41,7 @@ def test_collator_gives_each_loss_its_candidates():
     counts = np.bincount(np.concatenate(SEQUENCES), minlength=20)
 
     full = TrainCollator(catalog, "full_ce")(SEQUENCES)
+    # exact: integer indices
     assert torch.equal(full.items.item_index, torch.arange(20)) and full.targets[0, :3].tolist() == [1, 2, 3]
 
     sampled = TrainCollator(catalog, "sampled_softmax", num_negatives=5, item_counts=counts, seed=0)(SEQUENCES)

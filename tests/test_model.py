@@ -64,10 +64,11 @@ def test_save_then_load_gives_identical_outputs(item_tower, fusion, catalog, tmp
     model.save_pretrained(tmp_path / "ckpt")
     loaded = MMSRModel.from_pretrained(tmp_path / "ckpt")
     after = loaded(batch.items, batch.inputs, batch.targets)
+    # exact: the same forward on identical weights
     assert torch.equal(before.sequence_output, after.sequence_output)
     assert torch.equal(before.loss, after.loss)
     assert loaded.config == model.config
-    histories = [ITEM_IDS[:3], ITEM_IDS[5:7]]
+    histories = [ITEM_IDS[:3], ITEM_IDS[5:7]]  # exact below too: the same forward, so the same scores and order
     assert loaded.recommend(histories, catalog, k=4).item_ids == model.recommend(histories, catalog, k=4).item_ids
 
 
@@ -91,6 +92,7 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path):
     with pytest.raises(CheckpointError, match="pickle"):
         MMSRModel.from_pretrained(tmp_path / "ckpt")
     loaded = MMSRModel.from_pretrained(tmp_path / "ckpt", allow_pickle=True)
+    # exact: the weights are copied
     assert torch.equal(loaded.sequence_encoder.position.weight, model.sequence_encoder.position.weight)
 
 
@@ -234,6 +236,7 @@ def test_vision_tower_from_config_is_filled_from_a_local_open_clip_file(tower, t
     target.load_backbone(str(tmp_path / "open_clip.pt"))
     pixels = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
     expected, loaded = source(pixels), target(pixels)
+    # exact: the same forward on identical weights
     assert torch.equal(expected.pooled, loaded.pooled) and expected.pooled.shape == (2, 24)
     assert loaded.tokens.shape[-1] == target.token_size
     fusion = build_fusion(FusionConfig(type="merge_attention"), (16, 16), (24, target.token_size), 16)

@@ -60,3 +60,9 @@ def test_item_text_and_registry_errors(ml_dir):
     with pytest.raises(DataError, match="mmsr-data movielens"):
         load_domain("ml-100k", source="movielens", data_dir=str(ml_dir / "elsewhere"))
     assert data_main(["movielens", "--data_dir", str(ml_dir)]) == 2  # exists: refuses without --overwrite
+
+
+def test_a_failed_prepare_leaves_no_folder_behind(tmp_path, capsys):
+    assert data_main(["movielens", "--data_dir", str(tmp_path / "data"), "--posters", str(tmp_path / "none")]) == 2
+    assert str(tmp_path / "none") in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()

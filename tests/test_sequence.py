@@ -56,7 +56,8 @@ def test_padding_after_the_history_never_changes_real_positions(kind):
     with torch.no_grad():
         expected = encoder(real)
         for padded in (zeros, garbage):
-            torch.testing.assert_close(encoder(padded)[:, :6], expected, atol=1e-6, rtol=0)
+            # another sequence length, so other matmul shapes: equal up to float32 rounding (values up to ~3)
+            torch.testing.assert_close(encoder(padded)[:, :6], expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", SEQUENCE_TYPES)
@@ -154,5 +155,6 @@ def test_mmsr_model_with_each_encoder_trains_and_round_trips(kind, tmp_path):
     assert loaded.config == model.config
     with torch.no_grad():
         before, after = model(items, inputs, targets), loaded(items, inputs, targets)
+    # exact: the same forward on identical weights
     assert torch.equal(before.sequence_output, after.sequence_output)
     assert torch.equal(before.loss, after.loss)

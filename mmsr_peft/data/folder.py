@@ -30,6 +30,7 @@ def new_domain_folder(target: str | os.PathLike, overwrite: bool = False):
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite to prepare it again")
+    created = next((folder for folder in reversed(target.parents) if not folder.exists()), None)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; a plain mkdir would honour the umask
@@ -37,6 +38,11 @@ def new_domain_folder(target: str | os.PathLike, overwrite: bool = False):
         (tmp / "images").mkdir()
         yield tmp
         replace_directory(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None and not any(path.is_file() for path in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)  # the empty parent folders made above
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -58,6 +58,8 @@ def prepare_movielens(data_dir: str | os.PathLike, posters: str | os.PathLike | 
     """Writes `<data_dir>/movielens/ml-100k/` (atomically). `posters` is a folder of `<item_id>.jpg` files; each
     poster found is copied into the domain's `images/`, items without one have no image."""
     target = Path(data_dir) / "movielens" / NAME
+    if posters is not None and not Path(posters).is_dir():
+        raise DataError(f"--posters {posters}: no such folder ({Path(posters).resolve()})")
     source = recbole_files()
     items = read_atomic(
         source / f"{NAME}.item",
@@ -80,8 +82,6 @@ def prepare_movielens(data_dir: str | os.PathLike, posters: str | os.PathLike | 
 
 
 def _write(folder: Path, items: list[dict], interactions: list[dict], posters: Path | None) -> int:
-    if posters is not None and not posters.is_dir():
-        raise DataError(f"--posters {posters}: not a folder")
     images, copied = [], 0
     for item in items:
         poster = posters / f"{item['item_id']}.jpg" if posters is not None else None

@@ -289,6 +289,9 @@ def export_recbole(
                 "dataset": name,
                 "benchmark_filename": list(SPLITS),
                 "load_col": {"inter": ["user_id", "item_id_list", "item_id"], "item": ["item_id"]},
+                # without it RecBole remaps the history tokens with a vocabulary of their own, so an item's id in a
+                # history differs from its id as a target and SASRec's shared embedding table pairs wrong items
+                "alias_of_item_id": ["item_id_list"],
                 "MAX_ITEM_LIST_LENGTH": max_len,
                 "eval_args": {"order": "TO", "mode": "full"},
             },
