@@ -40,6 +40,13 @@ class TrainingArguments:
     num_negatives: int = field(
         default=256, metadata={"help": "Catalog items sampled per step as extra negatives (sampled_softmax loss)."}
     )
+    logq: bool = field(
+        default=True,
+        metadata={
+            "help": "sampled_softmax: subtract each candidate's log probability of being among the step's candidates "
+            "(the logQ correction of sampling bias); false: no correction."
+        },
+    )
     patience: int = field(default=3, metadata={"help": "Stop after this many evaluations without improvement."})
     eval_batch_size: int = field(default=256, metadata={"help": "Users (and items) per evaluation batch."})
     save_steps: int = field(default=500, metadata={"help": "Save the full training state every N steps."})
@@ -187,7 +194,7 @@ def train(
         catalog_inputs,
         model.config.loss,
         args.num_negatives,
-        counts,
+        counts if args.logq else None,
         seed=args.seed + accelerator.process_index,
         candidates=candidates,
     )

@@ -97,7 +97,8 @@ def test_logq_counts_negatives_drawn_from_the_candidates_only():
     batch = TrainCollator(catalog, num_negatives=4, item_counts=counts, seed=0, candidates=np.arange(4))(
         [np.array([0, 1])]
     )
-    expected = 2 * 0.1 + 4 / 4  # two positions times the item's share, plus 4 draws from 4 candidates
+    # missed by both positions (share 0.1 each) and by all 4 draws from the 4 candidates (not from the 10 items)
+    expected = 1 - (1 - 0.1) ** 2 * (1 - 1 / 4) ** 4
     assert torch.allclose(batch.logq, torch.full_like(batch.logq, np.log(expected)))
 
 

@@ -49,7 +49,8 @@ def test_collator_gives_each_loss_its_candidates():
     assert len(rows) == len(set(rows.tolist())) and set(range(12)) <= set(rows.tolist())
     positions = sum(len(s) for s in SEQUENCES)
     share = counts[rows.numpy()] / counts.sum()
-    assert torch.allclose(sampled.logq, torch.tensor(np.log(positions * share + 5 / 20), dtype=torch.float32))
+    included = 1 - (1 - share) ** positions * (1 - 1 / 20) ** 5
+    assert torch.allclose(sampled.logq, torch.tensor(np.log(included), dtype=torch.float32))
 
     bce = TrainCollator(catalog, "bce", seed=0)(SEQUENCES)
     assert bce.negatives.shape == bce.targets.shape
@@ -87,3 +88,25 @@ def test_bce_without_negatives_and_unknown_loss_are_errors():
         model(ItemInputs(item_index=torch.arange(5)), torch.tensor([[0, 1]]), torch.tensor([[1, 2]]))
     with pytest.raises(ValueError, match="sampled_softmax"):
         MMSRConfig(item_tower="id", num_items=5, loss="hinge")
+
+
+def test_logq_is_the_log_probability_of_inclusion_in_the_unique_candidates():
+    """Monte Carlo: draw the step's positions from the items' shares and the negatives uniformly, deduplicate, and
+    count how often each item is among the candidates; the collator's logQ must be the log of that frequency."""
+    from mmsr_peft.data.collate import log_inclusion
+
+    rng = np.random.default_rng(0)
+    share = rng.dirichlet(np.full(50, 0.3))  # a skewed popularity, as in real data
+    positions, negatives, trials = 40, 30, 20000
+    drawn = np.concatenate(
+        [rng.choice(50, size=(trials, positions), p=share), rng.integers(0, 50, size=(trials, negatives))], axis=1
+    )
+    seen = np.zeros((trials, 50), dtype=bool)
+    np.put_along_axis(seen, drawn, True, axis=1)
+    frequency = seen.mean(0)
+    predicted = log_inclusion(torch.as_tensor(share), positions, negatives, pool=50).exp().numpy()
+    stderr = np.sqrt(frequency * (1 - frequency) / trials)
+    assert np.all(np.abs(predicted - frequency) <= 4 * stderr + 1e-3)
+    # the expected count, the old correction, is far from it for popular items
+    expected_count = positions * share + negatives / 50
+    assert expected_count.max() > 5 and np.abs(expected_count - frequency).max() > 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -173,8 +174,8 @@ class TrainBatch:
         inputs (`torch.LongTensor` of shape `(B, T)`): history items as rows of `items`, -1 for padding.
         targets (`torch.LongTensor` of shape `(B, T)`): the next item at every position, -1 where none.
         negatives (`torch.LongTensor` of shape `(B, T)`, *optional*): one sampled negative per position (`bce`).
-        logq (`torch.FloatTensor` of shape `(N,)`, *optional*): log expected count of each item in the candidate
-            pool (`sampled_softmax`'s correction).
+        logq (`torch.FloatTensor` of shape `(N,)`, *optional*): log probability that each candidate is among the
+            step's candidates (`sampled_softmax`'s correction, see `log_inclusion`).
     """
 
     items: ItemInputs
@@ -191,9 +192,9 @@ class TrainCollator:
     """Collates training sequences (each `max_len + 1` items at most) into a `TrainBatch` for `loss`.
 
     Every distinct item of the batch is encoded once. `sampled_softmax` adds `num_negatives` catalog items drawn
-    uniformly to the candidates, with each candidate's log expected count in the pool (from `item_counts`, the
-    items' frequencies in the training data); `full_ce` makes the whole catalog the candidates; `bce` draws one
-    uniform negative per position.
+    uniformly to the candidates, with each candidate's log inclusion probability (`log_inclusion`; from
+    `item_counts`, the items' frequencies in the training data; no correction without them); `full_ce` makes the
+    whole catalog the candidates; `bce` draws one uniform negative per position.
 
     `candidates` (catalog indices, *optional*) restricts negatives (and `full_ce`'s softmax) to those items: with a
     cold-start split, the cold items must never enter training, not even as negatives.
@@ -262,6 +263,20 @@ class TrainCollator:
         if self.loss == "bce":
             batch.negatives = inverse[int(valid.sum()) :].view(padded.shape)[:, 1:]
         elif self.item_share is not None:
-            expected = int(valid.sum()) * self.item_share[unique] + self.num_negatives / pool
-            batch.logq = expected.log().float()
+            batch.logq = log_inclusion(self.item_share[unique], int(valid.sum()), self.num_negatives, pool).float()
         return batch
+
+
+def log_inclusion(share: torch.Tensor, positions: int, num_negatives: int, pool: int) -> torch.Tensor:
+    """Log probability that each item is among a step's deduplicated candidates: the `positions` items of the
+    batch, taken as draws from the items' training shares, plus `num_negatives` uniform draws from `pool` items.
+
+    The candidates are unique, so the logQ correction is the log of the probability that an item is *included*,
+    `1 - (1 - share)^positions (1 - 1/pool)^num_negatives`, not of its expected count (which exceeds 1 for
+    popular items and would push their logits down by more than sampling explains).
+    """
+    log_miss = positions * torch.log1p(-share.double())  # (N,)
+    if num_negatives:
+        log_miss = log_miss + num_negatives * math.log1p(-1 / pool)
+    # an item with no share and no negative draws cannot be included: keep its log finite
+    return (-torch.expm1(log_miss)).clamp_min(torch.finfo(torch.float64).tiny).log()
