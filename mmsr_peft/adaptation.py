@@ -10,11 +10,11 @@ from .adapters import COMPONENTS, DEFAULT_COMPONENTS, is_adapter_key, lora_targe
 from .arguments import save_run_args
 from .cards import adapter_card, base_card
 from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, build_corpus, load_domain
-from .evaluation import evaluate, format_table, random_baseline
+from .evaluation import evaluate, format_table, random_baseline, secondary_protocols
 from .io import atomic_write_text
 from .model import MMSRModel
 from .quantization import QUANTIZATIONS, quantize_encoders, require_bitsandbytes
-from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train
+from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train, training_record
 
 METHODS = {"lora": "LoRA", "full": "full fine-tuning", "frozen": "frozen encoders", "scratch": "from scratch"}
 
@@ -297,7 +297,11 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         metrics = {"valid": valid, "test": results[row], "best_epoch": state.best_epoch}
         _save(model, args.output_dir, adapt_args, {"metrics": metrics})
         summary = {"test": results, "trainable_parameters": trainable, "total_parameters": total}
-        summary.update(best_epoch=state.best_epoch, history=state.history, data=corpus.stats, trainable_column=share)
+        summary.update(training_record(state, args), data=corpus.stats, trainable_column=share)
+        summary["test_other_exclusions"] = {
+            exclude: other["all"]
+            for exclude, other in secondary_protocols(model, catalog_inputs, corpus.test, args.eval_batch_size).items()
+        }
         if by_target:
             summary["test_by_target"] = by_target
             table += f"\n\nCold start: {len(corpus.cold_items)} items held out of training.\n{format_table(by_target)}"

@@ -41,6 +41,15 @@ def pretrain_main(argv=None) -> int:
     return _run(pretrain, argv, (ModelArguments, DataArguments, TrainingArguments), pretrain_main.__doc__)
 
 
+def baseline_main(argv=None) -> int:
+    """`mmsr-baseline`: a simple ranker (popularity, untrained content-kNN) evaluated like a trained model."""
+    from .arguments import DataArguments
+    from .baselines import BaselineArguments, run_baseline
+    from .builder import ModelArguments
+
+    return _run(run_baseline, argv, (BaselineArguments, ModelArguments, DataArguments), baseline_main.__doc__)
+
+
 def publish_main(argv=None) -> int:
     """`mmsr-publish`: push a base checkpoint or an adapter to the Hugging Face Hub with its model card."""
     from huggingface_hub.errors import HfHubHTTPError

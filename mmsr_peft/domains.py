@@ -148,13 +148,12 @@ def build_corpus(domains: list[Domain], max_len: int, cold_start_fraction: float
         train.extend(seq + offset for seq in split.train)
         if cold is not None:
             cold_items.append(cold + offset)
-        for cases, histories, targets, cold_cases in (
-            (valid, split.valid_histories, split.valid_targets, split.valid_cold),
-            (test, split.test_histories, split.test_targets, split.test_cold),
+        for cases, histories, known, targets, cold_cases in (
+            (valid, split.valid_histories, split.valid_known, split.valid_targets, split.valid_cold),
+            (test, split.test_histories, split.test_known, split.test_targets, split.test_cold),
         ):
-            cases.append(
-                EvalSet(domain.name, [h + offset for h in histories], targets + offset, item_range, cold_cases)
-            )
+            histories, known = [h + offset for h in histories], [k + offset for k in known]
+            cases.append(EvalSet(domain.name, histories, targets + offset, item_range, cold_cases, known))
         stats[domain.name] = {
             "items": len(domain.catalog),
             **domain.sequences.stats,

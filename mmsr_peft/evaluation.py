@@ -16,10 +16,16 @@ DEFAULT_CHUNK_SIZE = 65536  # items scored at once: (users per batch x chunk) fl
 MISS = 2**62  # rank given to a target that is not among the candidates
 PROTOCOL = (
     "leave-one-out by time (last item = test, second last = validation); full ranking over every item of the "
-    "domain's catalog; items in the user's history (its last max_len items, as the model reads it) are excluded "
-    "from the candidates, so a target that repeats one of them counts as a miss; ties are counted against the "
-    "target (pessimistic rank); HR@K equals Recall@K with one target."
+    "domain's catalog; every item the user interacted with before the target (the whole known history, not only "
+    "the last max_len items the model reads) is excluded from the candidates, so a target that repeats one of them "
+    "counts as a miss; ties are counted against the target (pessimistic rank); HR@K equals Recall@K with one target."
 )
+# What `evaluate(exclude=...)` removes from each case's candidates: the main protocol and two secondary columns.
+EXCLUSIONS = {
+    "history": "the user's whole known history (main protocol)",
+    "window": "the last max_len history items only, those the model reads",
+    "none": "nothing: history items stay candidates (RecBole's protocol for sequential models)",
+}
 
 
 @dataclass
@@ -28,11 +34,13 @@ class EvalSet:
 
     Attributes:
         name (`str`): the domain.
-        histories (`list[np.ndarray]`): catalog indices, oldest first (at most `max_len`).
+        histories (`list[np.ndarray]`): catalog indices, oldest first (at most `max_len`): what the model reads.
         targets (`np.ndarray`): catalog index of each held-out item.
         item_range (`tuple[int, int]`): the candidates: catalog rows `[start, end)` (this domain's items).
         cold (`np.ndarray`, *optional*): True for each case whose target is a cold-start item (see
             `Split.leave_one_out`'s `cold_items`).
+        known (`list[np.ndarray]`, *optional*): every item of the user before the target, excluded from the
+            candidates (default: `histories`).
     """
 
     name: str
@@ -40,6 +48,15 @@ class EvalSet:
     targets: np.ndarray
     item_range: tuple[int, int]
     cold: np.ndarray | None = None
+    known: list[np.ndarray] | None = None
+
+    def excluded(self, exclude: str) -> list[np.ndarray] | None:
+        """The items removed from each case's candidates under `exclude` (one of `EXCLUSIONS`)."""
+        if exclude not in EXCLUSIONS:
+            raise ValueError(f"unknown exclude {exclude!r}; valid: {', '.join(EXCLUSIONS)}")
+        if exclude == "none":
+            return None
+        return self.known if exclude == "history" and self.known is not None else self.histories
 
 
 def rank_metrics(ranks: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
@@ -159,12 +176,13 @@ def evaluate(
     eval_sets: list[EvalSet],
     ks=DEFAULT_KS,
     batch_size: int = 256,
-    exclude_history: bool = True,
+    exclude: str = "history",
     progress: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, dict[str, float]]:
     """Full-ranking metrics per evaluation set, plus `"all"` (weighted by number of cases). A set with cold items
-    also reports `"<name> warm"` and `"<name> cold"`: the cases whose target is a warm / cold item.
+    also reports `"<name> warm"` and `"<name> cold"`: the cases whose target is a warm / cold item. `exclude`
+    (one of `EXCLUSIONS`) says which items leave each case's candidates: by default the user's whole history.
 
     Catalog embeddings are computed once; each batch of users is scored with one matrix multiply per chunk of
     `chunk_size` items, so memory stays bounded for any catalog size.
@@ -176,13 +194,17 @@ def evaluate(
     results, all_ranks = {}, []
     for eval_set in eval_sets:
         start, end = eval_set.item_range
+        excluded = eval_set.excluded(exclude)
         ranks = []
         batches = range(0, len(eval_set.targets), batch_size)
         for first in tqdm(batches, desc=f"eval {eval_set.name}", disable=not progress, leave=False):
             histories = pad_histories(eval_set.histories[first : first + batch_size]).to(device)
             targets = torch.as_tensor(eval_set.targets[first : first + batch_size], device=device) - start
             users = model.user_embeddings(item_embeddings, histories).float()  # (B, D)
-            local = torch.where(histories >= 0, histories - start, -1) if exclude_history else None
+            local = None
+            if excluded is not None:
+                known = pad_histories(excluded[first : first + batch_size]).to(device)  # (B, longest history)
+                local = torch.where(known >= 0, known - start, -1)
             ranks.append(chunked_ranks(users, item_embeddings[start:end], targets, local, chunk_size).cpu())
         ranks = torch.cat(ranks).numpy()
         all_ranks.append(ranks)
@@ -195,13 +217,24 @@ def evaluate(
     return results
 
 
-def random_baseline(eval_sets: list[EvalSet], ks=DEFAULT_KS, exclude_history: bool = True) -> dict[str, float]:
-    """Expected metrics of a random ranking over the same candidates as `evaluate`."""
+def secondary_protocols(model, catalog_inputs: ItemInputs, eval_sets: list[EvalSet], batch_size: int = 256) -> dict:
+    """`evaluate` under the other exclusions of `EXCLUSIONS` (the secondary columns of a results table):
+    `{exclude: results}`, from the same model and catalog embeddings as the main protocol."""
+    return {
+        exclude: evaluate(model, catalog_inputs, eval_sets, batch_size=batch_size, exclude=exclude, progress=False)
+        for exclude in EXCLUSIONS
+        if exclude != "history"
+    }
+
+
+def random_baseline(eval_sets: list[EvalSet], ks=DEFAULT_KS, exclude: str = "history") -> dict[str, float]:
+    """Expected metrics of a random ranking over the same candidates as `evaluate(exclude=...)`."""
     sizes = []
     for eval_set in eval_sets:
         n = eval_set.item_range[1] - eval_set.item_range[0]
-        for history in eval_set.histories:
-            sizes.append(n - len(set(history.tolist())) if exclude_history else n)
+        excluded = eval_set.excluded(exclude)
+        for case in range(len(eval_set.targets)):
+            sizes.append(n - len(set(excluded[case].tolist())) if excluded is not None else n)
     return random_metrics(np.asarray(sizes), ks)
 
 

@@ -261,7 +261,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
     def recommend(
         self, histories: list[list[str]], catalog: Catalog, k: int = 10, exclude_history: bool = True
     ) -> Recommendations:
-        """Top-`k` items of `catalog` for each history (a list of item ids of `catalog`, oldest first).
+        """Top-`k` items of `catalog` for each history (a list of item ids of `catalog`, oldest first). The model
+        reads the last `max_len` items; with `exclude_history`, no item of the whole history is recommended.
 
         Example:
         ```python
@@ -280,13 +281,14 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             unknown = [item for item in history if item not in catalog.index]
             if unknown:
                 raise ValueError(f"history {b}: item ids not in catalog {catalog.name!r}: {unknown[:5]}")
-            rows.append([catalog.index[item] for item in history][-self.config.sequence.max_len :])
+            rows.append([catalog.index[item] for item in history])
         was_training = self.training
         self.eval()
         item_embeddings = self.embed_catalog(self.processor(catalog.records(range(len(catalog)))))
-        padded = pad_histories(rows).to(item_embeddings.device)
-        users = self.user_embeddings(item_embeddings, padded)
-        values, indices = chunked_topk(users, item_embeddings, k, padded if exclude_history else None)
+        known = pad_histories(rows).to(item_embeddings.device)  # (B, longest history)
+        read = pad_histories([row[-self.config.sequence.max_len :] for row in rows]).to(item_embeddings.device)
+        users = self.user_embeddings(item_embeddings, read)
+        values, indices = chunked_topk(users, item_embeddings, k, known if exclude_history else None)
         self.train(was_training)
         ids = [[catalog.item_ids[i] for i in row] for row in indices.tolist()]
         return Recommendations(ids, values)

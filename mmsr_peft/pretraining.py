@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -9,14 +10,15 @@ from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
 from .cards import base_card
 from .domains import build_corpus, load_domain
-from .evaluation import evaluate, format_table, random_baseline
+from .evaluation import evaluate, format_table, random_baseline, secondary_protocols
 from .io import atomic_write_text
 from .model import MMSRModel
-from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train
+from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train, training_record
 
 
-def prepare_synthetic(data_args: DataArguments, accelerator) -> None:
-    """Generates the domains of the embedded synthetic world (all six, seconds) whose folders are missing."""
+def prepare_synthetic(data_args: DataArguments, accelerator=None) -> None:
+    """Generates the domains of the embedded synthetic world (all six, seconds) whose folders are missing (with
+    several processes, the main one first)."""
     if data_args.data_source != "synthetic":
         return
     from .data.synthetic import SYNTHETIC_DOMAINS, generate_world
@@ -24,7 +26,7 @@ def prepare_synthetic(data_args: DataArguments, accelerator) -> None:
     root = Path(data_args.data_dir) / "synthetic"
     missing = [name for name in SYNTHETIC_DOMAINS if not (root / name / "items.parquet").is_file()]
     if missing:
-        with accelerator.main_process_first():
+        with accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext():
             generate_world(root, missing)
 
 
@@ -65,8 +67,12 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     table = format_table(results)
     if accelerator.is_main_process:
         model.save_pretrained(args.output_dir)
-        summary = {"test": results, "best_epoch": state.best_epoch, "history": state.history, "data": corpus.stats}
+        summary = {"test": results, **training_record(state, args), "data": corpus.stats}
+        summary["test_other_exclusions"] = secondary_protocols(
+            model, catalog_inputs, corpus.test, args.eval_batch_size
+        )
         summary["total_parameters"] = sum(p.numel() for p in model.parameters())
+        summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
         save_run_args(args.output_dir, model_args, data_args, args)
         atomic_write_text(Path(args.output_dir) / "README.md", base_card(args.output_dir, repo_id=args.output_dir))

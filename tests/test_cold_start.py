@@ -22,6 +22,7 @@ def test_cold_items_leave_training_and_histories_but_stay_targets():
     assert [h.tolist() for h in split.valid_histories] == [[0, 1, 3], [6, 7], [3, 4]]
     assert split.valid_targets.tolist() == [4, 1, 9]
     assert [h.tolist() for h in split.test_histories] == [[0, 1, 3, 4], [6, 7, 1], [3, 4]]  # cold 9 left out
+    assert [k.tolist() for k in split.test_known] == [h.tolist() for h in split.test_histories]  # all < max_len
     assert split.test_targets.tolist() == [5, 8, 2]
     assert split.valid_cold.tolist() == [False, False, True]
     assert split.test_cold.tolist() == [False, False, True]

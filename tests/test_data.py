@@ -276,6 +276,9 @@ def test_leave_one_out_twelve_interactions_max_len_4():
     assert split.valid_targets.tolist() == [4, 21]
     assert [h.tolist() for h in split.test_histories] == [[8, 1, 6, 4], [20, 21]]  # last 4 before the target
     assert [h.tolist() for h in split.valid_histories] == [[2, 8, 1, 6], [20]]
+    # everything before the target, which the main protocol excludes from the candidates
+    assert [k.tolist() for k in split.test_known] == [seq[:-1].tolist(), [20, 21]]
+    assert [k.tolist() for k in split.valid_known] == [seq[:-2].tolist(), [20]]
     assert split.evaluation("valid")[1] is split.valid_targets
     assert split.evaluation("test")[0] is split.test_histories
 

@@ -26,6 +26,13 @@ def test_pretrain_writes_a_loadable_base_with_card_metrics_and_run_args(base_dir
     assert run_args["learning_rate"] == 3.0e-3 and run_args["domains"] == ["food", "home", "movies"]
     metrics = json.loads((base_dir / "metrics.json").read_text())
     assert set(metrics["test"]) == {"food", "home", "movies", "all", "random"}
+    # how training ended: the epochs run, the best one, and why it stopped (the ceiling: the run may not converge)
+    assert metrics["epochs_run"] == len(metrics["history"]) and 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
+    assert metrics["stopped_by"] == ("ceiling" if metrics["epochs_run"] == run_args["num_epochs"] else "patience")
+    # the secondary columns: fewer items excluded, so every target has as many competitors or more
+    other = metrics["test_other_exclusions"]
+    assert set(other) == {"window", "none"}
+    assert other["none"]["all"]["hr@20"] <= other["window"]["all"]["hr@20"] <= metrics["test"]["all"]["hr@20"]
     card = (base_dir / "README.md").read_text()
     assert "library_name: mmsr_peft" in card and "synthetic" in card and "| all |" in card
     assert "More Information Needed" not in card

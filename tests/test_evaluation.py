@@ -123,7 +123,7 @@ def test_random_baseline_excludes_history_items():
     # 20 candidates minus the distinct history items: 18, 19, 20.
     assert excluded["hr@10"] == pytest.approx((10 / 18 + 10 / 19 + 10 / 20) / 3)
     assert excluded == pytest.approx(random_metrics(np.array([18, 19, 20]), ks=(10,)))
-    full = random_baseline([eval_set], ks=(10,), exclude_history=False)
+    full = random_baseline([eval_set], ks=(10,), exclude="none")
     assert full["hr@10"] == pytest.approx(10 / 20)
     assert full == pytest.approx(random_metrics(np.array([20, 20, 20]), ks=(10,)))
 
@@ -174,9 +174,26 @@ def test_evaluate_full_ranking_per_domain():
     assert results["b"] == pytest.approx(rank_metrics(np.array([1]), ks=(1, 2)))
     assert results["all"] == pytest.approx(rank_metrics(np.array([1, 0, 1]), ks=(1, 2)))
     assert model.training  # restored
-    kept = evaluate(model, catalog, [domain_a, domain_b], ks=(1, 2), exclude_history=False, progress=False)
+    kept = evaluate(model, catalog, [domain_a, domain_b], ks=(1, 2), exclude="none", progress=False)
     assert kept["a"] == pytest.approx(rank_metrics(np.array([1, 2]), ks=(1, 2)))
     assert kept["b"] == pytest.approx(rank_metrics(np.array([2]), ks=(1, 2)))
+
+
+def test_the_whole_known_history_leaves_the_candidates_not_only_the_window_the_model_reads():
+    model = _FixedScorer([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    catalog = ItemInputs(item_index=torch.arange(7))
+    # the model reads the last two items; the user also had 6 and 5 before them (the two best-scored items)
+    eval_set = EvalSet("d", [np.array([0, 1])], np.array([2]), (0, 7), known=[np.array([6, 5, 0, 1])])
+    ranks = {
+        exclude: evaluate(model, catalog, [eval_set], ks=(1, 5), exclude=exclude, progress=False)["d"]["mrr@5"]
+        for exclude in ("history", "window", "none")
+    }
+    # target 2 behind 3, 4 (history: 6, 5, 1, 0 excluded) | behind 3, 4, 5, 6 | behind 3, 4, 5, 6 (0, 1 score lower)
+    assert ranks == pytest.approx({"history": 1 / 3, "window": 1 / 5, "none": 1 / 5})
+    assert random_baseline([eval_set], ks=(1,))["hr@1"] == pytest.approx(1 / 3)  # 7 items, 4 known
+    assert random_baseline([eval_set], ks=(1,), exclude="window")["hr@1"] == pytest.approx(1 / 5)
+    with pytest.raises(ValueError, match="valid: history, window, none"):
+        evaluate(model, catalog, [eval_set], exclude="last", progress=False)
 
 
 def test_chunked_ranks_equal_unchunked_ranks_with_ties_and_history():

@@ -201,6 +201,11 @@ def test_recommend_excludes_history_and_rejects_bad_input(catalog):
     top = model.recommend([ITEM_IDS[:5]], catalog, k=7)
     assert len(top.item_ids[0]) == 7 and not set(top.item_ids[0]) & set(ITEM_IDS[:5])
     assert torch.all(top.scores[:, :-1] >= top.scores[:, 1:])
+    # a history longer than max_len (8): the model reads the last 8 items, and none of the 10 comes back
+    long = model.recommend([ITEM_IDS[:10]], catalog, k=2)
+    assert sorted(long.item_ids[0]) == sorted(ITEM_IDS[10:])
+    window = model.recommend([ITEM_IDS[2:10]], catalog, k=4)  # the same user state, 2 more candidates
+    assert [i for i in window.item_ids[0] if i in ITEM_IDS[10:]] == long.item_ids[0]
     with pytest.raises(ValueError, match="positive integer"):
         model.recommend([ITEM_IDS[:2]], catalog, k=0)
     with pytest.raises(ValueError, match="'nope'"):

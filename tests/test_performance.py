@@ -44,8 +44,24 @@ def test_cache_is_reused_when_nothing_changed(catalog, tmp_path):  # noqa: F811
     assert (cache.last_hits, cache.last_misses, calls.items) == (len(catalog), 0, 0)
     # exact: a cache hit returns the very tensors that were computed and stored
     assert torch.equal(states.pooled, first.text_states.pooled)
-    assert torch.equal(states.tokens, first.text_states.tokens)
-    assert torch.equal(states.mask, first.text_states.mask)
+
+
+@pytest.mark.parametrize("fusion, tokens", [("concat", False), ("merge_attention", True)])
+def test_frozen_states_keep_only_what_the_fusion_reads(fusion, tokens, catalog):  # noqa: F811
+    model = frozen(tiny(fusion=fusion))
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    cached = precompute_frozen_states(model, inputs, batch_size=5)
+    full = model.item_tower.encode_text(inputs)
+    assert cached.input_ids is None and cached.attention_mask is None and cached.pixel_values is None
+    assert cached.has_text is not None and cached.has_image is not None
+    if tokens:  # the token states the attention reads
+        torch.testing.assert_close(cached.text_states.tokens, full.tokens, rtol=1e-5, atol=1e-6)
+    else:  # one vector per item, however many tokens the encoder saw
+        assert cached.text_states.tokens.shape == (len(catalog), 1, full.pooled.shape[1]) != full.tokens.shape
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.embed_catalog(cached, 5), model.embed_catalog(inputs, 5), rtol=1e-5, atol=1e-6
+        )  # the embeddings do not change, only what is carried
 
 
 def test_cache_is_recomputed_when_the_encoder_changes(catalog, tmp_path):  # noqa: F811

@@ -106,7 +106,10 @@ class Split:
         train (`list[np.ndarray]`): training sequences, each at most `max_len + 1` items (inputs + shifted targets).
             A user longer than that is cut into consecutive windows sharing one item, so every training
             transition is used exactly once.
-        valid_histories / test_histories (`list[np.ndarray]`): the last `max_len` items before each target.
+        valid_histories / test_histories (`list[np.ndarray]`): the last `max_len` items before each target (what
+            the model reads).
+        valid_known / test_known (`list[np.ndarray]`): every item before each target (the user's whole known
+            history, excluded from the candidates by the main evaluation protocol).
         valid_targets / test_targets (`np.ndarray`): catalog index of each target.
         users (`list[str]`): the user of each evaluation case.
         cold_items / valid_cold / test_cold (`np.ndarray`, *optional*): with a cold-start split, the cold items and,
@@ -119,6 +122,8 @@ class Split:
     test_histories: list[np.ndarray]
     test_targets: np.ndarray
     users: list[str]
+    valid_known: list[np.ndarray]
+    test_known: list[np.ndarray]
     cold_items: np.ndarray | None = None
     valid_cold: np.ndarray | None = None
     test_cold: np.ndarray | None = None
@@ -135,22 +140,23 @@ class Split:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         cold = np.zeros(0, dtype=np.int64) if cold_items is None else np.asarray(cold_items, dtype=np.int64)
-        train, valid_h, valid_t, test_h, test_t = [], [], [], [], []
+        train, valid_k, valid_t, test_k, test_t = [], [], [], [], []
         for seq in sequences.items:
             past = seq[:-2][~np.isin(seq[:-2], cold)] if len(cold) else seq[:-2]
             train.extend(_windows(past, max_len + 1))
-            valid_h.append(past[-max_len:])
+            valid_k.append(past)
             valid_t.append(seq[-2])
-            before_test = np.append(past, seq[-2]) if seq[-2] not in cold else past
-            test_h.append(before_test[-max_len:])
+            test_k.append(np.append(past, seq[-2]) if seq[-2] not in cold else past)
             test_t.append(seq[-1])
         split = cls(
             train=train,
-            valid_histories=valid_h,
+            valid_histories=[known[-max_len:] for known in valid_k],
             valid_targets=np.asarray(valid_t, dtype=np.int64),
-            test_histories=test_h,
+            test_histories=[known[-max_len:] for known in test_k],
             test_targets=np.asarray(test_t, dtype=np.int64),
             users=list(sequences.user_ids),
+            valid_known=valid_k,
+            test_known=test_k,
         )
         if cold_items is not None:
             split.cold_items = cold

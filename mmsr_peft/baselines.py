@@ -1,0 +1,142 @@
+"""Simple rankers that calibrate the learned models: popularity and an untrained content-kNN (`mmsr-baseline`).
+
+Each is a small `nn.Module` with the two methods `evaluate` calls (`embed_catalog`, `user_embeddings`), so it is
+measured on the same split, candidates, exclusions and tie rule as every trained model, and its `metrics.json`
+has the same shape as a pretraining run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arguments import DataArguments, save_run_args
+from .builder import ModelArguments, build_model
+from .domains import Corpus, build_corpus, load_domain
+from .evaluation import evaluate, format_table, random_baseline, secondary_protocols
+from .io import atomic_write_text
+from .training import precompute_frozen_states
+
+BASELINES = {
+    "popularity": "items ranked by their number of training interactions (ties count against the target)",
+    "knn_text": "cosine between each item's frozen text-encoder vector and the mean vector of the user's history",
+    "knn_image": "the same with the frozen vision encoder's vectors",
+    "knn_both": "the same with both vectors, each L2-normalised, concatenated (a missing modality is zeros)",
+}
+
+
+class PopularityRanker(nn.Module):
+    """Scores every item by its training count, whoever the user is."""
+
+    def __init__(self, counts: np.ndarray):
+        super().__init__()
+        self.register_buffer("counts", torch.as_tensor(counts, dtype=torch.float32))
+
+    def embed_catalog(self, inputs, batch_size: int = 256) -> torch.Tensor:
+        return self.counts[:, None]  # (N, 1)
+
+    def user_embeddings(self, item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
+        return item_embeddings.new_ones(len(histories), 1)  # (B, 1)
+
+
+class ContentKNN(nn.Module):
+    """Scores items by cosine similarity to the mean of the (L2-normalised) vectors of the history items."""
+
+    def __init__(self, features: torch.Tensor):
+        super().__init__()
+        self.register_buffer("features", F.normalize(features.float(), dim=-1))  # (N, F); a zero row stays zero
+
+    def embed_catalog(self, inputs, batch_size: int = 256) -> torch.Tensor:
+        return self.features
+
+    def user_embeddings(self, item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
+        real = (histories >= 0).float()[..., None]  # (B, T, 1)
+        summed = (item_embeddings[histories.clamp(min=0)] * real).sum(1)  # (B, F)
+        return F.normalize(summed, dim=-1)  # the direction of the mean: the same ranking
+
+
+def training_counts(corpus: Corpus) -> np.ndarray:
+    """Training interactions per catalog item: every item before each user's validation target."""
+    known = [k for eval_set in corpus.valid for k in (eval_set.known or eval_set.histories)]
+    items = np.concatenate(known) if known else np.zeros(0, dtype=np.int64)
+    return np.bincount(items, minlength=len(corpus.catalog))
+
+
+def frozen_features(model_args: ModelArguments, corpus: Corpus, modality: str, cache_dir: str | None) -> torch.Tensor:
+    """`(N, F)` pooled outputs of the pretrained text or vision encoder named in `model_args` (untrained here)."""
+    model = build_model(dataclasses.replace(model_args, item_tower=modality)).requires_grad_(False)
+    records = corpus.catalog.records(range(len(corpus.catalog)))
+    inputs = model.processor(records, progress=True, image_cache_dir=cache_dir)
+    inputs = precompute_frozen_states(model, inputs, cache_dir=cache_dir)
+    states, present = (
+        (inputs.text_states, inputs.has_text) if modality == "text" else (inputs.image_states, inputs.has_image)
+    )
+    return states.pooled * present[:, None]  # an item without this modality: zeros, cosine 0 with everything
+
+
+def build_baseline(kind: str, corpus: Corpus, model_args: ModelArguments, cache_dir: str | None = None) -> nn.Module:
+    """The ranker `kind` (one of `BASELINES`) for `corpus`."""
+    if kind == "popularity":
+        return PopularityRanker(training_counts(corpus))
+    if kind not in BASELINES:
+        raise ValueError(f"unknown baseline {kind!r}; valid: {', '.join(BASELINES)}")
+    modalities = {"knn_text": ["text"], "knn_image": ["image"], "knn_both": ["text", "image"]}[kind]
+    parts = [F.normalize(frozen_features(model_args, corpus, m, cache_dir), dim=-1) for m in modalities]
+    return ContentKNN(torch.cat(parts, dim=1))
+
+
+@dataclass
+class BaselineArguments:
+    """Which simple ranker to evaluate, and where its metrics go."""
+
+    baseline: str = field(default="popularity", metadata={"help": f"The ranker, one of: {', '.join(BASELINES)}."})
+    output_dir: str = field(
+        default="outputs/baseline", metadata={"help": "Folder for metrics.json and run_args.json."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the cold-start draw (with --cold_start_fraction)."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Users per evaluation batch."})
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "Keep the frozen encoders' outputs here and reuse them across runs."}
+    )
+
+    def __post_init__(self):
+        if self.baseline not in BASELINES:
+            raise ValueError(f"unknown --baseline {self.baseline!r}; valid: {', '.join(BASELINES)}")
+
+
+def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args: DataArguments) -> dict:
+    """Evaluates the ranker `args.baseline` on the test split of `data_args.domains` and writes `metrics.json`
+    (test metrics under the main protocol and the secondary exclusions) and `run_args.json` to `output_dir`. The
+    rankers read the last `model_args.max_len` history items (the kNN's mean vector); the encoders of the kNN
+    rankers are `model_args`' text and vision models, untrained here."""
+    from .pretraining import prepare_synthetic
+
+    began = time.perf_counter()
+    prepare_synthetic(data_args)
+    domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
+    corpus = build_corpus(domains, model_args.max_len, data_args.cold_start_fraction, args.seed)
+    ranker = build_baseline(args.baseline, corpus, model_args, args.feature_cache_dir)
+    results = evaluate(ranker, None, corpus.test, batch_size=args.eval_batch_size)
+    results["random"] = random_baseline(corpus.test)
+    summary = {
+        "baseline": args.baseline,
+        "description": BASELINES[args.baseline],
+        "test": results,
+        "test_other_exclusions": secondary_protocols(ranker, None, corpus.test, args.eval_batch_size),
+        "data": corpus.stats,
+        "trainable_parameters": 0,
+        "wall_s": time.perf_counter() - began,
+    }
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    save_run_args(args.output_dir, args, model_args, data_args)
+    print(f"\n{args.baseline} ({BASELINES[args.baseline]}), test split:\n{format_table(results)}\n")
+    return summary
