@@ -46,10 +46,12 @@ $(RECBOLE_VENV)/.installed: Makefile
 benchmark: $(STAMP) $(RECBOLE_VENV)/.installed
 	$(BIN)/python scripts/benchmark.py
 
-# the command of results/quality_ml100k.md, on 2 lanes: our rows in order on one; RecBole's seeds, then our rows from
-# the end of the queue on the other (the committed run took 113 min on 2 cores)
+# results/quality_ml100k.{md,json,png}: every row of scripts/configs/quality_ml100k.yaml, 3 seeds, each run to
+# convergence in its own process (2 at a time); resumable: runs with a record in results/quality_ml100k/runs are skipped
+POSTERS ?= ../shared/data/ml100k-posters
 quality: $(STAMP) $(RECBOLE_VENV)/.installed
-	OMP_NUM_THREADS=1 $(BIN)/python scripts/benchmark_quality.py --recbole_epochs 10 --recbole_seeds 3 --finetune_cold
+	test -f data/movielens/ml-100k/items.parquet || $(BIN)/mmsr-data movielens --data_dir data --posters $(POSTERS)
+	$(BIN)/python scripts/benchmark_quality.py
 
 # the base of `make demo`, then every way of moving it to office (5 epochs per row keep it near an hour on 2 cores)
 transfer: $(STAMP)

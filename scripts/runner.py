@@ -1,0 +1,153 @@
+"""The common runner of the benchmark scripts: each run is one command of the library (`mmsr-pretrain`,
+`mmsr-adapt`, `mmsr-baseline`, ...) in a process of its own, and each finished run is a record on disk.
+
+A benchmark is resumable run by run: a run whose record exists is not run again, so an interrupted benchmark
+continues where it stopped, and records can be committed as they come in. Runs go to a pool of `jobs` worker
+threads that only start processes and wait for them (one torch thread per process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the console scripts of this environment (mmsr-pretrain, ...)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a benchmark: a row of its table, on one split, with one seed."""
+
+    row: str
+    split: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.row}/{self.split}-seed{self.seed}"
+
+
+def relative(value) -> str:
+    """A path inside the repository as a relative path (records never hold this machine's absolute paths)."""
+    text = str(value)
+    for root, shown in ((str(REPO) + os.sep, ""), (str(BIN) + os.sep, "")):
+        text = text.replace(root, shown)
+    return text
+
+
+def execute(command: list[str], log: Path, threads: int = 1) -> dict:
+    """Runs `command` with `threads` torch/OpenMP threads, stdout and stderr into `log`; returns its wall time and
+    peak resident memory. Raises `RuntimeError` naming the log's last line when it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(part) for part in command], stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - began
+    if process.returncode != 0:
+        lines = log.read_text(errors="replace").strip().splitlines() or [f"exit status {process.returncode}"]
+        raise RuntimeError(f"{shlex.join(relative(c) for c in command)} failed: {lines[-1][:500]} (log: {log})")
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
+
+
+def write_json(path: Path, value) -> None:
+    """Writes `value` as JSON by a rename, so a reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def run_all(runs: list[Run], record_path: Callable[[Run], Path], do: Callable[[Run], dict], jobs: int) -> list[str]:
+    """Runs every run without a record, `jobs` at a time, and files each record as it finishes. Returns the
+    failures (one line each); the other runs go on."""
+    pending = [run for run in runs if not record_path(run).is_file()]
+    print(f"{len(runs) - len(pending)} of {len(runs)} runs already recorded; {len(pending)} to run, {jobs} at a time")
+    failures = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(do, run): run for run in pending}
+        for done, future in enumerate(as_completed(futures), start=1):
+            run = futures[future]
+            try:
+                record = future.result()
+            except RuntimeError as err:
+                failures.append(f"{run.name}: {err}")
+                print(f"[{done}/{len(pending)}] {run.name} FAILED: {err}", flush=True)
+                continue
+            write_json(record_path(run), record)
+            print(f"[{done}/{len(pending)}] {run.name}: {summary_line(record)}", flush=True)
+    return failures
+
+
+def summary_line(record: dict) -> str:
+    test = record["test"]["all"]
+    epochs = f", best epoch {record['best_epoch']} of {record['epochs_run']}" if record.get("epochs_run") else ""
+    return f"test NDCG@10 {test['ndcg@10']:.4f}, HR@10 {test['hr@10']:.4f}{epochs}, {record['wall_s'] / 60:.1f} min"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; NaN for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def machine() -> dict:
+    """What the runs ran on, for the report."""
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    device = info["gpu"] or f"{info['cpu_count']} CPU cores, no GPU"
+    info["summary"] = f"{device}, torch {info['torch']}, Python {info['python']}; one torch thread per run"
+    return info
+
+
+def plot(rows: list[tuple[str, float, float]], title: str, path: Path) -> None:
+    """A horizontal bar chart (mean, error bar = std) per row, drawn with Pillow, written by a rename."""
+    from PIL import Image, ImageDraw
+
+    left, bar, gap, width = 330, 22, 10, 900
+    height = 60 + len(rows) * (bar + gap)
+    top = max([m + (0 if math.isnan(s) else s) for _, m, s in rows] + [1e-6]) * 1.1
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    scale = (width - left - 40) / top
+    draw.text((left, 10), title, fill="black")
+    for i, (label, mean, std) in enumerate(rows):
+        y = 40 + i * (bar + gap)
+        draw.text((10, y + 5), label[:52], fill="black")
+        draw.rectangle([left, y, left + mean * scale, y + bar], fill=(76, 114, 176))
+        if not math.isnan(std):
+            lo, hi = left + (mean - std) * scale, left + (mean + std) * scale
+            draw.line([lo, y + bar / 2, hi, y + bar / 2], fill="black", width=2)
+            draw.line([lo, y + 4, lo, y + bar - 4], fill="black", width=2)
+            draw.line([hi, y + 4, hi, y + bar - 4], fill="black", width=2)
+        end = left + mean * scale + 8 + (0 if math.isnan(std) else std * scale)
+        draw.text((end, y + 5), f"{mean:.4f}", fill="black")
+    draw.line([left, 35, left, height - 10], fill="black")
+    partial = path.with_name(f".{path.name}.partial")
+    image.save(partial, format="PNG")
+    os.replace(partial, path)
