@@ -30,6 +30,23 @@ class TrainingArguments:
     num_epochs: int = field(default=10, metadata={"help": "Passes over the training sequences."})
     batch_size: int = field(default=64, metadata={"help": "Training sequences per step (per process)."})
     learning_rate: float = field(default=1.0e-3, metadata={"help": "Peak AdamW learning rate."})
+    text_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate of the text encoder's trainable parameters (default: --learning_rate)."},
+    )
+    vision_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the vision encoder's trainable parameters (default: --learning_rate)."
+        },
+    )
+    evaluate_start: bool = field(
+        default=False,
+        metadata={
+            "help": "Evaluate before the first epoch: the starting weights are a model-selection candidate (epoch 0), "
+            "kept when no epoch beats them."
+        },
+    )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     optim: str = field(
         default="adamw",
@@ -81,6 +98,9 @@ class TrainingArguments:
             )
         if self.learning_rate <= 0 or self.num_negatives < 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
+        for name in ("text_learning_rate", "vision_learning_rate"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             raise ValueError(f"--mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.optim not in OPTIMIZERS:
@@ -89,14 +109,35 @@ class TrainingArguments:
             require_bitsandbytes("--optim adamw8bit")
 
 
-def make_optimizer(params, args: TrainingArguments) -> torch.optim.Optimizer:
-    """AdamW over `params`: torch's, or bitsandbytes' AdamW8bit (`optim="adamw8bit"`), whose 8-bit moments take a
-    quarter of the memory (tensors under 4096 values keep 32-bit moments)."""
+# Parameter groups with a learning rate of their own: (argument, name prefix of the model's parameters).
+ENCODER_GROUPS = (("text_learning_rate", "item_tower.text."), ("vision_learning_rate", "item_tower.vision."))
+
+
+def parameter_groups(named: dict[str, torch.nn.Parameter], args: TrainingArguments) -> list[dict]:
+    """The optimizer's groups: each encoder whose learning rate is set (`--text_learning_rate`,
+    `--vision_learning_rate`) gets a group of its own, everything else trains at `--learning_rate`. Names are
+    matched wherever the prefix occurs, so peft's wrapped names (`base_model.model.item_tower.text...`) match."""
+    groups, rest = [], dict(named)
+    for argument, prefix in ENCODER_GROUPS:
+        rate = getattr(args, argument)
+        if rate is None:
+            continue
+        params = [rest.pop(name) for name in list(rest) if prefix in name]
+        if params:
+            groups.append({"params": params, "lr": rate})
+    return [{"params": list(rest.values()), "lr": args.learning_rate}, *groups]
+
+
+def make_optimizer(named: dict[str, torch.nn.Parameter], args: TrainingArguments) -> torch.optim.Optimizer:
+    """AdamW over the `named` parameters (see `parameter_groups`): torch's, or bitsandbytes' AdamW8bit
+    (`optim="adamw8bit"`), whose 8-bit moments take a quarter of the memory (tensors under 4096 values keep
+    32-bit moments)."""
+    groups = parameter_groups(named, args)
     if args.optim == "adamw8bit":
         import bitsandbytes
 
-        return bitsandbytes.optim.AdamW8bit(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-    return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        return bitsandbytes.optim.AdamW8bit(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
 
 
 def make_accelerator(args: TrainingArguments, item_tower: str, fusion: str):
@@ -233,7 +274,7 @@ def train(
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    optimizer = make_optimizer(trainable.values(), args)
+    optimizer = make_optimizer(trainable, args)
     total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * accelerator.num_processes))
     # Accelerate steps a prepared scheduler once per process at every optimizer step: count in those units.
     processes = accelerator.num_processes
@@ -253,6 +294,8 @@ def train(
     # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
     accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
 
+    if args.evaluate_start and not state.history:  # epoch 0: the starting weights, a candidate like any epoch
+        _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best)
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
     while state.epoch < args.num_epochs and state.stale < args.patience:
         # Each epoch's order and negatives come from (seed, epoch): a resumed run replays the same batches.

@@ -195,7 +195,7 @@ def test_merged_export_holds_the_modules_to_save_and_leaves_the_base_exact(catal
 def test_adamw8bit_is_bitsandbytes_and_unknown_optimizers_are_refused():
     import bitsandbytes
 
-    weights = [torch.nn.Parameter(torch.randn(64, 64))]
+    weights = {"w": torch.nn.Parameter(torch.randn(64, 64))}
     assert isinstance(make_optimizer(weights, TrainingArguments(optim="adamw8bit")), bitsandbytes.optim.AdamW8bit)
     with pytest.raises(ValueError, match="valid optimizers: adamw, adamw8bit"):
         TrainingArguments(optim="sgd")
@@ -241,7 +241,7 @@ def test_lora_trains_on_8bit_encoders_and_loads_on_the_unquantized_base(catalog,
     model, _ = prepare_method(tiny(), AdaptArguments(target="office", quantize="8bit"))
     assert isinstance(model.item_tower.text.backbone.encoder.layer[0].attention.self.value, bnb.Linear8bitLt)
     optimizer = make_optimizer(
-        [p for p in model.parameters() if p.requires_grad], TrainingArguments(optim="adamw8bit")
+        {n: p for n, p in model.named_parameters() if p.requires_grad}, TrainingArguments(optim="adamw8bit")
     )
     inputs = model.processor(catalog.records(range(len(catalog))))
     batch = TrainCollator(inputs, num_negatives=3, seed=0)([torch.arange(6).numpy(), torch.arange(4, 12).numpy()])

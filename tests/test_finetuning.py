@@ -122,3 +122,45 @@ def test_every_text_family_gets_lora_targets_and_top_k(backbone):
     model.item_tower.text.set_finetuning("top_k", 1)
     trainable = [n for n, p in model.item_tower.text.named_parameters() if p.requires_grad]
     assert trainable and not [n for n in trainable if ".0." in n or "embeddings" in n]
+
+
+def test_each_encoder_can_train_at_its_own_learning_rate():
+    from peft import LoraConfig
+
+    from mmsr_peft.adapters import lora_target_modules
+    from mmsr_peft.training import TrainingArguments, make_optimizer
+
+    model = tiny(text_finetune="full", vision_finetune="full")
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    args = TrainingArguments(learning_rate=1e-3, text_learning_rate=1e-5, vision_learning_rate=3e-4)
+    groups = make_optimizer(named, args).param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-5, 3e-4]
+    text = {id(p) for n, p in named.items() if n.startswith("item_tower.text.")}
+    assert {id(p) for p in groups[1]["params"]} == text and len(text) > 0
+    assert sum(len(g["params"]) for g in groups) == len(named)  # every parameter in exactly one group
+    assert [g["lr"] for g in make_optimizer(named, TrainingArguments(learning_rate=1e-3)).param_groups] == [1e-3]
+
+    lora = tiny()  # LoRA on frozen encoders: peft's wrapped names still land in the encoder's group
+    lora.add_adapter(LoraConfig(r=4, target_modules=lora_target_modules(lora, ["text", "fusion"])), "default")
+    named = {n: p for n, p in lora.named_parameters() if p.requires_grad}
+    groups = make_optimizer(named, TrainingArguments(text_learning_rate=2e-4)).param_groups
+    assert groups[1]["lr"] == 2e-4 and all("lora_" in n for n, p in named.items() if "item_tower.text." in n)
+    assert len(groups[1]["params"]) == sum("item_tower.text." in n for n in named) > 0
+
+
+def test_the_starting_weights_stay_a_candidate_when_no_epoch_beats_them(base_dir, data_dir, tmp_path):
+    import json
+
+    from conftest import TINY_TRAIN_FLAGS
+
+    from mmsr_peft.cli import adapt_main
+
+    out = tmp_path / "office"
+    argv = ["--target", "office", "--base", str(base_dir), "--data_dir", str(data_dir), "--output_dir", str(out)]
+    # a learning rate that wrecks the adapter in one epoch: the zero adapter of epoch 0 must win
+    argv += [*TINY_TRAIN_FLAGS, "--num_epochs", "1", "--evaluate_start", "true", "--learning_rate", "50"]
+    assert adapt_main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1] and metrics["best_epoch"] == 0
+    test = metrics["test"]
+    assert test["LoRA (text+vision+fusion)"] == pytest.approx(test["zero-shot base"], abs=1e-6)
