@@ -64,15 +64,20 @@ def publish_main(argv=None) -> int:
 DATA_COMMANDS = ("synthetic", "movielens", "amazon", "images", "stats", "recbole")
 
 
-def data_main(argv=None) -> int:
-    """`mmsr-data`: prepare, import, export and describe processed domain folders."""
+def data_parser() -> argparse.ArgumentParser:
+    """The parser of `mmsr-data`, with one sub-command per module of `DATA_COMMANDS`."""
     import importlib
 
     parser = argparse.ArgumentParser(prog="mmsr-data", description=data_main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name in DATA_COMMANDS:
         importlib.import_module(f".data.{name}", __package__).add_command(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def data_main(argv=None) -> int:
+    """`mmsr-data`: prepare, import, export and describe processed domain folders."""
+    args = data_parser().parse_args(argv)
     try:
         args.handler(args)
     except (*USAGE_ERRORS, FileExistsError) as err:

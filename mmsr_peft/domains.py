@@ -98,7 +98,7 @@ def load_domain(name: str, source: str = "synthetic", data_dir: str = DEFAULT_DA
 
 
 def load_folder(folder: str | Path) -> Domain:
-    """Loads any processed domain folder (see the README's data format)."""
+    """Loads any processed domain folder (see docs/data.md)."""
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     manifest = {"name": folder.name}
