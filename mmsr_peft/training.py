@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -156,7 +157,12 @@ def make_accelerator(args: TrainingArguments, item_tower: str, fusion: str):
 
 
 class TrainState:
-    """Progress saved with Accelerate's `save_state`: counters, best metric and the best trainable weights."""
+    """Progress saved beside Accelerate's state: counters and history as JSON (`trainer_state.json`), the best
+    weights as safetensors (`best_weights.safetensors`). Nothing of ours is a pickle, so resuming from a folder
+    someone else wrote never runs code (Accelerate unpickles registered objects with `weights_only=False`)."""
+
+    FILE, WEIGHTS = "trainer_state.json", "best_weights.safetensors"
+    COUNTERS = ("step", "epoch", "stale", "best_epoch")
 
     def __init__(self):
         self.step, self.epoch, self.stale = 0, 0, 0
@@ -164,11 +170,82 @@ class TrainState:
         self.best_weights: dict[str, torch.Tensor] = {}
         self.history: list[dict] = []
 
-    def state_dict(self) -> dict:
-        return dict(self.__dict__)
+    def save(self, folder: Path) -> None:
+        from .io import atomic_save_tensors, atomic_write_text
 
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+        counters = {name: getattr(self, name) for name in self.COUNTERS}
+        best = None if math.isinf(self.best_metric) else self.best_metric
+        text = json.dumps({**counters, "best_metric": best, "history": self.history}, indent=1)
+        atomic_save_tensors(folder / self.WEIGHTS, self.best_weights)
+        atomic_write_text(folder / self.FILE, text + "\n")
+
+    def load(self, folder: Path) -> None:
+        """Reads `save`'s files, refusing what they would not have written (names the file and the field)."""
+        from safetensors.torch import load_file
+
+        from .errors import CheckpointError
+
+        path = folder / self.FILE
+        if not path.is_file():
+            raise CheckpointError(
+                f"{folder}: no {self.FILE} (a training state written by an older mmsr_peft, whose pickle is not "
+                "loaded); start again without --resume"
+            )
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+        for name in self.COUNTERS:
+            if not isinstance(saved.get(name), int) or isinstance(saved.get(name), bool):
+                raise CheckpointError(f"{path}: field {name!r} is {saved.get(name)!r}, expected an integer")
+        if not isinstance(saved.get("history"), list) or not isinstance(
+            saved.get("best_metric"), (int, float, type(None))
+        ):
+            raise CheckpointError(f"{path}: expected a 'history' list and a numeric 'best_metric'")
+        for name in self.COUNTERS:
+            setattr(self, name, saved[name])
+        self.best_metric = -math.inf if saved["best_metric"] is None else float(saved["best_metric"])
+        self.history = saved["history"]
+        self.best_weights = load_file(str(folder / self.WEIGHTS))
+
+
+def check_training_state(folder: Path, process_index: int) -> None:
+    """Refuses what Accelerate's `load_state` would unpickle with `weights_only=False` (custom checkpoints: we write
+    none), and an RNG state file that it would load and apply silently although it is not one it wrote: Python's
+    Mersenne Twister state, NumPy's `MT19937` state and torch's CPU generator state, with their sizes."""
+    import numpy as np
+    from accelerate.utils import load
+
+    from .errors import CheckpointError
+
+    foreign = sorted(p.name for p in folder.glob("custom_checkpoint_*"))
+    if foreign:  # Accelerate would unpickle these with weights_only=False: they could run code
+        raise CheckpointError(
+            f"{folder}: holds {foreign}, which mmsr_peft never writes (a pickle can run code); refused"
+        )
+    path = folder / f"random_states_{process_index}.pkl"
+    try:
+        states = load(path)  # weights_only: tensors, arrays and plain containers, never code
+    except Exception as err:  # a missing file, a pickle with other globals, garbage: all refused the same way
+        raise CheckpointError(
+            f"{path}: not a random-state file written by Accelerate ({type(err).__name__})"
+        ) from None
+    python, numpy_state, torch_state = (
+        states.get(k) for k in ("random_state", "numpy_random_seed", "torch_manual_seed")
+    )
+    checks = {
+        "random_state": isinstance(python, tuple) and len(python) == 3 and len(python[1]) == 625,
+        "numpy_random_seed": isinstance(numpy_state, tuple)
+        and numpy_state[0] == "MT19937"
+        and isinstance(numpy_state[1], np.ndarray)
+        and numpy_state[1].shape == (624,),
+        "torch_manual_seed": isinstance(torch_state, torch.Tensor)
+        and torch_state.dtype == torch.uint8
+        and torch_state.shape == torch.get_rng_state().shape,
+    }
+    for field_name, ok in checks.items():
+        if not ok:
+            raise CheckpointError(f"{path}: field {field_name!r} is not a random-number generator state")
 
 
 def training_record(state: TrainState, args: TrainingArguments) -> dict:
@@ -283,12 +360,13 @@ def train(
     )
     ddp_model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
     saved = sorted(Path(args.output_dir, "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
     if args.resume:
         complete = [folder for folder in saved if (folder / COMPLETE_MARKER).is_file()]
         if not complete:
             raise FileNotFoundError(f"--resume: no complete training state under {args.output_dir}/checkpoints")
+        check_training_state(complete[-1], accelerator.process_index)
+        state.load(complete[-1])
         accelerator.load_state(str(complete[-1]))
         accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {complete[-1]}")
     # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
@@ -318,10 +396,10 @@ def train(
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}", items=len(batch.items))
             if state.step % args.save_steps == 0:
-                _save_state(accelerator)
+                _save_state(accelerator, state)
         state.epoch += 1
         _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best)
-        _save_state(accelerator)
+        _save_state(accelerator, state)
         accelerator.wait_for_everyone()
     progress.close()
     current = {**dict(model.named_buffers()), **trainable}  # buffers too: BatchNorm statistics of the best epoch
@@ -331,11 +409,13 @@ def train(
     return state
 
 
-def _save_state(accelerator) -> None:
-    """Accelerate's `save_state`, then a marker file: a state killed while being written is never resumed from."""
+def _save_state(accelerator, state: TrainState) -> None:
+    """Accelerate's `save_state` (model, optimizer, scheduler, RNG states), our `TrainState`, then a marker file:
+    a state killed while being written is never resumed from."""
     location = accelerator.save_state()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        state.save(Path(location))
         Path(location, COMPLETE_MARKER).touch()
 
 

@@ -8,6 +8,7 @@ the test adds to the child's own code (it prints a line and sleeps), so every ru
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -248,6 +249,49 @@ def test_run_killed_while_saving_a_state_resumes_from_the_last_complete_one(inte
     shutil.copy(partial / "checkpoints" / "checkpoint_2" / "model.safetensors", newest)
     assert pretrain_main([*argv, "--output_dir", str(partial), "--resume"]) == 0
     _assert_same_run(root / "straight", partial)
+
+
+class RunsCode:
+    """Unpickling this runs a shell command (what a malicious pickle does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_resume_never_runs_a_pickle_and_refuses_forged_states(interrupted, tmp_path, capsys):
+    root, argv = interrupted
+    ran = tmp_path / "code-ran"
+    forged = Path(shutil.copytree(root / "pristine", tmp_path / "forged"))
+    state = forged / "checkpoints" / "checkpoint_2"
+    assert not list(state.glob("custom_checkpoint_*"))  # our own state is JSON + safetensors
+    assert pretrain_main([*argv, "--output_dir", str(forged), "--resume"]) == 0  # resumes from them alone
+    _assert_same_run(root / "straight", forged)
+
+    exploit = pickle.dumps(RunsCode(ran))
+    cases = [  # (file of the newest state, its forged content, what the refusal says)
+        ("custom_checkpoint_0.pkl", exploit, "which mmsr_peft never writes"),  # Accelerate would unpickle it
+        ("random_states_0.pkl", exploit, "not a random-state file written by Accelerate"),
+        ("random_states_0.pkl", None, "field 'numpy_random_seed' is not a random-number generator state"),
+        ("trainer_state.json", b'{"step": "6"}', "field 'step' is '6', expected an integer"),
+    ]
+    for number, (name, content, message) in enumerate(cases):
+        case = Path(shutil.copytree(root / "pristine", tmp_path / f"case-{number}"))
+        target = case / "checkpoints" / "checkpoint_2" / name
+        named = case / "checkpoints" / "checkpoint_2" if name.startswith("custom") else target
+        if content is None:  # a well-formed pickle of the wrong states, which Accelerate itself would apply
+            states = torch.load(target, weights_only=False)  # our own file, written by the fixture's run
+            states["numpy_random_seed"] = ("MT19937", states["numpy_random_seed"][1][:10], 0, 0, 0.0)
+            torch.save(states, target)
+        else:
+            target.write_bytes(content)
+        assert pretrain_main([*argv, "--output_dir", str(case), "--resume"]) == 2
+        error = capsys.readouterr().err
+        assert str(named) in error and message in error, error
+        assert not ran.exists()
 
 
 # ------------------------------------------------------------------ two processes = one process with the global batch
