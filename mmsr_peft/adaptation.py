@@ -298,10 +298,10 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         _save(model, args.output_dir, adapt_args, {"metrics": metrics})
         summary = {"test": results, "trainable_parameters": trainable, "total_parameters": total}
         summary.update(training_record(state, args), data=corpus.stats, trainable_column=share)
-        summary["test_other_exclusions"] = {
-            exclude: other["all"]
-            for exclude, other in secondary_protocols(model, catalog_inputs, corpus.test, args.eval_batch_size).items()
-        }
+        summary["test_adapted"] = adapted  # per domain, warm and cold targets (the table's row is its "all")
+        summary["test_other_exclusions"] = secondary_protocols(
+            model, catalog_inputs, corpus.test, args.eval_batch_size
+        )
         if by_target:
             summary["test_by_target"] = by_target
             table += f"\n\nCold start: {len(corpus.cold_items)} items held out of training.\n{format_table(by_target)}"

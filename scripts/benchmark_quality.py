@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,7 @@ class Benchmark:
         name = self.plan["name"]
         self.records_dir = Path(args.records_dir or REPO / "results" / name / "runs")
         self.work_dir = Path(args.work_dir or REPO / "outputs" / name)
+        self.locks: dict[Run, threading.Lock] = {}
         unknown = sorted(set(args.rows or []) - set(self.plan["rows"]))
         if unknown:
             raise SystemExit(f"unknown --rows {unknown}; the plan's rows: {', '.join(self.plan['rows'])}")
@@ -110,6 +112,11 @@ class Benchmark:
             return [BIN / "mmsr-pretrain", *flags(settings)]
         if spec["command"] == "baseline":
             return [BIN / "mmsr-baseline", *flags({**plan["model"], **data, **common, **spec["args"]})]
+        if spec["command"] == "adapt":  # from the model that the `init` row's run of this split and seed wrote
+            (target,) = data.pop("domains")
+            base = self.folder(Run(spec["init"], run.split, run.seed))
+            settings = {"target": target, "base": base, **plan["training"], **data, **common, **spec["args"]}
+            return [BIN / "mmsr-adapt", *flags(settings)]
         if spec["command"] == "recbole":
             export = self.recbole_export()
             settings = {"seed": run.seed, "max_len": plan["model"]["max_len"], "output": out / "report.json"}
@@ -133,9 +140,25 @@ class Benchmark:
             export_recbole(domain.folder, export, max_len=self.plan["model"]["max_len"], overwrite=True)
         return export
 
+    def folder(self, run: Run) -> Path:
+        """Where `run` writes its model, metrics and log."""
+        return self.work_dir / run.row / f"{run.split}-seed{run.seed}"
+
+    def ensure_init(self, run: Run) -> None:
+        """An `adapt` row starts from its `init` row's model: when that folder is gone (another machine, a clean
+        checkout), the init run is run again there (seeded: the same model) and recorded if it was not."""
+        init = Run(self.plan["rows"][run.row]["init"], run.split, run.seed)
+        with self.locks.setdefault(init, threading.Lock()):
+            if not (self.folder(init) / "model.safetensors").is_file():
+                record = self.run(init)
+                if not self.record_path(init).is_file():
+                    write_json(self.record_path(init), record)
+
     def run(self, run: Run, out: Path | None = None) -> dict:
         """Runs `run` in its own process and returns its record."""
-        out = out or self.work_dir / run.row / f"{run.split}-seed{run.seed}"
+        if self.plan["rows"][run.row]["command"] == "adapt":
+            self.ensure_init(run)
+        out = out or self.folder(run)
         command = self.command(run, out)
         measured = execute(command, out.parent / f"{out.name}.log")
         kind = self.plan["rows"][run.row]["command"]
@@ -153,9 +176,9 @@ class Benchmark:
 
 
 def read_metrics(path: Path) -> dict:
-    """The record's part from a `metrics.json` of `mmsr-pretrain` or `mmsr-baseline`."""
+    """The record's part from a `metrics.json` of `mmsr-pretrain`, `mmsr-adapt` or `mmsr-baseline`."""
     metrics = json.loads(path.read_text())
-    test = metrics["test"]
+    test = metrics.get("test_adapted", metrics["test"])  # mmsr-adapt's "test" is its table (zero-shot, adapted)
     by_target = {"all": test["all"]}
     for key, value in test.items():
         if key.endswith((" warm", " cold")):

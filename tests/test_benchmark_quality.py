@@ -3,6 +3,7 @@ failed run reported while the others go on, a recorded run reproduced by `--veri
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,6 +31,13 @@ TINY_PLAN = {
         "id": {"label": "ID SASRec", "command": "pretrain", "args": {"item_tower": "id"}},
         "text": {"label": "text, frozen", "command": "pretrain", "args": {"item_tower": "text"}},
         "broken": {"label": "broken", "command": "pretrain", "splits": ["main"], "args": {"fusion": "nonsense"}},
+        "text_lora": {
+            "label": "text + LoRA on its encoder",
+            "command": "adapt",
+            "init": "text",
+            "splits": ["main"],
+            "args": {"method": "lora", "components": ["text"], "evaluate_start": True},
+        },
     },
 }
 
@@ -55,11 +63,16 @@ def test_runs_are_processes_with_records_resumable_and_reproducible(benchmark, d
     argv += ["--output_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work")]
     argv += ["--feature_cache_dir", str(tmp_path / "cache")]
 
-    assert benchmark.main(argv) == 1  # the broken row fails; the other six runs are recorded
+    assert benchmark.main(argv) == 1  # the broken row fails; the other seven runs are recorded
     assert "broken/main-seed0" in capsys.readouterr().err
     assert sorted(str(p.relative_to(records)) for p in records.rglob("*.json")) == [
-        f"{row}/{split}-seed0.json" for row in ("id", "popularity", "text") for split in ("cold", "main")
+        *(f"{row}/{split}-seed0.json" for row in ("id", "popularity", "text") for split in ("cold", "main")),
+        "text_lora/main-seed0.json",
     ]
+    lora = json.loads((records / "text_lora" / "main-seed0.json").read_text())
+    assert lora["command"][0].endswith("mmsr-adapt") and "work/text/main-seed0" in " ".join(lora["command"])
+    start = json.loads((records / "text" / "main-seed0.json").read_text())["valid_ndcg_at_10"]
+    assert lora["valid_curve"][0] == pytest.approx(start, abs=1e-6)  # epoch 0: the text row's best model
     run = json.loads((records / "text" / "cold-seed0.json").read_text())
     assert run["command"][0].endswith("mmsr-pretrain") and "--cold_start_fraction" in run["command"]
     assert {"all", "warm", "cold"} == set(run["test"]) and {"ndcg@10", "hr@10"} <= set(run["test_window"])
@@ -74,6 +87,14 @@ def test_runs_are_processes_with_records_resumable_and_reproducible(benchmark, d
     assert "2 of 4 runs already recorded; 2 to run" in capsys.readouterr().out
     assert (records / "popularity" / "main-seed0.json").stat().st_mtime_ns == recorded
     assert (records / "popularity" / "cold-seed1.json").is_file() and not (records / "id" / "main-seed1.json").exists()
+
+    # an adapt run whose starting model is gone (a fresh checkout) runs its init row again first
+    shutil.rmtree(tmp_path / "work" / "text" / "main-seed0")
+    (records / "text_lora" / "main-seed0.json").unlink()
+    assert benchmark.main([*argv, "--rows", "text_lora"]) == 0
+    assert (tmp_path / "work" / "text" / "main-seed0" / "model.safetensors").is_file()
+    again = json.loads((records / "text_lora" / "main-seed0.json").read_text())
+    assert again["test"] == lora["test"]  # exact: the same seeded runs on one machine
 
     report = (tmp_path / "results" / "tiny_quality.md").read_text()
     assert "| ID SASRec | 1 |" in report and "| popularity | 2 |" in report and "broken" not in report
