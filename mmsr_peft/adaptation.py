@@ -6,7 +6,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import COMPONENTS, DEFAULT_COMPONENTS, is_adapter_key, lora_target_patterns, model_components
+from .adapters import (
+    COMPONENTS,
+    DEFAULT_COMPONENTS,
+    component_modules,
+    is_adapter_key,
+    lora_target_patterns,
+    model_components,
+)
 from .arguments import save_run_args
 from .cards import adapter_card, base_card
 from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, build_corpus, load_domain
@@ -98,8 +105,9 @@ class AdaptArguments:
     method: str = field(
         default="lora",
         metadata={
-            "help": "lora (adapters, the base unchanged), full (fine-tune everything), frozen (encoders frozen, the "
-            "rest trains) or scratch (same architecture, random init, target data only); all but lora write a model."
+            "help": "lora (adapters, the base unchanged), full (fine-tune everything, or only the --components given), "
+            "frozen (encoders frozen, the rest trains) or scratch (same architecture, random init, target data "
+            "only); all but lora write a model."
         },
     )
 
@@ -216,6 +224,11 @@ def prepare_method(
         for encoder in (model.item_tower.text, model.item_tower.vision):
             if encoder is not None:
                 encoder.requires_grad_(False)
+    if method == "full" and adapt_args.components:  # only the components named train, in full
+        model.requires_grad_(False)
+        for module in component_modules(model, adapt_args.components):
+            module.requires_grad_(True)
+        return model, f"{METHODS[method]} ({'+'.join(adapt_args.components)})"
     return model, METHODS[method]
 
 
@@ -251,7 +264,6 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     set_seed(args.seed)
     if model.config.item_tower == "id":
         raise ValueError(f"{adapt_args.base} is an ID-based model: its item table cannot represent new items")
-    adapt_args.components = adapt_args.components or model_components(model)
     corpus = build_corpus([domain], model.config.sequence.max_len, adapt_args.cold_start_fraction, args.seed)
     records = corpus.catalog.records(range(len(corpus.catalog)))
     catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)

@@ -75,6 +75,22 @@ def model_components(model: nn.Module, components=DEFAULT_COMPONENTS) -> list[st
     return [component for component in components if present[component]]
 
 
+def component_modules(model: nn.Module, components) -> list[nn.Module]:
+    """The modules of `components` (any of `COMPONENTS`) in `model`: the encoders, the fusion module (the projection
+    head of a one-modality tower) and the sequence encoder."""
+    tower = model.item_tower
+    modules = {
+        "text": getattr(tower, "text", None),
+        "vision": getattr(tower, "vision", None),
+        "fusion": getattr(tower, "fusion", None) or getattr(tower, "head", None),
+        "sequence": model.sequence_encoder,
+    }
+    missing = [c for c in components if modules.get(c) is None]
+    if missing:
+        raise ValueError(f"components {missing} do not exist in an item_tower={model.config.item_tower!r} model")
+    return [modules[c] for c in components]
+
+
 def lora_target_patterns(
     model: nn.Module, components=None, target_modules: dict[str, list[str]] | None = None
 ) -> dict[str, str]:

@@ -164,3 +164,16 @@ def test_the_starting_weights_stay_a_candidate_when_no_epoch_beats_them(base_dir
     assert [h["epoch"] for h in metrics["history"]] == [0, 1] and metrics["best_epoch"] == 0
     test = metrics["test"]
     assert test["LoRA (text+vision+fusion)"] == pytest.approx(test["zero-shot base"], abs=1e-6)
+
+
+def test_full_fine_tuning_of_the_components_named_only(base_dir):
+    from mmsr_peft import MMSRModel
+    from mmsr_peft.adaptation import AdaptArguments, prepare_method
+
+    model, row = prepare_method(
+        MMSRModel.from_pretrained(base_dir), AdaptArguments(target="office", method="full", components=["text"])
+    )
+    assert row == "full fine-tuning (text)"
+    assert trainable(model) == {f"item_tower.text.{n}" for n in trainable(model.item_tower.text)} != set()
+    everything, _ = prepare_method(MMSRModel.from_pretrained(base_dir), AdaptArguments(target="office", method="full"))
+    assert trainable(everything) == {n for n, _ in everything.named_parameters()}  # no components: all of it
