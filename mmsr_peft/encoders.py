@@ -116,6 +116,23 @@ def _checkpointing_enable(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def quiet_from_pretrained(model_class, name_or_path: str, **kwargs):
+    """`model_class.from_pretrained` without transformers' load report, which lists the pooler we leave out as
+    unexpected keys (the strict `load_state_dict` that follows is the check that matters), and without its
+    progress bar over a hundred tensors."""
+    from transformers.utils import logging
+
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        return model_class.from_pretrained(name_or_path, **kwargs)
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
 def _no_pooler(hf_config) -> dict:
     """`add_pooling_layer=False` for the models that have that option (BERT-like): their pooler is not used."""
     from transformers import AutoModel
@@ -189,7 +206,7 @@ class TextEncoder(nn.Module):
         """Fills the backbone with the weights of a pretrained model (every key must match)."""
         from transformers import AutoModel
 
-        pretrained = AutoModel.from_pretrained(name_or_path, **_no_pooler(self.backbone.config))
+        pretrained = quiet_from_pretrained(AutoModel, name_or_path, **_no_pooler(self.backbone.config))
         self.backbone.load_state_dict(pretrained.state_dict(), strict=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
@@ -363,7 +380,8 @@ class VisionEncoder(nn.Module):
 
         if self.config.backend == "hf":
             extra = {"add_pooling_layer": False} if self.family == "hf_vit" else {}
-            self.tower.load_state_dict(type(self.tower).from_pretrained(path, **extra).state_dict(), strict=True)
+            pretrained = quiet_from_pretrained(type(self.tower), path, **extra)
+            self.tower.load_state_dict(pretrained.state_dict(), strict=True)
             return
         state = load_file(path) if path.endswith(".safetensors") else torch.load(path, weights_only=True)
         state = state.get("state_dict", state)
