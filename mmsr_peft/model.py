@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,7 +263,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         self, histories: list[list[str]], catalog: Catalog, k: int = 10, exclude_history: bool = True
     ) -> Recommendations:
         """Top-`k` items of `catalog` for each history (a list of item ids of `catalog`, oldest first). The model
-        reads the last `max_len` items; with `exclude_history`, no item of the whole history is recommended.
+        reads the last `max_len` items; with `exclude_history`, no item of the whole history is recommended, so a
+        user with fewer than `k` other items gets fewer (their places in `scores` hold -inf).
 
         Example:
         ```python
@@ -276,6 +278,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             raise ValueError("this model has no processor; load it with MMSRModel.from_pretrained or pass one")
         if isinstance(histories, str) or not all(isinstance(h, (list, tuple)) for h in histories):
             raise ValueError(f"histories must be a list of lists of item ids (one list per user), got {histories!r}")
+        if not histories:
+            raise ValueError("histories is empty: give one list of item ids per user (an empty list for a new user)")
         rows = []
         for b, history in enumerate(histories):
             unknown = [item for item in history if item not in catalog.index]
@@ -290,7 +294,11 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         users = self.user_embeddings(item_embeddings, read)
         values, indices = chunked_topk(users, item_embeddings, k, known if exclude_history else None)
         self.train(was_training)
-        ids = [[catalog.item_ids[i] for i in row] for row in indices.tolist()]
+        # a user with fewer than k candidates (the catalog minus the history) gets fewer items; their scores are -inf
+        ids = [
+            [catalog.item_ids[i] for i, score in zip(row, scores, strict=True) if score != -math.inf]
+            for row, scores in zip(indices.tolist(), values.tolist(), strict=True)
+        ]
         return Recommendations(ids, values)
 
     def save_pretrained(self, folder: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:

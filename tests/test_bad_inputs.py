@@ -560,6 +560,19 @@ def history_not_a_list_of_lists(ws):
     return Bad(_recommend(ws, ITEMS[:2], k=3), ValueError, fragments)
 
 
+@case
+def no_history_at_all_in_recommend(ws):
+    return Bad(_recommend(ws, [], k=3), ValueError, ("histories is empty", "one list of item ids per user"))
+
+
+def test_recommend_never_pads_a_short_list_with_history_items(base):
+    model = MMSRModel.from_pretrained(base)
+    items = Catalog(ITEMS, [f"a red mug number {i}" for i in range(6)], [None] * 6, name="office")
+    top = model.recommend([ITEMS[:2], []], items, k=100000)  # k far above the 6 items
+    assert sorted(top.item_ids[0]) == sorted(ITEMS[2:]) and sorted(top.item_ids[1]) == sorted(ITEMS)
+    assert torch.isinf(top.scores[0, 4:]).all() and torch.isfinite(top.scores[1]).all()
+
+
 # ------------------------------------------------------------------ the test
 
 XFAIL = {}  # cases that are known to fail: name -> the change that would fix it

@@ -66,3 +66,24 @@ def test_a_failed_prepare_leaves_no_folder_behind(tmp_path, capsys):
     assert data_main(["movielens", "--data_dir", str(tmp_path / "data"), "--posters", str(tmp_path / "none")]) == 2
     assert str(tmp_path / "none") in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "make_poster, message",
+    [
+        (lambda path, tmp: path.symlink_to("/etc/passwd"), "a link to /etc/passwd, outside the folder"),
+        (lambda path, tmp: path.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n"), "not a usable image (not_an_image"),
+    ],
+    ids=["link out of the folder", "not an image"],
+)
+def test_posters_are_validated_at_import_and_links_are_not_followed(make_poster, message, tmp_path, capsys):
+    from PIL import Image
+
+    posters = tmp_path / "posters"
+    posters.mkdir()
+    Image.new("RGB", (12, 18), "red").save(posters / "2.jpg")  # a real poster beside the bad one
+    make_poster(posters / "1.jpg", tmp_path)
+    assert data_main(["movielens", "--data_dir", str(tmp_path / "data"), "--posters", str(posters)]) == 2
+    error = capsys.readouterr().err
+    assert str(posters / "1.jpg") in error and message in error, error
+    assert not (tmp_path / "data").exists()  # nothing written, not even the parent folders

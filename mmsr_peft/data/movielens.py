@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 from ..errors import DataError
@@ -86,7 +85,7 @@ def _write(folder: Path, items: list[dict], interactions: list[dict], posters: P
     for item in items:
         poster = posters / f"{item['item_id']}.jpg" if posters is not None else None
         if poster is not None and poster.is_file():
-            shutil.copyfile(poster, folder / "images" / poster.name)
+            (folder / "images" / poster.name).write_bytes(_poster_bytes(poster, posters))
             images.append(f"images/{poster.name}")
             copied += 1
         else:
@@ -107,6 +106,22 @@ def _write(folder: Path, items: list[dict], interactions: list[dict], posters: P
     }
     write_table(folder / "interactions.parquet", rows, INTERACTION_SCHEMA)
     return copied
+
+
+def _poster_bytes(poster: Path, posters: Path) -> bytes:
+    """The bytes of `poster` once they proved to be a whole image of sane size, read from inside `posters` only (a
+    link that leads out of the folder is refused, not followed)."""
+    from .images import ImageDownloadConfig, ImageRejected, check_image
+
+    target = poster.resolve()
+    if not target.is_relative_to(posters.resolve()):
+        raise DataError(f"--posters {poster}: a link to {target}, outside the folder; refused")
+    data = target.read_bytes()
+    try:
+        check_image(data, ImageDownloadConfig())
+    except ImageRejected as err:
+        raise DataError(f"--posters {poster}: not a usable image ({err.reason}: {err})") from None
+    return data
 
 
 def add_command(commands) -> None:
