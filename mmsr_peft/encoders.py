@@ -163,6 +163,9 @@ class TextEncoderConfig(ConfigMixin):
 
     def __post_init__(self):
         self.backbone = json.loads(json.dumps(self.backbone))  # the form it has after config.json (str keys)
+        self.backbone.pop(
+            "_name_or_path", None
+        )  # where the weights were read from: a path of the machine, not architecture
         if "model_type" not in self.backbone:
             raise ValueError(
                 f"text.backbone must be a transformers config dict with 'model_type', got {self.backbone}"
@@ -283,6 +286,7 @@ class VisionEncoderConfig(ConfigMixin):
         config = AutoConfig.from_pretrained(name_or_path)
         config = getattr(config, "vision_config", config)  # a full CLIP model: its vision half
         tower = config.to_dict()
+        tower.pop("_name_or_path", None)  # a path of this machine, not architecture
         mean, std = (
             (OPENAI_MEAN, OPENAI_STD) if tower["model_type"] == "clip_vision_model" else ((0.5,) * 3, (0.5,) * 3)
         )

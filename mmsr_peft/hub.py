@@ -39,6 +39,18 @@ class PublishArguments:
     overwrite_card: bool = field(default=False, metadata={"help": "Replace a README.md that was edited on the Hub."})
     dry_run: bool = field(default=False, metadata={"help": "Print the files and sizes that would go up; no network."})
 
+    def __post_init__(self):
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        for name in ("repo_id", "base_repo_id"):
+            value = getattr(self, name)
+            try:
+                if value is not None:
+                    validate_repo_id(value)
+            except HFValidationError as err:  # also what the Hub would refuse: checked before anything is written
+                raise ValueError(f"--{name} {value!r} is not a Hub repo id ('org/name'): {err}") from None
+
 
 def folder_kind(folder: Path) -> str:
     """`"base"` or `"adapter"`; anything else is an error naming what is missing."""

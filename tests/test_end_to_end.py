@@ -22,6 +22,7 @@ def test_pretrain_writes_a_loadable_base_with_card_metrics_and_run_args(base_dir
         assert (base_dir / name).is_file(), name
     config = json.loads((base_dir / "config.json").read_text())
     assert "learning_rate" not in json.dumps(config)  # run arguments stay out of the architecture
+    assert "_name_or_path" not in json.dumps(config) and "site-packages" not in json.dumps(config)  # no local path
     run_args = json.loads((base_dir / "run_args.json").read_text())
     assert run_args["learning_rate"] == 3.0e-3 and run_args["domains"] == ["food", "home", "movies"]
     metrics = json.loads((base_dir / "metrics.json").read_text())

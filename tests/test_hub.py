@@ -144,6 +144,17 @@ def test_dry_run_lists_files_and_sizes_without_network(base_dir):
     assert f"model.safetensors  {size:,} bytes" in run.stdout and "checkpoints" not in run.stdout
 
 
+@pytest.mark.parametrize(
+    "option, value", [("--repo_id", "../evil"), ("--repo_id", "a/b/c"), ("--base_repo_id", "../../evil")]
+)
+def test_repo_ids_the_hub_would_refuse_are_refused_before_anything_is_written(option, value, base_dir, capsys):
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in base_dir.iterdir())
+    argv = {"--repo_id": "org/x", "--base_repo_id": "org/base", option: value}
+    assert publish_main(["--folder", str(base_dir), "--dry_run", *[x for kv in argv.items() for x in kv]]) == 2
+    assert f"{option} {value!r} is not a Hub repo id" in capsys.readouterr().err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in base_dir.iterdir()) == before
+
+
 def test_repo_with_only_pickle_weights_is_refused(base_dir, tmp_path):
     from huggingface_hub import HfApi
 
