@@ -17,6 +17,7 @@ from pathlib import Path
 from .adapters import ADAPTER_RECORD
 from .cards import adapter_card, base_card
 from .errors import CheckpointError
+from .model import check_finite
 
 CARD = "README.md"
 # What a published folder may contain (tokenizer files are JSON/TXT; vocabularies of sentencepiece are .model).
@@ -62,6 +63,19 @@ def folder_kind(folder: Path) -> str:
         f"{folder}: neither a base checkpoint (config.json + model.safetensors) nor an adapter "
         "(adapter_config.json + adapter_model.safetensors); only safetensors weights are published"
     )
+
+
+def _check_weights(folder: Path, files: list[Path]) -> None:
+    """Every safetensors file to publish loads and holds finite values only, or nothing goes up."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    for relative in files:
+        if relative.suffix == ".safetensors":
+            try:
+                check_finite(load_file(folder / relative), folder / relative)
+            except (SafetensorError, OSError) as err:
+                raise CheckpointError(f"{folder / relative}: unreadable safetensors file ({err})") from None
 
 
 def files_to_upload(folder: Path) -> list[Path]:
@@ -116,6 +130,7 @@ def publish(args: PublishArguments) -> str | None:
                 "--base_repo_id org/name, so the card and adapter_config.json point where users can load it"
             )
     files = files_to_upload(folder)
+    _check_weights(folder, files)
     if args.dry_run:
         total = sum((folder / f).stat().st_size for f in files)
         print(f"Would publish {kind} {folder} to {args.repo_id} ({'private' if args.private else 'public'}):")

@@ -436,15 +436,26 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_finite(weights: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """`weights` when every floating-point tensor is finite; a NaN or infinite value (a diverged run, a damaged
+    file) is an error naming the tensor, instead of a model that loads and then scores everything NaN."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: tensor {name!r} holds {bad} NaN or infinite values of {tensor.numel()}")
+    return weights
+
+
 def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Reads `model.safetensors`; a pickle file is only read with `allow_pickle=True` (it can run code)."""
+    """Reads `model.safetensors` (every float tensor must be finite); a pickle file is only read with
+    `allow_pickle=True` (it can run code)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = folder / WEIGHTS_FILE
     if path.is_file():
         try:
-            return load_file(path)
+            return check_finite(load_file(path), path)
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path}: unreadable safetensors file ({err})") from err
     pickles = [folder / name for name in PICKLE_FILES if (folder / name).is_file()]
@@ -457,7 +468,7 @@ def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Te
         import pickle
 
         try:  # weights_only: even an allowed pickle may hold tensors only, never code
-            return torch.load(pickles[0], map_location="cpu", weights_only=True)
+            return check_finite(torch.load(pickles[0], map_location="cpu", weights_only=True), pickles[0])
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
             raise CheckpointError(f"{pickles[0]}: unreadable weights file ({err})") from err
     raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")

@@ -345,6 +345,28 @@ def checkpoint_with_a_wrong_shape(ws):
     return Bad(lambda: MMSRModel.from_pretrained(folder), CheckpointError, fragments)
 
 
+def _nan_in_position(state):
+    state["sequence_encoder.position.weight"][1, :3] = float("nan")
+
+
+@case
+def checkpoint_with_nan_weights(ws):
+    folder = _copy_base(ws)
+    _edit_weights(folder, _nan_in_position)
+    fragments = ("model.safetensors", "tensor 'sequence_encoder.position.weight'", "3 NaN or infinite values")
+    return Bad(lambda: MMSRModel.from_pretrained(folder), CheckpointError, fragments)
+
+
+@case
+def publishing_nan_weights(ws):
+    from mmsr_peft.hub import PublishArguments, publish
+
+    folder = _copy_base(ws)
+    _edit_weights(folder, _nan_in_position)
+    fragments = ("model.safetensors", "3 NaN or infinite values")
+    return Bad(lambda: publish(PublishArguments(str(folder), "org/base", dry_run=True)), CheckpointError, fragments)
+
+
 @case
 def pickle_offered_as_weights(ws):
     folder = _copy_base(ws)
