@@ -21,7 +21,14 @@ from .evaluation import evaluate, format_table, random_baseline, secondary_proto
 from .io import atomic_write_text
 from .model import MMSRModel
 from .quantization import QUANTIZATIONS, quantize_encoders, require_bitsandbytes
-from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train, training_record
+from .training import (
+    TrainingArguments,
+    check_output_dir,
+    make_accelerator,
+    precompute_frozen_states,
+    train,
+    training_record,
+)
 
 METHODS = {"lora": "LoRA", "full": "full fine-tuning", "frozen": "frozen encoders", "scratch": "from scratch"}
 
@@ -258,6 +265,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
 
     default = f"outputs/adapters/{adapt_args.adapter_name}" if adapt_args.method == "lora" else None
     args.output_dir = args.output_dir or default or f"outputs/adapted/{adapt_args.target}-{adapt_args.method}"
+    check_output_dir(args.output_dir, {"--base": adapt_args.base})
     domain = load_domain(adapt_args.target, adapt_args.data_source, adapt_args.data_dir)
     model = MMSRModel.from_pretrained(adapt_args.base, revision=adapt_args.revision)
     accelerator = make_accelerator(args, model.config.item_tower, model.config.fusion.type)

@@ -13,7 +13,14 @@ from .domains import build_corpus, load_domain
 from .evaluation import evaluate, format_table, random_baseline, secondary_protocols
 from .io import atomic_write_text
 from .model import MMSRModel
-from .training import TrainingArguments, make_accelerator, precompute_frozen_states, train, training_record
+from .training import (
+    TrainingArguments,
+    check_output_dir,
+    make_accelerator,
+    precompute_frozen_states,
+    train,
+    training_record,
+)
 
 
 def prepare_synthetic(data_args: DataArguments, accelerator=None) -> None:
@@ -39,6 +46,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     from accelerate.utils import set_seed
 
     args.output_dir = args.output_dir or "outputs/pretrain"
+    check_output_dir(args.output_dir)
     accelerator = make_accelerator(args, model_args.item_tower, model_args.fusion)
     set_seed(args.seed)
     prepare_synthetic(data_args, accelerator)

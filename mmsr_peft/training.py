@@ -248,6 +248,17 @@ def check_training_state(folder: Path, process_index: int) -> None:
             raise CheckpointError(f"{path}: field {field_name!r} is not a random-number generator state")
 
 
+def check_output_dir(output_dir: str, protected: dict[str, str] | None = None) -> None:
+    """Refuses, before any work, an `output_dir` a run cannot or must not write: an existing file, or one of the
+    `protected` folders (`{flag: folder}`, e.g. the `--base` a run reads, which it would overwrite)."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
+    for flag, folder in (protected or {}).items():
+        if folder and Path(folder).exists() and path.resolve() == Path(folder).resolve():
+            raise ValueError(f"--output_dir {output_dir} is the {flag} folder: the run would write over it")
+
+
 def training_record(state: TrainState, args: TrainingArguments) -> dict:
     """What a run's `metrics.json` says about its training: the best epoch, the epochs run, whether it stopped by
     `patience` or at the `ceiling` of `num_epochs` (then it may not have converged), and the validation history."""

@@ -264,6 +264,26 @@ def missing_target_data(ws):
 
 
 @case
+def output_dir_equal_to_the_base(ws):
+    def attempt():
+        training = TrainingArguments(output_dir=str(ws.base), num_epochs=1, batch_size=4, seed=0)
+        adapt(
+            AdaptArguments(target="office", base=str(ws.base), data_dir=str(ws.root / "data"), method="frozen"),
+            training,
+        )
+
+    before = {p.name: p.read_bytes() for p in ws.base.iterdir() if p.is_file()}
+    after = lambda: assert_unchanged(ws.base, before)  # noqa: E731
+    return Bad(attempt, ValueError, (f"--output_dir {ws.base} is the --base folder", "would write over it"), after)
+
+
+@case
+def output_dir_that_is_a_file(ws):
+    (ws.root / "out").write_text("a file")
+    return Bad(ws.adapt(), ValueError, (f"--output_dir {ws.root / 'out'} is a file, not a folder",))
+
+
+@case
 def components_naming_an_unknown_part(ws):
     return Bad(ws.adapt(components=["text", "audio"]), ValueError, ("--components ['audio']", "text", "vision"))
 
@@ -343,6 +363,10 @@ def checkpoint_with_a_wrong_shape(ws):
     _edit_weights(folder, lambda state: state.update({"sequence_encoder.position.weight": torch.zeros(3, 32)}))
     fragments = ("model.safetensors", "sequence_encoder.position.weight: (3, 32), expected (8, 32)")
     return Bad(lambda: MMSRModel.from_pretrained(folder), CheckpointError, fragments)
+
+
+def assert_unchanged(folder: Path, before: dict[str, bytes]) -> None:
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 
 def _nan_in_position(state):
