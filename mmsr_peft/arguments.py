@@ -47,29 +47,58 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parse_args(dataclass_types, argv=None, description: str | None = None):
-    """Parses `argv` into one instance of each dataclass. `--config file.yaml` sets defaults that flags override;
-    a key of the YAML file that is no argument is an error."""
+    """Parses `argv` into one instance of each dataclass. `--config file.yaml` gives arguments that flags on the
+    command line override; its values go through the same parsing and checks as flags (a key that is no argument,
+    or a value of the wrong type, is an error naming the file)."""
+    import sys
+
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file whose keys fill the arguments; flags win.")
     config_only = argparse.ArgumentParser(add_help=False)  # read --config before required flags are checked
     config_only.add_argument("--config", default=None)
+    argv = list(sys.argv[1:] if argv is None else argv)
     known, _ = config_only.parse_known_args(argv)
     if known.config:
-        settings = yaml.safe_load(Path(known.config).read_text()) or {}
-        if not isinstance(settings, dict):
-            parser.error(f"{known.config}: expected a mapping of argument names to values")
         valid = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
-        unknown = sorted(set(settings) - valid)
-        if unknown:
-            parser.error(f"{known.config}: unknown keys {unknown}; valid keys: {sorted(valid)}")
-        parser.set_defaults(**settings)
-        for action in parser._actions:  # a required flag given by the file is no longer required on the line
-            if action.dest in settings:
-                action.required = False
+        argv = config_flags(known.config, valid, parser) + argv  # flags given later on the line win
     parsed = parser.parse_args_into_dataclasses(argv)
     return [p for p in parsed if not isinstance(p, argparse.Namespace)]  # drop the namespace holding --config
+
+
+def config_flags(path: str, valid: set[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The command-line flags that the YAML file `path` stands for (`lr: 1e-4` -> `["--lr", "1e-4"]`)."""
+    try:
+        settings = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        parser.error(f"--config {path}: cannot read it ({err.strerror})")
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        parser.error(f"--config {path}: not valid YAML{line} ({getattr(err, 'problem', None) or err})")
+    if not isinstance(settings, dict):
+        parser.error(f"{path}: expected a mapping of argument names to values")
+    unknown = sorted(set(settings) - valid)
+    if unknown:
+        parser.error(f"{path}: unknown keys {unknown}; valid keys: {sorted(valid)}")
+    flags = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            parser.error(f"{path}: key {key!r} holds a mapping; expected a value or a list")
+        if value is None:
+            continue
+        tokens = [
+            str(v).lower() if isinstance(v, bool) else str(v) for v in (value if isinstance(value, list) else [value])
+        ]
+        convert = parser._option_string_actions[f"--{key}"].type
+        for token in tokens:  # what argparse would say, but naming the file and the key
+            try:
+                convert(token) if callable(convert) else token
+            except (TypeError, ValueError):
+                parser.error(f"{path}: key {key!r}: invalid {getattr(convert, '__name__', 'value')} value {token!r}")
+        flags += [f"--{key}", *tokens]
+    return flags
 
 
 def save_run_args(folder: str | Path, *arguments) -> None:

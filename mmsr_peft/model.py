@@ -75,6 +75,11 @@ class MMSRConfig(ConfigMixin):
             raise ValueError(f"itc_weight must be >= 0 and needs item_tower='modal', got {self.itc_weight}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.sequence.type == "sasrec" and self.hidden_size % self.sequence.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by sequence.num_heads {self.sequence.num_heads}: "
+                "SASRec's attention splits the width across its heads"
+            )
         if self.hidden_size < 1 or self.temperature <= 0:
             raise ValueError(
                 f"hidden_size must be >= 1 and temperature > 0, got {self.hidden_size}, {self.temperature}"

@@ -108,6 +108,12 @@ class TrainingArguments:
             raise ValueError(f"unknown --optim {self.optim!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
         if self.optim == "adamw8bit":
             require_bitsandbytes("--optim adamw8bit")
+        if (
+            self.feature_cache_dir
+            and Path(self.feature_cache_dir).exists()
+            and not Path(self.feature_cache_dir).is_dir()
+        ):
+            raise ValueError(f"--feature_cache_dir {self.feature_cache_dir} is a file, not a folder")
 
 
 # Parameter groups with a learning rate of their own: (argument, name prefix of the model's parameters).

@@ -278,6 +278,19 @@ def output_dir_equal_to_the_base(ws):
 
 
 @case
+def hidden_size_the_attention_heads_cannot_split(ws):
+    args = ModelArguments(text_model="tiny-bert", vision_model="micro-vit", image_size=32, hidden_size=63)
+    return Bad(lambda: build_model(args), ValueError, ("hidden_size 63 is not divisible by sequence.num_heads 2",))
+
+
+@case
+def feature_cache_dir_that_is_a_file(ws):
+    (ws.root / "cache").write_text("a file")
+    fragments = (f"--feature_cache_dir {ws.root / 'cache'} is a file, not a folder",)
+    return Bad(lambda: TrainingArguments(feature_cache_dir=str(ws.root / "cache")), ValueError, fragments)
+
+
+@case
 def output_dir_that_is_a_file(ws):
     (ws.root / "out").write_text("a file")
     return Bad(ws.adapt(), ValueError, (f"--output_dir {ws.root / 'out'} is a file, not a folder",))

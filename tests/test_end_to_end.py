@@ -128,10 +128,19 @@ def test_pretrain_config_file_fills_arguments_and_rejects_unknown_keys(tmp_path,
     model_args, data_args = parse_args((ModelArguments, DataArguments), ["--config", str(good), "--hidden_size", "40"])
     assert (model_args.fusion, model_args.hidden_size, data_args.domains) == ("merge_attention", 40, ["food"])
     bad = tmp_path / "bad.yaml"
-    bad.write_text("hiden_size: 48\n")
-    with pytest.raises(SystemExit):
-        parse_args((ModelArguments, DataArguments), ["--config", str(bad)])
-    assert "hiden_size" in capsys.readouterr().err
+    for text, message in [
+        ("hiden_size: 48\n", "unknown keys ['hiden_size']"),
+        ("hidden_size: 4.7\n", f"{bad}: key 'hidden_size': invalid int value '4.7'"),  # typed like a flag
+        ("fusion: [concat\n", f"--config {bad}: not valid YAML at line 2"),
+        ("fusion: {type: concat}\n", "key 'fusion' holds a mapping"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(SystemExit):
+            parse_args((ModelArguments, DataArguments), ["--config", str(bad)])
+        assert message in capsys.readouterr().err, text
+    bad.write_text("learning_rate: 1e-4\nresume: true\n")  # PyYAML reads 1e-4 as a string: parsed as a flag is
+    (training,) = parse_args((TrainingArguments,), ["--config", str(bad)])
+    assert training.learning_rate == 1e-4 and training.resume is True
 
 
 def test_pretrain_resumes_from_saved_state(data_dir, tmp_path, capsys):
