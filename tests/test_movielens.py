@@ -87,3 +87,21 @@ def test_posters_are_validated_at_import_and_links_are_not_followed(make_poster,
     error = capsys.readouterr().err
     assert str(posters / "1.jpg") in error and message in error, error
     assert not (tmp_path / "data").exists()  # nothing written, not even the parent folders
+
+
+@pytest.mark.slow
+def test_the_readme_path_after_the_demo_adapts_a_base_to_movielens(ml_dir, base_dir, tmp_path, capsys):
+    """README, "Next": `mmsr-data movielens ...` (the `ml_dir` fixture), then `mmsr-adapt --target ml-100k
+    --data_source movielens --base <the demo's base>` (a tiny base here, one epoch), then the downstream example."""
+    from mmsr_peft import MMSRModel
+    from mmsr_peft.cli import adapt_main
+
+    out = tmp_path / "adapter"
+    argv = ["--target", "ml-100k", "--data_source", "movielens", "--base", str(base_dir), "--data_dir", str(ml_dir)]
+    assert adapt_main([*argv, "--num_epochs", "1", "--batch_size", "128", "--output_dir", str(out)]) == 0
+    assert "Target ml-100k (movielens), test split" in capsys.readouterr().out
+    model = MMSRModel.from_pretrained(base_dir)
+    model.load_adapter(out, adapter_name="ml-100k")
+    catalog = load_domain("ml-100k", source="movielens", data_dir=str(ml_dir)).catalog
+    top = model.recommend([["1", "50", "181"]], catalog, k=10)
+    assert len(top.item_ids[0]) == 10 and not {"1", "50", "181"} & set(top.item_ids[0])
