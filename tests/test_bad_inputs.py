@@ -153,6 +153,21 @@ def null_timestamp(ws):
 
 
 @case
+def negative_timestamp(ws):
+    write_domain(ws.domain, interactions={"timestamp": [100, 101, 102, -5] + [200] * 8})
+    return Bad(ws.adapt(), DataError, ("interactions.parquet", "row 3", "timestamp -5 is negative"))
+
+
+@case
+def repeated_interaction_rows(ws):
+    rows = [(f"u{u}", ITEMS[(u + j) % 6], 100 * u + j) for u in range(3) for j in range(4)]
+    rows[5] = rows[4]  # u1 rated office-1 at 100 twice
+    columns = dict(zip(("user_id", "item_id", "timestamp"), map(list, zip(*rows, strict=True)), strict=True))
+    write_domain(ws.domain, interactions=columns)
+    return Bad(ws.adapt(), DataError, ("interactions.parquet", "rows 4 and 5 are the same interaction", "100"))
+
+
+@case
 def unknown_item_id_in_interactions(ws):
     write_domain(ws.domain, interactions={"item_id": ITEMS[:5] + ["office-99"] + ITEMS * 1})
     return Bad(ws.adapt(), DataError, ("interactions.parquet", "row 5", "'office-99'", "not in items.parquet"))

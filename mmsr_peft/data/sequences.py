@@ -42,7 +42,11 @@ class Sequences:
         columns = read_parquet(path, INTERACTION_COLUMNS).data
         user_names, user_codes = _sorted_codes(columns.column("user_id"))
         timestamps = pc.cast(columns.column("timestamp"), pa.int64()).to_numpy()
+        if len(timestamps) and timestamps.min() < 0:
+            row = int(np.argmin(timestamps))
+            raise DataError(f"{path}: row {row}: timestamp {timestamps[row]} is negative; expected seconds since 1970")
         items = _item_indices(path, columns.column("item_id"), catalog)
+        _refuse_duplicates(path, user_codes, items, timestamps)
         return cls._grouped(user_names, user_codes, items, timestamps)
 
     @classmethod
@@ -76,6 +80,20 @@ class Sequences:
             [u for p in parts for u in p.user_ids],
             [seq + offset for p, offset in zip(parts, offsets, strict=True) for seq in p.items],
             {key: sum(p.stats.get(key, 0) for p in parts) for key in parts[0].stats},
+        )
+
+
+def _refuse_duplicates(path: Path, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> None:
+    """Refuses two rows with the same user, item and timestamp: a repeated row, which would count twice in the
+    sequences and the statistics (a repeat at another time is a real repeat and stays)."""
+    rows = np.stack([users.astype(np.int64), items, timestamps], axis=1)  # (R, 3)
+    _, first, counts = np.unique(rows, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        row = int(first[np.argmax(counts > 1)])
+        again = int(np.flatnonzero((rows == rows[row]).all(axis=1))[1])
+        raise DataError(
+            f"{path}: rows {row} and {again} are the same interaction (user, item, timestamp {timestamps[row]}); "
+            "remove the repeated rows"
         )
 
 
