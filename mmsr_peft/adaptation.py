@@ -335,7 +335,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         kind = "synthetic" if domain.synthetic else adapt_args.data_source
         print(
             f"\nTarget {adapt_args.target} ({kind}), test split. Protocol: full ranking, leave-one-out, "
-            f"history excluded, ties pessimistic.\n{table}\n"
+            f"the whole history excluded, ties pessimistic.\n{table}\n"
         )
         what = f"Adapter {adapt_args.adapter_name!r}" if adapt_args.method == "lora" else f"Model ({row})"
         print(f"{what} written to {args.output_dir}")
