@@ -48,9 +48,11 @@ benchmark: $(STAMP) $(RECBOLE_VENV)/.installed
 
 # results/quality_ml100k.{md,json,png}: every row of scripts/configs/quality_ml100k.yaml, 3 seeds, each run to
 # convergence in its own process (2 at a time); resumable: runs with a record in results/quality_ml100k/runs are skipped
-POSTERS ?= ../shared/data/ml100k-posters
+# POSTERS: a folder of <item_id>.jpg ML-100k posters (not distributed with the data; the image rows need them)
+POSTERS ?=
 quality: $(STAMP) $(RECBOLE_VENV)/.installed
-	test -f data/movielens/ml-100k/items.parquet || $(BIN)/mmsr-data movielens --data_dir data --posters $(POSTERS)
+	test -f data/movielens/ml-100k/items.parquet || \
+		$(BIN)/mmsr-data movielens --data_dir data $(if $(POSTERS),--posters $(POSTERS))
 	$(BIN)/python scripts/benchmark_quality.py
 
 # the base of `make demo`, then every way of moving it to office (5 epochs per row keep it near an hour on 2 cores)

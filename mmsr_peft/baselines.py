@@ -64,10 +64,13 @@ class ContentKNN(nn.Module):
 
 
 def training_counts(corpus: Corpus) -> np.ndarray:
-    """Training interactions per catalog item: every item before each user's validation target."""
-    known = [k for eval_set in corpus.valid for k in (eval_set.known or eval_set.histories)]
+    """Training interactions per catalog item: every item before each user's validation target, but the cold-start
+    items, which training never sees."""
+    known = [k for eval_set in corpus.valid for k in eval_set.known]
     items = np.concatenate(known) if known else np.zeros(0, dtype=np.int64)
-    return np.bincount(items, minlength=len(corpus.catalog))
+    counts = np.bincount(items, minlength=len(corpus.catalog))
+    counts[corpus.cold_items] = 0
+    return counts
 
 
 def frozen_features(model_args: ModelArguments, corpus: Corpus, modality: str, cache_dir: str | None) -> torch.Tensor:

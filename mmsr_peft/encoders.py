@@ -163,9 +163,8 @@ class TextEncoderConfig(ConfigMixin):
 
     def __post_init__(self):
         self.backbone = json.loads(json.dumps(self.backbone))  # the form it has after config.json (str keys)
-        self.backbone.pop(
-            "_name_or_path", None
-        )  # where the weights were read from: a path of the machine, not architecture
+        # where the weights were read from: a path of the machine, not architecture
+        self.backbone.pop("_name_or_path", None)
         if "model_type" not in self.backbone:
             raise ValueError(
                 f"text.backbone must be a transformers config dict with 'model_type', got {self.backbone}"

@@ -91,10 +91,10 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Ten
     """
     target_scores = scores.gather(1, targets[:, None])  # (B, 1)
     ahead = scores >= target_scores
-    if exclude is None:
-        return ahead.sum(1) - 1
-    ranks = (ahead & ~exclude).sum(1) - 1
-    return ranks.masked_fill(exclude.gather(1, targets[:, None]).squeeze(1), MISS)  # an excluded target is a miss
+    ranks = ahead.sum(1) - 1 if exclude is None else (ahead & ~exclude).sum(1) - 1
+    if exclude is not None:
+        ranks = ranks.masked_fill(exclude.gather(1, targets[:, None]).squeeze(1), MISS)  # an excluded target: a miss
+    return ranks.masked_fill(~torch.isfinite(target_scores[:, 0]), MISS)  # a NaN score: a miss, not rank 0
 
 
 def history_mask(histories: torch.Tensor, start: int, end: int) -> torch.Tensor:
@@ -142,7 +142,8 @@ def chunked_ranks(
     if histories is not None:
         excluded = ((histories == targets[:, None]) & (histories >= 0)).any(1)
         ranks.masked_fill_(excluded, MISS)  # a target in the history is not a candidate: a miss
-    return ranks
+    # a NaN target score compares False with everything and would rank first: a miss, so a diverged model scores 0
+    return ranks.masked_fill_(~torch.isfinite(target_scores[:, 0]), MISS)
 
 
 def chunked_topk(
@@ -209,9 +210,10 @@ def evaluate(
         ranks = torch.cat(ranks).numpy()
         all_ranks.append(ranks)
         results[eval_set.name] = rank_metrics(ranks, ks)
-        if eval_set.cold is not None:
-            results[f"{eval_set.name} warm"] = rank_metrics(ranks[~eval_set.cold], ks)
-            results[f"{eval_set.name} cold"] = rank_metrics(ranks[eval_set.cold], ks)
+        if eval_set.cold is not None:  # a group without cases (no cold target drawn) is left out, not NaN
+            for part, cases in (("warm", ~eval_set.cold), ("cold", eval_set.cold)):
+                if cases.any():
+                    results[f"{eval_set.name} {part}"] = rank_metrics(ranks[cases], ks)
     results["all"] = rank_metrics(np.concatenate(all_ranks), ks)
     model.train(was_training)
     return results

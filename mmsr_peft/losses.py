@@ -23,7 +23,7 @@ def softmax_loss(
 
     Args:
         states: `(B, T, D)`; items: `(N, D)`; targets: `(B, T)` rows of `items`, -1 to ignore;
-        logq: `(N,)` log expected frequency of each candidate in the pool (None: no correction).
+        logq: `(N,)` log probability that each candidate is among the step's candidates (None: no correction).
     """
     logits = states @ items.T / temperature  # (B, T, N)
     if logq is not None:

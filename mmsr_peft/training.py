@@ -201,25 +201,42 @@ class TrainState:
             saved = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path}: expected a JSON object, got {type(saved).__name__}")
         for name in self.COUNTERS:
             if not isinstance(saved.get(name), int) or isinstance(saved.get(name), bool):
                 raise CheckpointError(f"{path}: field {name!r} is {saved.get(name)!r}, expected an integer")
-        if not isinstance(saved.get("history"), list) or not isinstance(
-            saved.get("best_metric"), (int, float, type(None))
-        ):
+        best = saved.get("best_metric")
+        if not isinstance(saved.get("history"), list) or not (best is None or isinstance(best, (int, float))):
             raise CheckpointError(f"{path}: expected a 'history' list and a numeric 'best_metric'")
+        if best is not None and not math.isfinite(best):
+            raise CheckpointError(f"{path}: field 'best_metric' is {best}, expected a finite number")
         for name in self.COUNTERS:
             setattr(self, name, saved[name])
-        self.best_metric = -math.inf if saved["best_metric"] is None else float(saved["best_metric"])
+        self.best_metric = -math.inf if best is None else float(best)
         self.history = saved["history"]
-        self.best_weights = load_file(str(folder / self.WEIGHTS))
+        try:
+            self.best_weights = load_file(str(folder / self.WEIGHTS))
+        except Exception as err:  # missing, truncated or not safetensors: SafetensorError, OSError, ...
+            raise CheckpointError(f"{folder / self.WEIGHTS}: unreadable ({type(err).__name__}: {err})") from None
+
+    def check_weights(self, expected: dict[str, torch.Tensor], folder: Path) -> None:
+        """Refuses best weights that do not fit the model being trained (names and shapes)."""
+        from .errors import CheckpointError
+
+        for name, tensor in self.best_weights.items():
+            if name not in expected or expected[name].shape != tensor.shape:
+                shape = tuple(expected[name].shape) if name in expected else None
+                raise CheckpointError(
+                    f"{folder / self.WEIGHTS}: tensor {name!r} {tuple(tensor.shape)} does not fit the model "
+                    f"(expected {shape})"
+                )
 
 
 def check_training_state(folder: Path, process_index: int) -> None:
     """Refuses what Accelerate's `load_state` would unpickle with `weights_only=False` (custom checkpoints: we write
     none), and an RNG state file that it would load and apply silently although it is not one it wrote: Python's
     Mersenne Twister state, NumPy's `MT19937` state and torch's CPU generator state, with their sizes."""
-    import numpy as np
     from accelerate.utils import load
 
     from .errors import CheckpointError
@@ -227,7 +244,8 @@ def check_training_state(folder: Path, process_index: int) -> None:
     foreign = sorted(p.name for p in folder.glob("custom_checkpoint_*"))
     if foreign:  # Accelerate would unpickle these with weights_only=False: they could run code
         raise CheckpointError(
-            f"{folder}: holds {foreign}, which mmsr_peft never writes (a pickle can run code); refused"
+            f"{folder}: holds {foreign}, pickles that this mmsr_peft never writes and will not load (they can run "
+            "code; an older version wrote them): start again without --resume"
         )
     path = folder / f"random_states_{process_index}.pkl"
     try:
@@ -236,20 +254,30 @@ def check_training_state(folder: Path, process_index: int) -> None:
         raise CheckpointError(
             f"{path}: not a random-state file written by Accelerate ({type(err).__name__})"
         ) from None
+    if not isinstance(states, dict):
+        raise CheckpointError(f"{path}: not a random-state file written by Accelerate (a {type(states).__name__})")
     python, numpy_state, torch_state = (
         states.get(k) for k in ("random_state", "numpy_random_seed", "torch_manual_seed")
     )
     checks = {
-        "random_state": isinstance(python, tuple) and len(python) == 3 and len(python[1]) == 625,
-        "numpy_random_seed": isinstance(numpy_state, tuple)
-        and numpy_state[0] == "MT19937"
-        and isinstance(numpy_state[1], np.ndarray)
-        and numpy_state[1].shape == (624,),
-        "torch_manual_seed": isinstance(torch_state, torch.Tensor)
-        and torch_state.dtype == torch.uint8
-        and torch_state.shape == torch.get_rng_state().shape,
+        "random_state": lambda: isinstance(python, tuple) and len(python) == 3 and len(python[1]) == 625,
+        "numpy_random_seed": lambda: (
+            isinstance(numpy_state, tuple)
+            and numpy_state[0] == "MT19937"
+            and isinstance(numpy_state[1], np.ndarray)
+            and numpy_state[1].shape == (624,)
+        ),
+        "torch_manual_seed": lambda: (
+            isinstance(torch_state, torch.Tensor)
+            and torch_state.dtype == torch.uint8
+            and torch_state.shape == torch.get_rng_state().shape
+        ),
     }
-    for field_name, ok in checks.items():
+    for field_name, check in checks.items():
+        try:
+            ok = check()
+        except (TypeError, IndexError, KeyError):  # a tuple too short, a value without a length, ...
+            ok = False
         if not ok:
             raise CheckpointError(f"{path}: field {field_name!r} is not a random-number generator state")
 
@@ -384,6 +412,7 @@ def train(
             raise FileNotFoundError(f"--resume: no complete training state under {args.output_dir}/checkpoints")
         check_training_state(complete[-1], accelerator.process_index)
         state.load(complete[-1])
+        state.check_weights({**dict(model.named_buffers()), **trainable}, complete[-1])
         accelerator.load_state(str(complete[-1]))
         accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {complete[-1]}")
     # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.

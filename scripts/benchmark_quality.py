@@ -29,8 +29,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
-from runner import BIN, REPO, Run, execute, machine, mean_std, plot, relative, run_all, write_json
+from runner import REPO, Run, console_script, execute, machine, mean_std, plot, relative, run_all, write_json
 
 METRICS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
 
@@ -82,7 +83,8 @@ class Benchmark:
         name = self.plan["name"]
         self.records_dir = Path(args.records_dir or REPO / "results" / name / "runs")
         self.work_dir = Path(args.work_dir or REPO / "outputs" / name)
-        self.locks: dict[Run, threading.Lock] = {}
+        self.locks: dict[Run, threading.RLock] = {}
+        self.export_lock = threading.Lock()
         unknown = sorted(set(args.rows or []) - set(self.plan["rows"]))
         if unknown:
             raise SystemExit(f"unknown --rows {unknown}; the plan's rows: {', '.join(self.plan['rows'])}")
@@ -109,23 +111,19 @@ class Benchmark:
         common = {"seed": run.seed, "output_dir": out, "feature_cache_dir": self.args.feature_cache_dir}
         if spec["command"] == "pretrain":
             settings = {**plan["model"], **plan["training"], **data, **common, **spec["args"]}
-            return [BIN / "mmsr-pretrain", *flags(settings)]
+            return [console_script("mmsr-pretrain"), *flags(settings)]
         if spec["command"] == "baseline":
-            return [BIN / "mmsr-baseline", *flags({**plan["model"], **data, **common, **spec["args"]})]
+            return [console_script("mmsr-baseline"), *flags({**plan["model"], **data, **common, **spec["args"]})]
         if spec["command"] == "adapt":  # from the model that the `init` row's run of this split and seed wrote
             (target,) = data.pop("domains")
             base = self.folder(Run(spec["init"], run.split, run.seed))
             settings = {"target": target, "base": base, **plan["training"], **data, **common, **spec["args"]}
-            return [BIN / "mmsr-adapt", *flags(settings)]
-        if spec["command"] == "recbole":
-            export = self.recbole_export()
+            return [console_script("mmsr-adapt"), *flags(settings)]
+        if spec["command"] == "recbole":  # on the GPU when there is one (.venv-recbole then needs a CUDA torch)
             settings = {"seed": run.seed, "max_len": plan["model"]["max_len"], "output": out / "report.json"}
-            return [
-                self.args.recbole_python,
-                REPO / "scripts" / "recbole_sasrec.py",
-                export,
-                *flags(settings | spec["args"]),
-            ]
+            settings["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+            script = REPO / "scripts" / "recbole_sasrec.py"
+            return [self.args.recbole_python, script, self.recbole_export(), *flags(settings | spec["args"])]
         raise SystemExit(f"{self.args.plan}: row {run.row}: unknown command {spec['command']!r}")
 
     def recbole_export(self) -> Path:
@@ -135,7 +133,9 @@ class Benchmark:
 
         (name,) = self.plan["data"]["domains"]
         export = self.work_dir / "recbole" / name
-        if not (export / "mmsr_export.json").is_file():
+        with self.export_lock:  # RecBole's seeds start side by side: one writes the export, the others wait
+            if (export / "mmsr_export.json").is_file():
+                return export
             domain = load_domain(name, self.plan["data"]["data_source"], self.args.data_dir)
             export_recbole(domain.folder, export, max_len=self.plan["model"]["max_len"], overwrite=True)
         return export
@@ -145,20 +145,41 @@ class Benchmark:
         return self.work_dir / run.row / f"{run.split}-seed{run.seed}"
 
     def ensure_init(self, run: Run) -> None:
-        """An `adapt` row starts from its `init` row's model: when that folder is gone (another machine, a clean
-        checkout), the init run is run again there (seeded: the same model) and recorded if it was not."""
+        """An `adapt` row starts from its `init` row's model: when that run's folder is not complete (another
+        machine, a clean checkout), the init run is run again there (seeded: the same model) and recorded if it
+        was not."""
         init = Run(self.plan["rows"][run.row]["init"], run.split, run.seed)
-        with self.locks.setdefault(init, threading.Lock()):
-            if not (self.folder(init) / "model.safetensors").is_file():
-                record = self.run(init)
+        with self.lock(init):
+            if not (self.folder(init) / "metrics.json").is_file():  # written last
+                record = self.execute(init, self.folder(init))
                 if not self.record_path(init).is_file():
                     write_json(self.record_path(init), record)
 
-    def run(self, run: Run, out: Path | None = None) -> dict:
-        """Runs `run` in its own process and returns its record."""
-        if self.plan["rows"][run.row]["command"] == "adapt":
-            self.ensure_init(run)
-        out = out or self.folder(run)
+    def uses_images(self, row: str) -> bool:
+        """Whether `row` reads item images (an image or text + image tower, or an image kNN)."""
+        spec = self.plan["rows"][row]
+        if spec["command"] == "adapt":
+            return self.uses_images(spec["init"])
+        if spec["command"] == "baseline":
+            return spec["args"]["baseline"] in ("knn_image", "knn_both")
+        settings = {**self.plan["model"], **spec["args"]}
+        return spec["command"] == "pretrain" and settings.get("item_tower", "modal") in ("modal", "image")
+
+    def lock(self, run: Run) -> threading.RLock:
+        """One run is run by one thread at a time: a row's own run and an adapt row's `ensure_init` of it."""
+        return self.locks.setdefault(run, threading.RLock())
+
+    def run(self, run: Run) -> dict:
+        """Runs `run` in its own process into its folder and returns its record (filed meanwhile: read back)."""
+        with self.lock(run):
+            if self.record_path(run).is_file():  # an adapt row's init, run and filed by `ensure_init`
+                return json.loads(self.record_path(run).read_text())
+            if self.plan["rows"][run.row]["command"] == "adapt":
+                self.ensure_init(run)
+            return self.execute(run, self.folder(run))
+
+    def execute(self, run: Run, out: Path) -> dict:
+        """Runs `run`'s command, writing into `out`, and returns its record."""
         command = self.command(run, out)
         measured = execute(command, out.parent / f"{out.name}.log")
         kind = self.plan["rows"][run.row]["command"]
@@ -204,7 +225,10 @@ def read_metrics(path: Path) -> dict:
 def read_recbole(path: Path) -> dict:
     """The record's part from `scripts/recbole_sasrec.py`'s report."""
     report = json.loads(path.read_text())
-    strip = lambda metrics: {k: v for k, v in metrics.items() if k != "protocol"}  # noqa: E731
+
+    def strip(metrics: dict) -> dict:
+        return {k: v for k, v in metrics.items() if k != "protocol"}
+
     return {
         "test": {"all": strip(report["test"])},
         "test_window": strip(report["test_last_max_len"]),
@@ -222,12 +246,22 @@ def read_recbole(path: Path) -> dict:
 
 def verify(bench: Benchmark, name: str) -> int:
     """Runs the recorded run `name` (ROW/SPLIT-seedN) again and prints how its test metrics compare."""
-    row, rest = name.split("/")
-    split, seed = rest.rsplit("-seed", 1)
-    run = Run(row, split, int(seed))
-    recorded = json.loads(bench.record_path(run).read_text())
-    with tempfile.TemporaryDirectory(dir=bench.work_dir.parent) as tmp:
-        again = bench.run(run, Path(tmp) / "run")
+    try:
+        row, rest = name.split("/")
+        split, seed = rest.rsplit("-seed", 1)
+        run = Run(row, split, int(seed))
+        recorded = json.loads(bench.record_path(run).read_text())
+    except (ValueError, OSError):
+        print(
+            f"error: --verify {name}: expected ROW/SPLIT-seedN of a recorded run, e.g. gated/main-seed0",
+            file=sys.stderr,
+        )
+        return 2
+    bench.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=bench.work_dir) as tmp:
+        if bench.plan["rows"][run.row]["command"] == "adapt":
+            bench.ensure_init(run)
+        again = bench.execute(run, Path(tmp) / "run")
     worst = 0.0
     for target, metrics in recorded["test"].items():
         for metric, value in metrics.items():
@@ -385,10 +419,20 @@ def main(argv=None) -> int:
         from mmsr_peft.errors import DataError
 
         try:  # a missing domain fails now, with the command that prepares it, not in every run
-            for name in bench.plan["data"]["domains"]:
-                load_domain(name, bench.plan["data"]["data_source"], args.data_dir)
+            domains = [
+                load_domain(n, bench.plan["data"]["data_source"], args.data_dir) for n in bench.plan["data"]["domains"]
+            ]
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
+            return 2
+        imageless = [d.name for d in domains if not any(image is not None for image in d.catalog.images)]
+        needing = sorted({run.row for run in bench.runs() if bench.uses_images(run.row)})
+        if imageless and needing:
+            print(
+                f"error: {imageless} have no item images, which rows {needing} need: prepare them with images "
+                "(mmsr-data movielens --posters DIR --overwrite) or leave those rows out (--rows)",
+                file=sys.stderr,
+            )
             return 2
         failures = run_all(bench.runs(), bench.record_path, bench.run, args.jobs)
     report(bench)

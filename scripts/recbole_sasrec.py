@@ -333,8 +333,11 @@ def make_trainer(recbole, config, model, user_field: str):
 
         def _full_sort_batch_eval(self, batched_data):
             interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
-            if self.known is not None:
-                scores = scores.masked_fill(self.known[interaction[user_field].to(scores.device)], -np.inf)
+            if self.known is not None:  # the known items, and the history read (a user may have no training row)
+                exclude = self.known[interaction[user_field].to(scores.device)].clone()
+                exclude.scatter_(1, interaction[self.model.ITEM_SEQ].to(scores.device), True)
+                exclude[:, 0] = False  # padding: RecBole sets its score to -inf itself
+                scores = scores.masked_fill(exclude, -np.inf)
             return interaction, scores, positive_u, positive_i
 
     return Trainer(config, model)
@@ -370,9 +373,12 @@ def protocol_ranks(model, eval_data, device, known, user_field: str) -> dict:
 
 def target_ranks(scores, targets, exclude):
     """0-based rank of each target among its row's candidates (as mmsr_peft.evaluation.target_ranks)."""
+    import torch
+
     target_scores = scores.gather(1, targets[:, None])  # (B, 1)
     ranks = ((scores >= target_scores) & ~exclude).sum(1) - 1
-    return ranks.masked_fill(exclude.gather(1, targets[:, None]).squeeze(1), MISS)
+    ranks = ranks.masked_fill(exclude.gather(1, targets[:, None]).squeeze(1), MISS)
+    return ranks.masked_fill(~torch.isfinite(target_scores[:, 0]), MISS)  # a NaN score is a miss
 
 
 def rank_metrics(ranks) -> dict[str, float]:

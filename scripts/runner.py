@@ -3,7 +3,8 @@
 
 A benchmark is resumable run by run: a run whose record exists is not run again, so an interrupted benchmark
 continues where it stopped, and records can be committed as they come in. Runs go to a pool of `jobs` worker
-threads that only start processes and wait for them (one torch thread per process).
+threads; each starts its run's process (one torch thread), waits for it and reads its outputs. A failed run is
+reported and the others go on; an interrupt cancels the runs not started yet.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the console scripts of this environment (mmsr-pretrain, ...)
+BIN = Path(sys.executable).parent  # where this environment's console scripts are (a venv's bin/)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,16 @@ class Run:
     @property
     def name(self) -> str:
         return f"{self.row}/{self.split}-seed{self.seed}"
+
+
+def console_script(name: str) -> Path:
+    """The console script `name` of the package (`mmsr-pretrain`, ...): beside this interpreter, else on the PATH."""
+    found = BIN / name if (BIN / name).is_file() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(
+            f"{name} not found beside {sys.executable} or on the PATH: install the package (make install)"
+        )
+    return Path(found)
 
 
 def relative(value) -> str:
@@ -53,7 +65,10 @@ def execute(command: list[str], log: Path, threads: int = 1) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with open(log, "w") as out:
-        process = subprocess.Popen([str(part) for part in command], stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            process = subprocess.Popen([str(part) for part in command], stdout=out, stderr=subprocess.STDOUT, env=env)
+        except OSError as err:  # the program is missing (an environment not built yet) or not executable
+            raise RuntimeError(f"cannot start {relative(command[0])}: {err.strerror}") from None
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - began
@@ -64,11 +79,10 @@ def execute(command: list[str], log: Path, threads: int = 1) -> dict:
 
 
 def write_json(path: Path, value) -> None:
-    """Writes `value` as JSON by a rename, so a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(partial, path)
+    """Writes `value` as JSON atomically (a reader sees the old file or the whole new one)."""
+    from mmsr_peft.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def run_all(runs: list[Run], record_path: Callable[[Run], Path], do: Callable[[Run], dict], jobs: int) -> list[str]:
@@ -79,16 +93,20 @@ def run_all(runs: list[Run], record_path: Callable[[Run], Path], do: Callable[[R
     failures = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(do, run): run for run in pending}
-        for done, future in enumerate(as_completed(futures), start=1):
-            run = futures[future]
-            try:
-                record = future.result()
-            except RuntimeError as err:
-                failures.append(f"{run.name}: {err}")
-                print(f"[{done}/{len(pending)}] {run.name} FAILED: {err}", flush=True)
-                continue
-            write_json(record_path(run), record)
-            print(f"[{done}/{len(pending)}] {run.name}: {summary_line(record)}", flush=True)
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                run = futures[future]
+                try:
+                    record = future.result()
+                except Exception as err:  # noqa: BLE001 (one run's failure, whatever it is, must not stop the others)
+                    failures.append(f"{run.name}: {type(err).__name__}: {err}")
+                    print(f"[{done}/{len(pending)}] {run.name} FAILED: {err}", flush=True)
+                    continue
+                write_json(record_path(run), record)
+                print(f"[{done}/{len(pending)}] {run.name}: {summary_line(record)}", flush=True)
+        except BaseException:  # an interrupt: the running processes finish, nothing new starts
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return failures
 
 

@@ -22,7 +22,8 @@ def test_cold_items_leave_training_and_histories_but_stay_targets():
     assert [h.tolist() for h in split.valid_histories] == [[0, 1, 3], [6, 7], [3, 4]]
     assert split.valid_targets.tolist() == [4, 1, 9]
     assert [h.tolist() for h in split.test_histories] == [[0, 1, 3, 4], [6, 7, 1], [3, 4]]  # cold 9 left out
-    assert [k.tolist() for k in split.test_known] == [h.tolist() for h in split.test_histories]  # all < max_len
+    # the whole known history, which the evaluation excludes, keeps the cold items the user consumed
+    assert [k.tolist() for k in split.test_known] == [[0, 1, 2, 3, 4], [6, 2, 7, 1], [3, 4, 9]]
     assert split.test_targets.tolist() == [5, 8, 2]
     assert split.valid_cold.tolist() == [False, False, True]
     assert split.test_cold.tolist() == [False, False, True]

@@ -259,3 +259,10 @@ def test_evaluate_in_chunks_equals_evaluate_in_one_piece_and_reports_cold_target
     assert min(gaps) > 1e-4
     assert whole["d cold"] == pytest.approx(rank_metrics(ranks[cold]))
     assert whole["d warm"] == pytest.approx(rank_metrics(ranks[~cold]))
+
+
+def test_a_nan_score_is_a_miss_not_a_perfect_rank():
+    users = torch.tensor([[1.0, 0.0], [float("nan"), 1.0]])
+    items = torch.eye(2)
+    ranks = chunked_ranks(users, items, torch.tensor([0, 0]), None, chunk_size=1)
+    assert ranks.tolist() == [0, MISS]

@@ -251,6 +251,15 @@ def test_run_killed_while_saving_a_state_resumes_from_the_last_complete_one(inte
     _assert_same_run(root / "straight", partial)
 
 
+def torch_bytes(value) -> bytes:
+    """`value` as `torch.save` writes it."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
 class RunsCode:
     """Unpickling this runs a shell command (what a malicious pickle does)."""
 
@@ -273,10 +282,13 @@ def test_resume_never_runs_a_pickle_and_refuses_forged_states(interrupted, tmp_p
 
     exploit = pickle.dumps(RunsCode(ran))
     cases = [  # (file of the newest state, its forged content, what the refusal says)
-        ("custom_checkpoint_0.pkl", exploit, "which mmsr_peft never writes"),  # Accelerate would unpickle it
+        ("custom_checkpoint_0.pkl", exploit, "pickles that this mmsr_peft never writes"),  # Accelerate unpickles it
         ("random_states_0.pkl", exploit, "not a random-state file written by Accelerate"),
         ("random_states_0.pkl", None, "field 'numpy_random_seed' is not a random-number generator state"),
         ("trainer_state.json", b'{"step": "6"}', "field 'step' is '6', expected an integer"),
+        ("trainer_state.json", b"[]", "expected a JSON object, got list"),
+        ("best_weights.safetensors", b"\x00" * 12, "unreadable"),
+        ("random_states_0.pkl", torch_bytes([1, 2, 3]), "(a list)"),
     ]
     for number, (name, content, message) in enumerate(cases):
         case = Path(shutil.copytree(root / "pristine", tmp_path / f"case-{number}"))

@@ -113,12 +113,16 @@ def _poster_bytes(poster: Path, posters: Path) -> bytes:
     link that leads out of the folder is refused, not followed)."""
     from .images import ImageDownloadConfig, ImageRejected, check_image
 
-    target = poster.resolve()
+    target, config = poster.resolve(), ImageDownloadConfig()
     if not target.is_relative_to(posters.resolve()):
         raise DataError(f"--posters {poster}: a link to {target}, outside the folder; refused")
+    if target.stat().st_size > config.max_bytes:
+        raise DataError(
+            f"--posters {poster}: {target.stat().st_size} bytes, more than {config.max_bytes} for an image"
+        )
     data = target.read_bytes()
     try:
-        check_image(data, ImageDownloadConfig())
+        check_image(data, config)
     except ImageRejected as err:
         raise DataError(f"--posters {poster}: not a usable image ({err.reason}: {err})") from None
     return data

@@ -126,8 +126,8 @@ class Split:
             transition is used exactly once.
         valid_histories / test_histories (`list[np.ndarray]`): the last `max_len` items before each target (what
             the model reads).
-        valid_known / test_known (`list[np.ndarray]`): every item before each target (the user's whole known
-            history, excluded from the candidates by the main evaluation protocol).
+        valid_known / test_known (`list[np.ndarray]`): every item before each target, cold items included (the
+            user's whole known history, excluded from the candidates by the main evaluation protocol).
         valid_targets / test_targets (`np.ndarray`): catalog index of each target.
         users (`list[str]`): the user of each evaluation case.
         cold_items / valid_cold / test_cold (`np.ndarray`, *optional*): with a cold-start split, the cold items and,
@@ -160,17 +160,16 @@ class Split:
         cold = np.zeros(0, dtype=np.int64) if cold_items is None else np.asarray(cold_items, dtype=np.int64)
         train, valid_k, valid_t, test_k, test_t = [], [], [], [], []
         for seq in sequences.items:
-            past = seq[:-2][~np.isin(seq[:-2], cold)] if len(cold) else seq[:-2]
-            train.extend(_windows(past, max_len + 1))
-            valid_k.append(past)
+            train.extend(_windows(_without(seq[:-2], cold), max_len + 1))
+            valid_k.append(seq[:-2])  # cold items included: the user consumed them, they are no candidates
             valid_t.append(seq[-2])
-            test_k.append(np.append(past, seq[-2]) if seq[-2] not in cold else past)
+            test_k.append(seq[:-1])
             test_t.append(seq[-1])
         split = cls(
             train=train,
-            valid_histories=[known[-max_len:] for known in valid_k],
+            valid_histories=[_without(known, cold)[-max_len:] for known in valid_k],
             valid_targets=np.asarray(valid_t, dtype=np.int64),
-            test_histories=[known[-max_len:] for known in test_k],
+            test_histories=[_without(known, cold)[-max_len:] for known in test_k],
             test_targets=np.asarray(test_t, dtype=np.int64),
             users=list(sequences.user_ids),
             valid_known=valid_k,
@@ -189,6 +188,11 @@ class Split:
         if stage == "test":
             return self.test_histories, self.test_targets
         raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+
+
+def _without(items: np.ndarray, cold: np.ndarray) -> np.ndarray:
+    """`items` without the cold ones (which a model never reads)."""
+    return items[~np.isin(items, cold)] if len(cold) else items
 
 
 def _windows(seq: np.ndarray, size: int) -> list[np.ndarray]:
