@@ -98,7 +98,15 @@ def test_the_readme_path_after_the_demo_adapts_a_base_to_movielens(ml_dir, base_
 
     out = tmp_path / "adapter"
     argv = ["--target", "ml-100k", "--data_source", "movielens", "--base", str(base_dir), "--data_dir", str(ml_dir)]
-    assert adapt_main([*argv, "--num_epochs", "1", "--batch_size", "128", "--output_dir", str(out)]) == 0
+    fast = [
+        "--num_epochs",
+        "1",
+        "--batch_size",
+        "256",
+        "--components",
+        "fusion",
+    ]  # frozen encoders: their outputs cached
+    assert adapt_main([*argv, *fast, "--output_dir", str(out)]) == 0
     assert "Target ml-100k (movielens), test split" in capsys.readouterr().out
     model = MMSRModel.from_pretrained(base_dir)
     model.load_adapter(out, adapter_name="ml-100k")
