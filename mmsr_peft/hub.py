@@ -85,6 +85,8 @@ def files_to_upload(folder: Path) -> list[Path]:
         relative = path.relative_to(folder)
         if relative.parts[0] == "checkpoints" or relative.name.startswith(".") or relative == Path(CARD):
             continue
+        if path.is_symlink():  # what it points to could be any file of this machine
+            raise CheckpointError(f"{path}: a link; mmsr-publish follows no links (copy the file into the folder)")
         if any(relative.match(pattern) for pattern in ALLOWED):
             files.append(relative)
     return files
@@ -156,6 +158,8 @@ def publish(args: PublishArguments) -> str | None:
             (staging / relative).symlink_to((folder / relative).resolve())
         if kind == "adapter" and args.base_repo_id:
             _point_adapter_at(staging, folder, args.base_repo_id)
+        if (folder / RUN_ARGS).is_file():
+            _strip_local_paths(staging, folder, args.base_repo_id)
         if not keep_remote_card:
             card = (
                 base_card(folder, args.repo_id)
@@ -171,6 +175,23 @@ def publish(args: PublishArguments) -> str | None:
         )
     print(f"Published {kind} {folder} to {args.repo_id}: {commit}")
     return str(commit)
+
+
+RUN_ARGS = "run_args.json"
+PATH_ARGUMENTS = ("output_dir", "data_dir", "feature_cache_dir", "vision_weights", "base")
+
+
+def _strip_local_paths(staging: Path, folder: Path, base_repo_id: str | None) -> None:
+    """The published `run_args.json` keeps the run's settings but not this machine's paths: each path argument
+    keeps its last part (an adapter's `base` becomes the base's repo id)."""
+    run_args = json.loads((folder / RUN_ARGS).read_text())
+    for key in PATH_ARGUMENTS:
+        if isinstance(run_args.get(key), str):
+            run_args[key] = Path(run_args[key]).name
+    if base_repo_id and "base" in run_args:
+        run_args["base"] = base_repo_id
+    (staging / RUN_ARGS).unlink()
+    (staging / RUN_ARGS).write_text(json.dumps(run_args, indent=2) + "\n")
 
 
 def _point_adapter_at(staging: Path, folder: Path, base_repo_id: str) -> None:

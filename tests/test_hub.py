@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,22 @@ def test_card_signature_detects_edits():
     card = sign_card("---\nlibrary_name: mmsr_peft\n---\n\n# A card\n")
     assert not card_edited(card) and not card_edited(sign_card(card))  # signing twice keeps one mark
     assert card_edited(card.replace("A card", "Our card")) and card_edited("# written by hand\n")
+
+
+def test_published_run_args_keep_settings_but_not_local_paths(published):
+    folders, repos = published
+    local = json.loads((folders["office"] / "run_args.json").read_text())
+    remote = json.loads(HUB.read_file(repos["office"], "run_args.json"))
+    assert remote["learning_rate"] == local["learning_rate"] and remote["base"] == repos["base"]
+    assert remote["data_dir"] == Path(local["data_dir"]).name and str(folders["office"]) not in json.dumps(remote)
+    assert "/tmp" not in json.dumps(remote)
+
+
+def test_a_link_in_the_folder_is_refused(base_dir, tmp_path, capsys):
+    folder = Path(shutil.copytree(base_dir, tmp_path / "base"))
+    (folder / "notes.txt").symlink_to("/etc/passwd")
+    assert publish_main(["--folder", str(folder), "--repo_id", "org/linked", "--dry_run"]) == 2
+    assert f"{folder / 'notes.txt'}: a link" in capsys.readouterr().err
 
 
 def test_publish_to_a_branch(published):
