@@ -234,6 +234,9 @@ def _adapter_record(name_or_path, revision=None) -> dict:
     if local.is_dir():
         path = local / ADAPTER_RECORD
         return _read_record(path) if path.is_file() else {}
+    text = str(name_or_path)
+    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:  # a path, not a repo id: no Hub
+        raise CheckpointError(f"{name_or_path}: no adapter folder at {local.expanduser().resolve()}")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
@@ -305,11 +308,13 @@ class AdapterMixin:
                 f"{trained_on[:12]}…), but this model is {self.name_or_path!r} (sha256 {self.base_fingerprint[:12]}…); "
                 "pass force=True to load it anyway"
             )
+        from safetensors import SafetensorError
+
         try:
             peft_config = PeftConfig.from_pretrained(str(name_or_path), revision=revision)
             weights = load_peft_weights(str(name_or_path), revision=revision)
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{name_or_path}: cannot read a peft adapter ({err})") from err
+        except (OSError, ValueError, SafetensorError) as err:  # missing files, bad JSON, a truncated weights file
+            raise CheckpointError(f"{name_or_path}: cannot read a peft adapter ({type(err).__name__}: {err})") from err
         weights = {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
         metadata = {k: v for k, v in record.items() if k not in BASE_FIELDS}
         self.add_adapter(peft_config, adapter_name, metadata)

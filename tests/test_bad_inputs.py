@@ -504,6 +504,22 @@ def adapter_record_with_a_malformed_line(ws):
     return Bad(lambda: model.load_adapter(adapter), CheckpointError, fragments, lambda: _no_adapter(model))
 
 
+@case
+def mistyped_local_adapter_path(ws):
+    model = MMSRModel.from_pretrained(ws.base)
+    path = "./outputs/adapters/ofice"
+    return Bad(lambda: model.load_adapter(path), CheckpointError, (path, "no adapter folder at"))
+
+
+@case
+def truncated_adapter_weights(ws):
+    folder = _adapter(ws, ws.base)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    model = MMSRModel.from_pretrained(ws.base)
+    return Bad(lambda: model.load_adapter(folder), CheckpointError, (str(folder), "cannot read a peft adapter"))
+
+
 def _no_adapter(model):
     assert model.list_adapters() == []
     assert not [name for name, _ in model.named_parameters() if "lora_" in name]
