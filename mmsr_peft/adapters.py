@@ -322,7 +322,9 @@ class AdapterMixin:
             result = set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
         except (RuntimeError, KeyError) as err:  # shape mismatch or missing module: another architecture or rank
             self.delete_adapter(adapter_name)
-            raise CheckpointError(f"{name_or_path}: adapter does not fit this base model ({err!r})") from err
+            mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+            detail = f"{mismatches[0]} (and {len(mismatches) - 1} more)" if mismatches else repr(err)
+            raise CheckpointError(f"{name_or_path}: adapter does not fit this base model: {detail}") from None
         unexpected = [k for k in result.unexpected_keys if is_adapter_key(k)]
         expected = {k for k in self.state_dict() if is_adapter_key(k) and f".{adapter_name}." in k}
         missing = sorted(k for k in result.missing_keys if k in expected)
