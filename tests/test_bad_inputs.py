@@ -299,6 +299,12 @@ def hidden_size_the_attention_heads_cannot_split(ws):
 
 
 @case
+def text_model_that_is_a_missing_folder(ws):
+    args = ModelArguments(text_model="./missing-model", vision_model="micro-vit", image_size=32, hidden_size=32)
+    return Bad(lambda: build_model(args), ValueError, ("--text_model ./missing-model: no folder at", "missing-model"))
+
+
+@case
 def feature_cache_dir_that_is_a_file(ws):
     (ws.root / "cache").write_text("a file")
     fragments = (f"--feature_cache_dir {ws.root / 'cache'} is a file, not a folder",)
