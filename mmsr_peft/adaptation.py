@@ -59,6 +59,13 @@ class AdaptArguments:
             "then reports warm and cold targets separately. 0: no cold-start split."
         },
     )
+    train_user_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Share of the users whose sequences train (seeded by --seed; smaller shares are subsets of larger "
+            "ones): a point of a data-efficiency curve. Every user is evaluated."
+        },
+    )
     components: list[str] | None = field(
         default=None,
         metadata={
@@ -123,6 +130,8 @@ class AdaptArguments:
             raise ValueError(f"unknown --target {self.target!r}; valid targets: {', '.join(sorted(DOMAINS))}")
         if not 0 <= self.cold_start_fraction < 1:
             raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
+        if not 0 < self.train_user_fraction <= 1:
+            raise ValueError(f"--train_user_fraction must be in (0, 1], got {self.train_user_fraction}")
         unknown = sorted(set(self.components or []) - set(COMPONENTS))
         if unknown:
             raise ValueError(f"unknown --components {unknown}; valid components: {', '.join(COMPONENTS)}")
@@ -272,7 +281,13 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     set_seed(args.seed)
     if model.config.item_tower == "id":
         raise ValueError(f"{adapt_args.base} is an ID-based model: its item table cannot represent new items")
-    corpus = build_corpus([domain], model.config.sequence.max_len, adapt_args.cold_start_fraction, args.seed)
+    corpus = build_corpus(
+        [domain],
+        model.config.sequence.max_len,
+        adapt_args.cold_start_fraction,
+        args.seed,
+        adapt_args.train_user_fraction,
+    )
     records = corpus.catalog.records(range(len(corpus.catalog)))
     catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)
     results = {"random": random_baseline(corpus.test)}

@@ -31,10 +31,19 @@ class DataArguments:
             "evaluation then reports warm and cold targets separately. 0: no cold-start split."
         },
     )
+    train_user_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Share of the users whose sequences train (seeded by --seed; smaller shares are subsets of larger "
+            "ones): a point of a data-efficiency curve. Every user is evaluated."
+        },
+    )
 
     def __post_init__(self):
         if not 0 <= self.cold_start_fraction < 1:
             raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
+        if not 0 < self.train_user_fraction <= 1:
+            raise ValueError(f"--train_user_fraction must be in (0, 1], got {self.train_user_fraction}")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -125,7 +125,9 @@ def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args:
     began = time.perf_counter()
     prepare_synthetic(data_args)
     domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
-    corpus = build_corpus(domains, model_args.max_len, data_args.cold_start_fraction, args.seed)
+    corpus = build_corpus(
+        domains, model_args.max_len, data_args.cold_start_fraction, args.seed, data_args.train_user_fraction
+    )
     ranker = build_baseline(args.baseline, corpus, model_args, args.feature_cache_dir)
     results = evaluate(ranker, None, corpus.test, batch_size=args.eval_batch_size)
     results["random"] = random_baseline(corpus.test)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.catalog import Catalog
-from .data.sequences import Sequences, Split, choose_cold_items
+from .data.sequences import Sequences, Split, choose_cold_items, choose_train_users
 from .errors import DataError
 from .evaluation import EvalSet
 
@@ -135,15 +135,24 @@ class Corpus:
         return np.setdiff1d(np.arange(len(self.catalog)), self.cold_items)
 
 
-def build_corpus(domains: list[Domain], max_len: int, cold_start_fraction: float = 0.0, seed: int = 0) -> Corpus:
+def build_corpus(
+    domains: list[Domain],
+    max_len: int,
+    cold_start_fraction: float = 0.0,
+    seed: int = 0,
+    train_user_fraction: float = 1.0,
+) -> Corpus:
     """Joins `domains` and splits each by leave-one-out. With `cold_start_fraction`, that share of each domain's
     items (drawn with `seed`) is held out of all training data and histories; evaluation then reports warm and
-    cold targets separately (see `Split.leave_one_out`)."""
+    cold targets separately (see `Split.leave_one_out`). With `train_user_fraction` < 1, only that share of each
+    domain's users (drawn with `seed`, `choose_train_users`) trains; every user is evaluated."""
     catalog = Catalog.concat([d.catalog for d in domains])
     train, valid, test, stats, cold_items, offset = [], [], [], {}, [], 0
     for domain in domains:
         cold = choose_cold_items(domain.sequences, cold_start_fraction, seed) if cold_start_fraction else None
-        split = Split.leave_one_out(domain.sequences, max_len, cold)
+        users = len(domain.sequences)
+        trains = choose_train_users(users, train_user_fraction, seed) if train_user_fraction < 1 else None
+        split = Split.leave_one_out(domain.sequences, max_len, cold, trains)
         item_range = (offset, offset + len(domain.catalog))
         train.extend(seq + offset for seq in split.train)
         if cold is not None:
@@ -159,6 +168,7 @@ def build_corpus(domains: list[Domain], max_len: int, cold_start_fraction: float
             **domain.sequences.stats,
             "train_sequences": len(split.train),
             "cold_items": 0 if cold is None else len(cold),
+            "train_users": users if trains is None else int(trains.sum()),
             "synthetic": domain.synthetic,
             "source": domain.manifest.get("source", "unknown"),
             "version": domain.manifest.get("version", "unknown"),

@@ -51,7 +51,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     set_seed(args.seed)
     prepare_synthetic(data_args, accelerator)
     domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
-    corpus = build_corpus(domains, model_args.max_len, data_args.cold_start_fraction, args.seed)
+    corpus = build_corpus(
+        domains, model_args.max_len, data_args.cold_start_fraction, args.seed, data_args.train_user_fraction
+    )
     model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
     records = corpus.catalog.records(range(len(corpus.catalog)))
     catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)

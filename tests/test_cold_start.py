@@ -128,3 +128,31 @@ def test_adapt_refuses_a_cold_start_fraction_out_of_range(capsys):
 
     assert adapt_main(["--target", "office", "--cold_start_fraction", "1.5"]) != 0
     assert "--cold_start_fraction must be in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_a_share_of_the_users_trains_and_every_user_is_evaluated(data_dir):
+    from mmsr_peft.data.sequences import choose_train_users
+
+    small, large = choose_train_users(50, 0.1, seed=3), choose_train_users(50, 0.5, seed=3)
+    assert (small.sum(), large.sum()) == (5, 25) and not (small & ~large).any()  # nested: the same first users
+    assert np.array_equal(small, choose_train_users(50, 0.1, seed=3))  # exact: seeded integer draw
+    assert choose_train_users(3, 0.01).sum() == 1
+
+    domain = load_domain("food", data_dir=str(data_dir))
+    whole, half = build_corpus([domain], 12, seed=3), build_corpus([domain], 12, seed=3, train_user_fraction=0.5)
+    kept = {domain.sequences.user_ids[u] for u in np.flatnonzero(choose_train_users(len(domain.sequences), 0.5, 3))}
+    assert half.stats["food"]["train_users"] == len(kept) < whole.stats["food"]["train_users"]
+    trained = [tuple(seq) for seq in half.train]
+    expected = [
+        tuple(seq) for u, seq in zip(domain.sequences.user_ids, whole_windows(domain), strict=True) if u in kept
+    ]
+    assert sorted(trained) == sorted(w for windows in expected for w in windows)
+    assert [len(e.targets) for e in half.test] == [len(e.targets) for e in whole.test]  # everyone is evaluated
+
+
+def whole_windows(domain):
+    """Per user, the training windows of the whole split."""
+    return [
+        [tuple(w) for w in Split.leave_one_out(Sequences(["u"], [seq]), max_len=12).train]
+        for seq in domain.sequences.items
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,20 +148,29 @@ class Split:
     test_cold: np.ndarray | None = None
 
     @classmethod
-    def leave_one_out(cls, sequences: Sequences, max_len: int = 50, cold_items: np.ndarray | None = None) -> Split:
+    def leave_one_out(
+        cls,
+        sequences: Sequences,
+        max_len: int = 50,
+        cold_items: np.ndarray | None = None,
+        train_users: np.ndarray | None = None,
+    ) -> Split:
         """The split of `sequences`.
 
         Args:
             cold_items (`np.ndarray` of catalog indices, *optional*): cold-start items. They are removed from
                 every training sequence and every history, so a model never sees them before it is asked to
                 rank them; they remain validation and test targets, marked in `valid_cold` / `test_cold`.
+            train_users (`np.ndarray` of bool, *optional*): per user, whether their sequence trains (a
+                data-efficiency run trains on a share of the users); every user is evaluated either way.
         """
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         cold = np.zeros(0, dtype=np.int64) if cold_items is None else np.asarray(cold_items, dtype=np.int64)
         train, valid_k, valid_t, test_k, test_t = [], [], [], [], []
-        for seq in sequences.items:
-            train.extend(_windows(_without(seq[:-2], cold), max_len + 1))
+        for user, seq in enumerate(sequences.items):
+            if train_users is None or train_users[user]:
+                train.extend(_windows(_without(seq[:-2], cold), max_len + 1))
             valid_k.append(seq[:-2])  # cold items included: the user consumed them, they are no candidates
             valid_t.append(seq[-2])
             test_k.append(seq[:-1])
@@ -205,6 +215,17 @@ def _windows(seq: np.ndarray, size: int) -> list[np.ndarray]:
         if start == 0:
             break
     return windows[::-1]
+
+
+def choose_train_users(num_users: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """`(num_users,)` bool: a seeded share `fraction` of the users (at least one). The users of a smaller fraction
+    are among those of a larger one with the same seed (one permutation, cut at each size), so the points of a
+    data-efficiency curve differ only in how much data they get."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train user fraction must be in (0, 1], got {fraction}")
+    keep = np.zeros(num_users, dtype=bool)
+    keep[np.random.default_rng(seed).permutation(num_users)[: max(1, math.ceil(fraction * num_users))]] = True
+    return keep
 
 
 def choose_cold_items(sequences: Sequences, fraction: float, seed: int = 0) -> np.ndarray:
