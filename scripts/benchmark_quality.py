@@ -316,7 +316,8 @@ def targets(plan: dict, records: dict) -> list[str]:
         return mean_std([r["valid_ndcg_at_10"] for r in main[row].values()])[0]
 
     def described(row: str) -> str:
-        return f"{plan['rows'][row]['label']} ({test(row):.4f}, {len(main[row])} seeds)"
+        seeds = len(main[row])
+        return f"{plan['rows'][row]['label']} ({test(row):.4f}, {seeds} seed{'s' * (seeds != 1)})"
 
     group = {row: plan["rows"][row].get("group") for row in main}
     ids = [row for row in main if group[row] == "id"]
