@@ -76,6 +76,16 @@ def parse_args(dataclass_types, argv=None, description: str | None = None):
     return [p for p in parsed if not isinstance(p, argparse.Namespace)]  # drop the namespace holding --config
 
 
+def flag_tokens(value) -> list[str]:
+    """A value as command-line tokens: `True` -> `["true"]`, `[1, 2]` -> `["1", "2"]`."""
+    return [str(v).lower() if isinstance(v, bool) else str(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def as_flags(settings: dict) -> list[str]:
+    """`{"domains": ["a"], "logq": False}` -> `["--domains", "a", "--logq", "false"]` (what `parse_args` reads)."""
+    return [token for key, value in settings.items() for token in (f"--{key}", *flag_tokens(value))]
+
+
 def config_flags(path: str, valid: set[str], parser: argparse.ArgumentParser) -> list[str]:
     """The command-line flags that the YAML file `path` stands for (`lr: 1e-4` -> `["--lr", "1e-4"]`)."""
     try:
@@ -97,9 +107,7 @@ def config_flags(path: str, valid: set[str], parser: argparse.ArgumentParser) ->
             parser.error(f"{path}: key {key!r} holds a mapping; expected a value or a list")
         if value is None:
             continue
-        tokens = [
-            str(v).lower() if isinstance(v, bool) else str(v) for v in (value if isinstance(value, list) else [value])
-        ]
+        tokens = flag_tokens(value)
         convert = parser._option_string_actions[f"--{key}"].type
         for token in tokens:  # what argparse would say, but naming the file and the key
             try:

@@ -33,6 +33,8 @@ import torch
 import yaml
 from runner import REPO, Run, console_script, execute, machine, mean_std, plot, relative, run_all, write_json
 
+from mmsr_peft.arguments import as_flags
+
 METRICS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
 
 
@@ -63,15 +65,6 @@ class QualityArguments:
     verify: str | None = field(
         default=None, metadata={"help": "Run the recorded run ROW/SPLIT-seedN again and compare its test metrics."}
     )
-
-
-def flags(settings: dict) -> list[str]:
-    """`{"domains": ["a"], "logq": False}` -> `["--domains", "a", "--logq", "false"]`."""
-    out = []
-    for key, value in settings.items():
-        values = value if isinstance(value, list) else [value]
-        out += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
-    return out
 
 
 class Benchmark:
@@ -111,19 +104,19 @@ class Benchmark:
         common = {"seed": run.seed, "output_dir": out, "feature_cache_dir": self.args.feature_cache_dir}
         if spec["command"] == "pretrain":
             settings = {**plan["model"], **plan["training"], **data, **common, **spec["args"]}
-            return [console_script("mmsr-pretrain"), *flags(settings)]
+            return [console_script("mmsr-pretrain"), *as_flags(settings)]
         if spec["command"] == "baseline":
-            return [console_script("mmsr-baseline"), *flags({**plan["model"], **data, **common, **spec["args"]})]
+            return [console_script("mmsr-baseline"), *as_flags({**plan["model"], **data, **common, **spec["args"]})]
         if spec["command"] == "adapt":  # from the model that the `init` row's run of this split and seed wrote
             (target,) = data.pop("domains")
             base = self.folder(Run(spec["init"], run.split, run.seed))
             settings = {"target": target, "base": base, **plan["training"], **data, **common, **spec["args"]}
-            return [console_script("mmsr-adapt"), *flags(settings)]
+            return [console_script("mmsr-adapt"), *as_flags(settings)]
         if spec["command"] == "recbole":  # on the GPU when there is one (.venv-recbole then needs a CUDA torch)
             settings = {"seed": run.seed, "max_len": plan["model"]["max_len"], "output": out / "report.json"}
             settings["device"] = "cuda" if torch.cuda.is_available() else "cpu"
             script = REPO / "scripts" / "recbole_sasrec.py"
-            return [self.args.recbole_python, script, self.recbole_export(), *flags(settings | spec["args"])]
+            return [self.args.recbole_python, script, self.recbole_export(), *as_flags(settings | spec["args"])]
         raise SystemExit(f"{self.args.plan}: row {run.row}: unknown command {spec['command']!r}")
 
     def recbole_export(self) -> Path:
