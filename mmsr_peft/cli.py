@@ -56,7 +56,8 @@ def publish_main(argv=None) -> int:
 
     from .hub import PublishArguments, publish
 
-    return _run(publish, argv, (PublishArguments,), publish_main.__doc__, extra_errors=(HfHubHTTPError,))
+    errors = (HfHubHTTPError, ConnectionError)
+    return _run(publish, argv, (PublishArguments,), publish_main.__doc__, extra_errors=errors)
 
 
 # Modules of `mmsr_peft.data` that add a `mmsr-data` sub-command: each defines `add_command(commands)`, which adds

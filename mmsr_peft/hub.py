@@ -141,6 +141,35 @@ def publish(args: PublishArguments) -> str | None:
         print(f"  + {CARD} rendered for {args.repo_id}\n  total {total:,} bytes in {len(files)} files")
         return None
 
+    from huggingface_hub import constants
+
+    try:
+        commit = _upload(args, folder, kind, files)
+    except network_errors() as err:  # no connection, a timeout: one sentence, not the HTTP client's traceback
+        raise ConnectionError(
+            f"{args.repo_id}: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: {err}); "
+            "nothing was published"
+        ) from None
+    print(f"Published {kind} {folder} to {args.repo_id}: {commit}")
+    return str(commit)
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors of the HTTP client that huggingface_hub uses (httpx2, httpx or requests, by version)."""
+    import importlib
+
+    errors = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+def _upload(args: PublishArguments, folder: Path, kind: str, files: list[Path]) -> str:
+    """Creates the repo (and branch), renders the card unless one edited on the Hub is kept, and uploads `files`
+    with the card in one commit; returns the commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -173,7 +202,6 @@ def publish(args: PublishArguments) -> str | None:
             revision=args.revision,
             commit_message=args.commit_message or f"Upload mmsr_peft {kind} with mmsr-publish",
         )
-    print(f"Published {kind} {folder} to {args.repo_id}: {commit}")
     return str(commit)
 
 

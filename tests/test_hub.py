@@ -172,6 +172,15 @@ def test_repo_ids_the_hub_would_refuse_are_refused_before_anything_is_written(op
     assert sorted((p.name, p.stat().st_mtime_ns) for p in base_dir.iterdir()) == before
 
 
+def test_publishing_without_network_says_so_in_one_line(base_dir):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    script = f"from mmsr_peft.cli import publish_main; raise SystemExit(publish_main(['--folder', {str(base_dir)!r}, '--repo_id', 'org/x']))"
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().startswith("error: org/x: cannot reach the Hub at http://127.0.0.1:9")
+    assert "nothing was published" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_repo_with_only_pickle_weights_is_refused(base_dir, tmp_path):
     from huggingface_hub import HfApi
 
