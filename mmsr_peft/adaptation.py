@@ -143,6 +143,8 @@ class AdaptArguments:
             raise ValueError(f"--quantize and --modules_to_save need --method lora, got --method {self.method}")
         if self.quantize:
             require_bitsandbytes(f"--quantize {self.quantize}")
+        if self.components and self.method in ("frozen", "scratch"):  # they train a fixed set of parts
+            raise ValueError(f"--components applies to --method lora or full, not --method {self.method}")
         for component in COMPONENTS:  # "q_proj,v_proj" and "q_proj v_proj" both name two modules
             name = f"{component}_target_modules"
             if getattr(self, name):

@@ -68,3 +68,8 @@ def test_qlora_options_without_bitsandbytes_name_the_extra(monkeypatch, capsys):
     assert "--quantize 4bit needs bitsandbytes" in capsys.readouterr().err
     assert pretrain_main(["--optim", "adamw8bit"]) == 2
     assert "pip install 'mmsr-peft[qlora]'" in capsys.readouterr().err
+
+
+def test_components_with_a_method_that_ignores_them_are_refused(capsys):
+    assert adapt_main(["--target", "office", "--method", "frozen", "--components", "text"]) == 2
+    assert "--components applies to --method lora or full, not --method frozen" in capsys.readouterr().err
