@@ -17,7 +17,7 @@ from .adapters import (
 from .arguments import save_run_args
 from .cards import adapter_card, base_card
 from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, build_corpus, load_domain
-from .evaluation import evaluate, format_table, random_baseline, secondary_protocols
+from .evaluation import evaluate, evaluate_exclusions, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
 from .quantization import QUANTIZATIONS, quantize_encoders, require_bitsandbytes
@@ -321,7 +321,8 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         on_best=lambda m, valid: _save(m, args.output_dir, adapt_args, {"metrics": {"valid": valid["all"]}}),
         candidates=corpus.negative_candidates(),
     )
-    adapted = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+    protocols = evaluate_exclusions(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+    adapted = protocols.pop("history")  # the main protocol; the others are the secondary columns
     results[row] = adapted["all"]
     by_target.update(_warm_and_cold(row, adapted, domain.name))
     share = {name: {"trainable": "-"} for name in results}
@@ -336,9 +337,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         summary = {"test": results, "trainable_parameters": trainable, "total_parameters": total}
         summary.update(training_record(state, args), data=corpus.stats, trainable_column=share)
         summary["test_adapted"] = adapted  # per domain, warm and cold targets (the table's row is its "all")
-        summary["test_other_exclusions"] = secondary_protocols(
-            model, catalog_inputs, corpus.test, args.eval_batch_size
-        )
+        summary["test_other_exclusions"] = protocols
         if by_target:
             summary["test_by_target"] = by_target
             table += f"\n\nCold start: {len(corpus.cold_items)} items held out of training.\n{format_table(by_target)}"

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .io import is_local_path
 
 COMPONENTS = ("text", "vision", "fusion", "sequence")
 DEFAULT_COMPONENTS = ("text", "vision", "fusion")  # what `mmsr-adapt` adapts unless --components says otherwise
@@ -234,8 +235,7 @@ def _adapter_record(name_or_path, revision=None) -> dict:
     if local.is_dir():
         path = local / ADAPTER_RECORD
         return _read_record(path) if path.is_file() else {}
-    text = str(name_or_path)
-    if local.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:  # a path, not a repo id: no Hub
+    if is_local_path(name_or_path):
         raise CheckpointError(f"{name_or_path}: no adapter folder at {local.expanduser().resolve()}")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError

@@ -21,7 +21,7 @@ from torch import nn
 from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
 from .domains import Corpus, build_corpus, load_domain
-from .evaluation import evaluate, format_table, random_baseline, secondary_protocols
+from .evaluation import evaluate_exclusions, format_table, random_baseline
 from .io import atomic_write_text
 from .training import precompute_frozen_states
 
@@ -129,13 +129,14 @@ def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args:
         domains, model_args.max_len, data_args.cold_start_fraction, args.seed, data_args.train_user_fraction
     )
     ranker = build_baseline(args.baseline, corpus, model_args, args.feature_cache_dir)
-    results = evaluate(ranker, None, corpus.test, batch_size=args.eval_batch_size)
+    protocols = evaluate_exclusions(ranker, None, corpus.test, batch_size=args.eval_batch_size)
+    results = protocols.pop("history")  # the main protocol; the others are the secondary columns
     results["random"] = random_baseline(corpus.test)
     summary = {
         "baseline": args.baseline,
         "description": BASELINES[args.baseline],
         "test": results,
-        "test_other_exclusions": secondary_protocols(ranker, None, corpus.test, args.eval_batch_size),
+        "test_other_exclusions": protocols,
         "data": corpus.stats,
         "trainable_parameters": 0,
         "wall_s": time.perf_counter() - began,

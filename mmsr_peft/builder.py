@@ -8,6 +8,7 @@ from pathlib import Path
 from .data.collate import ItemProcessor
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_CNNS, TextEncoderConfig, VisionEncoderConfig
 from .fusion import FUSION_TYPES, FusionConfig
+from .io import is_local_path
 from .losses import LOSSES
 from .model import ITEM_TOWERS, MMSRConfig, MMSRModel
 from .sequence import SEQUENCE_TYPES, SequenceEncoderConfig
@@ -51,7 +52,7 @@ def pretrained_source(name: str, flag: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if is_local_path(name):
         raise ValueError(f"--{flag} {name}: no folder at {path.resolve()}")
     return name
 

@@ -188,45 +188,66 @@ def evaluate(
     Catalog embeddings are computed once; each batch of users is scored with one matrix multiply per chunk of
     `chunk_size` items, so memory stays bounded for any catalog size.
     """
+    return evaluate_exclusions(model, catalog_inputs, eval_sets, (exclude,), ks, batch_size, progress, chunk_size)[
+        exclude
+    ]
+
+
+@torch.no_grad()
+def evaluate_exclusions(
+    model,
+    catalog_inputs: ItemInputs,
+    eval_sets: list[EvalSet],
+    excludes=tuple(EXCLUSIONS),
+    ks=DEFAULT_KS,
+    batch_size: int = 256,
+    progress: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """`{exclude: evaluate(..., exclude=exclude)}` for each of `excludes` (the main protocol and the secondary
+    columns of a results table), from one pass: the catalog is embedded and each user encoded once."""
     was_training = model.training
     model.eval()
     item_embeddings = model.embed_catalog(catalog_inputs, batch_size)  # (N, D)
     device = item_embeddings.device
-    results, all_ranks = {}, []
+    results = {exclude: {} for exclude in excludes}
+    all_ranks = {exclude: [] for exclude in excludes}
     for eval_set in eval_sets:
         start, end = eval_set.item_range
-        excluded = eval_set.excluded(exclude)
-        ranks = []
+        excluded = {exclude: eval_set.excluded(exclude) for exclude in excludes}
+        ranks = {exclude: [] for exclude in excludes}
         batches = range(0, len(eval_set.targets), batch_size)
         for first in tqdm(batches, desc=f"eval {eval_set.name}", disable=not progress, leave=False):
             histories = pad_histories(eval_set.histories[first : first + batch_size]).to(device)
             targets = torch.as_tensor(eval_set.targets[first : first + batch_size], device=device) - start
             users = model.user_embeddings(item_embeddings, histories).float()  # (B, D)
-            local = None
-            if excluded is not None:
-                known = pad_histories(excluded[first : first + batch_size]).to(device)  # (B, longest history)
-                local = torch.where(known >= 0, known - start, -1)
-            ranks.append(chunked_ranks(users, item_embeddings[start:end], targets, local, chunk_size).cpu())
-        ranks = torch.cat(ranks).numpy()
-        all_ranks.append(ranks)
-        results[eval_set.name] = rank_metrics(ranks, ks)
-        if eval_set.cold is not None:  # a group without cases (no cold target drawn) is left out, not NaN
-            for part, cases in (("warm", ~eval_set.cold), ("cold", eval_set.cold)):
-                if cases.any():
-                    results[f"{eval_set.name} {part}"] = rank_metrics(ranks[cases], ks)
-    results["all"] = rank_metrics(np.concatenate(all_ranks), ks)
+            for exclude, items in excluded.items():
+                local = None
+                if items is not None:
+                    known = pad_histories(items[first : first + batch_size]).to(device)  # (B, longest history)
+                    local = torch.where(known >= 0, known - start, -1)
+                ranks[exclude].append(
+                    chunked_ranks(users, item_embeddings[start:end], targets, local, chunk_size).cpu()
+                )
+        for exclude in excludes:
+            set_ranks = torch.cat(ranks[exclude]).numpy()
+            all_ranks[exclude].append(set_ranks)
+            results[exclude].update(_set_metrics(eval_set, set_ranks, ks))
+    for exclude in excludes:
+        results[exclude]["all"] = rank_metrics(np.concatenate(all_ranks[exclude]), ks)
     model.train(was_training)
     return results
 
 
-def secondary_protocols(model, catalog_inputs: ItemInputs, eval_sets: list[EvalSet], batch_size: int = 256) -> dict:
-    """`evaluate` under the other exclusions of `EXCLUSIONS` (the secondary columns of a results table):
-    `{exclude: results}`, from the same model and catalog embeddings as the main protocol."""
-    return {
-        exclude: evaluate(model, catalog_inputs, eval_sets, batch_size=batch_size, exclude=exclude, progress=False)
-        for exclude in EXCLUSIONS
-        if exclude != "history"
-    }
+def _set_metrics(eval_set: EvalSet, ranks: np.ndarray, ks) -> dict[str, dict[str, float]]:
+    """The metrics of one evaluation set, and of its warm and cold cases when it has a cold-start split (a group
+    without cases, no cold target drawn, is left out rather than NaN)."""
+    metrics = {eval_set.name: rank_metrics(ranks, ks)}
+    if eval_set.cold is not None:
+        for part, cases in (("warm", ~eval_set.cold), ("cold", eval_set.cold)):
+            if cases.any():
+                metrics[f"{eval_set.name} {part}"] = rank_metrics(ranks[cases], ks)
+    return metrics
 
 
 def random_baseline(eval_sets: list[EvalSet], ks=DEFAULT_KS, exclude: str = "history") -> dict[str, float]:

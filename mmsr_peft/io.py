@@ -15,6 +15,14 @@ from pathlib import Path
 _ACTIVE: set[Path] = set()  # temporary folders this process is writing right now
 
 
+def is_local_path(name: str | os.PathLike) -> bool:
+    """Whether `name` can only be a path on this machine, never a Hub repo id ('name' or 'org/name'): it exists,
+    starts with `.`, `/` or `~`, or has more than one `/`. Such a name that is no folder fails at once, with no
+    request to the Hub."""
+    text = str(name)
+    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1
+
+
 @contextlib.contextmanager
 def atomic_directory(folder: str | os.PathLike):
     """Yields a temporary folder beside `folder`; when the block succeeds, that folder becomes `folder` in one step.

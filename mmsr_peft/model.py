@@ -21,7 +21,7 @@ from .encoders import EncoderOutput, TextEncoder, TextEncoderConfig, VisionEncod
 from .errors import CheckpointError
 from .evaluation import chunked_topk
 from .fusion import FusionConfig, ModalityProjection, build_fusion
-from .io import atomic_directory
+from .io import atomic_directory, is_local_path
 from .losses import LOSSES, bce_loss, softmax_loss
 from .sequence import SEQUENCE_CLASSES, SequenceEncoderConfig
 
@@ -390,7 +390,7 @@ def resolve_checkpoint(
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") > 1:
+    if is_local_path(name_or_path):
         raise CheckpointError(f"{name_or_path}: not a checkpoint folder, and not a Hub repo id ('org/name')")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError

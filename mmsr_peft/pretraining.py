@@ -10,7 +10,7 @@ from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
 from .cards import base_card
 from .domains import build_corpus, load_domain
-from .evaluation import evaluate, format_table, random_baseline, secondary_protocols
+from .evaluation import evaluate_exclusions, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
 from .training import (
@@ -72,15 +72,14 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
         on_best=lambda m, _: m.save_pretrained(args.output_dir),
         candidates=corpus.negative_candidates(),
     )
-    results = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+    protocols = evaluate_exclusions(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+    results = protocols.pop("history")  # the main protocol; the others are the secondary columns
     results["random"] = random_baseline(corpus.test)
     table = format_table(results)
     if accelerator.is_main_process:
         model.save_pretrained(args.output_dir)
         summary = {"test": results, **training_record(state, args), "data": corpus.stats}
-        summary["test_other_exclusions"] = secondary_protocols(
-            model, catalog_inputs, corpus.test, args.eval_batch_size
-        )
+        summary["test_other_exclusions"] = protocols
         summary["total_parameters"] = sum(p.numel() for p in model.parameters())
         summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")

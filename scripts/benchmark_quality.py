@@ -167,12 +167,13 @@ class Benchmark:
         with self.lock(run):
             if self.record_path(run).is_file():  # an adapt row's init, run and filed by `ensure_init`
                 return json.loads(self.record_path(run).read_text())
-            if self.plan["rows"][run.row]["command"] == "adapt":
-                self.ensure_init(run)
             return self.execute(run, self.folder(run))
 
     def execute(self, run: Run, out: Path) -> dict:
-        """Runs `run`'s command, writing into `out`, and returns its record."""
+        """Runs `run`'s command, writing into `out` (an adapt row's starting model first, when it is missing), and
+        returns its record."""
+        if self.plan["rows"][run.row]["command"] == "adapt":
+            self.ensure_init(run)
         command = self.command(run, out)
         measured = execute(command, out.parent / f"{out.name}.log")
         kind = self.plan["rows"][run.row]["command"]
@@ -252,8 +253,6 @@ def verify(bench: Benchmark, name: str) -> int:
         return 2
     bench.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=bench.work_dir) as tmp:
-        if bench.plan["rows"][run.row]["command"] == "adapt":
-            bench.ensure_init(run)
         again = bench.execute(run, Path(tmp) / "run")
     worst = 0.0
     for target, metrics in recorded["test"].items():

@@ -13,6 +13,7 @@ from mmsr_peft.evaluation import (
     chunked_ranks,
     chunked_topk,
     evaluate,
+    evaluate_exclusions,
     format_table,
     history_mask,
     random_baseline,
@@ -190,6 +191,9 @@ def test_the_whole_known_history_leaves_the_candidates_not_only_the_window_the_m
     }
     # target 2 behind 3, 4 (history: 6, 5, 1, 0 excluded) | behind 3, 4, 5, 6 | behind 3, 4, 5, 6 (0, 1 score lower)
     assert ranks == pytest.approx({"history": 1 / 3, "window": 1 / 5, "none": 1 / 5})
+    together = evaluate_exclusions(model, catalog, [eval_set], ks=(1, 5), progress=False)  # one pass for all three
+    # exact: each exclusion goes through the same computation as its own evaluate() call
+    assert {exclude: results["d"]["mrr@5"] for exclude, results in together.items()} == ranks
     assert random_baseline([eval_set], ks=(1,))["hr@1"] == pytest.approx(1 / 3)  # 7 items, 4 known
     assert random_baseline([eval_set], ks=(1,), exclude="window")["hr@1"] == pytest.approx(1 / 5)
     with pytest.raises(ValueError, match="valid: history, window, none"):

@@ -34,17 +34,16 @@ def new_domain_folder(target: str | os.PathLike, overwrite: bool = False):
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; a plain mkdir would honour the umask
+    done = False
     try:
         (tmp / "images").mkdir()
         yield tmp
         replace_directory(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created is not None and not any(path.is_file() for path in created.rglob("*")):
-            shutil.rmtree(created, ignore_errors=True)  # the empty parent folders made above
-        raise
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done and created is not None and not any(path.is_file() for path in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)  # the empty parent folders made above
 
 
 def write_table(path: Path, columns: dict | pa.Table, schema: pa.Schema) -> None:
