@@ -16,8 +16,9 @@ from .adapters import (
 )
 from .arguments import save_run_args
 from .cards import adapter_card, base_card
-from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, build_corpus, load_domain
-from .evaluation import evaluate, evaluate_exclusions, format_table, random_baseline
+from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, build_corpus, domain_folder, load_domain
+from .errors import DataError
+from .evaluation import COLD_SHELF, evaluate, evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
 from .quantization import QUANTIZATIONS, quantize_encoders, require_bitsandbytes
@@ -44,7 +45,12 @@ def _override(component: str, what: str):
 class AdaptArguments:
     """What to adapt, to which domain, and how."""
 
-    target: str = field(metadata={"help": f"Target domain, one of: {', '.join(sorted(DOMAINS))}."})
+    target: str = field(
+        metadata={
+            "help": f"Target domain: one of {', '.join(sorted(DOMAINS))}, or any processed folder "
+            "<data_dir>/<data_source>/NAME (made by mmsr-data split or recbole-import)."
+        }
+    )
     base: str = field(default="outputs/pretrain", metadata={"help": "Base model: local folder or Hub repo id."})
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --base."})
     data_source: str = field(
@@ -126,8 +132,10 @@ class AdaptArguments:
     )
 
     def __post_init__(self):
-        if self.target not in DOMAINS:
-            raise ValueError(f"unknown --target {self.target!r}; valid targets: {', '.join(sorted(DOMAINS))}")
+        try:
+            domain_folder(self.target, self.data_source, self.data_dir)
+        except DataError as err:
+            raise ValueError(f"--target {self.target!r}: {err}") from None
         if not 0 <= self.cold_start_fraction < 1:
             raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
         if not 0 < self.train_user_fraction <= 1:
@@ -251,10 +259,12 @@ def prepare_method(
 
 
 def _warm_and_cold(label: str, metrics: dict, domain: str) -> dict:
-    """`{"<label>, warm targets": ..., "<label>, cold targets": ...}` when `metrics` has a cold-start split."""
+    """`{"<label>, warm targets": ..., "<label>, cold targets": ..., "<label>, cold targets among cold items":
+    ...}` when `metrics` has a cold-start split."""
+    parts = {"warm": "warm targets", "cold": "cold targets", COLD_SHELF: "cold targets among cold items"}
     return {
-        f"{label}, {part} targets": metrics[f"{domain} {part}"]
-        for part in ("warm", "cold")
+        f"{label}, {name}": metrics[f"{domain} {part}"]
+        for part, name in parts.items()
         if f"{domain} {part}" in metrics
     }
 
@@ -323,6 +333,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
     )
     protocols = evaluate_exclusions(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
     adapted = protocols.pop("history")  # the main protocol; the others are the secondary columns
+    popularity = pop_popularity_rows(adapted)  # by the target's training count: in metrics.json, not the table
     results[row] = adapted["all"]
     by_target.update(_warm_and_cold(row, adapted, domain.name))
     share = {name: {"trainable": "-"} for name in results}
@@ -338,6 +349,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         summary.update(training_record(state, args), data=corpus.stats, trainable_column=share)
         summary["test_adapted"] = adapted  # per domain, warm and cold targets (the table's row is its "all")
         summary["test_other_exclusions"] = protocols
+        summary["test_by_popularity"] = popularity
         if by_target:
             summary["test_by_target"] = by_target
             table += f"\n\nCold start: {len(corpus.cold_items)} items held out of training.\n{format_table(by_target)}"

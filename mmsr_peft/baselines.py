@@ -21,7 +21,7 @@ from torch import nn
 from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
 from .domains import Corpus, build_corpus, load_domain
-from .evaluation import evaluate_exclusions, format_table, random_baseline
+from .evaluation import evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
 from .io import atomic_write_text
 from .training import precompute_frozen_states
 
@@ -64,13 +64,9 @@ class ContentKNN(nn.Module):
 
 
 def training_counts(corpus: Corpus) -> np.ndarray:
-    """Training interactions per catalog item: every item before each user's validation target, but the cold-start
-    items, which training never sees."""
-    known = [k for eval_set in corpus.valid for k in eval_set.known]
-    items = np.concatenate(known) if known else np.zeros(0, dtype=np.int64)
-    counts = np.bincount(items, minlength=len(corpus.catalog))
-    counts[corpus.cold_items] = 0
-    return counts
+    """Training interactions per catalog item (`Split.train_counts` of each domain, end to end): every item before
+    each training user's validation target, but the cold-start items, which training never sees."""
+    return np.concatenate([eval_set.item_counts for eval_set in corpus.valid])
 
 
 def frozen_features(model_args: ModelArguments, corpus: Corpus, modality: str, cache_dir: str | None) -> torch.Tensor:
@@ -131,12 +127,14 @@ def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args:
     ranker = build_baseline(args.baseline, corpus, model_args, args.feature_cache_dir)
     protocols = evaluate_exclusions(ranker, None, corpus.test, batch_size=args.eval_batch_size)
     results = protocols.pop("history")  # the main protocol; the others are the secondary columns
+    popularity = pop_popularity_rows(results)  # by the target's training count: in metrics.json, not the table
     results["random"] = random_baseline(corpus.test)
     summary = {
         "baseline": args.baseline,
         "description": BASELINES[args.baseline],
         "test": results,
         "test_other_exclusions": protocols,
+        "test_by_popularity": popularity,
         "data": corpus.stats,
         "trainable_parameters": 0,
         "wall_s": time.perf_counter() - began,

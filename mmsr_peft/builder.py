@@ -96,6 +96,13 @@ class ModelArguments:
     itc_weight: float = field(
         default=0.0, metadata={"help": "Weight of the auxiliary image-text contrastive loss (modal only; 0: off)."}
     )
+    feature_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Dropout on the text and image encoders' outputs in training: keeps the item tower a function of "
+            "content rather than a lookup table of the training items, for items never seen in training (cold start)."
+        },
+    )
     text_finetune: str = field(
         default="frozen",
         metadata={
@@ -167,6 +174,7 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
         temperature=args.temperature,
         loss=args.loss,
         itc_weight=args.itc_weight,
+        feature_dropout=args.feature_dropout,
     )
     processor = ItemProcessor(
         tokenizer,

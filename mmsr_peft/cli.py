@@ -62,7 +62,7 @@ def publish_main(argv=None) -> int:
 
 # Modules of `mmsr_peft.data` that add a `mmsr-data` sub-command: each defines `add_command(commands)`, which adds
 # its sub-parser and sets `handler`, a function of the parsed arguments that does the work and prints the result.
-DATA_COMMANDS = ("synthetic", "movielens", "amazon", "images", "stats", "recbole")
+DATA_COMMANDS = ("synthetic", "movielens", "amazon", "images", "stats", "recbole", "split")
 
 
 def data_parser() -> argparse.ArgumentParser:

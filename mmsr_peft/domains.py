@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ SOURCES: dict[str, str] = {
     "movielens": "mmsr-data movielens --data_dir {data_dir} [--posters FOLDER_OF_<item_id>.jpg]",
     "amazon2018": "mmsr-data amazon --domain {name} --version 2018 --data_dir {data_dir} [--raw_dir FOLDER]",
     "amazon2023": "mmsr-data amazon --domain {name} --version 2023 --data_dir {data_dir} [--raw_dir FOLDER]",
+    "recbole": "mmsr-data recbole-import ATOMIC_DIR --name {name} --data_dir {data_dir}",
 }
 
 
@@ -76,11 +78,18 @@ class Domain:
 
 
 def domain_folder(name: str, source: str = "synthetic", data_dir: str = DEFAULT_DATA_DIR) -> Path:
-    """The processed folder of `name` from `source`: `<data_dir>/<source>/<name>`. Unknown names are errors."""
-    if name not in DOMAINS:
-        raise DataError(f"unknown domain {name!r}; valid domains: {', '.join(sorted(DOMAINS))}")
+    """The processed folder of `name` from `source`: `<data_dir>/<source>/<name>`. A name outside `DOMAINS` must
+    be a folder that is already there (made by `mmsr-data split` or `mmsr-data recbole-import`)."""
     if source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; valid sources: {', '.join(sorted(SOURCES))}")
+    if name not in DOMAINS:
+        folder = Path(data_dir) / source / name
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) and (folder / "items.parquet").is_file():
+            return folder
+        raise DataError(
+            f"unknown domain {name!r}: no processed folder {folder}, and not one that mmsr-data prepares "
+            f"({', '.join(sorted(DOMAINS))})"
+        )
     for kind in ("synthetic", "movielens", "amazon2018", "amazon2023"):  # a spec field each
         if source == kind and not getattr(DOMAINS[name], kind):
             valid = sorted(n for n, spec in DOMAINS.items() if getattr(spec, kind))
@@ -157,12 +166,15 @@ def build_corpus(
         train.extend(seq + offset for seq in split.train)
         if cold is not None:
             cold_items.append(cold + offset)
+        counts = split.train_counts(len(domain.catalog))
         for cases, histories, known, targets, cold_cases in (
             (valid, split.valid_histories, split.valid_known, split.valid_targets, split.valid_cold),
             (test, split.test_histories, split.test_known, split.test_targets, split.test_cold),
         ):
             histories, known = [h + offset for h in histories], [k + offset for k in known]
-            cases.append(EvalSet(domain.name, histories, targets + offset, item_range, cold_cases, known))
+            eval_set = EvalSet(domain.name, histories, targets + offset, item_range, cold_cases, known)
+            eval_set.cold_items, eval_set.item_counts = None if cold is None else cold + offset, counts
+            cases.append(eval_set)
         stats[domain.name] = {
             "items": len(domain.catalog),
             **domain.sequences.stats,

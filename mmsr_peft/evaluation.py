@@ -26,6 +26,9 @@ EXCLUSIONS = {
     "window": "the last max_len history items only, those the model reads",
     "none": "nothing: history items stay candidates (RecBole's protocol for sequential models)",
 }
+# Lower edges of the popularity buckets a target is reported in, by its number of training interactions.
+POPULARITY_EDGES = (0, 1, 10, 100, 1000)
+COLD_SHELF = "cold, among cold items"  # cold targets ranked against the cold items only: a "new arrivals" shelf
 
 
 @dataclass
@@ -41,6 +44,10 @@ class EvalSet:
             `Split.leave_one_out`'s `cold_items`).
         known (`list[np.ndarray]`, *optional*): every item of the user before the target, excluded from the
             candidates (default: `histories`).
+        cold_items (`np.ndarray`, *optional*): catalog indices of the cold-start items of this domain; the cold
+            cases are then also ranked against these items only (the `COLD_SHELF` row).
+        item_counts (`np.ndarray`, *optional*): training interactions of each item of `item_range`; the metrics
+            are then also reported by the target's popularity bucket (`POPULARITY_EDGES`).
     """
 
     name: str
@@ -49,6 +56,8 @@ class EvalSet:
     item_range: tuple[int, int]
     cold: np.ndarray | None = None
     known: list[np.ndarray] | None = None
+    cold_items: np.ndarray | None = None
+    item_counts: np.ndarray | None = None
 
     def excluded(self, exclude: str) -> list[np.ndarray] | None:
         """The items removed from each case's candidates under `exclude` (one of `EXCLUSIONS`)."""
@@ -182,8 +191,11 @@ def evaluate(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, dict[str, float]]:
     """Full-ranking metrics per evaluation set, plus `"all"` (weighted by number of cases). A set with cold items
-    also reports `"<name> warm"` and `"<name> cold"`: the cases whose target is a warm / cold item. `exclude`
-    (one of `EXCLUSIONS`) says which items leave each case's candidates: by default the user's whole history.
+    also reports `"<name> warm"` and `"<name> cold"`: the cases whose target is a warm / cold item, and
+    `"<name> cold, among cold items"`: the cold cases ranked against the cold items only. A set with `item_counts`
+    also reports `"<name> popularity <bucket>"`: the cases whose target had that many training interactions.
+    `exclude` (one of `EXCLUSIONS`) says which items leave each case's candidates: by default the user's whole
+    history.
 
     Catalog embeddings are computed once; each batch of users is scored with one matrix multiply per chunk of
     `chunk_size` items, so memory stays bounded for any catalog size.
@@ -215,7 +227,9 @@ def evaluate_exclusions(
     for eval_set in eval_sets:
         start, end = eval_set.item_range
         excluded = {exclude: eval_set.excluded(exclude) for exclude in excludes}
+        shelf = _ColdShelf(eval_set, item_embeddings) if eval_set.cold_items is not None else None
         ranks = {exclude: [] for exclude in excludes}
+        shelf_ranks = {exclude: [] for exclude in excludes}
         batches = range(0, len(eval_set.targets), batch_size)
         for first in tqdm(batches, desc=f"eval {eval_set.name}", disable=not progress, leave=False):
             histories = pad_histories(eval_set.histories[first : first + batch_size]).to(device)
@@ -229,25 +243,70 @@ def evaluate_exclusions(
                 ranks[exclude].append(
                     chunked_ranks(users, item_embeddings[start:end], targets, local, chunk_size).cpu()
                 )
+                if shelf is not None:
+                    cases = torch.as_tensor(eval_set.cold[first : first + batch_size], device=device)
+                    shelf_ranks[exclude].append(shelf.ranks(users[cases], targets[cases], local, cases, chunk_size))
         for exclude in excludes:
             set_ranks = torch.cat(ranks[exclude]).numpy()
             all_ranks[exclude].append(set_ranks)
             results[exclude].update(_set_metrics(eval_set, set_ranks, ks))
+            if shelf is not None and eval_set.cold.any():
+                results[exclude][f"{eval_set.name} {COLD_SHELF}"] = rank_metrics(
+                    torch.cat(shelf_ranks[exclude]).numpy(), ks
+                )
     for exclude in excludes:
         results[exclude]["all"] = rank_metrics(np.concatenate(all_ranks[exclude]), ks)
     model.train(was_training)
     return results
 
 
+class _ColdShelf:
+    """Ranks cold targets against the cold items of their set only (a "new arrivals" shelf)."""
+
+    def __init__(self, eval_set: EvalSet, item_embeddings: torch.Tensor):
+        start, end = eval_set.item_range
+        cold = torch.as_tensor(eval_set.cold_items - start, device=item_embeddings.device)
+        self.items = item_embeddings[start:end][cold]  # (C, D)
+        self.position = torch.full((end - start + 1,), -1, dtype=torch.long, device=cold.device)  # last: padding
+        self.position[cold] = torch.arange(len(cold), device=cold.device)
+
+    def ranks(self, users, targets, local, cases, chunk_size) -> torch.Tensor:
+        """Ranks of the cold `targets` (set-local rows) of `users`; `local`: the batch's excluded rows or None."""
+        histories = None if local is None else self.position[local[cases]]  # -1 (padding) maps to the last: -1
+        return chunked_ranks(users, self.items, self.position[targets], histories, chunk_size).cpu()
+
+
+def popularity_bucket(count: int) -> str:
+    """The name of the `POPULARITY_EDGES` bucket of an item with `count` training interactions ("0", "1-9", ...)."""
+    lower = max(edge for edge in POPULARITY_EDGES if edge <= count)
+    later = [edge for edge in POPULARITY_EDGES if edge > lower]
+    if lower == 0:
+        return "0"
+    return f"{lower}-{later[0] - 1}" if later else f"{lower}+"
+
+
 def _set_metrics(eval_set: EvalSet, ranks: np.ndarray, ks) -> dict[str, dict[str, float]]:
-    """The metrics of one evaluation set, and of its warm and cold cases when it has a cold-start split (a group
-    without cases, no cold target drawn, is left out rather than NaN)."""
+    """The metrics of one evaluation set, of its warm and cold cases when it has a cold-start split, and of each
+    popularity bucket of the targets when it has `item_counts` (a group without cases is left out, not NaN)."""
     metrics = {eval_set.name: rank_metrics(ranks, ks)}
     if eval_set.cold is not None:
         for part, cases in (("warm", ~eval_set.cold), ("cold", eval_set.cold)):
             if cases.any():
                 metrics[f"{eval_set.name} {part}"] = rank_metrics(ranks[cases], ks)
+    if eval_set.item_counts is not None:
+        counts = eval_set.item_counts[eval_set.targets - eval_set.item_range[0]]
+        buckets = np.array([popularity_bucket(int(c)) for c in counts])
+        for edge in POPULARITY_EDGES:
+            cases = buckets == popularity_bucket(edge)
+            if cases.any():
+                metrics[f"{eval_set.name} popularity {popularity_bucket(edge)}"] = rank_metrics(ranks[cases], ks)
     return metrics
+
+
+def pop_popularity_rows(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Takes the `"<name> popularity <bucket>"` rows out of an `evaluate` result and returns them: results tables
+    show the other rows, `metrics.json` keeps these apart (`test_by_popularity`)."""
+    return {key: results.pop(key) for key in [key for key in results if " popularity " in key]}
 
 
 def random_baseline(eval_sets: list[EvalSet], ks=DEFAULT_KS, exclude: str = "history") -> dict[str, float]:

@@ -10,7 +10,7 @@ from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
 from .cards import base_card
 from .domains import build_corpus, load_domain
-from .evaluation import evaluate_exclusions, format_table, random_baseline
+from .evaluation import evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
 from .training import (
@@ -74,12 +74,14 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     )
     protocols = evaluate_exclusions(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
     results = protocols.pop("history")  # the main protocol; the others are the secondary columns
+    popularity = pop_popularity_rows(results)  # by the target's training count: in metrics.json, not the table
     results["random"] = random_baseline(corpus.test)
     table = format_table(results)
     if accelerator.is_main_process:
         model.save_pretrained(args.output_dir)
         summary = {"test": results, **training_record(state, args), "data": corpus.stats}
         summary["test_other_exclusions"] = protocols
+        summary["test_by_popularity"] = popularity
         summary["total_parameters"] = sum(p.numel() for p in model.parameters())
         summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")

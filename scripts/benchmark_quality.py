@@ -100,7 +100,7 @@ class Benchmark:
     def command(self, run: Run, out: Path) -> list[str]:
         """The library command of `run`, writing into `out`."""
         spec, plan = self.plan["rows"][run.row], self.plan
-        data = {**plan["data"], "data_dir": self.args.data_dir, **plan["splits"][run.split]}
+        data = {**plan["data"], **spec.get("data", {}), "data_dir": self.args.data_dir, **plan["splits"][run.split]}
         common = {"seed": run.seed, "output_dir": out, "feature_cache_dir": self.args.feature_cache_dir}
         if spec["command"] == "pretrain":
             settings = {**plan["model"], **plan["training"], **data, **common, **spec["args"]}
@@ -109,7 +109,7 @@ class Benchmark:
             return [console_script("mmsr-baseline"), *as_flags({**plan["model"], **data, **common, **spec["args"]})]
         if spec["command"] == "adapt":  # from the model that the `init` row's run of this split and seed wrote
             (target,) = data.pop("domains")
-            base = self.folder(Run(spec["init"], run.split, run.seed))
+            base = self.folder(self.init_run(run))
             settings = {"target": target, "base": base, **plan["training"], **data, **common, **spec["args"]}
             return [console_script("mmsr-adapt"), *as_flags(settings)]
         if spec["command"] == "recbole":  # on the GPU when there is one (.venv-recbole then needs a CUDA torch)
@@ -137,11 +137,17 @@ class Benchmark:
         """Where `run` writes its model, metrics and log."""
         return self.work_dir / run.row / f"{run.split}-seed{run.seed}"
 
+    def init_run(self, run: Run) -> Run:
+        """The run whose model an `adapt` row's `run` starts from: the `init` row's, on `init_split` when the row
+        names one (a source domain pretrained once for every target split), else on the same split; same seed."""
+        spec = self.plan["rows"][run.row]
+        return Run(spec["init"], spec.get("init_split", run.split), run.seed)
+
     def ensure_init(self, run: Run) -> None:
         """An `adapt` row starts from its `init` row's model: when that run's folder is not complete (another
         machine, a clean checkout), the init run is run again there (seeded: the same model) and recorded if it
         was not."""
-        init = Run(self.plan["rows"][run.row]["init"], run.split, run.seed)
+        init = self.init_run(run)
         with self.lock(init):
             if not (self.folder(init) / "metrics.json").is_file():  # written last
                 record = self.execute(init, self.folder(init))
@@ -194,16 +200,19 @@ def read_metrics(path: Path) -> dict:
     """The record's part from a `metrics.json` of `mmsr-pretrain`, `mmsr-adapt` or `mmsr-baseline`."""
     metrics = json.loads(path.read_text())
     test = metrics.get("test_adapted", metrics["test"])  # mmsr-adapt's "test" is its table (zero-shot, adapted)
+    test = {**test, **metrics.get("test_by_popularity", {})}
     by_target = {"all": test["all"]}
-    for key, value in test.items():
-        if key.endswith((" warm", " cold")):
-            by_target[key.rsplit(" ", 1)[1]] = value
+    for key, value in test.items():  # "<domain> warm", "<domain> cold, among cold items", "<domain> popularity 1-9"
+        if " " in key:  # (domain names have no spaces)
+            by_target[key.split(" ", 1)[1]] = value
     record = {
         "test": by_target,
         "test_window": metrics["test_other_exclusions"]["window"]["all"],
         "test_none": metrics["test_other_exclusions"]["none"]["all"],
         "trainable_parameters": metrics.get("trainable_parameters"),
     }
+    if "zero-shot base" in metrics["test"]:  # an adapted run: its starting model on the target, before training
+        record["zero_shot"] = metrics["test"]["zero-shot base"]
     if "history" in metrics:  # a trained run
         curve = [epoch["valid_ndcg@10"] for epoch in metrics["history"]]
         record.update(
@@ -362,7 +371,7 @@ def report(bench: Benchmark) -> None:
         lines += [f"## {title}", ""]
         header = "| row | seeds | NDCG@10 | HR@10 | MRR@10 | NDCG@20 | NDCG@10 `window` | NDCG@10 `none` |"
         if split != "main":
-            header += " HR@10 warm | HR@10 cold |"
+            header += " HR@10 warm | HR@10 cold | HR@10 cold, among cold items |"
         header += " epochs (best/run) | min / run |"
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         for row, spec in plan["rows"].items():
@@ -379,8 +388,8 @@ def report(bench: Benchmark) -> None:
             cells += [cell(row_stats(runs, section="test_none")["ndcg@10"])]
             if split != "main":
                 cells += [
-                    cell([r["test"].get(t, {}).get("hr@10", float("nan")) for r in runs.values()])
-                    for t in ("warm", "cold")
+                    cell([r["test"][t]["hr@10"] for r in runs.values() if t in r["test"]])
+                    for t in ("warm", "cold", "cold, among cold items")
                 ]
             minutes = mean_std([r["wall_s"] / 60 for r in runs.values()])[0]
             cells += [training_cell(runs), f"{minutes:.1f}"]
@@ -411,10 +420,9 @@ def main(argv=None) -> int:
         from mmsr_peft.domains import load_domain
         from mmsr_peft.errors import DataError
 
+        names = {n for spec in bench.plan["rows"].values() for n in spec.get("data", bench.plan["data"])["domains"]}
         try:  # a missing domain fails now, with the command that prepares it, not in every run
-            domains = [
-                load_domain(n, bench.plan["data"]["data_source"], args.data_dir) for n in bench.plan["data"]["domains"]
-            ]
+            domains = [load_domain(n, bench.plan["data"]["data_source"], args.data_dir) for n in sorted(names)]
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -38,6 +38,22 @@ TINY_PLAN = {
             "splits": ["main"],
             "args": {"method": "lora", "components": ["text"], "evaluate_start": True},
         },
+        # transfer: a base pretrained once on another domain, adapted on each split of the plan's domain
+        "home_text": {
+            "label": "text, on home",
+            "command": "pretrain",
+            "data": {"domains": ["home"]},
+            "splits": ["main"],
+            "args": {"item_tower": "text"},
+        },
+        "from_home": {
+            "label": "home base, frozen encoders, adapted",
+            "command": "adapt",
+            "init": "home_text",
+            "init_split": "main",
+            "splits": ["cold"],
+            "args": {"method": "frozen"},
+        },
     },
 }
 
@@ -63,19 +79,29 @@ def test_runs_are_processes_with_records_resumable_and_reproducible(benchmark, d
     argv += ["--output_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work")]
     argv += ["--feature_cache_dir", str(tmp_path / "cache")]
 
-    assert benchmark.main(argv) == 1  # the broken row fails; the other seven runs are recorded
+    assert benchmark.main(argv) == 1  # the broken row fails; the other nine runs are recorded
     assert "broken/main-seed0" in capsys.readouterr().err
     assert sorted(str(p.relative_to(records)) for p in records.rglob("*.json")) == [
+        "from_home/cold-seed0.json",
+        "home_text/main-seed0.json",
         *(f"{row}/{split}-seed0.json" for row in ("id", "popularity", "text") for split in ("cold", "main")),
         "text_lora/main-seed0.json",
     ]
+    transfer = json.loads((records / "from_home" / "cold-seed0.json").read_text())
+    command = " ".join(transfer["command"])
+    assert "--target food" in command and "work/home_text/main-seed0" in command and "--cold_start_fraction" in command
+    source = json.loads((records / "home_text" / "main-seed0.json").read_text())["command"]
+    assert source[source.index("--domains") + 1] == "home"  # the row's own data, not the plan's
+    assert transfer["zero_shot"]["ndcg@10"] >= 0 and "cold, among cold items" in transfer["test"]
     lora = json.loads((records / "text_lora" / "main-seed0.json").read_text())
     assert lora["command"][0].endswith("mmsr-adapt") and "work/text/main-seed0" in " ".join(lora["command"])
     start = json.loads((records / "text" / "main-seed0.json").read_text())["valid_ndcg_at_10"]
     assert lora["valid_curve"][0] == pytest.approx(start, abs=1e-6)  # epoch 0: the text row's best model
     run = json.loads((records / "text" / "cold-seed0.json").read_text())
     assert run["command"][0].endswith("mmsr-pretrain") and "--cold_start_fraction" in run["command"]
-    assert {"all", "warm", "cold"} == set(run["test"]) and {"ndcg@10", "hr@10"} <= set(run["test_window"])
+    assert {"all", "warm", "cold", "cold, among cold items"} <= set(run["test"])
+    assert {"ndcg@10", "hr@10"} <= set(run["test_window"])
+    assert any(key.startswith("popularity ") for key in run["test"])
     assert run["stopped_by"] in ("patience", "ceiling") and len(run["valid_curve"]) == run["epochs_run"] <= 3
     assert run["valid_ndcg_at_10"] == run["valid_curve"][run["best_epoch"] - 1]
     assert run["wall_s"] > 0 and run["peak_rss_mib"] > 100 and run["trainable_parameters"] > 0

@@ -116,10 +116,14 @@ def test_adapt_with_cold_start_reports_warm_and_cold_targets(base_dir, data_dir,
     assert "Cold start: " in printed and "| LoRA (text+vision+fusion), cold targets |" in printed
     by_target = json.loads((out / "metrics.json").read_text())["test_by_target"]
     assert set(by_target) == {
-        f"{row}, {part} targets"
+        f"{row}, {part}"
         for row in ("zero-shot base", "LoRA (text+vision+fusion)")
-        for part in ("warm", "cold")
+        for part in ("warm targets", "cold targets", "cold targets among cold items")
     }
+    for row in ("zero-shot base", "LoRA (text+vision+fusion)"):  # fewer competitors on the new-arrivals shelf
+        assert (
+            by_target[f"{row}, cold targets among cold items"]["mrr@20"] >= by_target[f"{row}, cold targets"]["mrr@20"]
+        )
     assert json.loads((out / "metrics.json").read_text())["data"]["office"]["cold_items"] > 0
 
 
@@ -156,3 +160,11 @@ def whole_windows(domain):
         [tuple(w) for w in Split.leave_one_out(Sequences(["u"], [seq]), max_len=12).train]
         for seq in domain.sequences.items
     ]
+
+
+def test_training_counts_leave_out_cold_items_and_users_who_do_not_train():
+    sequences = sequences_of([0, 1, 2, 3, 4, 5], [6, 2, 7, 1, 8], [3, 4, 9, 2])
+    split = Split.leave_one_out(sequences, max_len=10, cold_items=np.array([2]), train_users=np.array([1, 0, 1], bool))
+    # training user 0 contributes 0-3 (2 is cold), user 2 contributes 3 and 4; user 1 does not train
+    assert split.train_counts(10).tolist() == [1, 1, 0, 2, 1, 0, 0, 0, 0, 0]
+    assert Split.leave_one_out(sequences, max_len=10).train_counts(10).tolist() == [1, 1, 2, 2, 1, 0, 1, 1, 0, 0]

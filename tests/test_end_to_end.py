@@ -27,6 +27,8 @@ def test_pretrain_writes_a_loadable_base_with_card_metrics_and_run_args(base_dir
     assert run_args["learning_rate"] == 3.0e-3 and run_args["domains"] == ["food", "home", "movies"]
     metrics = json.loads((base_dir / "metrics.json").read_text())
     assert set(metrics["test"]) == {"food", "home", "movies", "all", "random"}
+    buckets = metrics["test_by_popularity"]  # by the target's training count, kept out of the table
+    assert buckets and all(key.split(" popularity ")[0] in ("food", "home", "movies") for key in buckets)
     # how training ended: the epochs run, the best one, and why it stopped (the ceiling: the run may not converge)
     assert metrics["epochs_run"] == len(metrics["history"]) and 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
     assert metrics["stopped_by"] == ("ceiling" if metrics["epochs_run"] == run_args["num_epochs"] else "patience")

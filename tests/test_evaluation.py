@@ -16,6 +16,7 @@ from mmsr_peft.evaluation import (
     evaluate_exclusions,
     format_table,
     history_mask,
+    popularity_bucket,
     random_baseline,
     random_metrics,
     rank_metrics,
@@ -270,3 +271,55 @@ def test_a_nan_score_is_a_miss_not_a_perfect_rank():
     items = torch.eye(2)
     ranks = chunked_ranks(users, items, torch.tensor([0, 0]), None, chunk_size=1)
     assert ranks.tolist() == [0, MISS]
+
+
+def test_cold_targets_are_also_ranked_among_the_cold_items_and_every_target_by_its_popularity():
+    torch.manual_seed(3)
+    embeddings = torch.randn(30, 4)
+
+    class Model(nn.Module):
+        def embed_catalog(self, inputs, batch_size):
+            return embeddings
+
+        def user_embeddings(self, item_embeddings, histories):
+            return (item_embeddings[histories.clamp(min=0)] * (histories >= 0)[..., None]).sum(1)
+
+    rng = np.random.default_rng(1)
+    cold_items = np.array([12, 15, 18, 21, 24, 27])  # a domain of catalog rows 10-29
+    histories = [rng.choice(np.setdiff1d(np.arange(10, 30), cold_items), size=3, replace=False) for _ in range(40)]
+    targets = rng.integers(10, 30, size=40)
+    known = [np.append(h, 27) if i % 4 == 0 else h for i, h in enumerate(histories)]  # some users consumed cold 27
+    counts = rng.integers(0, 300, size=20)
+    counts[cold_items - 10] = 0
+    eval_set = EvalSet("d", histories, targets, (10, 30), np.isin(targets, cold_items), known, cold_items, counts)
+    metrics = evaluate(Model(), ItemInputs(item_index=torch.arange(30)), [eval_set], batch_size=9, progress=False)
+
+    shelf_ranks = []
+    for history, target, seen in zip(histories, targets, known, strict=True):
+        if target in cold_items:
+            scores = embeddings[torch.as_tensor(cold_items)] @ embeddings[torch.as_tensor(history)].sum(0)
+            own = scores[list(cold_items).index(target)]
+            candidates = [j for j, item in enumerate(cold_items) if item not in seen]
+            shelf_ranks.append(MISS if target in seen else int(sum(scores[j] >= own for j in candidates)) - 1)
+    assert len(shelf_ranks) > 3
+    assert metrics["d cold, among cold items"] == pytest.approx(rank_metrics(np.array(shelf_ranks)))
+    # a cold target has fewer competitors on the shelf than in the whole catalog
+    assert metrics["d cold, among cold items"]["hr@10"] >= metrics["d cold"]["hr@10"]
+
+    buckets = {key.removeprefix("d popularity "): value for key, value in metrics.items() if " popularity " in key}
+    assert set(buckets) <= {"0", "1-9", "10-99", "100-999"} and "0" in buckets and "100-999" in buckets
+    # the buckets partition the cases: their case-weighted mean is the set's metric
+    sizes = {name: sum(popularity_bucket(int(counts[t - 10])) == name for t in targets) for name in buckets}
+    mean = sum(buckets[name]["ndcg@10"] * size for name, size in sizes.items()) / len(targets)
+    assert mean == pytest.approx(metrics["d"]["ndcg@10"])
+    assert [popularity_bucket(c) for c in (0, 1, 9, 10, 99, 100, 999, 1000, 10**6)] == [
+        "0",
+        "1-9",
+        "1-9",
+        "10-99",
+        "10-99",
+        "100-999",
+        "100-999",
+        "1000+",
+        "1000+",
+    ]

@@ -15,9 +15,10 @@ from mmsr_peft.errors import CheckpointError
 ITEM_IDS = [f"it-{i}" for i in range(12)]
 
 
-def tiny(item_tower="modal", fusion="concat") -> MMSRModel:
+def tiny(item_tower="modal", fusion="concat", **kwargs) -> MMSRModel:
     torch.manual_seed(0)
     args = ModelArguments(
+        **kwargs,
         item_tower=item_tower,
         text_model="tiny-bert",
         vision_model="micro-vit",
@@ -70,6 +71,26 @@ def test_save_then_load_gives_identical_outputs(item_tower, fusion, catalog, tmp
     assert loaded.config == model.config
     histories = [ITEM_IDS[:3], ITEM_IDS[5:7]]  # exact below too: the same forward, so the same scores and order
     assert loaded.recommend(histories, catalog, k=4).item_ids == model.recommend(histories, catalog, k=4).item_ids
+
+
+@pytest.mark.parametrize("item_tower, fusion", [("modal", "gated"), ("modal", "merge_attention"), ("text", "concat")])
+def test_feature_dropout_acts_in_training_only_and_is_saved_with_the_model(item_tower, fusion, catalog, tmp_path):
+    model = tiny(item_tower, fusion, feature_dropout=0.5)
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    tower = model.item_tower
+    # exact below: one code path run twice, deterministic outside training
+    assert torch.equal(model.embed_catalog(inputs), model.embed_catalog(inputs))
+    tower.train()
+    assert not torch.equal(tower(inputs), tower(inputs))  # a fresh dropout mask per call
+    tower.text.eval()  # as when a cache is filled (encode_catalog): the tower trains, the encoder is in eval mode
+    assert torch.equal(tower.encode_text(inputs).pooled, tower.encode_text(inputs).pooled)  # no feature dropout
+    model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["feature_dropout"] == 0.5
+    assert MMSRModel.from_pretrained(tmp_path / "ckpt").config.feature_dropout == 0.5
+    with pytest.raises(ValueError, match="feature_dropout must be in"):
+        tiny("id", feature_dropout=0.5)
+    with pytest.raises(ValueError, match="feature_dropout must be in"):
+        tiny(feature_dropout=1.0)
 
 
 def test_missing_keys_and_unexpected_keys_are_listed(catalog, tmp_path):

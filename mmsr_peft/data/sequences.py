@@ -133,6 +133,7 @@ class Split:
         users (`list[str]`): the user of each evaluation case.
         cold_items / valid_cold / test_cold (`np.ndarray`, *optional*): with a cold-start split, the cold items and,
             per evaluation case, whether its target is one of them.
+        train_users (`np.ndarray` of bool, *optional*): per user, whether their sequence trains (None: every user).
     """
 
     train: list[np.ndarray]
@@ -146,6 +147,7 @@ class Split:
     cold_items: np.ndarray | None = None
     valid_cold: np.ndarray | None = None
     test_cold: np.ndarray | None = None
+    train_users: np.ndarray | None = None
 
     @classmethod
     def leave_one_out(
@@ -184,12 +186,22 @@ class Split:
             users=list(sequences.user_ids),
             valid_known=valid_k,
             test_known=test_k,
+            train_users=train_users,
         )
         if cold_items is not None:
             split.cold_items = cold
             split.valid_cold = np.isin(split.valid_targets, cold)
             split.test_cold = np.isin(split.test_targets, cold)
         return split
+
+    def train_counts(self, num_items: int) -> np.ndarray:
+        """`(num_items,)` training interactions of each catalog item: the items before each training user's
+        validation target, the cold items excepted (0)."""
+        known = [k for user, k in enumerate(self.valid_known) if self.train_users is None or self.train_users[user]]
+        counts = np.bincount(np.concatenate(known) if known else np.zeros(0, np.int64), minlength=num_items)
+        if self.cold_items is not None:
+            counts[self.cold_items] = 0
+        return counts
 
     def evaluation(self, stage: str) -> tuple[list[np.ndarray], np.ndarray]:
         """`(histories, targets)` of `stage` (`"valid"` or `"test"`)."""
