@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 demo: $(STAMP)
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		recipes/pretrain.py --output_dir outputs/demo/base
-	$(BIN)/mmsr-adapt --target office --base outputs/demo/base --output_dir outputs/demo/adapters/office
+		recipes/pretrain.py --output_dir outputs/demo/base --overwrite_output_dir
+	$(BIN)/mmsr-adapt --target office --base outputs/demo/base --output_dir outputs/demo/adapters/office --overwrite_output_dir
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -16,15 +16,15 @@ from .adapters import (
 )
 from .arguments import save_run_args
 from .cards import adapter_card, base_card
-from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, build_corpus, domain_folder, load_domain
+from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, build_corpus, describe_data, domain_folder, load_domain
 from .errors import DataError
 from .evaluation import COLD_SHELF, evaluate, evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
 from .quantization import QUANTIZATIONS, quantize_encoders, require_bitsandbytes
+from .run_folders import check_output_dir, claim_output_dir
 from .training import (
     TrainingArguments,
-    check_output_dir,
     make_accelerator,
     precompute_frozen_states,
     train,
@@ -282,14 +282,21 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
 
     Returns the base model with the trained adapter active, and the test metrics of each row of the table.
     """
-    from accelerate.utils import set_seed
 
     default = f"outputs/adapters/{adapt_args.adapter_name}" if adapt_args.method == "lora" else None
     args.output_dir = args.output_dir or default or f"outputs/adapted/{adapt_args.target}-{adapt_args.method}"
-    check_output_dir(args.output_dir, {"--base": adapt_args.base})
+    check_output_dir(args.output_dir, {"--base": adapt_args.base}, args.overwrite_output_dir, args.resume)
     domain = load_domain(adapt_args.target, adapt_args.data_source, adapt_args.data_dir)
     model = MMSRModel.from_pretrained(adapt_args.base, revision=adapt_args.revision)
     accelerator = make_accelerator(args, model.config.item_tower, model.config.fusion.type)
+    claim = claim_output_dir(args.output_dir, accelerator.is_main_process, args.overwrite_output_dir, args.resume)
+    with claim:  # one run writes the folder at a time, and it holds that run alone
+        return _adapt(adapt_args, args, domain, model, accelerator)
+
+
+def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: MMSRModel, accelerator):
+    from accelerate.utils import set_seed
+
     set_seed(args.seed)
     if model.config.item_tower == "id":
         raise ValueError(f"{adapt_args.base} is an ID-based model: its item table cannot represent new items")
@@ -300,6 +307,7 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
         args.seed,
         adapt_args.train_user_fraction,
     )
+    accelerator.print(describe_data(corpus.stats))
     records = corpus.catalog.records(range(len(corpus.catalog)))
     catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)
     results = {"random": random_baseline(corpus.test)}

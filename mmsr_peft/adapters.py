@@ -294,7 +294,7 @@ class AdapterMixin:
         """Loads an adapter saved in peft's layout (local folder or Hub repo id) and activates it.
 
         An adapter records the base weights it was trained on (`mmsr_adapter.json`); loading it onto another
-        base is an error unless `force=True`. Returns the adapter's name (default: the folder or repo name).
+        base, or loading one without that record (plain peft), is an error unless `force=True`. Returns the adapter's name (default: the folder or repo name).
         """
         from peft import PeftConfig, set_peft_model_state_dict
         from peft.utils import load_peft_weights
@@ -302,6 +302,11 @@ class AdapterMixin:
         adapter_name = adapter_name or Path(str(name_or_path)).name
         record = _adapter_record(name_or_path, revision)
         trained_on = record.get("base_sha256")
+        if not trained_on and self.base_fingerprint and not force:
+            raise CheckpointError(
+                f"{name_or_path}: no {ADAPTER_RECORD} with the base it was trained on, so it cannot be checked "
+                f"against this model ({self.name_or_path!r}); pass force=True to load it anyway"
+            )
         if trained_on and self.base_fingerprint and trained_on != self.base_fingerprint and not force:
             raise CheckpointError(
                 f"{name_or_path}: adapter was trained on base {record.get('base_model')!r} (weights sha256 "
@@ -391,13 +396,18 @@ class AdapterMixin:
             raise ValueError(f"no adapter {adapter_name!r}; loaded adapters: {self.list_adapters()}")
         return self._metadata()[adapter_name]
 
-    def save_merged(self, folder: str | os.PathLike, adapter_name: str | None = None) -> None:
+    def save_merged(self, folder: str | os.PathLike, adapter_name: str | None = None, overwrite: bool = False) -> None:
         """Writes a standalone base checkpoint with `adapter_name` merged into the weights (and its trained
         `modules_to_save` in place of the originals); it loads with plain `MMSRModel.from_pretrained` and scores
-        like this model with the adapter active. This model is unchanged."""
+        like this model with the adapter active. This model is unchanged. A `folder` that already holds a model
+        (its own base, say) is refused unless `overwrite=True`."""
         adapter_name = adapter_name or self.active_adapter()
         if adapter_name not in self.list_adapters():
             raise ValueError(f"no adapter {adapter_name!r} to merge; loaded adapters: {self.list_adapters()}")
+        if (Path(folder) / "model.safetensors").exists() and not overwrite:
+            raise FileExistsError(
+                f"{folder} already holds a model (model.safetensors); pass overwrite=True to replace it"
+            )
         layers = [layer for layer in self._tuner_layers() if adapter_name in layer.lora_A]
         fingerprint = self.base_fingerprint
         original = {k: v.clone() for k, v in base_state_dict(self).items()}  # unmerging is exact only up to rounding

@@ -20,7 +20,7 @@ from torch import nn
 
 from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
-from .domains import Corpus, build_corpus, load_domain
+from .domains import Corpus, build_corpus, describe_data, load_domain
 from .evaluation import evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
 from .io import atomic_write_text
 from .training import precompute_frozen_states
@@ -124,6 +124,7 @@ def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args:
     corpus = build_corpus(
         domains, model_args.max_len, data_args.cold_start_fraction, args.seed, data_args.train_user_fraction
     )
+    print(describe_data(corpus.stats))
     ranker = build_baseline(args.baseline, corpus, model_args, args.feature_cache_dir)
     protocols = evaluate_exclusions(ranker, None, corpus.test, batch_size=args.eval_batch_size)
     results = protocols.pop("history")  # the main protocol; the others are the secondary columns

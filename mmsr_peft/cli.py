@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, RunFolderBusy
 
-USAGE_ERRORS = (DataError, CheckpointError, ValueError, FileNotFoundError, ImportError)
+USAGE_ERRORS = (DataError, CheckpointError, ValueError, FileNotFoundError, ImportError, RunFolderBusy)
 
 
 def _run(function, argv, dataclass_types, description, extra_errors=()) -> int:

@@ -189,3 +189,19 @@ def build_corpus(
         offset += len(domain.catalog)
     cold_items = np.concatenate(cold_items) if cold_items else np.zeros(0, dtype=np.int64)
     return Corpus(catalog, train, valid, test, stats, cold_items)
+
+
+def describe_data(stats: dict) -> str:
+    """One line per domain of `Corpus.stats`: what was read, and what was left out and why."""
+    lines = []
+    for name, d in stats.items():
+        line = f"{name}: {d['interactions']:,} interactions, {d['users_kept']:,} users, {d['items']:,} items"
+        if d.get("users_dropped_short"):
+            dropped = d["users_dropped_short"]
+            line += f"; {dropped:,} user{'s' * (dropped != 1)} dropped (fewer than 3 interactions)"
+        if d.get("train_users", d["users_kept"]) < d["users_kept"]:
+            line += f"; {d['train_users']:,} of the users train (--train_user_fraction), all are evaluated"
+        if d.get("cold_items"):
+            line += f"; {d['cold_items']:,} items held out of training (cold start)"
+        lines.append(line)
+    return "\n".join(lines)

@@ -7,3 +7,7 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint or adapter cannot be loaded as asked (missing/unexpected keys, unsafe format, mismatch)."""
+
+
+class RunFolderBusy(RuntimeError):
+    """Another run holds the lock of the run folder (`--output_dir`) this run was asked to write."""

@@ -29,6 +29,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth")
 ITEM_TOWERS = ("modal", "text", "image", "id")
+REQUIRED_CONFIG_KEYS = ("item_tower", "hidden_size", "fusion", "sequence")  # the architecture; the rest has defaults
 
 
 @dataclass
@@ -453,6 +454,11 @@ def load_config(path: Path) -> MMSRConfig:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if isinstance(settings, dict):
         settings.pop("mmsr_peft_version", None)
+        missing = [key for key in REQUIRED_CONFIG_KEYS if key not in settings]
+        if missing:  # a default would silently build another architecture than the one the weights belong to
+            raise CheckpointError(
+                f"{path}: missing {missing}; a saved config.json has every one of {REQUIRED_CONFIG_KEYS}"
+            )
     try:
         return MMSRConfig.from_dict(settings, where=str(path))
     except ValueError as err:  # from_dict names the field; a check of __post_init__ does not name the file

@@ -9,13 +9,13 @@ from pathlib import Path
 from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
 from .cards import base_card
-from .domains import build_corpus, load_domain
+from .domains import build_corpus, describe_data, load_domain
 from .evaluation import evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
+from .run_folders import check_output_dir, claim_output_dir
 from .training import (
     TrainingArguments,
-    check_output_dir,
     make_accelerator,
     precompute_frozen_states,
     train,
@@ -46,48 +46,51 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     from accelerate.utils import set_seed
 
     args.output_dir = args.output_dir or "outputs/pretrain"
-    check_output_dir(args.output_dir)
+    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=args.resume)
     accelerator = make_accelerator(args, model_args.item_tower, model_args.fusion)
-    set_seed(args.seed)
-    prepare_synthetic(data_args, accelerator)
-    domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
-    corpus = build_corpus(
-        domains, model_args.max_len, data_args.cold_start_fraction, args.seed, data_args.train_user_fraction
-    )
-    model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
-    records = corpus.catalog.records(range(len(corpus.catalog)))
-    catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)
-    catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir)
-    accelerator.print(
-        f"pretraining on {', '.join(corpus.stats)}: {len(corpus.catalog)} items, {len(corpus.train)} training "
-        f"sequences; {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters"
-    )
-    state = train(
-        model,
-        corpus.train,
-        catalog_inputs,
-        corpus.valid,
-        args,
-        accelerator,
-        on_best=lambda m, _: m.save_pretrained(args.output_dir),
-        candidates=corpus.negative_candidates(),
-    )
-    protocols = evaluate_exclusions(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
-    results = protocols.pop("history")  # the main protocol; the others are the secondary columns
-    popularity = pop_popularity_rows(results)  # by the target's training count: in metrics.json, not the table
-    results["random"] = random_baseline(corpus.test)
-    table = format_table(results)
-    if accelerator.is_main_process:
-        model.save_pretrained(args.output_dir)
-        summary = {"test": results, **training_record(state, args), "data": corpus.stats}
-        summary["test_other_exclusions"] = protocols
-        summary["test_by_popularity"] = popularity
-        summary["total_parameters"] = sum(p.numel() for p in model.parameters())
-        summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
-        save_run_args(args.output_dir, model_args, data_args, args)
-        atomic_write_text(Path(args.output_dir) / "README.md", base_card(args.output_dir, repo_id=args.output_dir))
-        print(f"\nTest, per source domain ({'; '.join(corpus.stats)}):\n{table}\n")
-        print(f"Base model written to {args.output_dir}")
-    accelerator.wait_for_everyone()
+    claim = claim_output_dir(args.output_dir, accelerator.is_main_process, args.overwrite_output_dir, args.resume)
+    with claim:  # one run writes the folder at a time, and it holds that run alone
+        set_seed(args.seed)
+        prepare_synthetic(data_args, accelerator)
+        domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
+        corpus = build_corpus(
+            domains, model_args.max_len, data_args.cold_start_fraction, args.seed, data_args.train_user_fraction
+        )
+        model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
+        records = corpus.catalog.records(range(len(corpus.catalog)))
+        catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)
+        catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir)
+        accelerator.print(describe_data(corpus.stats))
+        accelerator.print(
+            f"pretraining on {', '.join(corpus.stats)}: {len(corpus.catalog)} items, {len(corpus.train)} training "
+            f"sequences; {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters"
+        )
+        state = train(
+            model,
+            corpus.train,
+            catalog_inputs,
+            corpus.valid,
+            args,
+            accelerator,
+            on_best=lambda m, _: m.save_pretrained(args.output_dir),
+            candidates=corpus.negative_candidates(),
+        )
+        protocols = evaluate_exclusions(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+        results = protocols.pop("history")  # the main protocol; the others are the secondary columns
+        popularity = pop_popularity_rows(results)  # by the target's training count: in metrics.json, not the table
+        results["random"] = random_baseline(corpus.test)
+        table = format_table(results)
+        if accelerator.is_main_process:
+            model.save_pretrained(args.output_dir)
+            summary = {"test": results, **training_record(state, args), "data": corpus.stats}
+            summary["test_other_exclusions"] = protocols
+            summary["test_by_popularity"] = popularity
+            summary["total_parameters"] = sum(p.numel() for p in model.parameters())
+            summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
+            save_run_args(args.output_dir, model_args, data_args, args)
+            atomic_write_text(Path(args.output_dir) / "README.md", base_card(args.output_dir, repo_id=args.output_dir))
+            print(f"\nTest, per source domain ({'; '.join(corpus.stats)}):\n{table}\n")
+            print(f"Base model written to {args.output_dir}")
+        accelerator.wait_for_everyone()
     return model, results

@@ -71,6 +71,10 @@ class TrainingArguments:
     save_total_limit: int = field(default=2, metadata={"help": "Training states kept on disk."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and negative sampling."})
     resume: bool = field(default=False, metadata={"help": "Resume from the latest training state in output_dir."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the run that output_dir holds (the folder is emptied first); without it, refused."},
+    )
     mixed_precision: str | None = field(
         default=None,
         metadata={
@@ -280,17 +284,6 @@ def check_training_state(folder: Path, process_index: int) -> None:
             ok = False
         if not ok:
             raise CheckpointError(f"{path}: field {field_name!r} is not a random-number generator state")
-
-
-def check_output_dir(output_dir: str, protected: dict[str, str] | None = None) -> None:
-    """Refuses, before any work, an `output_dir` a run cannot or must not write: an existing file, or one of the
-    `protected` folders (`{flag: folder}`, e.g. the `--base` a run reads, which it would overwrite)."""
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
-    for flag, folder in (protected or {}).items():
-        if folder and Path(folder).exists() and path.resolve() == Path(folder).resolve():
-            raise ValueError(f"--output_dir {output_dir} is the {flag} folder: the run would write over it")
 
 
 def training_record(state: TrainState, args: TrainingArguments) -> dict:

@@ -31,7 +31,19 @@ from pathlib import Path
 
 import torch
 import yaml
-from runner import REPO, Run, console_script, execute, machine, mean_std, plot, relative, run_all, write_json
+from runner import (
+    REPO,
+    Run,
+    console_script,
+    execute,
+    machine,
+    mean_std,
+    plot,
+    plot_curves,
+    relative,
+    run_all,
+    write_json,
+)
 
 from mmsr_peft.arguments import as_flags
 
@@ -102,15 +114,24 @@ class Benchmark:
         spec, plan = self.plan["rows"][run.row], self.plan
         data = {**plan["data"], **spec.get("data", {}), "data_dir": self.args.data_dir, **plan["splits"][run.split]}
         common = {"seed": run.seed, "output_dir": out, "feature_cache_dir": self.args.feature_cache_dir}
+        trained = {"overwrite_output_dir": True}  # a run folder without a record is a run that did not finish
         if spec["command"] == "pretrain":
-            settings = {**plan["model"], **plan["training"], **data, **common, **spec["args"]}
+            settings = {**plan["model"], **plan["training"], **data, **common, **trained, **spec["args"]}
             return [console_script("mmsr-pretrain"), *as_flags(settings)]
         if spec["command"] == "baseline":
             return [console_script("mmsr-baseline"), *as_flags({**plan["model"], **data, **common, **spec["args"]})]
         if spec["command"] == "adapt":  # from the model that the `init` row's run of this split and seed wrote
             (target,) = data.pop("domains")
             base = self.folder(self.init_run(run))
-            settings = {"target": target, "base": base, **plan["training"], **data, **common, **spec["args"]}
+            settings = {
+                "target": target,
+                "base": base,
+                **plan["training"],
+                **data,
+                **common,
+                **trained,
+                **spec["args"],
+            }
             return [console_script("mmsr-adapt"), *as_flags(settings)]
         if spec["command"] == "recbole":  # on the GPU when there is one (.venv-recbole then needs a CUDA torch)
             settings = {"seed": run.seed, "max_len": plan["model"]["max_len"], "output": out / "report.json"}
@@ -343,7 +364,114 @@ def targets(plan: dict, records: dict) -> list[str]:
         )
     if len(lines) == 2:
         lines.append("- not measured yet: the rows the goals compare have no runs")
+    return [*lines, "", *cold_targets(plan, records)]
+
+
+def cold_targets(plan: dict, records: dict) -> list[str]:
+    """The cold-start goal on the `cold` split: the best trained row's cold HR@10 against the best untrained
+    content-kNN's, and that row's warm HR@10 against the plain `gated` row's (mean over seeds)."""
+    cold = {row: runs["cold"] for row, runs in records.items() if runs.get("cold")}
+
+    def hr(row: str, part: str) -> float:
+        return mean_std([r["test"][part]["hr@10"] for r in cold[row].values()])[0]
+
+    trained = [row for row in cold if plan["rows"][row].get("group") not in ("baseline", "id")]
+    knn = [row for row in cold if row.startswith("knn_")]
+    if not trained or not knn:
+        return []
+    best, bar = max(trained, key=lambda row: hr(row, "cold")), max(knn, key=lambda row: hr(row, "cold"))
+    ratio = hr(best, "cold") / hr(bar, "cold")
+    line = (
+        f"- cold split: the best trained row's cold HR@10 (chosen on test, which favours it) {plan['rows'][best]['label']} "
+        f"{hr(best, 'cold'):.4f} / the best untrained content-kNN {plan['rows'][bar]['label']} {hr(bar, 'cold'):.4f} = "
+        f"**{ratio:.2f}x** (goal >= 1.5x: {'met' if ratio >= 1.5 else 'missed'})"
+    )
+    if "gated" in cold:
+        line += (
+            f"; its warm HR@10 is {hr(best, 'warm') / hr('gated', 'warm'):.3f}x the plain gated row's (goal >= 0.97x)"
+        )
+    return ["## Goals (cold split, mean over seeds)", "", line, ""]
+
+
+def popularity_table(plan: dict, records: dict, split: str) -> list[str]:
+    """HR@10 of each row by the popularity bucket of the target (its training interactions; "0": cold items and
+    items that only ever appear as validation or test targets), for the records that have the buckets."""
+    from mmsr_peft.evaluation import POPULARITY_EDGES, popularity_bucket
+
+    buckets = [f"popularity {popularity_bucket(edge)}" for edge in POPULARITY_EDGES]
+    rows = {row: runs for row, runs in ((r, records.get(r, {}).get(split, {})) for r in plan["rows"]) if runs}
+    present = [b for b in buckets if any(b in run["test"] for runs in rows.values() for run in runs.values())]
+    if not present:
+        return []
+    lines = ["HR@10 by the number of training interactions of the test target:", ""]
+    lines += ["| row | " + " | ".join(b.split()[1] for b in present) + " |", "|" + "---|" * (len(present) + 1)]
+    for row, runs in rows.items():
+        cells = [cell([run["test"][b]["hr@10"] for run in runs.values() if b in run["test"]]) for b in present]
+        if any(c != "-" for c in cells):
+            lines.append(f"| {plan['rows'][row]['label']} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def transfer_targets(plan: dict, records: dict) -> list[str]:
+    """The transfer goals at each share of the target's users: the best adapted row (chosen on validation) against
+    the same architecture trained from scratch (mean test NDCG@10 over seeds)."""
+
+    def mean(runs: dict, key: str) -> float:
+        return mean_std([r["test"]["all"]["ndcg@10"] if key == "test" else r[key] for r in runs.values()])[0]
+
+    lines = ["## Goals (mean test NDCG@10; adapted row chosen on validation NDCG@10)", ""]
+    for split in plan["curve"]["splits"]:
+        runs = {row: records.get(row, {}).get(split, {}) for row in plan["rows"]}
+        adapted = [row for row, r in runs.items() if r and plan["rows"][row].get("group") == "adapted"]
+        if not adapted or not runs.get("scratch"):
+            continue
+        best = max(adapted, key=lambda row: mean(runs[row], "valid_ndcg_at_10"))
+        share = plan["splits"][split].get("train_user_fraction", 1.0)
+        ours, scratch = mean(runs[best], "test"), mean(runs["scratch"], "test")
+        goal = 1.2 if share <= 0.1 else 1.0 if share == 1.0 else None
+        verdict = f" (goal >= {goal}x: {'met' if ours / scratch >= goal else 'missed'})" if goal else ""
+        lines.append(
+            f"- {100 * share:g} % of users: {plan['rows'][best]['label']} {ours:.4f} / from scratch {scratch:.4f} = "
+            f"**{ours / scratch:.2f}x**{verdict}"
+        )
+    return [*lines, ""] if len(lines) > 2 else []
+
+
+def curve_section(bench: Benchmark, records: dict) -> list[str]:
+    """With a plan `curve: {splits: [...]}` (each split a share of the training users), a table of test NDCG@10 of
+    every row at each share, the base's zero-shot score (read from the adapted records), and the curve as a plot."""
+    plan = bench.plan
+    splits = plan.get("curve", {}).get("splits")
+    if not splits:
+        return []
+    share = {split: plan["splits"][split].get("train_user_fraction", 1.0) for split in splits}
+    curves, cells = {}, {}
+    zero_shot = {split: {} for split in splits}
+    for row, spec in plan["rows"].items():
+        runs = {split: records.get(row, {}).get(split, {}) for split in splits}
+        if not any(runs.values()):
+            continue
+        stats = {split: mean_std([r["test"]["all"]["ndcg@10"] for r in runs[split].values()]) for split in splits}
+        curves[spec["label"]] = [(share[split], *stats[split]) for split in splits]
+        cells[spec["label"]] = [cell([r["test"]["all"]["ndcg@10"] for r in runs[split].values()]) for split in splits]
+        for split in splits:
+            for seed, record in runs[split].items():
+                if "zero_shot" in record:
+                    zero_shot[split][seed] = record["zero_shot"]["ndcg@10"]
+    if any(zero_shot.values()):
+        label = "zero-shot: the source base as it is"
+        curves[label] = [(share[split], *mean_std(list(zero_shot[split].values()))) for split in splits]
+        cells[label] = [cell(list(zero_shot[split].values())) for split in splits]
+    if not cells:
+        return []
+    header = "| row | " + " | ".join(f"{100 * share[split]:g} % of users" for split in splits) + " |"
+    lines = [f"## Data efficiency: test NDCG@10 by the share of {plan['data']['domains'][0]}'s users that train", ""]
+    lines += [header, "|" + "---|" * (len(splits) + 1)]
+    lines += [f"| {label} | " + " | ".join(row) + " |" for label, row in cells.items()]
+    base = Path(bench.args.output_dir) / f"{plan['name']}_curve.png"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves(curves, f"{plan['title']}: test NDCG@10 by share of target users (mean ± std)", base)
+    return [*lines, "", f"![curve]({base.name})", ""]
 
 
 def report(bench: Benchmark) -> None:
@@ -396,8 +524,9 @@ def report(bench: Benchmark) -> None:
             lines.append("| " + " | ".join(cells) + " |")
             if split == "main":
                 bars.append((spec["label"], *mean_std(test["ndcg@10"])))
-        lines.append("")
-    lines += targets(plan, records)
+        lines += ["", *popularity_table(plan, records, split)]
+    lines += curve_section(bench, records)
+    lines += transfer_targets(plan, records) if plan.get("curve") else targets(plan, records)
     Path(bench.args.output_dir).mkdir(parents=True, exist_ok=True)
     base = Path(bench.args.output_dir) / plan["name"]
     base.with_suffix(".md").write_text("\n".join(lines))

@@ -42,7 +42,7 @@ def run_row(name: str, args, extra: list[str]) -> dict:
     """One `mmsr-adapt` run in a child process; returns its metrics, size on disk, wall time and peak RSS."""
     out = Path(args.work_dir) / name
     command = [sys.executable, str(ADAPT), "--target", args.target, "--base", args.base, "--output_dir", str(out)]
-    command += ["--data_dir", args.data_dir, *ROWS[name], *extra]
+    command += ["--data_dir", args.data_dir, "--overwrite_output_dir", *ROWS[name], *extra]
     began = time.perf_counter()
     child = subprocess.Popen(command)
     _, status, usage = os.wait4(child.pid, 0)

@@ -351,6 +351,16 @@ def config_json_with_an_unknown_key(ws):
 
 
 @case
+def config_json_missing_an_architecture_key(ws):
+    folder = _copy_base(ws)
+    config = json.loads((folder / "config.json").read_text())
+    del config["hidden_size"]  # a default of 64 would build another model than the one the weights belong to
+    (folder / "config.json").write_text(json.dumps(config))
+    fragments = ("config.json", "missing ['hidden_size']")
+    return Bad(lambda: MMSRModel.from_pretrained(folder), CheckpointError, fragments)
+
+
+@case
 def config_json_with_a_wrong_type(ws):
     folder = _copy_base(ws)
     config = json.loads((folder / "config.json").read_text())
@@ -515,6 +525,36 @@ def adapter_record_with_a_malformed_line(ws):
     model = MMSRModel.from_pretrained(ws.base)
     fragments = (str(adapter / "mmsr_adapter.json"), "line 2")
     return Bad(lambda: model.load_adapter(adapter), CheckpointError, fragments, lambda: _no_adapter(model))
+
+
+@case
+def adapter_without_its_base_record(ws):
+    adapter = _adapter(ws, ws.base)
+    (adapter / "mmsr_adapter.json").unlink()  # as plain peft saves it: nothing says which base it belongs to
+    model = MMSRModel.from_pretrained(ws.base)
+    fragments = (str(adapter), "no mmsr_adapter.json", "force=True")
+    return Bad(lambda: model.load_adapter(adapter), CheckpointError, fragments, lambda: _no_adapter(model))
+
+
+@case
+def output_dir_holding_another_run(ws):
+    out = ws.root / "out"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")  # an earlier run's files: a new run would mix its files with these
+    (out / "model.safetensors").write_bytes(b"weights")
+    fragments = (str(out), "already holds a run", "metrics.json", "--overwrite_output_dir", "--resume")
+    return Bad(ws.adapt(method="frozen"), ValueError, fragments)
+
+
+@case
+def output_dir_being_written_by_another_run(ws):
+    from mmsr_peft.errors import RunFolderBusy
+    from mmsr_peft.run_folders import RunFolderLock
+
+    lock = RunFolderLock(ws.root / "out")  # what a run started a moment earlier holds
+    return Bad(
+        ws.adapt(method="frozen"), RunFolderBusy, (str(ws.root / "out"), "another run is writing"), lock.release
+    )
 
 
 @case
@@ -709,3 +749,7 @@ def test_a_user_with_one_interaction_is_dropped_and_counted(ws):
     write_domain(ws.domain, interactions=columns)
     stats = load_folder(ws.domain).sequences.stats
     assert (stats["users"], stats["users_kept"], stats["users_dropped_short"]) == (3, 2, 1)
+    from mmsr_peft.domains import build_corpus, describe_data
+
+    line = describe_data(build_corpus([load_folder(ws.domain)], max_len=4, cold_start_fraction=0.2).stats)
+    assert "2 users" in line and "1 user dropped (fewer than 3 interactions)" in line and "held out" in line

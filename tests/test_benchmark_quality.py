@@ -129,3 +129,44 @@ def test_runs_are_processes_with_records_resumable_and_reproducible(benchmark, d
     # a recorded run, run again from its record, gives the same numbers (seeded, one thread, same machine)
     assert benchmark.main([*argv, "--verify", "id/main-seed0"]) == 0
     assert "re-run identical" in capsys.readouterr().out
+
+
+def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goal(benchmark, tmp_path):
+    plan = {
+        "name": "tiny_curve",
+        "title": "tiny transfer",
+        "data": {"domains": ["food"], "data_source": "synthetic"},
+        "seeds": [0, 1],
+        "splits": {"f10": {"train_user_fraction": 0.1}, "f100": {}},
+        "curve": {"splits": ["f10", "f100"]},
+        "training": {"num_epochs": 5, "patience": 1},
+        "rows": {
+            "scratch": {"group": "scratch", "label": "from scratch", "command": "pretrain", "args": {}},
+            "frozen": {"group": "adapted", "label": "adapted", "command": "adapt", "init": "scratch", "args": {}},
+        },
+    }
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+
+    def record(row, split, seed, ndcg, zero_shot=None):
+        metrics = {m: ndcg for m in ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")}
+        out = {"row": row, "split": split, "seed": seed, "test": {"all": metrics}, "test_window": metrics}
+        out.update(test_none=metrics, wall_s=60.0, best_epoch=2, epochs_run=3, stopped_by="patience")
+        out.update(valid_ndcg_at_10=ndcg, **({"zero_shot": {"ndcg@10": zero_shot}} if zero_shot else {}))
+        path = tmp_path / "records" / row / f"{split}-seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out))
+
+    for seed in (0, 1):  # adapted: 1.5x scratch with 10 % of the users, 0.9x with all of them
+        record("scratch", "f10", seed, 0.04 + 0.002 * seed)
+        record("frozen", "f10", seed, 0.06 + 0.003 * seed, zero_shot=0.02)
+        record("scratch", "f100", seed, 0.10)
+        record("frozen", "f100", seed, 0.09, zero_shot=0.02)
+    argv = ["--plan", str(tmp_path / "plan.yaml"), "--records_dir", str(tmp_path / "records"), "--report_only"]
+    assert benchmark.main([*argv, "--output_dir", str(tmp_path / "results")]) == 0
+    report = (tmp_path / "results" / "tiny_curve.md").read_text()
+    assert "| row | 10 % of users | 100 % of users |" in report
+    assert "| adapted | 0.0615 ± 0.0021 | 0.0900 ± 0.0000 |" in report
+    assert "| zero-shot: the source base as it is | 0.0200 ± 0.0000 | 0.0200 ± 0.0000 |" in report
+    assert "10 % of users: adapted 0.0615 / from scratch 0.0410 = **1.50x** (goal >= 1.2x: met)" in report
+    assert "100 % of users: adapted 0.0900 / from scratch 0.1000 = **0.90x** (goal >= 1.0x: missed)" in report
+    assert (tmp_path / "results" / "tiny_curve_curve.png").stat().st_size > 1000

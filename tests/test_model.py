@@ -279,6 +279,9 @@ def test_merged_export_scores_like_the_adapted_model(catalog, tmp_path):
     batch = batch_of(model, catalog)
     adapted = model(batch.items, batch.inputs).sequence_output
     model.save_merged(tmp_path / "merged", "office")
+    with pytest.raises(FileExistsError, match="already holds a model"):  # not over a model, its own base included
+        model.save_merged(tmp_path / "base", "office")
+    model.save_merged(tmp_path / "merged", "office", overwrite=True)
     merged = MMSRModel.from_pretrained(tmp_path / "merged")
     assert merged.list_adapters() == []
     assert torch.allclose(merged(batch.items, batch.inputs).sequence_output, adapted, atol=1e-5)
@@ -305,3 +308,7 @@ def test_adapter_for_another_base_is_refused_unless_forced(tmp_path):
         other.load_adapter(tmp_path / "office")
     assert other.list_adapters() == []
     assert other.load_adapter(tmp_path / "office", force=True) == "office"
+    (tmp_path / "office" / "mmsr_adapter.json").unlink()  # plain peft's layout: no record of the base
+    with pytest.raises(CheckpointError, match="no mmsr_adapter.json"):
+        MMSRModel.from_pretrained(tmp_path / "first").load_adapter(tmp_path / "office")
+    assert MMSRModel.from_pretrained(tmp_path / "first").load_adapter(tmp_path / "office", force=True) == "office"

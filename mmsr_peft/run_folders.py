@@ -1,0 +1,107 @@
+"""Run folders (`--output_dir` of `mmsr-pretrain` and `mmsr-adapt`): one run each, never a mix of two.
+
+A folder that already holds a run is refused unless the run continues it (`--resume`) or replaces it
+(`--overwrite_output_dir`, which empties it first); a folder the run reads (`--base`) is always refused; and while a
+run writes its folder it holds a lock there, so a second run started on the same folder stops at once instead of
+interleaving its files with the first one's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from .errors import RunFolderBusy
+
+LOCK_FILE = ".mmsr-run.lock"
+# What marks a folder as holding a run (files every run writes, at its first best epoch or at its end)
+RUN_MARKERS = (
+    "metrics.json",
+    "run_args.json",
+    "model.safetensors",
+    "adapter_model.safetensors",
+    "checkpoints",
+)
+
+
+def check_output_dir(
+    output_dir: str,
+    protected: dict[str, str] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> None:
+    """Refuses, before any work, an `output_dir` a run cannot or must not write: an existing file; one of the
+    `protected` folders (`{flag: folder}`, e.g. the `--base` a run reads, which it would overwrite); a folder that
+    holds another run, unless `overwrite` (it is emptied by `claim_output_dir`) or `resume` (the run goes on)."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
+    for flag, folder in (protected or {}).items():
+        if folder and Path(folder).exists() and path.resolve() == Path(folder).resolve():
+            raise ValueError(f"--output_dir {output_dir} is the {flag} folder: the run would write over it")
+    found = [name for name in RUN_MARKERS if (path / name).exists()]
+    if found and not (overwrite or resume):
+        raise ValueError(
+            f"--output_dir {output_dir} already holds a run ({', '.join(found)}): pass --overwrite_output_dir to "
+            "replace it, --resume to continue it, or choose another folder"
+        )
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder (`flock` on its `.mmsr-run.lock`), held until `release` or the process
+    ends (the kernel drops it then: a killed run leaves the file behind, but no lock)."""
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.path = Path(output_dir) / LOCK_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")  # noqa: SIM115 (held open for the run's lifetime)
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            self.handle.close()
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunFolderBusy(
+                    f"--output_dir {output_dir}: another run is writing this folder; wait for it or choose another"
+                ) from None
+            raise
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+
+    def release(self) -> None:
+        """Removes the lock file (while still holding the lock) and lets go of it."""
+        if not self.handle.closed:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir: str, main_process: bool = True, overwrite: bool = False, resume: bool = False):
+    """While the block runs, the main process holds the lock of `output_dir`; on entering, with `overwrite` and no
+    `resume`, it empties the folder of the previous run, so the folder ends up holding this run alone. The other
+    processes of a multi-process run neither lock nor write."""
+    if not main_process:
+        yield
+        return
+    created = not Path(output_dir).exists()
+    lock = RunFolderLock(output_dir)
+    try:
+        if overwrite and not resume:
+            for entry in Path(output_dir).iterdir():
+                if entry.name == LOCK_FILE:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        yield
+    finally:
+        lock.release()
+        if created and not any(Path(output_dir).iterdir()):  # a run that failed before writing leaves nothing
+            Path(output_dir).rmdir()

@@ -1,0 +1,50 @@
+"""Run folders hold one run: refused when they hold another, emptied on --overwrite_output_dir, locked while written."""
+
+import pytest
+
+from mmsr_peft.errors import RunFolderBusy
+from mmsr_peft.run_folders import LOCK_FILE, RunFolderLock, check_output_dir, claim_output_dir
+
+
+def previous_run(folder):
+    (folder / "checkpoints" / "checkpoint_3").mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    (folder / "notes.txt").write_text("the old run's")
+
+
+def test_a_folder_with_a_run_is_refused_unless_the_run_replaces_or_continues_it(tmp_path):
+    check_output_dir(str(tmp_path / "new"))  # a new folder, or an empty one, is fine
+    check_output_dir(str(tmp_path))
+    previous_run(tmp_path)
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.json, checkpoints\)"):
+        check_output_dir(str(tmp_path))
+    check_output_dir(str(tmp_path), overwrite=True)
+    check_output_dir(str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match="is the --base folder"):  # never over what the run reads
+        check_output_dir(str(tmp_path), {"--base": str(tmp_path)}, overwrite=True)
+
+
+def test_overwrite_empties_the_folder_and_resume_keeps_it(tmp_path):
+    previous_run(tmp_path)
+    with claim_output_dir(str(tmp_path), resume=True, overwrite=True):
+        assert (tmp_path / "checkpoints" / "checkpoint_3").is_dir()  # the run goes on from its state
+    with claim_output_dir(str(tmp_path), overwrite=True):
+        assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]  # nothing of the old run is left to mix in
+    check_output_dir(str(tmp_path))
+    assert not any(tmp_path.iterdir())  # the lock goes with the run
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
+    with pytest.raises(FileNotFoundError), claim_output_dir(str(tmp_path / "run")):
+        assert (tmp_path / "run" / LOCK_FILE).is_file()
+        (tmp_path / "no-such-domain" / "items.parquet").read_bytes()  # the run fails before writing anything
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_run_on_a_folder_being_written_stops_at_once(tmp_path):
+    with claim_output_dir(str(tmp_path / "run")):
+        with pytest.raises(RunFolderBusy, match="another run is writing"):
+            RunFolderLock(tmp_path / "run")
+        with claim_output_dir(str(tmp_path / "run"), main_process=False):  # other processes of the run do not lock
+            pass
+    RunFolderLock(tmp_path / "run").release()  # released when the run is done
