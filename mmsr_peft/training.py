@@ -406,7 +406,16 @@ def train(
         check_training_state(complete[-1], accelerator.process_index)
         state.load(complete[-1])
         state.check_weights({**dict(model.named_buffers()), **trainable}, complete[-1])
-        accelerator.load_state(str(complete[-1]))
+        try:
+            accelerator.load_state(str(complete[-1]))
+        except Exception as err:  # noqa: BLE001 (a truncated or damaged file of the state: a sentence, not a traceback)
+            from .errors import CheckpointError
+
+            detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise CheckpointError(
+                f"{complete[-1]}: the training state cannot be loaded ({detail[:300]}); a file of it is damaged: "
+                "delete this checkpoint folder to resume from the one before, or start again without --resume"
+            ) from None
         accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {complete[-1]}")
     # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
     accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0

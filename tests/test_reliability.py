@@ -289,12 +289,17 @@ def test_resume_never_runs_a_pickle_and_refuses_forged_states(interrupted, tmp_p
         ("trainer_state.json", b"[]", "expected a JSON object, got list"),
         ("best_weights.safetensors", b"\x00" * 12, "unreadable"),
         ("random_states_0.pkl", torch_bytes([1, 2, 3]), "(a list)"),
+        ("model.safetensors", None, "the training state cannot be loaded"),  # None below: truncated to half
+        ("optimizer.bin", None, "the training state cannot be loaded"),
     ]
     for number, (name, content, message) in enumerate(cases):
         case = Path(shutil.copytree(root / "pristine", tmp_path / f"case-{number}"))
         target = case / "checkpoints" / "checkpoint_2" / name
         named = case / "checkpoints" / "checkpoint_2" if name.startswith("custom") else target
-        if content is None:  # a well-formed pickle of the wrong states, which Accelerate itself would apply
+        if content is None and name != "random_states_0.pkl":  # a file cut short (a disk that filled up)
+            target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+            named = target.parent
+        elif content is None:  # a well-formed pickle of the wrong states, which Accelerate itself would apply
             states = torch.load(target, weights_only=False)  # our own file, written by the fixture's run
             states["numpy_random_seed"] = ("MT19937", states["numpy_random_seed"][1][:10], 0, 0, 0.0)
             torch.save(states, target)
