@@ -20,12 +20,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from .data.collate import ItemInputs
+from .data.image_files import ImageCache  # noqa: F401 (importable from here, its home before data.image_files)
 from .encoders import EncoderOutput
-from .errors import DataError
-from .io import atomic_save_tensors
+from .io import atomic_save_tensors, read_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,6 @@ class FeatureCache:
 
     def encode(self, kind: str, encoder: torch.nn.Module, run, inputs: ItemInputs, batch_size: int) -> EncoderOutput:
         """`run(inputs)` is the encoder's forward on an `ItemInputs` batch (e.g. `ItemTower.encode_text`)."""
-        from .training import encode_catalog
-
         path = self.path(kind, encoder)
         digests = content_digests(inputs, kind)
         keys = [bytes(d.tolist()) for d in digests]
@@ -91,7 +89,7 @@ class FeatureCache:
         distinct = [keys[i] for i in first]
         first = torch.tensor(first, dtype=torch.long)
         expand = torch.tensor([position[key] for key in keys], dtype=torch.long)
-        stored = _read_tensors(path)
+        stored = read_tensors(path)
         rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
         found = [rows.get(key) for key in distinct]
         missing = [i for i, row in enumerate(found) if row is None]
@@ -118,17 +116,6 @@ class FeatureCache:
         atomic_save_tensors(path, tensors)
 
 
-def _read_tensors(path: Path) -> dict | None:
-    """The tensors of a cache file; None when it is missing or damaged (a damaged file is recomputed, never trusted)."""
-    if not path.is_file():
-        return None
-    try:
-        return load_file(path)
-    except Exception as err:
-        logger.warning("cache file %s is unreadable (%s); computing its rows again", path, err)
-        return None
-
-
 def _gather(stored, found, missing, name, computed) -> torch.Tensor:
     """The `name` output of each distinct item: cached rows where found, freshly computed rows at `missing`."""
     hits = [i for i, row in enumerate(found) if row is not None]
@@ -141,60 +128,15 @@ def _gather(stored, found, missing, name, computed) -> torch.Tensor:
     return out
 
 
-class ImageCache:
-    """Decoded, resized images kept on disk, so each image file is decoded and resized once across runs.
-
-    `images-<side>px.safetensors` in `folder` holds, for every image seen at that side, the sha256 of the file's
-    bytes and its `(3, side, side)` uint8 pixels. A file whose bytes changed has another digest and is decoded
-    again; a damaged cache file is ignored and rewritten; writes are atomic (temporary file + rename).
-
-    Args:
-        folder (`str` or `os.PathLike`): where the files live (the same folder as a `FeatureCache` is fine).
-    """
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        self.last_hits = 0  # images found in the cache by the last `load`
-        self.last_misses = 0
-
-    def path(self, side: int) -> Path:
-        return self.folder / f"images-{side}px.safetensors"
-
-    def load(self, paths: list[str | None], side: int, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(N, 3, side, side)` uint8 pixels and `(N,)` has-image flags for `paths` (None: the item has no image)."""
-        from tqdm.auto import tqdm
-
-        from .data.collate import load_image
-
-        path = self.path(side)
-        stored = _read_tensors(path)
-        rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
-        pixels = torch.zeros(len(paths), 3, side, side, dtype=torch.uint8)
-        has_image = torch.zeros(len(paths), dtype=torch.bool)
-        digests = torch.zeros(len(paths), DIGEST_BYTES, dtype=torch.uint8)
-        new = {}  # digest -> index of the first item with that image, for images not in the cache
-        for i, image in enumerate(tqdm(paths, desc="images", disable=not progress, leave=False)):
-            if not image:
-                continue
-            try:
-                digest = hashlib.sha256(Path(image).read_bytes()).digest()
-            except OSError as err:
-                raise DataError(f"{image}: cannot read image ({err})") from err
-            digests[i] = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
-            has_image[i] = True
-            if digest in rows:
-                pixels[i] = stored["pixels"][rows[digest]]
-            elif digest in new:
-                pixels[i] = pixels[new[digest]]
-            else:
-                pixels[i] = load_image(image, side)
-                new[digest] = i
-        self.last_hits, self.last_misses = int(has_image.sum()) - len(new), len(new)
-        logger.info("image cache %s: %d images cached, %d decoded", path.name, self.last_hits, self.last_misses)
-        if new:
-            first = torch.tensor(list(new.values()), dtype=torch.long)
-            tensors = {"digests": digests[first], "pixels": pixels[first]}
-            if stored is not None:
-                tensors = {name: torch.cat([value, stored[name]]) for name, value in tensors.items()}
-            atomic_save_tensors(path, tensors)
-        return pixels, has_image
+@torch.no_grad()
+def encode_catalog(run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode") -> EncoderOutput:
+    """`run` (an encoder's forward on `ItemInputs`) over `inputs` in batches, in eval mode, gathered on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    chunks = [
+        run(inputs.select(torch.arange(i, min(i + batch_size, len(inputs)))).to(device)).to("cpu")
+        for i in tqdm(range(0, len(inputs), batch_size), desc=desc, leave=False)
+    ]
+    encoder.train(was_training)
+    return EncoderOutput.cat(chunks)

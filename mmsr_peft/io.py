@@ -6,11 +6,14 @@ import contextlib
 import ctypes
 import errno
 import glob
+import logging
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _ACTIVE: set[Path] = set()  # temporary folders this process is writing right now
 
@@ -191,3 +194,17 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_tensors(path: Path) -> dict | None:
+    """The tensors of a cache file; None when it is missing or damaged (a damaged file is recomputed, never
+    trusted)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path)
+    except Exception as err:
+        logger.warning("cache file %s is unreadable (%s); computing its rows again", path, err)
+        return None

@@ -298,20 +298,6 @@ def training_record(state: TrainState, args: TrainingArguments) -> dict:
     }
 
 
-@torch.no_grad()
-def encode_catalog(run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode") -> EncoderOutput:
-    """`run` (an encoder's forward on `ItemInputs`) over `inputs` in batches, in eval mode, gathered on the CPU."""
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    chunks = [
-        run(inputs.select(torch.arange(i, min(i + batch_size, len(inputs)))).to(device)).to("cpu")
-        for i in tqdm(range(0, len(inputs), batch_size), desc=desc, leave=False)
-    ]
-    encoder.train(was_training)
-    return EncoderOutput.cat(chunks)
-
-
 def precompute_frozen_states(
     model, catalog_inputs: ItemInputs, batch_size: int = 256, cache_dir: str | None = None
 ) -> ItemInputs:
@@ -324,7 +310,7 @@ def precompute_frozen_states(
     gathers its items' rows of these tensors, and gathering token states that nothing reads cost more than the
     rest of a step (MiniLM's 32 x 384 per item, about 1,000 items a step on MovieLens-100k).
     """
-    from .cache import FeatureCache
+    from .cache import FeatureCache, encode_catalog
     from .fusion import TOKEN_FUSIONS
 
     tower = model.item_tower

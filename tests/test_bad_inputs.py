@@ -436,6 +436,17 @@ def publishing_nan_weights(ws):
 
 
 @case
+def publishing_truncated_weights(ws):
+    from mmsr_peft.hub import PublishArguments, publish
+
+    folder = _copy_base(ws)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    fragments = (str(weights), "unreadable safetensors file")
+    return Bad(lambda: publish(PublishArguments(str(folder), "org/base", dry_run=True)), CheckpointError, fragments)
+
+
+@case
 def pickle_offered_as_weights(ws):
     folder = _copy_base(ws)
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")

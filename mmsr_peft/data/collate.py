@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..errors import DataError
+from .image_files import ImageCache, load_image  # noqa: F401 (load_image: also imported from here)
 
 PROCESSOR_FILE = "processor_config.json"
 ITEM_VOCAB_FILE = "item_ids.json"
-MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused before their pixels are decoded
 
 
 @dataclass
@@ -87,7 +85,7 @@ class ItemProcessor:
 
     def __call__(self, records: list[dict], progress: bool = False, image_cache_dir=None) -> ItemInputs:
         """`ItemInputs` of `records`. With `image_cache_dir`, decoded and resized images are read from (and added
-        to) an on-disk `mmsr_peft.cache.ImageCache` there instead of being decoded again."""
+        to) an on-disk `ImageCache` (`mmsr_peft.data.image_files`) there instead of being decoded again."""
         item_ids = [r["item_id"] for r in records]
         inputs = ItemInputs(
             item_index=torch.tensor([self._vocab_index.get(i, -1) for i in item_ids], dtype=torch.long)
@@ -100,8 +98,6 @@ class ItemProcessor:
             inputs.input_ids, inputs.attention_mask = encoded["input_ids"], encoded["attention_mask"]
             inputs.has_text = torch.tensor([bool(t.strip()) for t in texts])
         if self.image_size is not None and image_cache_dir is not None:
-            from ..cache import ImageCache
-
             paths = [record.get("image") for record in records]
             inputs.pixel_values, inputs.has_image = ImageCache(image_cache_dir).load(paths, self.image_size, progress)
         elif self.image_size is not None:
@@ -134,26 +130,6 @@ class ItemProcessor:
         vocab_path = folder / ITEM_VOCAB_FILE
         item_vocab = json.loads(vocab_path.read_text()) if vocab_path.is_file() else None
         return cls(tokenizer, settings["max_length"], settings["image_size"], item_vocab)
-
-
-def load_image(path: str, size: int) -> torch.Tensor:
-    """Decodes an image file to a `(3, size, size)` uint8 tensor: RGB, shorter side resized, centre-cropped."""
-    try:
-        with Image.open(path) as image:  # reads the header only
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise DataError(
-                    f"{path}: image of {image.width}x{image.height} pixels exceeds the limit of {MAX_IMAGE_PIXELS:,} "
-                    "(a decompression bomb, or a file to downscale first)"
-                )
-            image = image.convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: cannot decode image ({err})") from err
-    scale = size / min(image.size)
-    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((width, height), Image.BICUBIC)
-    left, top = (width - size) // 2, (height - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W)
 
 
 def pad_histories(histories: list[np.ndarray]) -> torch.Tensor:

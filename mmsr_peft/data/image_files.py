@@ -1,0 +1,98 @@
+"""Item images as model input: decoding one file to fixed-size pixels (`load_image`), and an on-disk cache of the
+decoded pixels (`ImageCache`) so each image file is decoded and resized once across runs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from ..io import atomic_save_tensors, read_tensors
+
+logger = logging.getLogger(__name__)
+
+MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused before their pixels are decoded
+DIGEST_BYTES = hashlib.sha256().digest_size
+
+
+def load_image(path: str, size: int) -> torch.Tensor:
+    """Decodes an image file to a `(3, size, size)` uint8 tensor: RGB, shorter side resized, centre-cropped."""
+    try:
+        with Image.open(path) as image:  # reads the header only
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: image of {image.width}x{image.height} pixels exceeds the limit of {MAX_IMAGE_PIXELS:,} "
+                    "(a decompression bomb, or a file to downscale first)"
+                )
+            image = image.convert("RGB")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot decode image ({err})") from err
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W)
+
+
+class ImageCache:
+    """Decoded, resized images kept on disk, so each image file is decoded and resized once across runs.
+
+    `images-<side>px.safetensors` in `folder` holds, for every image seen at that side, the sha256 of the file's
+    bytes and its `(3, side, side)` uint8 pixels. A file whose bytes changed has another digest and is decoded
+    again; a damaged cache file is ignored and rewritten; writes are atomic (temporary file + rename).
+
+    Args:
+        folder (`str` or `os.PathLike`): where the files live (the same folder as a `FeatureCache` is fine).
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.last_hits = 0  # images found in the cache by the last `load`
+        self.last_misses = 0
+
+    def path(self, side: int) -> Path:
+        return self.folder / f"images-{side}px.safetensors"
+
+    def load(self, paths: list[str | None], side: int, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(N, 3, side, side)` uint8 pixels and `(N,)` has-image flags for `paths` (None: the item has no image)."""
+        from tqdm.auto import tqdm
+
+        path = self.path(side)
+        stored = read_tensors(path)
+        rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
+        pixels = torch.zeros(len(paths), 3, side, side, dtype=torch.uint8)
+        has_image = torch.zeros(len(paths), dtype=torch.bool)
+        digests = torch.zeros(len(paths), DIGEST_BYTES, dtype=torch.uint8)
+        new = {}  # digest -> index of the first item with that image, for images not in the cache
+        for i, image in enumerate(tqdm(paths, desc="images", disable=not progress, leave=False)):
+            if not image:
+                continue
+            try:
+                digest = hashlib.sha256(Path(image).read_bytes()).digest()
+            except OSError as err:
+                raise DataError(f"{image}: cannot read image ({err})") from err
+            digests[i] = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+            has_image[i] = True
+            if digest in rows:
+                pixels[i] = stored["pixels"][rows[digest]]
+            elif digest in new:
+                pixels[i] = pixels[new[digest]]
+            else:
+                pixels[i] = load_image(image, side)
+                new[digest] = i
+        self.last_hits, self.last_misses = int(has_image.sum()) - len(new), len(new)
+        logger.info("image cache %s: %d images cached, %d decoded", path.name, self.last_hits, self.last_misses)
+        if new:
+            first = torch.tensor(list(new.values()), dtype=torch.long)
+            tensors = {"digests": digests[first], "pixels": pixels[first]}
+            if stored is not None:
+                tensors = {name: torch.cat([value, stored[name]]) for name, value in tensors.items()}
+            atomic_save_tensors(path, tensors)
+        return pixels, has_image
