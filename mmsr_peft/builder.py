@@ -103,6 +103,13 @@ class ModelArguments:
             "content rather than a lookup table of the training items, for items never seen in training (cold start)."
         },
     )
+    new_item_boost: float = field(
+        default=0.0,
+        metadata={
+            "help": "Added to the cosine score of items without training interactions (new arrivals) when ranking: "
+            "their popularity prior, bought with accuracy on known items (see docs/adaptation.md)."
+        },
+    )
     text_finetune: str = field(
         default="frozen",
         metadata={
@@ -175,6 +182,7 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
         loss=args.loss,
         itc_weight=args.itc_weight,
         feature_dropout=args.feature_dropout,
+        new_item_boost=args.new_item_boost,
     )
     processor = ItemProcessor(
         tokenizer,

@@ -115,6 +115,13 @@ def history_mask(histories: torch.Tensor, start: int, end: int) -> torch.Tensor:
     return mask[:, :-1]
 
 
+def with_item_bias(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(users', items')` whose products are `users @ items.T + bias`: a column of ones on the users, `bias` (one
+    value per item) on the items, so every ranking function scores with the bias unchanged."""
+    ones = users.new_ones(len(users), 1)
+    return torch.cat([users, ones], dim=1), torch.cat([items, bias.to(items.dtype)[:, None]], dim=1)
+
+
 def chunked_ranks(
     users: torch.Tensor,
     items: torch.Tensor,
@@ -224,10 +231,15 @@ def evaluate_exclusions(
     device = item_embeddings.device
     results = {exclude: {} for exclude in excludes}
     all_ranks = {exclude: [] for exclude in excludes}
+    boost = getattr(getattr(model, "config", None), "new_item_boost", 0.0)  # trained models have one
     for eval_set in eval_sets:
         start, end = eval_set.item_range
+        candidates, bias = item_embeddings[start:end], None
+        if boost and eval_set.item_counts is not None:  # items without training interactions: new arrivals
+            bias = torch.as_tensor(eval_set.item_counts == 0, device=device, dtype=candidates.dtype) * boost
+            candidates = torch.cat([candidates, bias[:, None]], dim=1)  # users get a column of ones: + bias
         excluded = {exclude: eval_set.excluded(exclude) for exclude in excludes}
-        shelf = _ColdShelf(eval_set, item_embeddings) if eval_set.cold_items is not None else None
+        shelf = _ColdShelf(eval_set, candidates) if eval_set.cold_items is not None else None
         ranks = {exclude: [] for exclude in excludes}
         shelf_ranks = {exclude: [] for exclude in excludes}
         batches = range(0, len(eval_set.targets), batch_size)
@@ -235,14 +247,14 @@ def evaluate_exclusions(
             histories = pad_histories(eval_set.histories[first : first + batch_size]).to(device)
             targets = torch.as_tensor(eval_set.targets[first : first + batch_size], device=device) - start
             users = model.user_embeddings(item_embeddings, histories).float()  # (B, D)
+            if bias is not None:
+                users = torch.cat([users, users.new_ones(len(users), 1)], dim=1)
             for exclude, items in excluded.items():
                 local = None
                 if items is not None:
                     known = pad_histories(items[first : first + batch_size]).to(device)  # (B, longest history)
                     local = torch.where(known >= 0, known - start, -1)
-                ranks[exclude].append(
-                    chunked_ranks(users, item_embeddings[start:end], targets, local, chunk_size).cpu()
-                )
+                ranks[exclude].append(chunked_ranks(users, candidates, targets, local, chunk_size).cpu())
                 if shelf is not None:
                     cases = torch.as_tensor(eval_set.cold[first : first + batch_size], device=device)
                     shelf_ranks[exclude].append(shelf.ranks(users[cases], targets[cases], local, cases, chunk_size))
@@ -263,10 +275,11 @@ def evaluate_exclusions(
 class _ColdShelf:
     """Ranks cold targets against the cold items of their set only (a "new arrivals" shelf)."""
 
-    def __init__(self, eval_set: EvalSet, item_embeddings: torch.Tensor):
+    def __init__(self, eval_set: EvalSet, candidates: torch.Tensor):
+        """`candidates`: the embeddings of the set's items, `item_range` in order."""
         start, end = eval_set.item_range
-        cold = torch.as_tensor(eval_set.cold_items - start, device=item_embeddings.device)
-        self.items = item_embeddings[start:end][cold]  # (C, D)
+        cold = torch.as_tensor(eval_set.cold_items - start, device=candidates.device)
+        self.items = candidates[cold]  # (C, D)
         self.position = torch.full((end - start + 1,), -1, dtype=torch.long, device=cold.device)  # last: padding
         self.position[cold] = torch.arange(len(cold), device=cold.device)
 

@@ -19,7 +19,7 @@ from .data.catalog import Catalog
 from .data.collate import PROCESSOR_FILE, ItemInputs, ItemProcessor, pad_histories
 from .encoders import EncoderOutput, TextEncoder, TextEncoderConfig, VisionEncoder, VisionEncoderConfig
 from .errors import CheckpointError
-from .evaluation import chunked_topk
+from .evaluation import chunked_topk, with_item_bias
 from .fusion import FusionConfig, ModalityProjection, build_fusion
 from .io import atomic_directory, is_local_path
 from .losses import LOSSES, bce_loss, softmax_loss
@@ -54,6 +54,10 @@ class MMSRConfig(ConfigMixin):
             fusion or projection, in training only. The pretrained features are wider than a catalog is long (MiniLM
             384 + MobileNetV2 1280 dimensions for 1682 MovieLens movies), so without it the first linear layer can
             learn a lookup table of the training items, and items it never saw (cold start) rank at the bottom.
+        new_item_boost (`float`): added to the cosine score of every item without training interactions (new
+            arrivals) when ranking: by `evaluate` (items whose training count is 0) and by `recommend(new_items=...)`.
+            The model learns popularity, which new items cannot have; the boost is their prior, bought with accuracy
+            on known items (see docs/adaptation.md, cold start). 0: off.
     """
 
     item_tower: str = "modal"  # "modal" | "text" | "image" | "id"
@@ -67,6 +71,7 @@ class MMSRConfig(ConfigMixin):
     loss: str = "sampled_softmax"  # "sampled_softmax" | "full_ce" | "bce" (see mmsr_peft/losses.py)
     itc_weight: float = 0.0  # weight of the image-text contrastive auxiliary loss (modal only; 0: off)
     feature_dropout: float = 0.0  # dropout on the encoders' outputs in training (content towers; 0: off)
+    new_item_boost: float = 0.0  # added to the cosine score of items without training interactions (0: off)
 
     def __post_init__(self):
         if self.item_tower not in ITEM_TOWERS:
@@ -83,6 +88,8 @@ class MMSRConfig(ConfigMixin):
             raise ValueError(
                 f"feature_dropout must be in [0, 1) and needs a content item tower, got {self.feature_dropout}"
             )
+        if self.new_item_boost < 0:
+            raise ValueError(f"new_item_boost must be >= 0, got {self.new_item_boost}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.sequence.type == "sasrec" and self.hidden_size % self.sequence.num_heads:
@@ -293,11 +300,17 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
 
     @torch.no_grad()
     def recommend(
-        self, histories: list[list[str]], catalog: Catalog, k: int = 10, exclude_history: bool = True
+        self,
+        histories: list[list[str]],
+        catalog: Catalog,
+        k: int = 10,
+        exclude_history: bool = True,
+        new_items: list[str] | None = None,
     ) -> Recommendations:
         """Top-`k` items of `catalog` for each history (a list of item ids of `catalog`, oldest first). The model
         reads the last `max_len` items; with `exclude_history`, no item of the whole history is recommended, so a
-        user with fewer than `k` other items gets fewer (their places in `scores` hold -inf).
+        user with fewer than `k` other items gets fewer (their places in `scores` hold -inf). The scores of
+        `new_items` (ids of `catalog` without training interactions) get the config's `new_item_boost`.
 
         Example:
         ```python
@@ -319,12 +332,19 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             if unknown:
                 raise ValueError(f"history {b}: item ids not in catalog {catalog.name!r}: {unknown[:5]}")
             rows.append([catalog.index[item] for item in history])
+        unknown = [item for item in new_items or [] if item not in catalog.index]
+        if unknown:
+            raise ValueError(f"new_items: item ids not in catalog {catalog.name!r}: {unknown[:5]}")
         was_training = self.training
         self.eval()
         item_embeddings = self.embed_catalog(self.processor(catalog.records(range(len(catalog)))))
         known = pad_histories(rows).to(item_embeddings.device)  # (B, longest history)
         read = pad_histories([row[-self.config.sequence.max_len :] for row in rows]).to(item_embeddings.device)
         users = self.user_embeddings(item_embeddings, read)
+        if new_items and self.config.new_item_boost:
+            bias = torch.zeros(len(catalog), device=item_embeddings.device)
+            bias[[catalog.index[item] for item in new_items]] = self.config.new_item_boost
+            users, item_embeddings = with_item_bias(users, item_embeddings, bias)
         values, indices = chunked_topk(users, item_embeddings, k, known if exclude_history else None)
         self.train(was_training)
         # a user with fewer than k candidates (the catalog minus the history) gets fewer items; their scores are -inf

@@ -323,3 +323,39 @@ def test_cold_targets_are_also_ranked_among_the_cold_items_and_every_target_by_i
         "1000+",
         "1000+",
     ]
+
+
+def test_new_item_boost_adds_to_the_scores_of_items_without_training_interactions():
+    from types import SimpleNamespace
+
+    torch.manual_seed(4)
+    embeddings = torch.randn(20, 4)
+
+    class Model(nn.Module):
+        config = SimpleNamespace(new_item_boost=0.0)
+
+        def embed_catalog(self, inputs, batch_size):
+            return embeddings
+
+        def user_embeddings(self, item_embeddings, histories):
+            return (item_embeddings[histories.clamp(min=0)] * (histories >= 0)[..., None]).sum(1)
+
+    rng = np.random.default_rng(3)
+    histories = [rng.choice(20, size=3, replace=False) for _ in range(30)]
+    targets = np.array([rng.choice(np.setdiff1d(np.arange(20), h)) for h in histories])
+    counts = rng.integers(0, 5, size=20)  # about one item in five never seen in training
+    eval_set = EvalSet("d", histories, targets, (0, 20), item_counts=counts)
+    inputs, model = ItemInputs(item_index=torch.arange(20)), Model()
+    plain = evaluate(model, inputs, [eval_set], batch_size=7, progress=False)
+    model.config.new_item_boost = 3.0
+    boosted = evaluate(model, inputs, [eval_set], batch_size=7, progress=False)
+
+    bias = torch.as_tensor(counts == 0, dtype=torch.float32) * 3.0
+    ranks = []
+    for history, target in zip(histories, targets, strict=True):
+        scores = embeddings @ embeddings[torch.as_tensor(history)].sum(0) + bias
+        ranks.append(int(sum(scores[j] >= scores[target] for j in range(20) if j not in history)) - 1)
+    assert boosted["d"] == pytest.approx(rank_metrics(np.array(ranks)))
+    new, old = boosted["d popularity 0"], plain["d popularity 0"]
+    assert new["mrr@10"] > old["mrr@10"]
+    assert boosted["d popularity 1-9"]["mrr@10"] <= plain["d popularity 1-9"]["mrr@10"]

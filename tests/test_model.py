@@ -93,6 +93,20 @@ def test_feature_dropout_acts_in_training_only_and_is_saved_with_the_model(item_
         tiny(feature_dropout=1.0)
 
 
+def test_new_item_boost_lifts_the_new_items_of_recommend_and_is_saved(catalog, tmp_path):
+    model = tiny(new_item_boost=2.0)  # scores are cosines (spread 2): a boost of 2 puts new items first
+    history, new = [ITEM_IDS[:3]], ["it-9", "it-11"]
+    plain = model.recommend(history, catalog, k=3)
+    boosted = model.recommend(history, catalog, k=3, new_items=new)
+    assert set(boosted.item_ids[0][:2]) == set(new) and boosted.item_ids != plain.item_ids
+    model.save_pretrained(tmp_path / "ckpt")
+    assert MMSRModel.from_pretrained(tmp_path / "ckpt").config.new_item_boost == 2.0
+    with pytest.raises(ValueError, match="new_items: item ids not in catalog"):
+        model.recommend(history, catalog, new_items=["nope"])
+    with pytest.raises(ValueError, match="new_item_boost must be >= 0"):
+        tiny(new_item_boost=-1.0)
+
+
 def test_missing_keys_and_unexpected_keys_are_listed(catalog, tmp_path):
     tiny().save_pretrained(tmp_path / "ckpt")
     weights_path = tmp_path / "ckpt" / "model.safetensors"
