@@ -50,6 +50,13 @@ def baseline_main(argv=None) -> int:
     return _run(run_baseline, argv, (BaselineArguments, ModelArguments, DataArguments), baseline_main.__doc__)
 
 
+def recommend_main(argv=None) -> int:
+    """`mmsr-recommend`: top-k recommendations for a file of histories (JSONL or CSV in, JSONL out)."""
+    from .batch import RecommendArguments, recommend_file
+
+    return _run(recommend_file, argv, (RecommendArguments,), recommend_main.__doc__)
+
+
 def publish_main(argv=None) -> int:
     """`mmsr-publish`: push a base checkpoint or an adapter to the Hugging Face Hub with its model card."""
     from huggingface_hub.errors import HfHubHTTPError

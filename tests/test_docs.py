@@ -22,6 +22,7 @@ CONSOLE_COMMANDS = {
     "mmsr-adapt": "adapt",
     "mmsr-baseline": "baseline",
     "mmsr-publish": "publish",
+    "mmsr-recommend": "recommend",
     "mmsr-data": "data",
 }
 RECIPES = {"recipes/pretrain.py": "pretrain", "recipes/adapt.py": "adapt"}
@@ -106,6 +107,10 @@ def parse(kind: str, argv: list[str]):
         from mmsr_peft.hub import PublishArguments
 
         return parse_args((PublishArguments,), argv)
+    if kind == "recommend":
+        from mmsr_peft.batch import RecommendArguments
+
+        return parse_args((RecommendArguments,), argv)
     raise AssertionError(f"no parser for {kind!r}")
 
 

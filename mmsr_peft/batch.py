@@ -1,0 +1,135 @@
+"""`mmsr-recommend`: top-k recommendations for a file of histories, from a base (and an adapter), in batches.
+
+Input, one of:
+- JSONL (`.jsonl`): one object per line, `{"user_id": "u1", "history": ["item-3", "item-9"]}` (`user_id` optional:
+  the line number stands in);
+- CSV (`.csv`): one interaction per row with columns `user_id,item_id`, rows of a user in time order.
+
+Output: JSONL, one line per user in input order, `{"user_id": ..., "items": [...], "scores": [...]}` (scores are
+cosine similarities), written whole or not at all. An item id that is not in the catalog is an error naming the
+file and line, unless `--skip_unknown`: then it is left out of that history and listed in the line's `"unknown"`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.collate import pad_histories
+from .domains import DEFAULT_DATA_DIR, SOURCES, load_domain
+from .errors import DataError
+from .evaluation import chunked_topk
+from .io import atomic_write_text
+
+
+@dataclass
+class RecommendArguments:
+    """What `mmsr-recommend` reads, ranks and writes."""
+
+    model: str = field(metadata={"help": "Base model: a folder written by mmsr-pretrain or a Hub repo id."})
+    input: str = field(
+        metadata={"help": "Histories: .jsonl ({'user_id', 'history'} per line) or .csv (user_id,item_id)."}
+    )
+    output: str = field(metadata={"help": "Where the recommendations go (JSONL, one line per user)."})
+    domain: str = field(metadata={"help": "The domain whose items are the candidates (its processed folder)."})
+    adapter: str | None = field(default=None, metadata={"help": "An adapter folder or Hub repo id to activate."})
+    data_source: str = field(
+        default="synthetic", metadata={"help": f"Where the domain comes from: {', '.join(SOURCES)}."}
+    )
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
+    k: int = field(default=10, metadata={"help": "Items per user."})
+    batch_size: int = field(default=256, metadata={"help": "Users scored at once."})
+    include_history: bool = field(default=False, metadata={"help": "Let a user's own items be recommended."})
+    skip_unknown: bool = field(
+        default=False,
+        metadata={"help": "Leave unknown item ids out of a history (listed in the output) instead of failing."},
+    )
+    force: bool = field(
+        default=False, metadata={"help": "Load an adapter trained on another base (or without a record of it)."}
+    )
+
+    def __post_init__(self):
+        if self.k < 1 or self.batch_size < 1:
+            raise ValueError(f"--k and --batch_size must be >= 1, got {self.k} and {self.batch_size}")
+        if Path(self.input).suffix not in (".jsonl", ".csv"):
+            raise ValueError(f"--input {self.input}: expected a .jsonl or .csv file")
+
+
+def read_histories(path: str | Path) -> list[tuple[str, list[str], int]]:
+    """`(user_id, history, line)` per user of a JSONL or CSV file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--input {path}: no such file")
+    users: dict[str, tuple[list[str], int]] = {}
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: line {number}: not valid JSON ({err.msg})") from None
+            history = row.get("history") if isinstance(row, dict) else None
+            if not isinstance(history, list) or not all(isinstance(item, str) for item in history):
+                raise DataError(
+                    f"{path}: line {number}: expected {{'user_id': ..., 'history': [item ids]}}, got {line[:80]!r}"
+                )
+            users[str(row.get("user_id", number))] = (history, number)
+        return [(user, history, number) for user, (history, number) in users.items()]
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"user_id", "item_id"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: expected the columns user_id,item_id, got {reader.fieldnames}")
+        for row in reader:
+            history, _ = users.setdefault(row["user_id"], ([], reader.line_num))
+            history.append(row["item_id"])
+    return [(user, history, number) for user, (history, number) in users.items()]
+
+
+def recommend_file(args: RecommendArguments) -> Path:
+    """Ranks the catalog of `args.domain` for every history of `args.input`; writes `args.output`."""
+    from .model import MMSRModel
+
+    users = read_histories(args.input)
+    if not users:
+        raise DataError(f"{args.input}: no history in the file")
+    catalog = load_domain(args.domain, args.data_source, args.data_dir).catalog
+    lines, unknown = [], {}
+    for user, history, number in users:
+        missing = [item for item in history if item not in catalog.index]
+        if missing and not args.skip_unknown:
+            raise DataError(
+                f"{args.input}: line {number}: item ids not in the catalog of {args.domain}: {missing[:5]} "
+                "(pass --skip_unknown to leave them out)"
+            )
+        unknown[user] = missing
+    model = MMSRModel.from_pretrained(args.model)
+    if args.adapter:
+        model.load_adapter(args.adapter, force=args.force)
+    model.eval()
+    with torch.no_grad():
+        items = model.embed_catalog(model.processor(catalog.records(range(len(catalog))), progress=True))
+        max_len = model.config.sequence.max_len
+        for first in tqdm(range(0, len(users), args.batch_size), desc="recommend", unit="batch"):
+            batch = users[first : first + args.batch_size]
+            rows = [[catalog.index[i] for i in history if i in catalog.index] for _, history, _ in batch]
+            known = pad_histories(rows).to(items.device)  # (B, longest history): excluded unless include_history
+            read = pad_histories([row[-max_len:] for row in rows]).to(items.device)  # what the model reads
+            values, indices = chunked_topk(
+                model.user_embeddings(items, read), items, args.k, None if args.include_history else known
+            )
+            for (user, _, _), top, scores in zip(batch, indices.tolist(), values.tolist(), strict=True):
+                kept = [(catalog.item_ids[i], s) for i, s in zip(top, scores, strict=True) if s != -math.inf]
+                line = {"user_id": user, "items": [i for i, _ in kept], "scores": [round(s, 6) for _, s in kept]}
+                if unknown[user]:
+                    line["unknown"] = unknown[user]
+                lines.append(json.dumps(line))
+    atomic_write_text(Path(args.output), "\n".join(lines) + "\n")
+    print(f"wrote {len(lines)} users' top {args.k} to {args.output}")
+    return Path(args.output)

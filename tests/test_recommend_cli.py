@@ -1,0 +1,66 @@
+"""`mmsr-recommend`: a file of histories in, the same top-k as `MMSRModel.recommend` out."""
+
+import json
+
+import pytest
+
+from mmsr_peft import MMSRModel, load_domain
+from mmsr_peft.cli import recommend_main
+
+
+def run(base_dir, data_dir, source, output, *extra):
+    argv = ["--model", str(base_dir), "--domain", "office", "--data_dir", str(data_dir), "--k", "5"]
+    return recommend_main([*argv, "--input", str(source), "--output", str(output), *extra])
+
+
+def test_jsonl_and_csv_give_the_top_k_of_recommend_for_every_user(base_dir, data_dir, tmp_path):
+    catalog = load_domain("office", data_dir=str(data_dir)).catalog
+    histories = {"a": catalog.item_ids[:3], "b": catalog.item_ids[10:12], "c": []}
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"user_id": u, "history": h}) + "\n" for u, h in histories.items()))
+    assert run(base_dir, data_dir, source, tmp_path / "out.jsonl") == 0
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    expected = MMSRModel.from_pretrained(base_dir).recommend(list(histories.values()), catalog, k=5)
+    assert [line["user_id"] for line in lines] == ["a", "b", "c"]
+    # exact: recommend's code path on the same batch of 3 users (the same shapes, so the same kernels)
+    assert [line["items"] for line in lines] == expected.item_ids
+    assert all(not set(line["items"]) & set(histories[line["user_id"]]) for line in lines)  # no own items
+    assert run(base_dir, data_dir, source, tmp_path / "small.jsonl", "--batch_size", "2") == 0
+    small = [json.loads(line) for line in (tmp_path / "small.jsonl").read_text().splitlines()]
+    for line, other in zip(lines, small, strict=True):  # other batch shapes: equal up to float rounding
+        assert other["scores"] == pytest.approx(line["scores"], abs=1e-5)
+
+    rows = ["user_id,item_id"] + [f"{u},{i}" for u, h in histories.items() for i in h]
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
+    assert run(base_dir, data_dir, tmp_path / "in.csv", tmp_path / "csv.jsonl") == 0
+    from_csv = [json.loads(line) for line in (tmp_path / "csv.jsonl").read_text().splitlines()]
+    assert [line["items"] for line in from_csv] == expected.item_ids[:2]  # a CSV has no row for an empty history
+
+
+def test_unknown_items_fail_naming_the_line_unless_skipped(base_dir, data_dir, tmp_path, capsys):
+    catalog = load_domain("office", data_dir=str(data_dir)).catalog
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        json.dumps({"user_id": "a", "history": catalog.item_ids[:2]})
+        + "\n"
+        + json.dumps({"user_id": "b", "history": [catalog.item_ids[3], "no-such-item"]})
+        + "\n"
+    )
+    output = tmp_path / "out.jsonl"
+    assert run(base_dir, data_dir, source, output) == 2
+    error = capsys.readouterr().err
+    assert f"{source}: line 2: item ids not in the catalog of office: ['no-such-item']" in error
+    assert not output.exists()  # nothing written
+    assert run(base_dir, data_dir, source, output, "--skip_unknown") == 0
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert "unknown" not in lines[0] and lines[1]["unknown"] == ["no-such-item"] and len(lines[1]["items"]) == 5
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{not json\n", "line 1: not valid JSON"), ('{"user_id": "a", "history": "x"}\n', "line 1: expected")],
+)
+def test_malformed_input_is_refused_by_line(base_dir, data_dir, tmp_path, capsys, content, message):
+    (tmp_path / "in.jsonl").write_text(content)
+    assert run(base_dir, data_dir, tmp_path / "in.jsonl", tmp_path / "out.jsonl") == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out.jsonl").exists()
