@@ -56,13 +56,23 @@ def write_table(path: Path, columns: dict | pa.Table, schema: pa.Schema) -> None
     pq.write_table(table, path)
 
 
-def write_manifest(folder: Path, name: str, source: str, version: str, counts: dict, preprocessing: dict) -> dict:
+def write_manifest(
+    folder: Path,
+    name: str,
+    source: str,
+    version: str,
+    counts: dict,
+    preprocessing: dict,
+    description: str | None = None,
+) -> dict:
+    """Writes (and returns) the `manifest.json` of a domain folder: what the data is and how it was made."""
     manifest = {
         "name": name,
         "source": source,
         "version": version,
         "created": datetime.now(timezone.utc).date().isoformat(),
         "synthetic": source == "synthetic",
+        **({"description": description} if description else {}),
         "counts": counts,
         "preprocessing": preprocessing,
     }

@@ -8,13 +8,13 @@ MovieLens terms forbid redistributing the data: it is installed, never committed
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
 from pathlib import Path
 
 from ..errors import DataError
 from .folder import INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
+from .recbole import read_atomic_file
 
 NAME = "ml-100k"
 
@@ -31,20 +31,14 @@ def recbole_files() -> Path:
 
 
 def read_atomic(path: Path, columns: dict[str, str]) -> list[dict]:
-    """Rows of a RecBole atomic file (`name:type` header, tab-separated), keeping `columns` renamed as given."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [field.split(":")[0] for field in next(reader)]
-        missing = sorted(set(columns) - set(header))
-        if missing:
-            raise DataError(f"{path}: missing columns {missing} (header: {header})")
-        index = {name: header.index(name) for name in columns}
-        rows = []
-        for number, values in enumerate(reader, start=2):
-            if len(values) != len(header):
-                raise DataError(f"{path}: line {number}: {len(values)} fields, expected {len(header)}")
-            rows.append({new: values[index[old]] for old, new in columns.items()})
-    return rows
+    """Rows of a RecBole atomic file (read as RecBole reads it, `read_atomic_file`), keeping `columns` renamed as
+    given."""
+    header, rows = read_atomic_file(path)
+    names = [name for name, _ in header]
+    missing = sorted(set(columns) - set(names))
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (header: {names})")
+    return [{new: row[old] for old, new in columns.items()} for _, row in rows]
 
 
 def item_text(title: str, year: str, genres: str) -> str:
