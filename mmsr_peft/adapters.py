@@ -374,8 +374,7 @@ class AdapterMixin:
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        if adapter_name not in self.list_adapters():
-            raise ValueError(f"no adapter {adapter_name!r}; loaded adapters: {self.list_adapters()}")
+        self._require_adapter(adapter_name)
         self._metadata()[adapter_name].update(metadata or {})
         state = get_peft_model_state_dict(self, adapter_name=adapter_name)
         folder.mkdir(parents=True, exist_ok=True)
@@ -392,8 +391,7 @@ class AdapterMixin:
     def adapter_metadata(self, adapter_name: str | None = None) -> dict:
         """What `mmsr_adapter.json` records about an adapter besides its base (target, data, metrics, settings)."""
         adapter_name = adapter_name or self.active_adapter()
-        if adapter_name not in self.list_adapters():
-            raise ValueError(f"no adapter {adapter_name!r}; loaded adapters: {self.list_adapters()}")
+        self._require_adapter(adapter_name)
         return self._metadata()[adapter_name]
 
     def save_merged(self, folder: str | os.PathLike, adapter_name: str | None = None, overwrite: bool = False) -> None:
@@ -402,8 +400,7 @@ class AdapterMixin:
         like this model with the adapter active. This model is unchanged. A `folder` that already holds a model
         (its own base, say) is refused unless `overwrite=True`."""
         adapter_name = adapter_name or self.active_adapter()
-        if adapter_name not in self.list_adapters():
-            raise ValueError(f"no adapter {adapter_name!r} to merge; loaded adapters: {self.list_adapters()}")
+        self._require_adapter(adapter_name, "to merge")
         if (Path(folder) / "model.safetensors").exists() and not overwrite:
             raise FileExistsError(
                 f"{folder} already holds a model (model.safetensors); pass overwrite=True to replace it"
@@ -444,6 +441,11 @@ class AdapterMixin:
     def list_adapters(self) -> list[str]:
         return list(self._peft_configs())
 
+    def _require_adapter(self, adapter_name: str, purpose: str = "") -> None:
+        if adapter_name not in self.list_adapters():
+            what = f"no adapter {adapter_name!r}" + (f" {purpose}" if purpose else "")
+            raise ValueError(f"{what}; loaded adapters: {self.list_adapters()}")
+
     def active_adapter(self) -> str | None:
         layers = self._tuner_layers()
         return layers[0].active_adapters[0] if layers and not layers[0].disable_adapters else None
@@ -453,8 +455,7 @@ class AdapterMixin:
         back to its original weights)."""
         from peft.functional import set_adapter
 
-        if adapter_name not in self.list_adapters():
-            raise ValueError(f"no adapter {adapter_name!r}; loaded adapters: {self.list_adapters()}")
+        self._require_adapter(adapter_name)
         for module in self._adapter_modules():
             module.enable_adapters(True)
         set_adapter(self, adapter_name)
@@ -467,8 +468,7 @@ class AdapterMixin:
     def delete_adapter(self, adapter_name: str) -> None:
         from peft.functional import delete_adapter
 
-        if adapter_name not in self.list_adapters():
-            raise ValueError(f"no adapter {adapter_name!r}; loaded adapters: {self.list_adapters()}")
+        self._require_adapter(adapter_name)
         delete_adapter(self, adapter_name, prefix="lora_")
         self._peft_configs().pop(adapter_name)
         self._metadata().pop(adapter_name)
