@@ -29,6 +29,13 @@ class TrainingArguments:
         default=None, metadata={"help": "Folder for the model, metrics and training states (default per command)."}
     )
     num_epochs: int = field(default=10, metadata={"help": "Passes over the training sequences."})
+    max_steps: int = field(
+        default=-1,
+        metadata={
+            "help": "Stop after this many optimizer steps in all (a quick first run), evaluating there as at an "
+            "epoch's end; -1: num_epochs decides."
+        },
+    )
     batch_size: int = field(default=64, metadata={"help": "Training sequences per step (per process)."})
     learning_rate: float = field(default=1.0e-3, metadata={"help": "Peak AdamW learning rate."})
     text_learning_rate: float | None = field(
@@ -97,6 +104,8 @@ class TrainingArguments:
         for name in ("num_epochs", "batch_size", "patience", "eval_batch_size", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be -1 (off) or >= 1, got {self.max_steps}")
         if self.save_total_limit < 2:  # Accelerate deletes the oldest state before writing the next one
             raise ValueError(
                 f"--save_total_limit must be >= 2 (one state survives a kill while saving), got {self.save_total_limit}"
@@ -290,6 +299,8 @@ def training_record(state: TrainState, args: TrainingArguments) -> dict:
     """What a run's `metrics.json` says about its training: the best epoch, the epochs run, whether it stopped by
     `patience` or at the `ceiling` of `num_epochs` (then it may not have converged), and the validation history."""
     stopped_by = "patience" if state.stale >= args.patience else "ceiling"
+    if 0 < args.max_steps <= state.step and state.stale < args.patience:
+        stopped_by = "max_steps"
     return {
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
@@ -377,6 +388,8 @@ def train(
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(trainable, args)
     total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * accelerator.num_processes))
+    if args.max_steps > 0:
+        total_steps = min(total_steps, args.max_steps)
     # Accelerate steps a prepared scheduler once per process at every optimizer step: count in those units.
     processes = accelerator.num_processes
     scheduler = get_linear_schedule_with_warmup(
@@ -409,7 +422,7 @@ def train(
     if args.evaluate_start and not state.history:  # epoch 0: the starting weights, a candidate like any epoch
         _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best)
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
-    while state.epoch < args.num_epochs and state.stale < args.patience:
+    while state.epoch < args.num_epochs and state.stale < args.patience and state.step < total_steps:
         # Each epoch's order and negatives come from (seed, epoch): a resumed run replays the same batches.
         generator.manual_seed(args.seed + state.epoch)
         done_in_epoch = state.step - state.epoch * len(loader)
@@ -431,6 +444,8 @@ def train(
             progress.set_postfix(loss=f"{loss.item():.4f}", items=len(batch.items))
             if state.step % args.save_steps == 0:
                 _save_state(accelerator, state)
+            if state.step >= total_steps:  # --max_steps: the last epoch ends here, evaluated like any other
+                break
         state.epoch += 1
         _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best)
         _save_state(accelerator, state)

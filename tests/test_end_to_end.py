@@ -240,3 +240,16 @@ def test_config_file_can_fill_required_arguments(tmp_path):
     path.write_text("target: arts\nmethod: frozen\n")
     adapt_args, training_args = parse_args((AdaptArguments, TrainingArguments), ["--config", str(path)])
     assert (adapt_args.target, adapt_args.method) == ("arts", "frozen")
+
+
+def test_max_steps_stops_a_run_in_the_steps_asked_and_evaluates_there(data_dir, tmp_path):
+    from mmsr_peft.cli import pretrain_main
+
+    # 4 steps an epoch: 6 steps are one epoch and half of the next, which ends early and is evaluated
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "5", "--max_steps", "6", "--save_steps", "100")
+    assert pretrain_main([*argv, "--output_dir", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["epochs_run"], metrics["stopped_by"], len(metrics["history"])) == (2, "max_steps", 2)
+    states = sorted((tmp_path / "run" / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
+    assert json.loads((states[-1] / "trainer_state.json").read_text())["step"] == 6
+    assert pretrain_main([*tiny_pretrain_argv(data_dir, "--max_steps", "0"), "--output_dir", str(tmp_path / "x")]) == 2
