@@ -61,6 +61,7 @@ def pretrained_source(name: str, flag: str) -> str:
 def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MMSRModel:
     """A new model: architecture from `args`, encoders initialised from the named pretrained weights."""
     text_config = vision_config = None
+    vision_weights = args.vision_weights  # resolved below for presets that ship their weights; `args` stays as given
     tokenizer, text_weights = None, None
     if args.item_tower in ("modal", "text"):
         from transformers import AutoTokenizer
@@ -92,11 +93,11 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
                 image_std=IMAGENET_STD,
                 source=args.vision_model,
             )
-            if args.vision_model == "mobilenet_v2" and args.vision_weights is None:
-                args.vision_weights = mobilenet_v2_weights()
+            if args.vision_model == "mobilenet_v2" and vision_weights is None:
+                vision_weights = mobilenet_v2_weights()
         elif args.vision_model.startswith("hf:"):
             vision_config = VisionEncoderConfig.from_hf(args.vision_model.removeprefix("hf:"))
-            args.vision_weights = args.vision_weights or args.vision_model.removeprefix("hf:")
+            vision_weights = vision_weights or args.vision_model.removeprefix("hf:")
         else:
             vision_config = VisionEncoderConfig.from_open_clip(args.vision_model)
     config = MMSRConfig(
@@ -129,8 +130,8 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
     tower = model.item_tower
     if text_weights is not None:
         tower.text.load_backbone(text_weights)
-    if args.vision_weights is not None:
-        tower.vision.load_backbone(args.vision_weights)
+    if vision_weights is not None:
+        tower.vision.load_backbone(vision_weights)
     if tower.text is not None:
         tower.text.set_finetuning(args.text_finetune, args.text_top_k)
     if tower.vision is not None:

@@ -59,3 +59,18 @@ def test_real_mobilenet_v2_features_see_posters_as_printed_covers():
     assert output.tokens.shape == (40, 49, 1280)  # the 7x7 feature map cells are the tokens
     covers = ((classes == COMIC_BOOK) | (classes == BOOK_JACKET)).sum().item()
     assert covers >= 12 and len(set(classes.tolist())) >= 5, classes.tolist()  # random weights: one class for all
+
+
+def test_building_a_model_leaves_its_arguments_as_given():
+    import dataclasses
+
+    from mmsr_peft.builder import ModelArguments, build_model
+
+    args = ModelArguments(item_tower="image", vision_model="mobilenet_v2", image_size=32, vision_finetune="frozen")
+    before = dataclasses.replace(args)
+    model = build_model(args)
+    assert args == before and args.vision_weights is None  # the offline weights were found, not written back
+    head = torch.load(mobilenet_v2_weights(), weights_only=True)
+    loaded = model.item_tower.vision.state_dict()
+    first = next(name for name in head if name.startswith("features.0.0.weight"))
+    assert any(torch.equal(value, head[first]) for value in loaded.values())  # exact: the file's own tensor
