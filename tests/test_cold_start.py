@@ -168,3 +168,22 @@ def test_training_counts_leave_out_cold_items_and_users_who_do_not_train():
     # training user 0 contributes 0-3 (2 is cold), user 2 contributes 3 and 4; user 1 does not train
     assert split.train_counts(10).tolist() == [1, 1, 0, 2, 1, 0, 0, 0, 0, 0]
     assert Split.leave_one_out(sequences, max_len=10).train_counts(10).tolist() == [1, 1, 2, 2, 1, 0, 1, 1, 0, 0]
+
+
+def test_a_new_item_with_the_content_of_a_popular_one_ranks_beside_it_not_at_the_bottom(base_dir, data_dir):
+    from mmsr_peft import Catalog, MMSRModel
+
+    model = MMSRModel.from_pretrained(base_dir)
+    domain = load_domain("food", data_dir=str(data_dir))  # a domain the base trained on
+    old = domain.catalog
+    counts = np.bincount(np.concatenate(domain.sequences.items), minlength=len(old))
+    popular = int(np.argmax(counts))
+    catalog = Catalog(
+        [*old.item_ids, "new-arrival"], [*old.texts, old.texts[popular]], [*old.images, old.images[popular]], "food"
+    )
+    histories = [[old.item_ids[i] for i in seq[:6] if i != popular] for seq in domain.sequences.items[:30]]
+    ranking = model.recommend(histories, catalog, k=len(catalog)).item_ids
+    new_ranks = np.array([items.index("new-arrival") for items in ranking])
+    popular_ranks = np.array([items.index(old.item_ids[popular]) for items in ranking])
+    assert (abs(new_ranks - popular_ranks) == 1).all()  # the same content, the same score: side by side
+    assert np.median(new_ranks) < len(catalog) / 2  # where the popular item is, not at the bottom
