@@ -51,8 +51,8 @@ def evaluate_boosts(folder: Path, boosts, cache_dir: str) -> dict:
 
 def chosen_boost(valid: dict, reference_warm: float) -> float:
     """The boost with the best validation cold HR@10 among those keeping validation warm HR@10 >= 0.97x the
-    reference (the plain row's at no boost); ties: the smaller boost."""
-    allowed = [b for b, m in valid.items() if m["warm"]["hr@10"] >= 0.97 * reference_warm]
+    reference (the plain row's at no boost); ties: the smaller boost. 0 when even no boost keeps that."""
+    allowed = [b for b, m in valid.items() if m["warm"]["hr@10"] >= 0.97 * reference_warm] or [0.0]
     return max(allowed, key=lambda b: (valid[b]["cold"]["hr@10"], -b))
 
 
