@@ -152,7 +152,7 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
     records = corpus.catalog.records(range(len(corpus.catalog)))
     catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)
     results = {"random": random_baseline(corpus.test)}
-    zero_shot = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+    zero_shot = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size, accelerator=accelerator)
     results["zero-shot base"] = zero_shot["all"]
     by_target = _warm_and_cold("zero-shot base", zero_shot, domain.name)  # with --cold_start_fraction only
 
@@ -180,7 +180,9 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         on_best=lambda m, valid: _save(m, args.output_dir, adapt_args, {"metrics": {"valid": valid["all"]}}),
         candidates=corpus.negative_candidates(),
     )
-    protocols = evaluate_exclusions(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+    protocols = evaluate_exclusions(
+        model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size, accelerator=accelerator
+    )
     adapted = protocols.pop("history")  # the main protocol; the others are the secondary columns
     popularity = pop_popularity_rows(adapted)  # by the target's training count: in metrics.json, not the table
     results[row] = adapted["all"]

@@ -196,6 +196,7 @@ def evaluate(
     exclude: str = "history",
     progress: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    accelerator=None,
 ) -> dict[str, dict[str, float]]:
     """Full-ranking metrics per evaluation set, plus `"all"` (weighted by number of cases). A set with cold items
     also reports `"<name> warm"` and `"<name> cold"`: the cases whose target is a warm / cold item, and
@@ -205,11 +206,14 @@ def evaluate(
     history.
 
     Catalog embeddings are computed once; each batch of users is scored with one matrix multiply per chunk of
-    `chunk_size` items, so memory stays bounded for any catalog size.
+    `chunk_size` items, so memory stays bounded for any catalog size. With an `accelerator` of several processes,
+    each process embeds its share of the catalog and ranks its share of the users, and every process returns the
+    metrics of all of them.
     """
-    return evaluate_exclusions(model, catalog_inputs, eval_sets, (exclude,), ks, batch_size, progress, chunk_size)[
-        exclude
-    ]
+    results = evaluate_exclusions(
+        model, catalog_inputs, eval_sets, (exclude,), ks, batch_size, progress, chunk_size, accelerator
+    )
+    return results[exclude]
 
 
 @torch.no_grad()
@@ -222,12 +226,20 @@ def evaluate_exclusions(
     batch_size: int = 256,
     progress: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    accelerator=None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """`{exclude: evaluate(..., exclude=exclude)}` for each of `excludes` (the main protocol and the secondary
-    columns of a results table), from one pass: the catalog is embedded and each user encoded once."""
+    columns of a results table), from one pass: the catalog is embedded and each user encoded once (with an
+    `accelerator` of several processes: each process its share, see `evaluate`)."""
     was_training = model.training
     model.eval()
-    item_embeddings = model.embed_catalog(catalog_inputs, batch_size)  # (N, D)
+    shards = _Shards(accelerator)
+    if shards.count > 1:  # each process embeds its share of the catalog; every process gets all of it
+        first, last = shards.range(len(catalog_inputs))
+        own = model.embed_catalog(catalog_inputs.select(torch.arange(first, last)), batch_size)  # (share, D)
+        item_embeddings = shards.gather(own, len(catalog_inputs))  # (N, D)
+    else:
+        item_embeddings = model.embed_catalog(catalog_inputs, batch_size)  # (N, D)
     device = item_embeddings.device
     results = {exclude: {} for exclude in excludes}
     all_ranks = {exclude: [] for exclude in excludes}
@@ -242,34 +254,65 @@ def evaluate_exclusions(
         shelf = _ColdShelf(eval_set, candidates) if eval_set.cold_items is not None else None
         ranks = {exclude: [] for exclude in excludes}
         shelf_ranks = {exclude: [] for exclude in excludes}
-        batches = range(0, len(eval_set.targets), batch_size)
-        for first in tqdm(batches, desc=f"eval {eval_set.name}", disable=not progress, leave=False):
-            histories = pad_histories(eval_set.histories[first : first + batch_size]).to(device)
-            targets = torch.as_tensor(eval_set.targets[first : first + batch_size], device=device) - start
+        own_first, own_last = shards.range(len(eval_set.targets))  # this process's users (all of them with one)
+        batches = [(b, min(b + batch_size, own_last)) for b in range(own_first, own_last, batch_size)]
+        for first, last in tqdm(batches, desc=f"eval {eval_set.name}", disable=not progress, leave=False):
+            histories = pad_histories(eval_set.histories[first:last]).to(device)
+            targets = torch.as_tensor(eval_set.targets[first:last], device=device) - start
             users = model.user_embeddings(item_embeddings, histories).float()  # (B, D)
             if bias is not None:
                 users = torch.cat([users, users.new_ones(len(users), 1)], dim=1)
             for exclude, items in excluded.items():
                 local = None
                 if items is not None:
-                    known = pad_histories(items[first : first + batch_size]).to(device)  # (B, longest history)
+                    known = pad_histories(items[first:last]).to(device)  # (B, longest history)
                     local = torch.where(known >= 0, known - start, -1)
                 ranks[exclude].append(chunked_ranks(users, candidates, targets, local, chunk_size).cpu())
-                if shelf is not None:
-                    cases = torch.as_tensor(eval_set.cold[first : first + batch_size], device=device)
-                    shelf_ranks[exclude].append(shelf.ranks(users[cases], targets[cases], local, cases, chunk_size))
+                if shelf is not None:  # a rank for every case, MISS for the warm ones (dropped below)
+                    cases = torch.as_tensor(eval_set.cold[first:last], device=device)
+                    cold_ranks = torch.full((last - first,), MISS, dtype=torch.long)
+                    cold_ranks[cases.cpu()] = shelf.ranks(users[cases], targets[cases], local, cases, chunk_size)
+                    shelf_ranks[exclude].append(cold_ranks)
         for exclude in excludes:
-            set_ranks = torch.cat(ranks[exclude]).numpy()
+            set_ranks = shards.gather(_cat_ranks(ranks[exclude]), len(eval_set.targets)).numpy()
             all_ranks[exclude].append(set_ranks)
             results[exclude].update(_set_metrics(eval_set, set_ranks, ks))
             if shelf is not None and eval_set.cold.any():
-                results[exclude][f"{eval_set.name} {COLD_SHELF}"] = rank_metrics(
-                    torch.cat(shelf_ranks[exclude]).numpy(), ks
-                )
+                cold_ranks = shards.gather(_cat_ranks(shelf_ranks[exclude]), len(eval_set.targets)).numpy()
+                results[exclude][f"{eval_set.name} {COLD_SHELF}"] = rank_metrics(cold_ranks[eval_set.cold], ks)
     for exclude in excludes:
         results[exclude]["all"] = rank_metrics(np.concatenate(all_ranks[exclude]), ks)
     model.train(was_training)
     return results
+
+
+def _cat_ranks(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+class _Shards:
+    """Contiguous shares of rows, one per process of `accelerator` (all rows when there is none or one process),
+    and the gathering of each process's rows back into the whole, in order, on every process."""
+
+    def __init__(self, accelerator=None):
+        self.accelerator = accelerator
+        self.count = 1 if accelerator is None else accelerator.num_processes
+        self.index = 0 if accelerator is None else accelerator.process_index
+
+    def range(self, n: int) -> tuple[int, int]:
+        size = math.ceil(n / self.count)
+        first = min(n, self.index * size)
+        return first, min(n, first + size)
+
+    def gather(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """This process's `rows` (its `range(n)`) -> all `n` rows, on every process."""
+        if self.count == 1:
+            return rows
+        size = math.ceil(n / self.count)
+        padded = rows.new_zeros((size, *rows.shape[1:]))
+        padded[: len(rows)] = rows
+        gathered = self.accelerator.gather(padded.to(self.accelerator.device).contiguous())
+        return gathered.reshape(self.count * size, *rows.shape[1:])[:n].to(rows.device)
 
 
 class _ColdShelf:

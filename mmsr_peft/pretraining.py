@@ -75,7 +75,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             on_best=lambda m, _: m.save_pretrained(args.output_dir),
             candidates=corpus.negative_candidates(),
         )
-        protocols = evaluate_exclusions(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size)
+        protocols = evaluate_exclusions(
+            model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size, accelerator=accelerator
+        )
         results = protocols.pop("history")  # the main protocol; the others are the secondary columns
         popularity = pop_popularity_rows(results)  # by the target's training count: in metrics.json, not the table
         results["random"] = random_baseline(corpus.test)

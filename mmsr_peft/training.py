@@ -360,7 +360,9 @@ def _save_state(accelerator, state: TrainState) -> None:
 
 
 def _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best) -> None:
-    metrics = evaluate(model, catalog_inputs, eval_sets, batch_size=args.eval_batch_size, progress=False)
+    metrics = evaluate(
+        model, catalog_inputs, eval_sets, batch_size=args.eval_batch_size, progress=False, accelerator=accelerator
+    )  # each process ranks its share of the users
     score = metrics["all"][SELECTION_METRIC]
     state.history.append(
         {"epoch": state.epoch, "step": state.step, **{f"valid_{k}": v for k, v in metrics["all"].items()}}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import tiny_pretrain_argv
 
 from mmsr_peft import MMSRModel
@@ -37,3 +38,47 @@ def test_two_process_ddp_pretraining_with_a_token_level_fusion(data_dir, tmp_pat
     # each process saw half of the sequences: 50 users / (16 per batch x 2 processes) = 2 steps per epoch
     assert metrics["history"][-1]["step"] == 4
     assert MMSRModel.from_pretrained(tmp_path / "ddp").config.fusion.type == "merge_attention"
+
+
+SHARDED_EVALUATION = """
+import json, sys
+import torch
+from accelerate import Accelerator
+from mmsr_peft import MMSRModel
+from mmsr_peft.domains import build_corpus, load_domain
+from mmsr_peft.evaluation import evaluate_exclusions
+from mmsr_peft.training import precompute_frozen_states
+
+base, data_dir, out = sys.argv[1:4]
+accelerator = Accelerator(cpu=True)
+model = MMSRModel.from_pretrained(base).requires_grad_(False)
+corpus = build_corpus([load_domain("food", data_dir=data_dir)], 12, cold_start_fraction=0.2, seed=0)
+inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))))
+inputs = precompute_frozen_states(model, inputs)
+sharded = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False, accelerator=accelerator)
+alone = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False)
+if accelerator.is_main_process:
+    open(out, "w").write(json.dumps({"sharded": sharded, "alone": alone, "processes": accelerator.num_processes}))
+accelerator.wait_for_everyone()
+"""
+
+
+def test_two_processes_evaluate_each_their_share_with_the_metrics_of_one(base_dir, data_dir, tmp_path):
+    script = tmp_path / "evaluate.py"
+    script.write_text(SHARDED_EVALUATION)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
+    out = tmp_path / "metrics.json"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [*launch, str(script), str(base_dir), str(data_dir), str(out)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert out.is_file(), run.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["processes"] == 2
+    sharded, alone = result["sharded"], result["alone"]
+    assert sharded.keys() == alone.keys() and "food cold, among cold items" in sharded["history"]
+    assert any(" popularity " in key for key in sharded["history"])
+    for exclude in alone:  # each process embedded half the catalog and ranked half the users: rounding at most
+        for row, metrics in alone[exclude].items():
+            assert sharded[exclude][row] == pytest.approx(metrics, abs=1e-9), (exclude, row)
