@@ -1,5 +1,6 @@
 """The model: save/load round trips, strict loading, unsafe weights, LoRA adapters, recommend."""
 
+import dataclasses
 import json
 
 import pytest
@@ -326,3 +327,17 @@ def test_adapter_for_another_base_is_refused_unless_forced(tmp_path):
     with pytest.raises(CheckpointError, match="no mmsr_adapter.json"):
         MMSRModel.from_pretrained(tmp_path / "first").load_adapter(tmp_path / "office")
     assert MMSRModel.from_pretrained(tmp_path / "first").load_adapter(tmp_path / "office", force=True) == "office"
+
+
+@pytest.mark.parametrize("fusion", ["concat", "merge_attention"])
+def test_texts_cut_to_the_longest_in_the_batch_embed_like_texts_padded_to_max_length(fusion, catalog):
+    model = tiny(fusion=fusion)
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    short = inputs.select(torch.tensor([0, 1, 2, 4]))  # the texts of this batch are shorter than max_length
+    cut = short.trimmed()
+    assert cut.input_ids.shape[1] < short.input_ids.shape[1] == 16 and cut.attention_mask.shape == cut.input_ids.shape
+    assert bool(short.attention_mask[:, cut.input_ids.shape[1] :].any()) is False  # only padding was cut
+    with torch.no_grad():
+        assert torch.allclose(model.embed_catalog(cut), model.embed_catalog(short), atol=1e-5)
+    left = dataclasses.replace(short, attention_mask=short.attention_mask.flip(1), input_ids=short.input_ids.flip(1))
+    assert left.trimmed() is left  # real tokens at the end (left padding): nothing is cut
