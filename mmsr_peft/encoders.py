@@ -25,6 +25,7 @@ VISION_PRESETS = {
     "micro-vit": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "tiny-vit": {"layers": 3, "width": 96, "head_width": 48, "patch_size": 16},
 }
+LENGTH_BUCKET = 64  # texts per backbone call when a batch is encoded in groups of similar length
 TORCHVISION_CNNS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
 FINETUNE_REGIMES = ("frozen", "top_k", "full")
 # Where each encoder family keeps its stack of blocks, and the modules/parameters after the stack that train
@@ -200,6 +201,7 @@ class TextEncoder(nn.Module):
         self.config = config
         self.backbone = AutoModel.from_config(hf_config, **_no_pooler(hf_config))
         self.hidden_size = hf_config.hidden_size
+        self.length_bucket = LENGTH_BUCKET  # texts encoded together, by length (0: the whole batch at once)
 
     def set_finetuning(self, regime: str, top_k: int = 1) -> None:
         """`frozen`, `full`, or `top_k`: only the top `top_k` transformer layers train."""
@@ -217,7 +219,7 @@ class TextEncoder(nn.Module):
         self.backbone.load_state_dict(pretrained.state_dict(), strict=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
-        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, L, H)
+        states = self._run_backbone(input_ids, attention_mask)  # (N, L, H)
         mask = attention_mask.bool()
         if self.config.pooling == "cls":
             pooled = states[:, 0]
@@ -225,6 +227,26 @@ class TextEncoder(nn.Module):
             weights = mask.unsqueeze(-1).to(states.dtype)
             pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return EncoderOutput(pooled, states, mask)
+
+    def _run_backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's last hidden states, `(N, L, H)`. Right-padded texts are encoded in groups of
+        `length_bucket` of similar length, each cut after its longest text, so a batch of mostly short texts does
+        not pay for its longest one in every row; the padding positions come back as zeros (they are masked
+        wherever states are read)."""
+        lengths = attention_mask.sum(1)
+        columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        right_padded = bool((attention_mask.bool() == (columns < lengths[:, None])).all())
+        if not self.length_bucket or len(input_ids) <= self.length_bucket or not right_padded:
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        states = None
+        for group in torch.argsort(lengths).split(self.length_bucket):
+            length = max(1, int(lengths[group].max()))
+            out = self.backbone(input_ids=input_ids[group, :length], attention_mask=attention_mask[group, :length])
+            hidden = out.last_hidden_state  # (G, length, H)
+            if states is None:
+                states = hidden.new_zeros(len(input_ids), attention_mask.shape[1], hidden.shape[-1])
+            states = states.index_put((group[:, None], columns[None, :length]), hidden)
+        return states
 
 
 @dataclass

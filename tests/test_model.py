@@ -341,3 +341,18 @@ def test_texts_cut_to_the_longest_in_the_batch_embed_like_texts_padded_to_max_le
         assert torch.allclose(model.embed_catalog(cut), model.embed_catalog(short), atol=1e-5)
     left = dataclasses.replace(short, attention_mask=short.attention_mask.flip(1), input_ids=short.input_ids.flip(1))
     assert left.trimmed() is left  # real tokens at the end (left padding): nothing is cut
+
+
+@pytest.mark.parametrize("fusion", ["concat", "merge_attention"])
+def test_texts_encoded_in_groups_of_similar_length_embed_like_one_padded_batch(fusion, catalog):
+    model = tiny(fusion=fusion)
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    encoder = model.item_tower.text
+    with torch.no_grad():
+        encoder.length_bucket = 0  # the whole batch at once, every text padded to max_length
+        whole = model.embed_catalog(inputs)
+        encoder.length_bucket = 3  # 12 texts in 4 groups, each cut after its longest
+        grouped = model.embed_catalog(inputs)
+        states = encoder(inputs.input_ids, inputs.attention_mask)
+    assert torch.allclose(grouped, whole, atol=1e-5)
+    assert not states.tokens[~states.mask].any()  # padding positions come back as zeros
