@@ -14,7 +14,7 @@ from .adapters import (
 from .arguments import METHODS, AdaptArguments, save_run_args
 from .cards import adapter_card, base_card
 from .domains import build_corpus, describe_data, load_domain
-from .evaluation import COLD_SHELF, evaluate, evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
+from .evaluation import COLD_SHELF, evaluate, evaluate_report, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
 from .quantization import quantize_encoders
@@ -180,11 +180,9 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         on_best=lambda m, valid: _save(m, args.output_dir, adapt_args, {"metrics": {"valid": valid["all"]}}),
         candidates=corpus.negative_candidates(),
     )
-    protocols = evaluate_exclusions(
-        model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size, accelerator=accelerator
+    adapted, popularity, protocols = evaluate_report(
+        model, catalog_inputs, corpus.test, args.eval_batch_size, accelerator
     )
-    adapted = protocols.pop("history")  # the main protocol; the others are the secondary columns
-    popularity = pop_popularity_rows(adapted)  # by the target's training count: in metrics.json, not the table
     results[row] = adapted["all"]
     by_target.update(_warm_and_cold(row, adapted, domain.name))
     share = {name: {"trainable": "-"} for name in results}

@@ -20,7 +20,7 @@ from torch import nn
 from .arguments import BASELINES, BaselineArguments, DataArguments, save_run_args
 from .builder import ModelArguments, build_model
 from .domains import Corpus, build_corpus, describe_data, load_domain
-from .evaluation import evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
+from .evaluation import evaluate_report, format_table, random_baseline
 from .io import atomic_write_text
 from .training import precompute_frozen_states
 
@@ -99,9 +99,7 @@ def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args:
     )
     print(describe_data(corpus.stats))
     ranker = build_baseline(args.baseline, corpus, model_args, args.feature_cache_dir)
-    protocols = evaluate_exclusions(ranker, None, corpus.test, batch_size=args.eval_batch_size)
-    results = protocols.pop("history")  # the main protocol; the others are the secondary columns
-    popularity = pop_popularity_rows(results)  # by the target's training count: in metrics.json, not the table
+    results, popularity, protocols = evaluate_report(ranker, None, corpus.test, args.eval_batch_size)
     results["random"] = random_baseline(corpus.test)
     summary = {
         "baseline": args.baseline,

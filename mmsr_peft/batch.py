@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .arguments import RecommendArguments
-from .data.collate import pad_histories
 from .domains import load_domain
 from .errors import DataError
-from .evaluation import chunked_topk
 from .io import atomic_write_text
 
 
@@ -82,21 +79,15 @@ def recommend_file(args: RecommendArguments) -> Path:
     model.eval()
     with torch.no_grad():
         items = model.embed_catalog(model.processor(catalog.records(range(len(catalog))), progress=True))
-        max_len = model.config.sequence.max_len
-        for first in tqdm(range(0, len(users), args.batch_size), desc="recommend", unit="batch"):
-            batch = users[first : first + args.batch_size]
-            rows = [[catalog.index[i] for i in history if i in catalog.index] for _, history, _ in batch]
-            known = pad_histories(rows).to(items.device)  # (B, longest history): excluded unless include_history
-            read = pad_histories([row[-max_len:] for row in rows]).to(items.device)  # what the model reads
-            values, indices = chunked_topk(
-                model.user_embeddings(items, read), items, args.k, None if args.include_history else known
-            )
-            for (user, _, _), top, scores in zip(batch, indices.tolist(), values.tolist(), strict=True):
-                kept = [(catalog.item_ids[i], s) for i, s in zip(top, scores, strict=True) if s != -math.inf]
-                line = {"user_id": user, "items": [i for i, _ in kept], "scores": [round(s, 6) for _, s in kept]}
-                if unknown[user]:
-                    line["unknown"] = unknown[user]
-                lines.append(json.dumps(line))
+    for first in tqdm(range(0, len(users), args.batch_size), desc="recommend", unit="batch"):
+        batch = users[first : first + args.batch_size]
+        histories = [[item for item in history if item in catalog.index] for _, history, _ in batch]
+        top = model.recommend(histories, catalog, args.k, not args.include_history, catalog_embeddings=items)
+        for (user, _, _), ids, scores in zip(batch, top.item_ids, top.scores.tolist(), strict=True):
+            line = {"user_id": user, "items": ids, "scores": [round(score, 6) for score in scores[: len(ids)]]}
+            if unknown[user]:
+                line["unknown"] = unknown[user]
+            lines.append(json.dumps(line))
     atomic_write_text(Path(args.output), "\n".join(lines) + "\n")
     print(f"wrote {len(lines)} users' top {args.k} to {args.output}")
     return Path(args.output)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .data.catalog import Catalog
+from .data.folder import DOMAIN_NAME
 from .data.sequences import Sequences, Split, choose_cold_items, choose_train_users
 from .errors import DataError
 from .evaluation import EvalSet
@@ -84,7 +84,7 @@ def domain_folder(name: str, source: str = "synthetic", data_dir: str = DEFAULT_
         raise DataError(f"unknown data source {source!r}; valid sources: {', '.join(sorted(SOURCES))}")
     if name not in DOMAINS:
         folder = Path(data_dir) / source / name
-        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) and (folder / "items.parquet").is_file():
+        if DOMAIN_NAME.fullmatch(name) and (folder / "items.parquet").is_file():
             return folder
         raise DataError(
             f"unknown domain {name!r}: no processed folder {folder}, and not one that mmsr-data prepares "

@@ -359,10 +359,17 @@ def _set_metrics(eval_set: EvalSet, ranks: np.ndarray, ks) -> dict[str, dict[str
     return metrics
 
 
-def pop_popularity_rows(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Takes the `"<name> popularity <bucket>"` rows out of an `evaluate` result and returns them: results tables
-    show the other rows, `metrics.json` keeps these apart (`test_by_popularity`)."""
-    return {key: results.pop(key) for key in [key for key in results if " popularity " in key]}
+def evaluate_report(
+    model, catalog_inputs, eval_sets, batch_size: int = 256, accelerator=None
+) -> tuple[dict, dict, dict]:
+    """What a run reports on its test split, from one `evaluate_exclusions` pass: `(main, by_popularity,
+    other_exclusions)`. `main` is the main protocol's rows for the results table; `by_popularity` its
+    `"<name> popularity <bucket>"` rows, which `metrics.json` keeps apart (`test_by_popularity`); `other_exclusions`
+    the secondary columns (`test_other_exclusions`)."""
+    other = evaluate_exclusions(model, catalog_inputs, eval_sets, batch_size=batch_size, accelerator=accelerator)
+    main = other.pop("history")
+    by_popularity = {key: main.pop(key) for key in [key for key in main if " popularity " in key]}
+    return main, by_popularity, other
 
 
 def random_baseline(eval_sets: list[EvalSet], ks=DEFAULT_KS, exclude: str = "history") -> dict[str, float]:

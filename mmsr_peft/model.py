@@ -306,11 +306,13 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         k: int = 10,
         exclude_history: bool = True,
         new_items: list[str] | None = None,
+        catalog_embeddings: torch.Tensor | None = None,
     ) -> Recommendations:
         """Top-`k` items of `catalog` for each history (a list of item ids of `catalog`, oldest first). The model
         reads the last `max_len` items; with `exclude_history`, no item of the whole history is recommended, so a
         user with fewer than `k` other items gets fewer (their places in `scores` hold -inf). The scores of
         `new_items` (ids of `catalog` without training interactions) get the config's `new_item_boost`.
+        `catalog_embeddings` (`embed_catalog` of `catalog`) spares embedding the catalog again for every call.
 
         Example:
         ```python
@@ -337,7 +339,9 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             raise ValueError(f"new_items: item ids not in catalog {catalog.name!r}: {unknown[:5]}")
         was_training = self.training
         self.eval()
-        item_embeddings = self.embed_catalog(self.processor(catalog.records(range(len(catalog)))))
+        item_embeddings = catalog_embeddings
+        if item_embeddings is None:
+            item_embeddings = self.embed_catalog(self.processor(catalog.records(range(len(catalog)))))
         known = pad_histories(rows).to(item_embeddings.device)  # (B, longest history)
         read = pad_histories([row[-self.config.sequence.max_len :] for row in rows]).to(item_embeddings.device)
         users = self.user_embeddings(item_embeddings, read)

@@ -10,7 +10,7 @@ from .arguments import DataArguments, save_run_args
 from .builder import ModelArguments, build_model
 from .cards import base_card
 from .domains import build_corpus, describe_data, load_domain
-from .evaluation import evaluate_exclusions, format_table, pop_popularity_rows, random_baseline
+from .evaluation import evaluate_report, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
 from .run_folders import check_output_dir, claim_output_dir
@@ -75,11 +75,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             on_best=lambda m, _: m.save_pretrained(args.output_dir),
             candidates=corpus.negative_candidates(),
         )
-        protocols = evaluate_exclusions(
-            model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size, accelerator=accelerator
+        results, popularity, protocols = evaluate_report(
+            model, catalog_inputs, corpus.test, args.eval_batch_size, accelerator
         )
-        results = protocols.pop("history")  # the main protocol; the others are the secondary columns
-        popularity = pop_popularity_rows(results)  # by the target's training count: in metrics.json, not the table
         results["random"] = random_baseline(corpus.test)
         table = format_table(results)
         if accelerator.is_main_process:

@@ -50,17 +50,6 @@ class ItemInputs:
     def to(self, device) -> ItemInputs:
         return ItemInputs(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
 
-    def trimmed(self) -> ItemInputs:
-        """The same items with their token ids cut after the longest text among them: padding is masked out, so
-        the encoder's outputs on the real tokens stay the same, and a batch of short texts costs less than
-        `max_length` tokens each. Left-padded ids (real tokens in the last columns) are returned as they are."""
-        if self.input_ids is None or self.attention_mask is None or not len(self.attention_mask):
-            return self
-        length = max(1, int(self.attention_mask.sum(1).max()))
-        if length == self.attention_mask.shape[1] or self.attention_mask[:, length:].any():
-            return self
-        return replace(self, input_ids=self.input_ids[:, :length], attention_mask=self.attention_mask[:, :length])
-
     def with_states(self, text_states=None, image_states=None) -> ItemInputs:
         return replace(self, text_states=text_states, image_states=image_states)
 
@@ -234,9 +223,9 @@ class TrainCollator:
                 raise ValueError(f"training sequences hold catalog item {item}, which is not among the candidates")
         if self.loss == "full_ce":
             if self.candidates is None:
-                return TrainBatch(self.catalog_inputs.trimmed(), inputs=padded[:, :-1], targets=padded[:, 1:])
+                return TrainBatch(self.catalog_inputs, inputs=padded[:, :-1], targets=padded[:, 1:])
             rows = torch.where(valid, self.candidate_rows[padded.clamp(min=0)], -1)
-            return TrainBatch(self.candidate_inputs.trimmed(), inputs=rows[:, :-1], targets=rows[:, 1:])
+            return TrainBatch(self.candidate_inputs, inputs=rows[:, :-1], targets=rows[:, 1:])
         rng = np.random.default_rng([*np.atleast_1d(self.seed), self.batch_index])
         self.batch_index += 1
         pool = num_items if self.candidates is None else len(self.candidates)
@@ -246,7 +235,7 @@ class TrainCollator:
         unique, inverse = torch.unique(torch.cat([padded[valid], extra.flatten()]), return_inverse=True)
         rows = torch.full_like(padded, -1)
         rows[valid] = inverse[: int(valid.sum())]
-        batch = TrainBatch(self.catalog_inputs.select(unique).trimmed(), inputs=rows[:, :-1], targets=rows[:, 1:])
+        batch = TrainBatch(self.catalog_inputs.select(unique), inputs=rows[:, :-1], targets=rows[:, 1:])
         if self.loss == "bce":
             batch.negatives = inverse[int(valid.sum()) :].view(padded.shape)[:, 1:]
         elif self.item_share is not None:

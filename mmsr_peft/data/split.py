@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError
 from .catalog import Catalog
-from .folder import INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
+from .folder import DOMAIN_NAME, INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
 from .sequences import Sequences
 
 EVERY_OTHER = "*"
@@ -35,7 +35,7 @@ def parse_group(text: str) -> tuple[str, tuple[str, ...]]:
     """`"name=a,b,c"` -> `("name", ("a", "b", "c"))`; `"name=*"` -> `("name", ("*",))`."""
     name, sep, values = text.partition("=")
     words = tuple(v.strip() for v in values.split(",") if v.strip())
-    if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or not words:
+    if not sep or not DOMAIN_NAME.fullmatch(name) or not words:
         raise DataError(f"--group {text!r}: expected NAME=VALUE[,VALUE...] or NAME=* (NAME: letters, digits, . _ -)")
     return name, words
 
