@@ -52,6 +52,18 @@ FUSION_TARGETS = {
         r"|layers\.\d+\.(text|image)_self\.(self_attn|linear1|linear2))"
     ),
     "merge_attention": r"(text_proj|image_proj|out_proj|layers\.layers\.\d+\.(self_attn|linear1|linear2))",
+    "paper_sum": r"((text|image)\.proj|fc_[xy])",
+    "paper_concat": r"((text|image)\.proj|fc_out)",
+    "paper_film": r"((text|image)\.proj|fc|fc_out)",
+    "paper_gated": r"((text|image)\.proj|fc_[xy]|fc_out)",
+    "paper_co_attention": (
+        r"(text_proj|image_proj|fc_out|layers\.\d+\.cross\.attn|layers\.\d+\.(text|image)_self\.(self_attn|linear1|linear2))"
+    ),
+    "paper_merge_attention": r"(text_proj|image_proj|layers\.\d+\.(self_attn|linear1|linear2))",
+}
+FUSION_TARGETS |= {  # the paper's DNN heads: their three linear layers too
+    f"{op}_dnn": rf"({FUSION_TARGETS[op]}|dnn\.fc[123])"
+    for op in ("paper_sum", "paper_concat", "paper_film", "paper_gated")
 }
 # The sequence encoder: SASRec's attention (the module itself, see above) and feed-forward layers; GRU4Rec's output
 # projection (peft cannot adapt nn.GRU). NextItNet's causal convolutions pad on one side, which peft's LoRA for

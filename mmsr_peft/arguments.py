@@ -19,9 +19,9 @@ from .adapters import COMPONENTS, DEFAULT_COMPONENTS
 from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, domain_folder
 from .encoders import TORCHVISION_CNNS, VISION_PRESETS
 from .errors import DataError
-from .fusion import FUSION_TYPES
+from .fusion import CONDITIONS, FUSION_TYPES
 from .losses import LOSSES
-from .model import ITEM_TOWERS
+from .model import ITEM_TOWERS, SIMILARITIES
 from .quantization import QUANTIZATIONS, require_bitsandbytes
 from .sequence import SEQUENCE_TYPES
 
@@ -93,6 +93,20 @@ class ModelArguments:
     )
     image_size: int = field(default=64, metadata={"help": "Image side in pixels fed to the vision tower."})
     fusion: str = field(default="concat", metadata={"help": f"Fusion type, one of: {', '.join(FUSION_TYPES)}."})
+    fusion_layers: int = field(default=1, metadata={"help": "Layers of an attention fusion."})
+    fusion_heads: int = field(default=2, metadata={"help": "Attention heads of an attention fusion."})
+    fusion_condition: str = field(
+        default="text",
+        metadata={"help": f"paper_film / paper_gated: the modality that conditions the other, one of {CONDITIONS}."},
+    )
+    fusion_init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "paper_co_attention / paper_merge_attention: a BERT checkpoint (folder, Hub id, or 'minilm') whose "
+            "first --fusion_layers layers initialise the fusion's layers; its width must equal --hidden_size, and its "
+            "heads and feed-forward width are used."
+        },
+    )
     hidden_size: int = field(default=64, metadata={"help": "Width of item and user embeddings."})
     sequence_encoder: str = field(
         default="sasrec", metadata={"help": f"Sequence encoder, one of: {', '.join(SEQUENCE_TYPES)}."}
@@ -102,7 +116,11 @@ class ModelArguments:
     dropout: float = field(default=0.1, metadata={"help": "Sequence encoder dropout."})
     max_len: int = field(default=50, metadata={"help": "History length read by the sequence encoder."})
     text_max_length: int = field(default=32, metadata={"help": "Tokens per item text."})
-    temperature: float = field(default=0.07, metadata={"help": "Softmax temperature on cosine scores."})
+    similarity: str = field(
+        default="cosine",
+        metadata={"help": f"Score of an item for a user, one of {SIMILARITIES}; 'dot' is the paper's."},
+    )
+    temperature: float = field(default=0.07, metadata={"help": "Divides the scores in the training loss."})
     loss: str = field(default="sampled_softmax", metadata={"help": f"Training loss, one of: {', '.join(LOSSES)}."})
     itc_weight: float = field(
         default=0.0, metadata={"help": "Weight of the auxiliary image-text contrastive loss (modal only; 0: off)."}

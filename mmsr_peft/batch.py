@@ -6,8 +6,8 @@ Input, one of:
 - CSV (`.csv`): one interaction per row with columns `user_id,item_id`, rows of a user in time order.
 
 Output: JSONL, one line per user in input order, `{"user_id": ..., "items": [...], "scores": [...]}` (scores are
-cosine similarities), written whole or not at all. An item id that is not in the catalog is an error naming the
-file and line, unless `--skip_unknown`: then it is left out of that history and listed in the line's `"unknown"`.
+the model's similarities: cosines, or dot products for a `similarity="dot"` model), written whole or not at all.
+An item id that is not in the catalog is an error naming the file and line, unless `--skip_unknown`: then it is left out of that history and listed in the line's `"unknown"`.
 """
 
 from __future__ import annotations

@@ -58,6 +58,38 @@ def pretrained_source(name: str, flag: str) -> str:
     return name
 
 
+def fusion_settings(args: ModelArguments):
+    """The fusion's config and, with `--fusion_init_from`, the BERT model whose layers initialise it (its heads and
+    feed-forward width go into the config, so that a saved model rebuilds the same shapes without it)."""
+    settings = {"type": args.fusion, "num_layers": args.fusion_layers, "num_heads": args.fusion_heads}
+    settings["condition"] = args.fusion_condition
+    if args.fusion_init_from is None:
+        return FusionConfig(**settings), None
+    from transformers import AutoModel
+
+    name = args.fusion_init_from
+    if args.item_tower != "modal":
+        raise ValueError(f"--fusion_init_from initialises the fusion of a 'modal' item tower, not {args.item_tower!r}")
+    source = minilm_path() if name == "minilm" else pretrained_source(name, "fusion_init_from")
+    try:
+        bert = AutoModel.from_pretrained(source)
+    except OSError as err:
+        raise ValueError(f"--fusion_init_from {name}: cannot load it ({err})") from None
+    found = bert.config
+    if getattr(found, "model_type", None) != "bert" or found.hidden_act != "gelu":
+        raise ValueError(
+            f"--fusion_init_from {name}: expected a BERT checkpoint with GELU layers, got model_type "
+            f"{found.model_type!r}, hidden_act {getattr(found, 'hidden_act', None)!r}"
+        )
+    if found.hidden_size != args.hidden_size or args.fusion_layers > found.num_hidden_layers:
+        raise ValueError(
+            f"--fusion_init_from {name}: its width {found.hidden_size} must equal --hidden_size {args.hidden_size} "
+            f"and its {found.num_hidden_layers} layers must cover --fusion_layers {args.fusion_layers}"
+        )
+    settings |= {"num_heads": found.num_attention_heads, "intermediate_size": found.intermediate_size}
+    return FusionConfig(**settings, init_from=name), bert
+
+
 def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MMSRModel:
     """A new model: architecture from `args`, encoders initialised from the named pretrained weights."""
     text_config = vision_config = None
@@ -100,12 +132,13 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
             vision_weights = vision_weights or args.vision_model.removeprefix("hf:")
         else:
             vision_config = VisionEncoderConfig.from_open_clip(args.vision_model)
+    fusion_config, bert = fusion_settings(args)
     config = MMSRConfig(
         item_tower=args.item_tower,
         hidden_size=args.hidden_size,
         text=text_config,
         vision=vision_config,
-        fusion=FusionConfig(type=args.fusion),
+        fusion=fusion_config,
         sequence=SequenceEncoderConfig(
             type=args.sequence_encoder,
             num_layers=args.num_layers,
@@ -114,6 +147,7 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
             max_len=args.max_len,
         ),
         num_items=len(item_vocab) if args.item_tower == "id" else 0,
+        similarity=args.similarity,
         temperature=args.temperature,
         loss=args.loss,
         itc_weight=args.itc_weight,
@@ -132,6 +166,8 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
         tower.text.load_backbone(text_weights)
     if vision_weights is not None:
         tower.vision.load_backbone(vision_weights)
+    if bert is not None:
+        tower.fusion.load_bert(bert)
     if tower.text is not None:
         tower.text.set_finetuning(args.text_finetune, args.text_top_k)
     if tower.vision is not None:

@@ -12,17 +12,27 @@ from .config import ConfigMixin
 from .encoders import EncoderOutput
 
 POOLED_OPS = ("sum", "concat", "film", "gated")
-TOKEN_FUSIONS = ("co_attention", "merge_attention")
-FUSION_TYPES = POOLED_OPS + tuple(f"{op}_mlp" for op in POOLED_OPS) + TOKEN_FUSIONS
+# The MMSR paper's own definitions (its official code, model/fushion_module.py and model/modeling.py), beside ours
+PAPER_POOLED = tuple(f"paper_{op}{head}" for head in ("", "_dnn") for op in POOLED_OPS)
+PAPER_TOKEN_FUSIONS = ("paper_co_attention", "paper_merge_attention")
+TOKEN_FUSIONS = ("co_attention", "merge_attention") + PAPER_TOKEN_FUSIONS
+FUSION_TYPES = (
+    (POOLED_OPS + tuple(f"{op}_mlp" for op in POOLED_OPS) + ("co_attention", "merge_attention"))
+    + PAPER_POOLED
+    + PAPER_TOKEN_FUSIONS
+)
+CONDITIONS = ("text", "image")
 
 
 @dataclass
 class FusionConfig(ConfigMixin):
     """Architecture of the fusion module. Pooled variants first project text and image to `t`, `v` of width D (a
-    learned vector stands in for an absent modality); token variants read the token / patch states.
+    learned vector stands in for an absent modality); token variants read the token / patch states. The `paper_`
+    types are the MMSR paper's definitions as its official code writes them; the others are ours (see the README's
+    design-space table for what each of ours changes).
 
     Args:
-        type (`str`): one of
+        type (`str`): ours:
             - `"sum"`: `t + v`.
             - `"concat"`: `Linear(2D -> D)([t; v])`.
             - `"film"`: `γ ⊙ t + β` with `(γ - 1, β) = Linear(D -> 2D)(v)` (image modulates text; γ starts near 1).
@@ -33,15 +43,36 @@ class FusionConfig(ConfigMixin):
               then self-attention + feed-forward in each stream (LXMERT); `Linear(2D -> D)` of the two [CLS] states.
             - `"merge_attention"`: one self-attention stream over `[CLS] + text tokens + image patches` with
               modality-type embeddings, read out at [CLS].
-        num_layers (`int`): layers of `co_attention` / `merge_attention`.
-        num_heads (`int`): attention heads of `co_attention` / `merge_attention` (must divide D).
-        dropout (`float`): dropout of the attention variants and of the `_mlp` heads.
+            The paper's, on `x = LN(t)`, `y = LN(v)` (one LayerNorm shared by both, as in its code):
+            - `"paper_sum"`: `fc_x(x) + fc_y(y)`.
+            - `"paper_concat"`: `fc_out([x; y])`.
+            - `"paper_film"`: `fc_out(γ ⊙ y + β)` with `(γ, β) = fc(x)` (`condition="image"` swaps the roles).
+            - `"paper_gated"`: `fc_out(sigmoid(fc_x(x)) ⊙ fc_y(y))` (`condition="image"`: the gate from `y`).
+            - `"paper_sum_dnn"`, ..., `"paper_gated_dnn"`: the op, then three `Dropout, Linear(D -> D), ReLU` layers
+              (no residual, no normalisation).
+            - `"paper_co_attention"`: BERT-style (post-norm) layers: both streams cross-attend to the other through
+              one shared cross-attention, then self-attention + feed-forward in each; the mean of each stream's
+              tokens, `Linear(2D -> D)`.
+            - `"paper_merge_attention"`: BERT-style layers over `text tokens + image patches` (modality-type
+              embeddings), the mean of the tokens.
+        num_layers (`int`): layers of the attention variants.
+        num_heads (`int`): attention heads of the attention variants (must divide D).
+        dropout (`float`): dropout of the attention variants, of the `_mlp` and of the `_dnn` heads.
+        intermediate_size (`int`, *optional*): feed-forward width of the attention variants (default 4 D).
+        condition (`str`): `paper_film` / `paper_gated`: the modality that conditions (`"text"`, the paper's
+            default, or `"image"`).
+        init_from (`str`, *optional*): `paper_co_attention` / `paper_merge_attention`: the BERT checkpoint (a folder
+            or Hub id) whose first `num_layers` layers initialised the fusion's layers when the model was built
+            (recorded here; loading a saved model reads its own weights, never this checkpoint).
     """
 
     type: str = "concat"  # one of FUSION_TYPES
-    num_layers: int = 1  # co_attention / merge_attention: layers
-    num_heads: int = 2  # co_attention / merge_attention: attention heads
-    dropout: float = 0.1  # attention variants and _mlp heads: dropout
+    num_layers: int = 1  # attention variants: layers
+    num_heads: int = 2  # attention variants: attention heads
+    dropout: float = 0.1  # attention variants, _mlp and _dnn heads: dropout
+    intermediate_size: int | None = None  # attention variants: feed-forward width (None: 4 x hidden size)
+    condition: str = "text"  # paper_film / paper_gated: which modality conditions the other
+    init_from: str | None = None  # paper attention variants: the BERT checkpoint their layers started from
 
     def __post_init__(self):
         if self.type not in FUSION_TYPES:
@@ -50,6 +81,15 @@ class FusionConfig(ConfigMixin):
             raise ValueError(f"fusion.num_layers/num_heads must be >= 1, got {self.num_layers}/{self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"fusion.dropout must be in [0, 1), got {self.dropout}")
+        if self.intermediate_size is not None and self.intermediate_size < 1:
+            raise ValueError(f"fusion.intermediate_size must be >= 1, got {self.intermediate_size}")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"fusion.condition must be one of {CONDITIONS}, got {self.condition!r}")
+        if self.init_from is not None and self.type not in PAPER_TOKEN_FUSIONS:
+            raise ValueError(
+                f"fusion.init_from (a BERT checkpoint) initialises {' or '.join(PAPER_TOKEN_FUSIONS)} only, "
+                f"not {self.type!r}"
+            )
 
 
 class ModalityProjection(nn.Module):
@@ -105,9 +145,17 @@ class PooledFusion(nn.Module):
         return fused if self.mlp is None else self.norm(fused + self.mlp(fused))
 
 
-def _encoder_layer(config: FusionConfig, hidden_size: int) -> nn.TransformerEncoderLayer:
+def _encoder_layer(config: FusionConfig, hidden_size: int, bert: bool = False) -> nn.TransformerEncoderLayer:
+    """A pre-norm transformer layer (ours), or with `bert` a BERT layer: post-norm, GELU, LayerNorm eps 1e-12."""
     return nn.TransformerEncoderLayer(
-        hidden_size, config.num_heads, 4 * hidden_size, config.dropout, batch_first=True, norm_first=True
+        hidden_size,
+        config.num_heads,
+        config.intermediate_size or 4 * hidden_size,
+        config.dropout,
+        activation="gelu" if bert else "relu",
+        layer_norm_eps=1e-12 if bert else 1e-5,
+        batch_first=True,
+        norm_first=not bert,
     )
 
 
@@ -207,10 +255,212 @@ class CoAttentionFusion(nn.Module):
         return self.out_proj(pooled)
 
 
+def _xavier(module: nn.Module) -> None:
+    """The paper's initialisation of its pooled fusions: Xavier-normal weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_normal_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class PaperPooledFusion(nn.Module):
+    """The MMSR paper's pooled fusions (`paper_sum`, `paper_concat`, `paper_film`, `paper_gated`, each optionally
+    followed by its three-layer `_dnn` head), on the projected pooled vectors `t`, `v` (a learned vector stands in
+    for an absent modality, which the paper's code does not handle)."""
+
+    def __init__(self, config: FusionConfig, text_dim: int, image_dim: int, hidden_size: int):
+        super().__init__()
+        d = hidden_size
+        self.op = config.type.removeprefix("paper_").removesuffix("_dnn")
+        self.text_conditions = config.condition == "text"
+        self.text = ModalityProjection(text_dim, d)
+        self.image = ModalityProjection(image_dim, d)
+        self.layer_norm = nn.LayerNorm(d, eps=1e-6)  # one LayerNorm for both modalities, as in the paper's code
+        if self.op in ("sum", "gated"):
+            self.fc_x, self.fc_y = nn.Linear(d, d), nn.Linear(d, d)
+        if self.op == "film":
+            self.fc = nn.Linear(d, 2 * d)
+        if self.op != "sum":
+            self.fc_out = nn.Linear(2 * d if self.op == "concat" else d, d)
+        self.dnn = None
+        if config.type.endswith("_dnn"):
+            layers = []
+            for i in (1, 2, 3):
+                layers += [
+                    (f"drop{i}", nn.Dropout(config.dropout)),
+                    (f"fc{i}", nn.Linear(d, d)),
+                    (f"act{i}", nn.ReLU()),
+                ]
+            self.dnn = nn.Sequential(OrderedDict(layers))
+        self.apply(_xavier)
+        for missing in (self.text.missing, self.image.missing):  # not zeros: LayerNorm of a constant is 0, and 0
+            nn.init.normal_(missing, std=0.02)  # through zero biases and ReLU passes no gradient back
+
+    def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The op on the normalised text `x` and image `y`."""
+        if self.op == "sum":
+            return self.fc_x(x) + self.fc_y(y)
+        if self.op == "concat":
+            return self.fc_out(torch.cat([x, y], dim=-1))
+        if self.op == "film":
+            condition, conditioned = (x, y) if self.text_conditions else (y, x)
+            gamma, beta = self.fc(condition).chunk(2, dim=-1)  # (N, D) each
+            return self.fc_out(gamma * conditioned + beta)
+        out_x, out_y = self.fc_x(x), self.fc_y(y)
+        gated = torch.sigmoid(out_x) * out_y if self.text_conditions else out_x * torch.sigmoid(out_y)
+        return self.fc_out(gated)
+
+    def forward(self, text: EncoderOutput, image: EncoderOutput, has_text, has_image) -> torch.Tensor:
+        t, v = self.text(text, has_text), self.image(image, has_image)
+        fused = self.combine(self.layer_norm(t), self.layer_norm(v))  # (N, D)
+        return fused if self.dnn is None else self.dnn(fused)
+
+
+class PostNormCrossAttention(nn.Module):
+    """BERT's cross-attention layer (LXMERT): `LN(x + Dropout(Attn(x, y, y)))`, keys masked by `y_keep`."""
+
+    def __init__(self, config: FusionConfig, hidden_size: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(hidden_size, config.num_heads, dropout=config.dropout, batch_first=True)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, y_keep: torch.Tensor) -> torch.Tensor:
+        attended = self.attn(x, y, y, key_padding_mask=~y_keep, need_weights=False)[0]
+        return self.norm(x + self.dropout(attended))
+
+
+def _bert_init(module: nn.Module) -> None:
+    """BERT's initialisation (the paper's attention fusions): normal(0, 0.02) weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.MultiheadAttention):
+        nn.init.normal_(module.in_proj_weight, std=0.02)
+        nn.init.zeros_(module.in_proj_bias)
+
+
+def _copy_bert_attention(attention: nn.MultiheadAttention, norm: nn.LayerNorm, bert_attention: nn.Module) -> None:
+    """BERT's attention block (`BertAttention`: query, key, value, output dense + LayerNorm) into `attention`
+    (the three projections stacked in its `in_proj`) and `norm`."""
+    own = bert_attention.self
+    attention.in_proj_weight.copy_(torch.cat([own.query.weight, own.key.weight, own.value.weight]))
+    attention.in_proj_bias.copy_(torch.cat([own.query.bias, own.key.bias, own.value.bias]))
+    attention.out_proj.load_state_dict(bert_attention.output.dense.state_dict())
+    norm.load_state_dict(bert_attention.output.LayerNorm.state_dict())
+
+
+def _copy_bert_layer(layer: nn.TransformerEncoderLayer, bert_layer: nn.Module) -> None:
+    """A Hugging Face `BertLayer` into a post-norm `nn.TransformerEncoderLayer` of the same shape."""
+    _copy_bert_attention(layer.self_attn, layer.norm1, bert_layer.attention)
+    layer.linear1.load_state_dict(bert_layer.intermediate.dense.state_dict())
+    layer.linear2.load_state_dict(bert_layer.output.dense.state_dict())
+    layer.norm2.load_state_dict(bert_layer.output.LayerNorm.state_dict())
+
+
+def _mean_tokens(states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`(N, D)`: the mean of each row's kept token states."""
+    weights = keep.to(states.dtype).unsqueeze(-1)  # (N, L, 1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class _PaperTokenStreams(nn.Module):
+    """What the paper's attention fusions share: tokens projected to D with a modality-type embedding, and a learned
+    "missing" token per modality, visible only in the items that lack that modality (the paper's code assumes every
+    item has both, and attention over no key at all is undefined)."""
+
+    def __init__(self, text_dim: int, image_dim: int, hidden_size: int):
+        super().__init__()
+        self.text_proj = nn.Linear(text_dim, hidden_size)
+        self.image_proj = nn.Linear(image_dim, hidden_size)
+        self.type_embedding = nn.Embedding(2, hidden_size)  # 0: text, 1: image
+        self.missing = nn.Embedding(2, hidden_size)
+
+    def streams(self, text: EncoderOutput, image: EncoderOutput, has_text, has_image):
+        """`(t, t_keep, v, v_keep)`: each stream `[missing] + tokens`, `(N, 1 + L, D)`, and its key mask."""
+        n = text.tokens.shape[0]
+        out = []
+        for index, (encoded, present, proj) in enumerate(
+            [(text, has_text, self.text_proj), (image, has_image, self.image_proj)]
+        ):
+            missing = self.missing.weight[index].expand(n, 1, -1)
+            tokens = torch.cat([missing, proj(encoded.tokens)], dim=1) + self.type_embedding.weight[index]
+            keep = torch.cat([~present[:, None], encoded.mask & present[:, None]], dim=1)
+            out += [tokens, keep]
+        return out
+
+
+class PaperCoAttentionLayer(nn.Module):
+    """One layer of the paper's co-attention (LXMERT's, as its code has it): both streams cross-attend to the other
+    through the same cross-attention weights, then BERT self-attention + feed-forward in each stream."""
+
+    def __init__(self, config: FusionConfig, hidden_size: int):
+        super().__init__()
+        self.cross = PostNormCrossAttention(config, hidden_size)
+        self.text_self = _encoder_layer(config, hidden_size, bert=True)
+        self.image_self = _encoder_layer(config, hidden_size, bert=True)
+
+    def forward(self, t, v, t_keep, v_keep) -> tuple[torch.Tensor, torch.Tensor]:
+        t, v = self.cross(t, v, v_keep), self.cross(v, t, t_keep)
+        return self.text_self(t, src_key_padding_mask=~t_keep), self.image_self(v, src_key_padding_mask=~v_keep)
+
+    def load_bert_layer(self, bert_layer: nn.Module) -> None:
+        """Both self-attention stacks, and the shared cross-attention, from one BERT layer."""
+        _copy_bert_layer(self.text_self, bert_layer)
+        _copy_bert_layer(self.image_self, bert_layer)
+        _copy_bert_attention(self.cross.attn, self.cross.norm, bert_layer.attention)
+
+
+class PaperCoAttentionFusion(_PaperTokenStreams):
+    """The paper's `co_att`: co-attention layers, then `Linear(2D -> D)` of the two streams' token means."""
+
+    def __init__(self, config: FusionConfig, text_dim: int, image_dim: int, hidden_size: int):
+        super().__init__(text_dim, image_dim, hidden_size)
+        self.layers = nn.ModuleList(PaperCoAttentionLayer(config, hidden_size) for _ in range(config.num_layers))
+        self.fc_out = nn.Linear(2 * hidden_size, hidden_size)
+        self.apply(_bert_init)
+
+    def forward(self, text: EncoderOutput, image: EncoderOutput, has_text, has_image) -> torch.Tensor:
+        t, t_keep, v, v_keep = self.streams(text, image, has_text, has_image)
+        for layer in self.layers:
+            t, v = layer(t, v, t_keep, v_keep)
+        return self.fc_out(torch.cat([_mean_tokens(t, t_keep), _mean_tokens(v, v_keep)], dim=-1))
+
+    @torch.no_grad()
+    def load_bert(self, bert: nn.Module) -> None:
+        for layer, bert_layer in zip(self.layers, bert.encoder.layer, strict=False):
+            layer.load_bert_layer(bert_layer)
+
+
+class PaperMergeAttentionFusion(_PaperTokenStreams):
+    """The paper's `merge_attn`: BERT layers over the text tokens and image patches together, the mean of the
+    tokens (no output layer)."""
+
+    def __init__(self, config: FusionConfig, text_dim: int, image_dim: int, hidden_size: int):
+        super().__init__(text_dim, image_dim, hidden_size)
+        self.layers = nn.ModuleList(_encoder_layer(config, hidden_size, bert=True) for _ in range(config.num_layers))
+        self.apply(_bert_init)
+
+    def forward(self, text: EncoderOutput, image: EncoderOutput, has_text, has_image) -> torch.Tensor:
+        t, t_keep, v, v_keep = self.streams(text, image, has_text, has_image)
+        states, keep = torch.cat([t, v], dim=1), torch.cat([t_keep, v_keep], dim=1)  # (N, 2 + L + P, ...)
+        for layer in self.layers:
+            states = layer(states, src_key_padding_mask=~keep)
+        return _mean_tokens(states, keep)
+
+    @torch.no_grad()
+    def load_bert(self, bert: nn.Module) -> None:
+        for layer, bert_layer in zip(self.layers, bert.encoder.layer, strict=False):
+            _copy_bert_layer(layer, bert_layer)
+
+
 FUSION_CLASSES = {
-    **{name: PooledFusion for name in FUSION_TYPES if name not in TOKEN_FUSIONS},
+    **{name: PooledFusion for name in POOLED_OPS + tuple(f"{op}_mlp" for op in POOLED_OPS)},
+    **{name: PaperPooledFusion for name in PAPER_POOLED},
     "co_attention": CoAttentionFusion,
     "merge_attention": MergeAttentionFusion,
+    "paper_co_attention": PaperCoAttentionFusion,
+    "paper_merge_attention": PaperMergeAttentionFusion,
 }
 
 

@@ -1,4 +1,5 @@
-"""Training losses over candidate item embeddings. Scores are cosine similarities divided by a temperature.
+"""Training losses over candidate item embeddings. Scores are the model's similarities (cosine, or the dot product
+under `similarity="dot"`) divided by a temperature.
 
 - `sampled_softmax`: softmax over the batch's distinct items plus uniformly sampled catalog items, with logQ
   correction (Yi et al. 2019): each candidate's logit is lowered by the log of how often it is expected in the

@@ -28,6 +28,7 @@ from .sequence import SEQUENCE_CLASSES, SequenceEncoderConfig
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth")
+SIMILARITIES = ("cosine", "dot")
 ITEM_TOWERS = ("modal", "text", "image", "id")
 REQUIRED_CONFIG_KEYS = ("item_tower", "hidden_size", "fusion", "sequence")  # the architecture; the rest has defaults
 
@@ -45,7 +46,9 @@ class MMSRConfig(ConfigMixin):
         fusion (`FusionConfig`): how text and image are fused (`modal` only).
         sequence (`SequenceEncoderConfig`): the sequence encoder.
         num_items (`int`): size of the item-id table (`id` only).
-        temperature (`float`): scores are cosine similarities divided by this.
+        similarity (`str`): how a user state scores an item: `"cosine"` (both L2-normalised; ours) or `"dot"` (the raw
+            inner product, as in the MMSR paper, whose BCE loss reads it at temperature 1).
+        temperature (`float`): scores (`similarity`) are divided by this in the training loss.
         loss (`str`): training loss: `"sampled_softmax"` (batch items + uniform negatives, logQ-corrected),
             `"full_ce"` (softmax over the whole catalog) or `"bce"` (one sampled negative per position).
         itc_weight (`float`): weight of an auxiliary image-text contrastive loss (ALBEF's ITC) between each item's
@@ -54,7 +57,7 @@ class MMSRConfig(ConfigMixin):
             fusion or projection, in training only. The pretrained features are wider than a catalog is long (MiniLM
             384 + MobileNetV2 1280 dimensions for 1682 MovieLens movies), so without it the first linear layer can
             learn a lookup table of the training items, and items it never saw (cold start) rank at the bottom.
-        new_item_boost (`float`): added to the cosine score of every item without training interactions (new
+        new_item_boost (`float`): added to the score of every item without training interactions (new
             arrivals) when ranking: by `evaluate` (items whose training count is 0) and by `recommend(new_items=...)`.
             The model learns popularity, which new items cannot have; the boost is their prior, bought with accuracy
             on known items (see docs/adaptation.md, cold start). 0: off.
@@ -67,11 +70,12 @@ class MMSRConfig(ConfigMixin):
     fusion: FusionConfig = field(default_factory=FusionConfig)  # fusion module (modal)
     sequence: SequenceEncoderConfig = field(default_factory=SequenceEncoderConfig)  # sequence encoder
     num_items: int = 0  # id table size (id)
-    temperature: float = 0.07  # softmax temperature on cosine scores
+    similarity: str = "cosine"  # "cosine" | "dot": the score of an item for a user state
+    temperature: float = 0.07  # divides the scores in the training loss
     loss: str = "sampled_softmax"  # "sampled_softmax" | "full_ce" | "bce" (see mmsr_peft/losses.py)
     itc_weight: float = 0.0  # weight of the image-text contrastive auxiliary loss (modal only; 0: off)
     feature_dropout: float = 0.0  # dropout on the encoders' outputs in training (content towers; 0: off)
-    new_item_boost: float = 0.0  # added to the cosine score of items without training interactions (0: off)
+    new_item_boost: float = 0.0  # added to the score of items without training interactions (0: off)
 
     def __post_init__(self):
         if self.item_tower not in ITEM_TOWERS:
@@ -90,6 +94,8 @@ class MMSRConfig(ConfigMixin):
             )
         if self.new_item_boost < 0:
             raise ValueError(f"new_item_boost must be >= 0, got {self.new_item_boost}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.sequence.type == "sasrec" and self.hidden_size % self.sequence.num_heads:
@@ -211,7 +217,7 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
     """An ID-agnostic multi-modal sequential recommender.
 
     Items are embedded by `item_tower` from their text and image; a history of item embeddings is read by the
-    sequence encoder; the user state after the last item scores every candidate by cosine similarity.
+    sequence encoder; the user state after the last item scores every candidate by cosine similarity (or, as in the paper, the dot product: `similarity`).
 
     Args:
         config (`MMSRConfig`): the architecture.
@@ -234,24 +240,28 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             if encoder is not None:
                 encoder.gradient_checkpointing_enable()
 
+    def _scoring(self, vectors: torch.Tensor) -> torch.Tensor:
+        """`vectors` as they enter a score: L2-normalised under cosine similarity, unchanged under dot."""
+        return F.normalize(vectors, dim=-1) if self.config.similarity == "cosine" else vectors
+
     def embed_items(self, items: ItemInputs) -> torch.Tensor:
-        """`(N, D)` L2-normalised item embeddings."""
-        return F.normalize(self.item_tower(items), dim=-1)
+        """`(N, D)` item embeddings (L2-normalised under cosine similarity)."""
+        return self._scoring(self.item_tower(items))
 
     def encode_sequences(self, item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
-        """User state after each position: `(B, T, D)`, L2-normalised.
+        """User state after each position: `(B, T, D)` (L2-normalised under cosine similarity).
 
         Args:
             item_embeddings: `(N, D)`; histories: `(B, T)` rows of `item_embeddings`, right-padded with -1.
         """
-        return F.normalize(self.sequence_encoder(_history_states(item_embeddings, histories)), dim=-1)
+        return self._scoring(self.sequence_encoder(_history_states(item_embeddings, histories)))
 
     def user_embeddings(self, item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
         """`(B, D)`: the state after the last real item of each history (only that position is computed where
         the sequence encoder can skip the others)."""
         last = (histories >= 0).sum(1).clamp(min=1) - 1  # (B,)
         states = self.sequence_encoder.last_states(_history_states(item_embeddings, histories), last)
-        return F.normalize(states, dim=-1)
+        return self._scoring(states)
 
     def forward(
         self,

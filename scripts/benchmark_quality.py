@@ -79,12 +79,35 @@ class QualityArguments:
     )
 
 
+def load_plan(path: Path) -> dict:
+    """The plan in `path`; a plan that `extends` another (a path relative to it) is that plan with its own keys
+    merged in, mappings key by key (a row's label or data can change alone), any other value replaced; the keys it
+    lists under `replace` (say `rows`) replace the parent's whole."""
+    plan = yaml.safe_load(path.read_text())
+    parent = plan.pop("extends", None)
+    if not parent:
+        return plan
+    base = load_plan(path.parent / parent)
+    for key in plan.pop("replace", []):
+        base.pop(key, None)
+    return merge(base, plan)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """`base` with `override` on top, nested mappings merged."""
+    merged = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = merge(base[key], value) if both else value
+    return merged
+
+
 class Benchmark:
     """A plan (its rows, splits and seeds) and where its runs and records live."""
 
     def __init__(self, args: QualityArguments):
         self.args = args
-        self.plan = yaml.safe_load(Path(args.plan).read_text())
+        self.plan = load_plan(Path(args.plan))
         name = self.plan["name"]
         self.records_dir = Path(args.records_dir or REPO / "results" / name / "runs")
         self.work_dir = Path(args.work_dir or REPO / "outputs" / name)

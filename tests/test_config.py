@@ -40,7 +40,15 @@ def test_round_trip_id_config():
     config = MMSRConfig(item_tower="id", num_items=10)
     data = config.to_dict()
     assert data["item_tower"] == "id" and data["num_items"] == 10 and data["text"] is None
-    assert data["fusion"] == {"type": "concat", "num_layers": 1, "num_heads": 2, "dropout": 0.1}
+    assert data["fusion"] == {
+        "type": "concat",
+        "num_layers": 1,
+        "num_heads": 2,
+        "dropout": 0.1,
+        "intermediate_size": None,
+        "condition": "text",
+        "init_from": None,
+    }
     restored = MMSRConfig.from_dict(json.loads(json.dumps(data)))
     assert restored == config
     assert isinstance(restored.fusion, FusionConfig) and isinstance(restored.sequence, SequenceEncoderConfig)

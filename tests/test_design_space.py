@@ -9,7 +9,7 @@ import torch
 from mmsr_peft import MMSRModel
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.data.collate import TrainCollator
-from mmsr_peft.fusion import FUSION_TYPES
+from mmsr_peft.fusion import FUSION_TYPES, PAPER_POOLED, PAPER_TOKEN_FUSIONS, TOKEN_FUSIONS
 from mmsr_peft.losses import LOSSES
 from mmsr_peft.sequence import SEQUENCE_TYPES
 
@@ -32,7 +32,19 @@ def records(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("fusion, sequence, loss", list(itertools.product(FUSION_TYPES, SEQUENCE_TYPES, LOSSES)))
+PAPER_FUSIONS = PAPER_POOLED + PAPER_TOKEN_FUSIONS
+OURS = [fusion for fusion in FUSION_TYPES if fusion not in PAPER_FUSIONS]
+# ours: every combination; the paper's fusions: with every loss on SASRec, and with every sequence encoder on its BCE
+COMBINATIONS = sorted(
+    {
+        *itertools.product(OURS, SEQUENCE_TYPES, LOSSES),
+        *itertools.product(PAPER_FUSIONS, ["sasrec"], LOSSES),
+        *itertools.product(PAPER_FUSIONS, SEQUENCE_TYPES, ["bce"]),
+    }
+)
+
+
+@pytest.mark.parametrize("fusion, sequence, loss", COMBINATIONS)
 def test_combination_trains(fusion, sequence, loss, records):
     torch.manual_seed(0)
     args = ModelArguments(
@@ -60,7 +72,7 @@ def test_combination_trains(fusion, sequence, loss, records):
         if step == 0:
             assert out.sequence_output.shape == (3, 4, 16) and out.item_embeddings.shape == (len(batch.items), 16)
             # the vision tower's pooled projection is not used by token-level fusions
-            unused = {"item_tower.vision.tower.proj"} if fusion in ("co_attention", "merge_attention") else set()
+            unused = {"item_tower.vision.tower.proj"} if fusion in TOKEN_FUSIONS else set()
             for name, p in model.named_parameters():
                 if name.startswith("item_tower.text.") or name in unused:  # frozen text: no gradient at all
                     assert p.grad is None, name
