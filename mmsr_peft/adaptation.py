@@ -17,6 +17,7 @@ from .domains import build_corpus, describe_data, load_domain
 from .evaluation import COLD_SHELF, evaluate, evaluate_report, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
+from .plots import CURVES_FILE, plot_training_curves
 from .quantization import quantize_encoders
 from .run_folders import check_output_dir, claim_output_dir
 from .training import (
@@ -204,6 +205,9 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
             table += f"\n\nCold start: {len(corpus.cold_items)} items held out of training.\n{format_table(by_target)}"
         atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
         save_run_args(args.output_dir, adapt_args, args)
+        plot_training_curves(
+            state.history, state.best_epoch, Path(args.output_dir) / CURVES_FILE, Path(args.output_dir).name
+        )
         if adapt_args.method == "lora":
             card = adapter_card(args.output_dir, repo_id=args.output_dir, base_model=str(adapt_args.base))
         else:

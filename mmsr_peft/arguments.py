@@ -223,6 +223,14 @@ class TrainingArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute encoder activations in the backward pass to save memory."}
     )
+    report_to: list[str] = field(
+        default_factory=lambda: ["auto"],
+        metadata={
+            "help": "Experiment trackers (Accelerate's) that get the run's settings, each step's loss, learning rate "
+            "and items, and each epoch's validation metrics, under output_dir/logs: 'auto' (TensorBoard when "
+            "installed), 'none', 'all' (every installed one) or names such as tensorboard, wandb, mlflow."
+        },
+    )
     feature_cache_dir: str | None = field(
         default=None,
         metadata={

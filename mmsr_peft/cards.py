@@ -12,6 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .evaluation import PROTOCOL, format_table
+from .plots import CURVES_FILE
 
 TEMPLATES = "mmsr_peft.model_cards"
 TASK = "sequential-recommendation"
@@ -109,6 +110,7 @@ def base_card(folder: str | Path, repo_id: str) -> str:
         protocol=PROTOCOL,
         results_table=format_table(metrics["test"], extra=metrics.get("trainable_column")),
         best_epoch=metrics["best_epoch"],
+        curves=(folder / CURVES_FILE).is_file(),
         synthetic=synthetic,
         training=f"{run_args['num_epochs']} epochs at most, batch {run_args['batch_size']}, AdamW lr "
         f"{run_args['learning_rate']}, {run_args['num_negatives']} sampled negatives per step",
@@ -154,6 +156,7 @@ def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None
         protocol=PROTOCOL,
         results_table=format_table(metrics["test"], extra=metrics.get("trainable_column")),
         best_epoch=metrics["best_epoch"],
+        curves=(folder / CURVES_FILE).is_file(),
         synthetic=synthetic,
         adapter_name=run_args["adapter_name"],
     )

@@ -21,7 +21,7 @@ from .model import check_finite
 
 CARD = "README.md"
 # What a published folder may contain (tokenizer files are JSON/TXT; vocabularies of sentencepiece are .model).
-ALLOWED = ("*.json", "*.safetensors", "*.txt", "*.model")
+ALLOWED = ("*.json", "*.safetensors", "*.txt", "*.model", "training_curves.png")
 CARD_MARK = re.compile(r"\n<!-- mmsr_peft card sha256: ([0-9a-f]{64}) -->\n?$")
 
 

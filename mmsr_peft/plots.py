@@ -67,7 +67,9 @@ def plot_training_curves(history: list[dict], best_epoch: int, path: str | Path,
     }
     image = Image.new("RGB", (2 * PANEL_WIDTH, HEIGHT + 20), "white")
     draw = ImageDraw.Draw(image)
-    _panel(draw, 0, f"{title}: training loss (epoch mean)" if title else "training loss (epoch mean)", loss, best_epoch)
+    _panel(
+        draw, 0, f"{title}: training loss (epoch mean)" if title else "training loss (epoch mean)", loss, best_epoch
+    )
     _panel(draw, PANEL_WIDTH, "validation, full ranking", valid, best_epoch)
     partial = path.with_name(f".{path.name}.partial")
     image.save(partial, format="PNG")

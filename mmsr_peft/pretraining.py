@@ -13,6 +13,7 @@ from .domains import build_corpus, describe_data, load_domain
 from .evaluation import evaluate_report, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
+from .plots import CURVES_FILE, plot_training_curves
 from .run_folders import check_output_dir, claim_output_dir
 from .training import (
     TrainingArguments,
@@ -89,6 +90,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
             save_run_args(args.output_dir, model_args, data_args, args)
+            plot_training_curves(
+                state.history, state.best_epoch, Path(args.output_dir) / CURVES_FILE, Path(args.output_dir).name
+            )
             atomic_write_text(Path(args.output_dir) / "README.md", base_card(args.output_dir, repo_id=args.output_dir))
             print(f"\nTest, per source domain ({'; '.join(corpus.stats)}):\n{table}\n")
             print(f"Base model written to {args.output_dir}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,19 +52,81 @@ def make_optimizer(named: dict[str, torch.nn.Parameter], args: TrainingArguments
     return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
 
 
+def trackers(report_to: list[str]) -> list[str]:
+    """The Accelerate trackers `--report_to` names: `auto` is TensorBoard when it is installed, else none; `none`
+    is none; `all` is every tracker installed; a named tracker that is not installed is an error."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+    from accelerate.utils import LoggerType
+
+    names = [str(name).lower() for name in report_to]
+    if names in (["none"], []):
+        return []
+    available = {str(getattr(name, "value", name)) for name in _available_trackers()}
+    if names == ["auto"]:
+        return ["tensorboard"] if "tensorboard" in available else []
+    if names == ["all"]:
+        return sorted(available)
+    known = set(LOGGER_TYPE_TO_CLASS) | {t.value for t in LoggerType if t.value != "all"}
+    for name in names:
+        if name not in known:
+            raise ValueError(
+                f"--report_to {name}: unknown tracker; one of auto, none, all, {', '.join(sorted(known))}"
+            )
+        if name not in available:
+            extra = " (or: pip install 'mmsr-peft[tracking]')" if name == "tensorboard" else ""
+            raise ImportError(f"--report_to {name}: the {name} package is not installed: pip install {name}{extra}")
+    return names
+
+
+def _available_trackers() -> list:
+    from accelerate.tracking import get_available_trackers
+
+    return get_available_trackers()
+
+
 def make_accelerator(args: TrainingArguments, item_tower: str, fusion: str):
-    """An Accelerator that saves numbered training states under `output_dir/checkpoints`."""
+    """An Accelerator that saves numbered training states under `output_dir/checkpoints` and logs to the
+    `--report_to` trackers under `output_dir/logs`."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     from .fusion import TOKEN_FUSIONS
 
     project = ProjectConfiguration(
-        args.output_dir, automatic_checkpoint_naming=True, total_limit=args.save_total_limit
+        args.output_dir,
+        logging_dir=str(Path(args.output_dir, "logs")),
+        automatic_checkpoint_naming=True,
+        total_limit=args.save_total_limit,
     )
     # Token-level fusions leave the vision tower's pooled projection unused: DDP has to expect that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=item_tower == "modal" and fusion in TOKEN_FUSIONS)
-    return Accelerator(mixed_precision=args.mixed_precision, project_config=project, kwargs_handlers=[ddp])
+    return Accelerator(
+        mixed_precision=args.mixed_precision,
+        project_config=project,
+        kwargs_handlers=[ddp],
+        log_with=trackers(args.report_to) or None,
+    )
+
+
+def tracked_config(model, args: TrainingArguments) -> dict:
+    """The run's settings as trackers take them (TensorBoard's hparams: flat, scalars or strings): the training
+    arguments and the model's config, nested keys joined by `/`."""
+    import dataclasses
+
+    flat = {}
+
+    def add(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                add(f"{prefix}/{key}" if prefix else str(key), inner)
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[prefix] = "none" if value is None else value
+        else:
+            flat[prefix] = json.dumps(value, default=str)
+
+    add("training", dataclasses.asdict(args))
+    add("model", model.config.to_dict())
+    return flat
 
 
 class TrainState:
@@ -79,13 +142,19 @@ class TrainState:
         self.best_metric, self.best_epoch = -math.inf, -1
         self.best_weights: dict[str, torch.Tensor] = {}
         self.history: list[dict] = []
+        self.loss_sum, self.loss_steps = 0.0, 0  # the current epoch's training loss so far (its mean is logged)
+
+    def epoch_loss(self) -> float | None:
+        """The mean training loss of the epoch's steps (None before any, as for the starting model)."""
+        return self.loss_sum / self.loss_steps if self.loss_steps else None
 
     def save(self, folder: Path) -> None:
         from .io import atomic_save_tensors, atomic_write_text
 
         counters = {name: getattr(self, name) for name in self.COUNTERS}
         best = None if math.isinf(self.best_metric) else self.best_metric
-        text = json.dumps({**counters, "best_metric": best, "history": self.history}, indent=1)
+        loss = {"loss_sum": self.loss_sum, "loss_steps": self.loss_steps}
+        text = json.dumps({**counters, **loss, "best_metric": best, "history": self.history}, indent=1)
         atomic_save_tensors(folder / self.WEIGHTS, self.best_weights)
         atomic_write_text(folder / self.FILE, text + "\n")
 
@@ -119,6 +188,10 @@ class TrainState:
             setattr(self, name, saved[name])
         self.best_metric = -math.inf if best is None else float(best)
         self.history = saved["history"]
+        loss_sum, loss_steps = saved.get("loss_sum", 0.0), saved.get("loss_steps", 0)  # absent before tracking
+        if not isinstance(loss_sum, (int, float)) or not isinstance(loss_steps, int) or loss_steps < 0:
+            raise CheckpointError(f"{path}: fields 'loss_sum', 'loss_steps' are {loss_sum!r}, {loss_steps!r}")
+        self.loss_sum, self.loss_steps = float(loss_sum), loss_steps
         try:
             self.best_weights = load_file(str(folder / self.WEIGHTS))
         except Exception as err:  # missing, truncated or not safetensors: SafetensorError, OSError, ...
@@ -309,9 +382,11 @@ def train(
         accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {complete[-1]}")
     # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
     accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
+    if accelerator.log_with:
+        accelerator.init_trackers("tensorboard", config=tracked_config(model, args))
 
     if args.evaluate_start and not state.history:  # epoch 0: the starting weights, a candidate like any epoch
-        _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best)
+        _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best, scheduler)
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
     while state.epoch < args.num_epochs and state.stale < args.patience and state.step < total_steps:
         # Each epoch's order and negatives come from (seed, epoch): a resumed run replays the same batches.
@@ -321,6 +396,7 @@ def train(
         collator.batch_index = max(done_in_epoch, 0)  # skipped batches are not collated: start at the right one
         epoch_loader = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch > 0 else loader
         ddp_model.train()
+        started, first_step = time.perf_counter(), state.step
         for batch in epoch_loader:
             with accelerator.autocast():
                 loss = ddp_model(batch.items, batch.inputs, batch.targets, batch.negatives, batch.logq).loss
@@ -331,17 +407,25 @@ def train(
             scheduler.step()
             optimizer.zero_grad()
             state.step += 1
+            value = loss.item()
+            state.loss_sum, state.loss_steps = state.loss_sum + value, state.loss_steps + 1
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", items=len(batch.items))
+            progress.set_postfix(loss=f"{value:.4f}", items=len(batch.items))
+            step_log = {"train/loss": value, "train/learning_rate": scheduler.get_last_lr()[0]}
+            accelerator.log({**step_log, "train/items_per_step": len(batch.items)}, step=state.step)
             if state.step % args.save_steps == 0:
                 _save_state(accelerator, state)
             if state.step >= total_steps:  # --max_steps: the last epoch ends here, evaluated like any other
                 break
         state.epoch += 1
-        _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best)
+        seconds = time.perf_counter() - started
+        accelerator.log({"train/steps_per_second": (state.step - first_step) / max(seconds, 1e-9)}, step=state.step)
+        _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best, scheduler)
         _save_state(accelerator, state)
         accelerator.wait_for_everyone()
     progress.close()
+    for tracker in accelerator.trackers:  # not `end_training`: it also ends the process group, which the test needs
+        tracker.finish()
     current = {**dict(model.named_buffers()), **trainable}  # buffers too: BatchNorm statistics of the best epoch
     with torch.no_grad():
         for name, value in state.best_weights.items():
@@ -359,14 +443,22 @@ def _save_state(accelerator, state: TrainState) -> None:
         Path(location, COMPLETE_MARKER).touch()
 
 
-def _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best) -> None:
+def _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best, scheduler) -> None:
+    started = time.perf_counter()
     metrics = evaluate(
         model, catalog_inputs, eval_sets, batch_size=args.eval_batch_size, progress=False, accelerator=accelerator
     )  # each process ranks its share of the users
     score = metrics["all"][SELECTION_METRIC]
-    state.history.append(
-        {"epoch": state.epoch, "step": state.step, **{f"valid_{k}": v for k, v in metrics["all"].items()}}
-    )
+    record = {"epoch": state.epoch, "step": state.step}
+    if state.loss_steps:  # not the starting model's evaluation (epoch 0): no training step before it
+        record |= {"train_loss": state.epoch_loss(), "learning_rate": scheduler.get_last_lr()[0]}
+    state.history.append({**record, **{f"valid_{k}": v for k, v in metrics["all"].items()}})
+    state.loss_sum, state.loss_steps = 0.0, 0
+    logged = {f"valid/{key}": value for key, value in metrics["all"].items()}
+    logged["valid/seconds"] = time.perf_counter() - started
+    if "train_loss" in record:
+        logged["train/epoch_loss"] = record["train_loss"]
+    accelerator.log({**logged, "epoch": state.epoch}, step=state.step)
     improved = score > state.best_metric
     accelerator.print(
         f"epoch {state.epoch}: valid {SELECTION_METRIC} = {score:.4f} (full ranking)"

@@ -208,7 +208,7 @@ def test_run_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(data_dir,
     from mmsr_peft import training
     from mmsr_peft.cli import pretrain_main
 
-    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "3")
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "3", "--save_steps", "5")  # a state after epoch 2's 1st step
     assert pretrain_main([*argv, "--output_dir", str(tmp_path / "straight")]) == 0
 
     collate, calls = training.TrainCollator.__call__, []
@@ -227,6 +227,10 @@ def test_run_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(data_dir,
 
     straight, resumed = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("straight", "resumed"))
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    # epoch 2's mean loss counts the step before the kill, carried in the training state
+    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx(
+        [h["train_loss"] for h in straight["history"]]
+    )
     assert resumed["test"]["all"] == pytest.approx(straight["test"]["all"], abs=1e-6)
     a, b = MMSRModel.from_pretrained(tmp_path / "straight"), MMSRModel.from_pretrained(tmp_path / "resumed")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
