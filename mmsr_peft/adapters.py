@@ -30,6 +30,9 @@ TEXT_TARGETS = {
     "xlm-roberta": r"encoder\.layer\.\d+\.attention\.self\.(query|value)",
     "distilbert": r"transformer\.layer\.\d+\.attention\.(q_lin|v_lin)",
     "clip_text_model": r"(text_model\.)?encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)",
+    "electra": r"encoder\.layer\.\d+\.attention\.self\.(query|value)",
+    # XLNet's relative attention keeps q, k, v as raw parameters, which LoRA cannot wrap: its feed-forward layers
+    "xlnet": r"layer\.\d+\.ff\.(layer_1|layer_2)",
 }
 # open_clip ViTs use nn.MultiheadAttention: peft adapts it only when the attention module itself is targeted.
 VISION_TARGETS = {
@@ -37,6 +40,11 @@ VISION_TARGETS = {
     # transformers 5 names (first) and 4.x names
     "hf_vit": r"(layers\.\d+\.attention\.(q_proj|v_proj)|encoder\.layer\.\d+\.attention\.attention\.(query|value))",
     "hf_clip_vision_model": r"(vision_model\.)?encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)",
+    "hf_swin": r"encoder\.layers\.\d+\.blocks\.\d+\.attention\.(q_proj|v_proj|self\.query|self\.value)",
+    "hf_beit": r"(layers\.\d+\.attention\.(q_proj|v_proj)|encoder\.layer\.\d+\.attention\.attention\.(query|value))",
+    "hf_vit_mae": r"(layers\.\d+\.attention\.(q_proj|v_proj)|encoder\.layer\.\d+\.attention\.attention\.(query|value))",
+    # ConvNeXt has no attention: its blocks' pointwise (linear) convolutions
+    "hf_convnext": r"encoder\.stages\.\d+\.layers\.\d+\.(pwconv1|pwconv2)",
 }
 FUSION_TARGETS = {
     "sum": r"(text|image)\.proj",

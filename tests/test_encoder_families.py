@@ -1,0 +1,117 @@
+"""The MMSR paper's other encoder families, each from a tiny random config saved as a model folder, offline: Swin,
+BEiT, ViT-MAE and ConvNeXt (Hugging Face) and ResNets (torchvision) as the vision encoder, ELECTRA and XLNet as the
+text encoder. Each one's weights load, its outputs are its own model's, `top_k` trains its top block, LoRA finds
+its targets, and a saved model loads back."""
+
+import re
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from mmsr_peft import MMSRModel
+from mmsr_peft.adapters import lora_target_modules
+from mmsr_peft.builder import ModelArguments, build_model
+from mmsr_peft.encoders import TextEncoder, TextEncoderConfig
+
+VIT_LIKE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+VISION = {
+    "swin": {"patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [2, 2], "window_size": 4},
+    "beit": {"patch_size": 8, "use_mean_pooling": True, **VIT_LIKE},
+    "vit_mae": {"patch_size": 8, **VIT_LIKE},
+    "convnext": {"hidden_sizes": [8, 16], "depths": [1, 1], "num_stages": 2},
+}
+# (tokens, width) of a 32 px image: Swin's last stage 4x4 cells x 32, BEiT/ViT-MAE [CLS] + 16 patches, ConvNeXt 4x4 x 16
+SHAPES = {"swin": (16, 32), "beit": (17, 32), "vit_mae": (17, 32), "convnext": (16, 16)}
+TEXT = {
+    "electra": {"embedding_size": 16, **VIT_LIKE},
+    "xlnet": {"d_model": 32, "n_layer": 2, "n_head": 2, "d_inner": 64},
+}
+
+
+def saved(model_type, settings, folder):
+    torch.manual_seed(0)
+    extra = {"image_size": 32} if model_type in VISION else {"vocab_size": 120}
+    model = AutoModel.from_config(AutoConfig.for_model(model_type, **settings, **extra))
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+@pytest.mark.parametrize("model_type", sorted(VISION))
+def test_hugging_face_vision_family_loads_encodes_fine_tunes_and_round_trips(model_type, tmp_path):
+    reference = saved(model_type, VISION[model_type], tmp_path / model_type)
+    args = ModelArguments(vision_model=f"hf:{tmp_path / model_type}", text_model="tiny-bert", image_size=32)
+    args.hidden_size, args.vision_finetune, args.vision_top_k = 16, "top_k", 1
+    model = build_model(args).eval()
+    vision = model.item_tower.vision
+    assert vision.family == f"hf_{model_type}"
+    pixels = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    out = vision(pixels)
+    tokens, width = SHAPES[model_type]
+    assert out.tokens.shape == (3, tokens, width) and out.pooled.shape == (3, width)
+    normalised = (pixels.float() - vision.mean) / vision.std
+    extra = {}
+    if model_type == "vit_mae":  # the folder keeps MAE's pretraining mask ratio; the encoder reads every patch
+        reference.config.mask_ratio = 0.0
+        extra = {"noise": torch.arange(16.0).expand(3, 16)}
+    expected = reference(pixel_values=normalised, **extra).last_hidden_state
+    assert torch.allclose(
+        out.tokens, expected.flatten(2).transpose(1, 2) if expected.dim() == 4 else expected, atol=1e-5
+    )
+    if model_type == "vit_mae":  # every patch, in place: the mean of the patches, twice the same
+        assert torch.allclose(out.pooled, expected[:, 1:].mean(1), atol=1e-5)
+        assert torch.equal(vision(pixels).tokens, out.tokens)
+
+    trainable = [n for n, p in vision.tower.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in vision.tower.named_parameters() if not p.requires_grad]
+    assert trainable and frozen and not any(n.startswith("embeddings.") for n in trainable)
+    pattern = lora_target_modules(model, ["vision"])
+    assert any(re.fullmatch(pattern, name) for name, _ in model.named_modules())
+
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = MMSRModel.from_pretrained(tmp_path / "ckpt").eval()
+    # same weights; not bit-equal for Swin: every loaded parameter requires grad (top_k marked one block), so
+    # autograd takes other kernels
+    assert torch.allclose(loaded.item_tower.vision(pixels).pooled, out.pooled, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_torchvision_resnet_is_a_vision_trunk_whose_top_stage_fine_tunes(arch, tmp_path):
+    args = ModelArguments(item_tower="image", vision_model=arch, image_size=64, hidden_size=16)
+    args.vision_finetune, args.vision_top_k = "top_k", 1
+    model = build_model(args).eval()
+    vision = model.item_tower.vision
+    out = vision(torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8))
+    width = 512 if arch == "resnet18" else 2048
+    assert out.tokens.shape == (2, 4, width) and out.pooled.shape == (2, width)  # 64 px / 32 = 2x2 cells
+    trainable = {n.split(".")[0] for n, p in vision.tower.named_parameters() if p.requires_grad}
+    assert trainable == {"layer4"}
+    state = {f"{k}": v for k, v in vision.tower.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, width), torch.zeros(1000)  # a classifier checkpoint
+    torch.save(state, tmp_path / "resnet.pth")
+    vision.load_backbone(str(tmp_path / "resnet.pth"))  # its classifier head is dropped, every other key loads
+
+
+@pytest.mark.parametrize("model_type", sorted(TEXT))
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_electra_and_xlnet_text_encoders_load_pool_and_fine_tune(model_type, pooling, tmp_path):
+    reference = saved(model_type, TEXT[model_type], tmp_path / model_type)
+    config = TextEncoderConfig.from_pretrained_backbone(str(tmp_path / model_type), pooling=pooling)
+    encoder = TextEncoder(config)
+    encoder.load_backbone(str(tmp_path / model_type))
+    encoder.eval()
+    ids = torch.randint(5, 120, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    out = encoder(ids, mask)
+    states = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(out.tokens, states, atol=1e-5)
+    if pooling == "mean":
+        expected = torch.stack([states[0].mean(0), states[1, :4].mean(0)])
+    elif model_type == "xlnet":  # XLNet's <cls> ends the text
+        expected = torch.stack([states[0, 5], states[1, 3]])
+    else:
+        expected = states[:, 0]
+    assert torch.allclose(out.pooled, expected, atol=1e-5)
+    encoder.set_finetuning("top_k", 1)
+    trainable = {n for n, p in encoder.backbone.named_parameters() if p.requires_grad}
+    assert trainable and all(".1." in n for n in trainable)
