@@ -170,7 +170,9 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
     model, row = prepare_method(model, adapt_args, metadata)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = base_parameters + sum(p.numel() for n, p in model.named_parameters() if is_adapter_key(n))
-    catalog_inputs = precompute_frozen_states(model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir)
+    catalog_inputs = precompute_frozen_states(
+        model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir, accelerator
+    )
     state = train(
         model,
         corpus.train,

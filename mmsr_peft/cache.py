@@ -9,7 +9,9 @@ catalog and encodes only the others, so:
 - an item whose text, image, tokenizer or image size changed has another digest and is encoded again;
 - items are matched by content, not by id or position, so catalogs that share items share the work.
 
-Files are written through a temporary file and a rename: a reader sees the old file or the new one.
+Files are written through a temporary file and a rename: a reader sees the old file or the new one. Under several
+processes (an Accelerate run), each process encodes its share of the missing items, every process gets them all,
+and the main process alone writes the file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .data.collate import ItemInputs
 from .data.image_files import ImageCache  # noqa: F401 (importable from here, its home before data.image_files)
 from .encoders import EncoderOutput
 from .io import atomic_save_tensors, read_tensors
+from .sharding import Shards
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +75,16 @@ class FeatureCache:
         self.folder = Path(folder)
         self.last_hits = 0  # items found in the cache by the last `encode`
         self.last_misses = 0
+        self.writes = 0  # files this process wrote
 
     def path(self, kind: str, encoder: torch.nn.Module) -> Path:
         return self.folder / f"{kind}-{weights_digest(encoder)[:16]}.safetensors"
 
-    def encode(self, kind: str, encoder: torch.nn.Module, run, inputs: ItemInputs, batch_size: int) -> EncoderOutput:
-        """`run(inputs)` is the encoder's forward on an `ItemInputs` batch (e.g. `ItemTower.encode_text`)."""
+    def encode(
+        self, kind: str, encoder: torch.nn.Module, run, inputs: ItemInputs, batch_size: int, accelerator=None
+    ) -> EncoderOutput:
+        """`run(inputs)` is the encoder's forward on an `ItemInputs` batch (e.g. `ItemTower.encode_text`); with
+        `accelerator`, its processes share the encoding and its main process writes the file."""
         path = self.path(kind, encoder)
         digests = content_digests(inputs, kind)
         keys = [bytes(d.tolist()) for d in digests]
@@ -99,11 +106,12 @@ class FeatureCache:
         outputs = {}
         if missing:
             missing_items = inputs.select(first[missing])
-            computed = encode_catalog(run, encoder, missing_items, batch_size, desc=f"encode {kind}")
+            computed = encode_catalog(run, encoder, missing_items, batch_size, f"encode {kind}", accelerator)
         for name in ("pooled", "tokens", "mask"):
             outputs[name] = _gather(stored, found, missing, name, getattr(computed, name) if missing else None)
-        if missing:
+        if missing and Shards(accelerator).is_main:
             self._write(path, stored, digests[first], found, outputs)
+            self.writes += 1
         return EncoderOutput(*(outputs[name][expand] for name in ("pooled", "tokens", "mask")))
 
     def _write(self, path: Path, stored, digests, found, outputs) -> None:
@@ -129,14 +137,28 @@ def _gather(stored, found, missing, name, computed) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_catalog(run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode") -> EncoderOutput:
-    """`run` (an encoder's forward on `ItemInputs`) over `inputs` in batches, in eval mode, gathered on the CPU."""
+def encode_catalog(
+    run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode", accelerator=None
+) -> EncoderOutput:
+    """`run` (an encoder's forward on `ItemInputs`) over `inputs` in batches, in eval mode, gathered on the CPU;
+    with `accelerator`, each process encodes a contiguous share and every process gets the whole, in order."""
+    shards = Shards(accelerator)
+    first, last = shards.range(len(inputs))
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
     chunks = [
-        run(inputs.select(torch.arange(i, min(i + batch_size, len(inputs)))).to(device)).to("cpu")
-        for i in tqdm(range(0, len(inputs), batch_size), desc=desc, leave=False)
+        run(inputs.select(torch.arange(i, min(i + batch_size, last))).to(device)).to("cpu")
+        for i in tqdm(range(first, last, batch_size), desc=desc, leave=False, disable=not shards.is_main)
     ]
     encoder.train(was_training)
-    return EncoderOutput.cat(chunks)
+    if shards.count == 1:
+        return EncoderOutput.cat(chunks)
+    own = EncoderOutput.cat(chunks) if chunks else _empty_like(run, encoder, inputs, device)
+    return EncoderOutput(*(shards.gather(getattr(own, name), len(inputs)) for name in ("pooled", "tokens", "mask")))
+
+
+def _empty_like(run, encoder, inputs: ItemInputs, device) -> EncoderOutput:
+    """No rows, with the shapes `run` gives (a process whose share is empty still joins the gather)."""
+    probe = run(inputs.select(torch.arange(1)).to(device)).to("cpu")
+    return probe.select(torch.arange(0))

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.collate import ItemInputs, pad_histories
+from .sharding import Shards
 
 DEFAULT_KS = (10, 20)
 DEFAULT_CHUNK_SIZE = 65536  # items scored at once: (users per batch x chunk) floats in memory
@@ -233,7 +234,7 @@ def evaluate_exclusions(
     `accelerator` of several processes: each process its share, see `evaluate`)."""
     was_training = model.training
     model.eval()
-    shards = _Shards(accelerator)
+    shards = Shards(accelerator)
     if shards.count > 1:  # each process embeds its share of the catalog; every process gets all of it
         first, last = shards.range(len(catalog_inputs))
         own = model.embed_catalog(catalog_inputs.select(torch.arange(first, last)), batch_size)  # (share, D)
@@ -288,31 +289,6 @@ def evaluate_exclusions(
 
 def _cat_ranks(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-
-
-class _Shards:
-    """Contiguous shares of rows, one per process of `accelerator` (all rows when there is none or one process),
-    and the gathering of each process's rows back into the whole, in order, on every process."""
-
-    def __init__(self, accelerator=None):
-        self.accelerator = accelerator
-        self.count = 1 if accelerator is None else accelerator.num_processes
-        self.index = 0 if accelerator is None else accelerator.process_index
-
-    def range(self, n: int) -> tuple[int, int]:
-        size = math.ceil(n / self.count)
-        first = min(n, self.index * size)
-        return first, min(n, first + size)
-
-    def gather(self, rows: torch.Tensor, n: int) -> torch.Tensor:
-        """This process's `rows` (its `range(n)`) -> all `n` rows, on every process."""
-        if self.count == 1:
-            return rows
-        size = math.ceil(n / self.count)
-        padded = rows.new_zeros((size, *rows.shape[1:]))
-        padded[: len(rows)] = rows
-        gathered = self.accelerator.gather(padded.to(self.accelerator.device).contiguous())
-        return gathered.reshape(self.count * size, *rows.shape[1:])[:n].to(rows.device)
 
 
 class _ColdShelf:

@@ -274,11 +274,13 @@ def training_record(state: TrainState, args: TrainingArguments) -> dict:
 
 
 def precompute_frozen_states(
-    model, catalog_inputs: ItemInputs, batch_size: int = 256, cache_dir: str | None = None
+    model, catalog_inputs: ItemInputs, batch_size: int = 256, cache_dir: str | None = None, accelerator=None
 ) -> ItemInputs:
     """Runs each encoder that has no trainable parameter over the catalog once (eval mode) and attaches its
     outputs, so training steps and evaluations gather them instead of running the encoder again. With
-    `cache_dir`, the outputs are also kept on disk (see `mmsr_peft.cache`) and reused by later runs.
+    `cache_dir`, the outputs are also kept on disk (see `mmsr_peft.cache`) and reused by later runs. With
+    `accelerator`, its processes share the encoding (each its slice of the catalog, gathered on all) and its main
+    process alone writes the cache.
 
     Only what the model reads is kept: a fusion that attends over tokens gets the token states, any other one the
     pooled vector alone; the frozen encoder's own inputs (token ids, pixels) are dropped. Each training step
@@ -296,9 +298,9 @@ def precompute_frozen_states(
         if encoder is None or any(p.requires_grad for p in encoder.parameters()):
             continue
         if cache is not None:
-            output = cache.encode(kind, encoder, run, catalog_inputs, batch_size)
+            output = cache.encode(kind, encoder, run, catalog_inputs, batch_size, accelerator)
         else:
-            output = encode_catalog(run, encoder, catalog_inputs, batch_size, f"encode {kind}")
+            output = encode_catalog(run, encoder, catalog_inputs, batch_size, f"encode {kind}", accelerator)
         if not reads_tokens:
             present = torch.ones(len(output.pooled), 1, dtype=torch.bool)
             output = EncoderOutput(output.pooled, output.pooled[:, None], present)  # (N, 1, H): the pooled vector

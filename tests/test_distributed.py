@@ -44,17 +44,35 @@ SHARDED_EVALUATION = """
 import json, sys
 import torch
 from accelerate import Accelerator
-from mmsr_peft import MMSRModel
+from mmsr_peft import MMSRModel, cache
 from mmsr_peft.domains import build_corpus, load_domain
 from mmsr_peft.evaluation import evaluate_exclusions
 from mmsr_peft.training import precompute_frozen_states
 
-base, data_dir, out = sys.argv[1:4]
+base, data_dir, out, cache_dir = sys.argv[1:5]
 accelerator = Accelerator(cpu=True)
 model = MMSRModel.from_pretrained(base).requires_grad_(False)
 corpus = build_corpus([load_domain("food", data_dir=data_dir)], 12, cold_start_fraction=0.2, seed=0)
-inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))))
-inputs = precompute_frozen_states(model, inputs)
+raw = model.processor(corpus.catalog.records(range(len(corpus.catalog))))
+inputs = precompute_frozen_states(model, raw)  # one process's work, for comparison
+
+# the frozen encoders' outputs, shared out: count the items each process encodes and the cache files it writes
+encoded, writes, tower = [], [], model.item_tower
+for name in ("encode_text", "encode_image"):
+    def counting(items, run=getattr(tower, name)):
+        encoded.append(len(items))
+        return run(items)
+    setattr(tower, name, counting)
+save = cache.atomic_save_tensors
+cache.atomic_save_tensors = lambda path, tensors: (writes.append(path), save(path, tensors))[1]
+shared = precompute_frozen_states(model, raw, 5, cache_dir, accelerator)
+same = all(
+    torch.allclose(getattr(getattr(shared, kind), part).float(), getattr(getattr(inputs, kind), part).float(), atol=1e-6)
+    for kind in ("text_states", "image_states") for part in ("pooled", "tokens", "mask")
+)
+with open(f"{out}.rank{accelerator.process_index}", "w") as file:
+    distinct = sum(len({bytes(d.tolist()) for d in cache.content_digests(raw, kind)}) for kind in ("text", "image"))
+    file.write(json.dumps({"encoded": sum(encoded), "writes": len(writes), "same": same, "distinct": distinct}))
 sharded = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False, accelerator=accelerator)
 alone = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False)
 if accelerator.is_main_process:
@@ -63,7 +81,7 @@ accelerator.wait_for_everyone()
 """
 
 
-def test_two_processes_evaluate_each_their_share_with_the_metrics_of_one(base_dir, data_dir, tmp_path):
+def test_two_processes_encode_and_evaluate_each_their_share_with_the_results_of_one(base_dir, data_dir, tmp_path):
     script = tmp_path / "evaluate.py"
     script.write_text(SHARDED_EVALUATION)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
@@ -71,11 +89,18 @@ def test_two_processes_evaluate_each_their_share_with_the_metrics_of_one(base_di
     launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
     out = tmp_path / "metrics.json"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [*launch, str(script), str(base_dir), str(data_dir), str(out)]
+    command = [*launch, str(script), str(base_dir), str(data_dir), str(out), str(tmp_path / "cache")]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert out.is_file(), run.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["processes"] == 2
+    # frozen encoders: each process encoded half of the distinct texts and images, all got the whole, the main
+    # process alone wrote the two cache files (text and image)
+    ranks = [json.loads(Path(f"{out}.rank{i}").read_text()) for i in (0, 1)]
+    assert all(rank["same"] for rank in ranks) and [rank["writes"] for rank in ranks] == [2, 0]
+    assert ranks[0]["encoded"] + ranks[1]["encoded"] == ranks[0]["distinct"]  # each distinct content once in all
+    assert 0 < ranks[1]["encoded"] <= ranks[0]["encoded"] <= ranks[1]["encoded"] + 2  # halves: 2 kinds split in two
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
     sharded, alone = result["sharded"], result["alone"]
     assert sharded.keys() == alone.keys() and "food cold, among cold items" in sharded["history"]
     assert any(" popularity " in key for key in sharded["history"])
