@@ -319,158 +319,205 @@ def train(
     on_best=None,
     candidates=None,
 ) -> TrainState:
-    """Trains `model` (only its parameters that require grad) with next-item softmax over each batch's items.
+    """Trains `model` (only its parameters that require grad) with next-item prediction over each batch's items,
+    as a `Trainer` does (see it), and returns the final `TrainState`; `model` ends with its best weights."""
+    return Trainer(model, train_sequences, catalog_inputs, eval_sets, args, accelerator, on_best, candidates).train()
+
+
+class Trainer:
+    """The training loop shared by pretraining and adaptation.
 
     Evaluates on `eval_sets` after every epoch, keeps the weights with the best validation NDCG@10 (restored
     into `model` at the end), calls `on_best(model, metrics)` on the main process at each improvement, saves
-    the full training state every `save_steps` steps and at each epoch end, and stops early after `patience`
-    epochs without improvement. Pass `catalog_inputs` through `precompute_frozen_states` first (the caller
-    also evaluates with them) so frozen encoders run once, not at every step. `candidates` (catalog indices)
-    restricts the negatives to those items (`Corpus.negative_candidates`: everything but the cold-start items).
+    the full training state every `save_steps` steps and at each epoch end, resumes from the last complete one
+    with `--resume`, and stops early after `patience` epochs without improvement. Pass `catalog_inputs` through
+    `precompute_frozen_states` first (the caller also evaluates with them) so frozen encoders run once, not at
+    every step. `candidates` (catalog indices) restricts the negatives to those items
+    (`Corpus.negative_candidates`: everything but the cold-start items).
     """
-    from transformers import get_linear_schedule_with_warmup
 
-    if not train_sequences:
-        raise ValueError("no training sequences: every user has fewer than 3 interactions before the held-out two")
-    counts = np.bincount(np.concatenate(train_sequences), minlength=len(catalog_inputs))
-    generator = torch.Generator()
-    collator = TrainCollator(
-        catalog_inputs,
-        model.config.loss,
-        args.num_negatives,
-        counts if args.logq else None,
-        seed=args.seed + accelerator.process_index,
-        candidates=candidates,
-    )
-    loader = torch.utils.data.DataLoader(
-        train_sequences,
-        batch_size=args.batch_size,
-        shuffle=True,
-        collate_fn=collator,
-        generator=generator,
-    )
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    optimizer = make_optimizer(trainable, args)
-    total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * accelerator.num_processes))
-    if args.max_steps > 0:
-        total_steps = min(total_steps, args.max_steps)
-    # Accelerate steps a prepared scheduler once per process at every optimizer step: count in those units.
-    processes = accelerator.num_processes
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(args.warmup_ratio * total_steps) * processes, total_steps * processes
-    )
-    ddp_model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    state = TrainState()
-    saved = sorted(Path(args.output_dir, "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
-    if args.resume:
-        complete = [folder for folder in saved if (folder / COMPLETE_MARKER).is_file()]
-        if not complete:
-            raise FileNotFoundError(f"--resume: no complete training state under {args.output_dir}/checkpoints")
-        check_training_state(complete[-1], accelerator.process_index)
-        state.load(complete[-1])
-        state.check_weights({**dict(model.named_buffers()), **trainable}, complete[-1])
-        try:
-            accelerator.load_state(str(complete[-1]))
-        except Exception as err:  # noqa: BLE001 (a truncated or damaged file of the state: a sentence, not a traceback)
-            from .errors import CheckpointError
+    def __init__(
+        self,
+        model,
+        train_sequences: list[np.ndarray],
+        catalog_inputs: ItemInputs,
+        eval_sets: list[EvalSet],
+        args: TrainingArguments,
+        accelerator,
+        on_best=None,
+        candidates=None,
+    ):
+        from transformers import get_linear_schedule_with_warmup
 
-            detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            raise CheckpointError(
-                f"{complete[-1]}: the training state cannot be loaded ({detail[:300]}); a file of it is damaged: "
-                "delete this checkpoint folder to resume from the one before, or start again without --resume"
-            ) from None
-        accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {complete[-1]}")
-    # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
-    accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
-    if accelerator.log_with:
-        accelerator.init_trackers("tensorboard", config=tracked_config(model, args))
+        if not train_sequences:
+            raise ValueError("no training sequences: every user has fewer than 3 interactions before the held-out two")
+        self.model, self.catalog_inputs, self.eval_sets = model, catalog_inputs, eval_sets
+        self.args, self.accelerator, self.on_best = args, accelerator, on_best
+        counts = np.bincount(np.concatenate(train_sequences), minlength=len(catalog_inputs))
+        self.generator = torch.Generator()
+        self.collator = TrainCollator(
+            catalog_inputs,
+            model.config.loss,
+            args.num_negatives,
+            counts if args.logq else None,
+            seed=args.seed + accelerator.process_index,
+            candidates=candidates,
+        )
+        loader = torch.utils.data.DataLoader(
+            train_sequences,
+            batch_size=args.batch_size,
+            shuffle=True,
+            collate_fn=self.collator,
+            generator=self.generator,
+        )
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        optimizer = make_optimizer(self.trainable, args)
+        processes = accelerator.num_processes
+        self.total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * processes))
+        if args.max_steps > 0:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        # Accelerate steps a prepared scheduler once per process at every optimizer step: count in those units.
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(args.warmup_ratio * self.total_steps) * processes, self.total_steps * processes
+        )
+        self.ddp_model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
+            model, optimizer, loader, scheduler
+        )
+        self.state = TrainState()
 
-    if args.evaluate_start and not state.history:  # epoch 0: the starting weights, a candidate like any epoch
-        _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best, scheduler)
-    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
-    while state.epoch < args.num_epochs and state.stale < args.patience and state.step < total_steps:
+    def train(self) -> TrainState:
+        """Runs the epochs (from the saved state with `--resume`) and leaves the best weights in the model."""
+        args, accelerator, state = self.args, self.accelerator, self.state
+        self._resume_or_start()
+        if accelerator.log_with:
+            accelerator.init_trackers("tensorboard", config=tracked_config(self.model, args))
+        if args.evaluate_start and not state.history:  # epoch 0: the starting weights, a candidate like any epoch
+            self._end_of_epoch()
+        progress = tqdm(
+            total=self.total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process
+        )
+        while state.epoch < args.num_epochs and state.stale < args.patience and state.step < self.total_steps:
+            self._epoch(progress)
+            self._end_of_epoch()
+            self._save_state()
+            accelerator.wait_for_everyone()
+        progress.close()
+        for tracker in accelerator.trackers:  # not `end_training`: it also ends the process group, which callers need
+            tracker.finish()
+        current = {**dict(self.model.named_buffers()), **self.trainable}  # buffers: BatchNorm statistics too
+        with torch.no_grad():
+            for name, value in state.best_weights.items():
+                current[name].copy_(value)
+        return state
+
+    def _resume_or_start(self) -> None:
+        """With `--resume`, the last complete training state under `output_dir/checkpoints` (checked first);
+        either way, Accelerate numbers the states it saves after the ones on disk."""
+        args, accelerator, state = self.args, self.accelerator, self.state
+        saved = sorted(
+            Path(args.output_dir, "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1])
+        )
+        if args.resume:
+            complete = [folder for folder in saved if (folder / COMPLETE_MARKER).is_file()]
+            if not complete:
+                raise FileNotFoundError(f"--resume: no complete training state under {args.output_dir}/checkpoints")
+            check_training_state(complete[-1], accelerator.process_index)
+            state.load(complete[-1])
+            state.check_weights({**dict(self.model.named_buffers()), **self.trainable}, complete[-1])
+            try:
+                accelerator.load_state(str(complete[-1]))
+            except Exception as err:  # noqa: BLE001 (a damaged file of the state: a sentence, not a traceback)
+                from .errors import CheckpointError
+
+                detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                raise CheckpointError(
+                    f"{complete[-1]}: the training state cannot be loaded ({detail[:300]}); a file of it is damaged: "
+                    "delete this checkpoint folder to resume from the one before, or start again without --resume"
+                ) from None
+            accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {complete[-1]}")
+        # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
+        accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
+
+    def _epoch(self, progress) -> None:
+        """One pass over the training sequences (the rest of it, after a mid-epoch resume)."""
+        args, accelerator, state = self.args, self.accelerator, self.state
         # Each epoch's order and negatives come from (seed, epoch): a resumed run replays the same batches.
-        generator.manual_seed(args.seed + state.epoch)
-        done_in_epoch = state.step - state.epoch * len(loader)
-        collator.seed = (args.seed, state.epoch, accelerator.process_index)
-        collator.batch_index = max(done_in_epoch, 0)  # skipped batches are not collated: start at the right one
-        epoch_loader = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch > 0 else loader
-        ddp_model.train()
+        self.generator.manual_seed(args.seed + state.epoch)
+        done_in_epoch = state.step - state.epoch * len(self.loader)
+        self.collator.seed = (args.seed, state.epoch, accelerator.process_index)
+        self.collator.batch_index = max(done_in_epoch, 0)  # skipped batches are not collated: start at the right one
+        loader = accelerator.skip_first_batches(self.loader, done_in_epoch) if done_in_epoch > 0 else self.loader
+        self.ddp_model.train()
         started, first_step = time.perf_counter(), state.step
-        for batch in epoch_loader:
+        for batch in loader:
             with accelerator.autocast():
-                loss = ddp_model(batch.items, batch.inputs, batch.targets, batch.negatives, batch.logq).loss
+                loss = self.ddp_model(batch.items, batch.inputs, batch.targets, batch.negatives, batch.logq).loss
             accelerator.backward(loss)
             if args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(trainable.values(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+                accelerator.clip_grad_norm_(self.trainable.values(), args.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
             state.step += 1
             value = loss.item()
             state.loss_sum, state.loss_steps = state.loss_sum + value, state.loss_steps + 1
             progress.update(1)
             progress.set_postfix(loss=f"{value:.4f}", items=len(batch.items))
-            step_log = {"train/loss": value, "train/learning_rate": scheduler.get_last_lr()[0]}
+            step_log = {"train/loss": value, "train/learning_rate": self.scheduler.get_last_lr()[0]}
             accelerator.log({**step_log, "train/items_per_step": len(batch.items)}, step=state.step)
             if state.step % args.save_steps == 0:
-                _save_state(accelerator, state)
-            if state.step >= total_steps:  # --max_steps: the last epoch ends here, evaluated like any other
+                self._save_state()
+            if state.step >= self.total_steps:  # --max_steps: the last epoch ends here, evaluated like any other
                 break
         state.epoch += 1
         seconds = time.perf_counter() - started
         accelerator.log({"train/steps_per_second": (state.step - first_step) / max(seconds, 1e-9)}, step=state.step)
-        _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best, scheduler)
-        _save_state(accelerator, state)
-        accelerator.wait_for_everyone()
-    progress.close()
-    for tracker in accelerator.trackers:  # not `end_training`: it also ends the process group, which the test needs
-        tracker.finish()
-    current = {**dict(model.named_buffers()), **trainable}  # buffers too: BatchNorm statistics of the best epoch
-    with torch.no_grad():
-        for name, value in state.best_weights.items():
-            current[name].copy_(value)
-    return state
 
+    def _save_state(self) -> None:
+        """Accelerate's `save_state` (model, optimizer, scheduler, RNG states), our `TrainState`, then a marker
+        file: a state killed while being written is never resumed from."""
+        location = self.accelerator.save_state()
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.state.save(Path(location))
+            Path(location, COMPLETE_MARKER).touch()
 
-def _save_state(accelerator, state: TrainState) -> None:
-    """Accelerate's `save_state` (model, optimizer, scheduler, RNG states), our `TrainState`, then a marker file:
-    a state killed while being written is never resumed from."""
-    location = accelerator.save_state()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state.save(Path(location))
-        Path(location, COMPLETE_MARKER).touch()
-
-
-def _end_of_epoch(model, catalog_inputs, eval_sets, args, accelerator, state, trainable, on_best, scheduler) -> None:
-    started = time.perf_counter()
-    metrics = evaluate(
-        model, catalog_inputs, eval_sets, batch_size=args.eval_batch_size, progress=False, accelerator=accelerator
-    )  # each process ranks its share of the users
-    score = metrics["all"][SELECTION_METRIC]
-    record = {"epoch": state.epoch, "step": state.step}
-    if state.loss_steps:  # not the starting model's evaluation (epoch 0): no training step before it
-        record |= {"train_loss": state.epoch_loss(), "learning_rate": scheduler.get_last_lr()[0]}
-    state.history.append({**record, **{f"valid_{k}": v for k, v in metrics["all"].items()}})
-    state.loss_sum, state.loss_steps = 0.0, 0
-    logged = {f"valid/{key}": value for key, value in metrics["all"].items()}
-    logged["valid/seconds"] = time.perf_counter() - started
-    if "train_loss" in record:
-        logged["train/epoch_loss"] = record["train_loss"]
-    accelerator.log({**logged, "epoch": state.epoch}, step=state.step)
-    improved = score > state.best_metric
-    accelerator.print(
-        f"epoch {state.epoch}: valid {SELECTION_METRIC} = {score:.4f} (full ranking)"
-        + (" *best*" if improved else f" (best {state.best_metric:.4f} at epoch {state.best_epoch})")
-    )
-    if improved:
-        state.best_metric, state.best_epoch, state.stale = score, state.epoch, 0
-        state.best_weights = {name: p.detach().cpu().clone() for name, p in trainable.items()}
-        state.best_weights.update({name: b.detach().cpu().clone() for name, b in model.named_buffers()})
-        if on_best is not None and accelerator.is_main_process:
-            on_best(model, metrics)
-    else:
-        state.stale += 1
+    def _end_of_epoch(self) -> None:
+        """Validation (each process ranks its share of the users), the epoch's history entry and tracker logs,
+        and the bookkeeping of the best epoch."""
+        accelerator, state = self.accelerator, self.state
+        started = time.perf_counter()
+        metrics = evaluate(
+            self.model,
+            self.catalog_inputs,
+            self.eval_sets,
+            batch_size=self.args.eval_batch_size,
+            progress=False,
+            accelerator=accelerator,
+        )
+        score = metrics["all"][SELECTION_METRIC]
+        record = {"epoch": state.epoch, "step": state.step}
+        if state.loss_steps:  # not the starting model's evaluation (epoch 0): no training step before it
+            record |= {"train_loss": state.epoch_loss(), "learning_rate": self.scheduler.get_last_lr()[0]}
+        state.history.append({**record, **{f"valid_{k}": v for k, v in metrics["all"].items()}})
+        state.loss_sum, state.loss_steps = 0.0, 0
+        logged = {f"valid/{key}": value for key, value in metrics["all"].items()}
+        logged["valid/seconds"] = time.perf_counter() - started
+        if "train_loss" in record:
+            logged["train/epoch_loss"] = record["train_loss"]
+        accelerator.log({**logged, "epoch": state.epoch}, step=state.step)
+        improved = score > state.best_metric
+        accelerator.print(
+            f"epoch {state.epoch}: valid {SELECTION_METRIC} = {score:.4f} (full ranking)"
+            + (" *best*" if improved else f" (best {state.best_metric:.4f} at epoch {state.best_epoch})")
+        )
+        if improved:
+            state.best_metric, state.best_epoch, state.stale = score, state.epoch, 0
+            state.best_weights = {name: p.detach().cpu().clone() for name, p in self.trainable.items()}
+            state.best_weights.update({name: b.detach().cpu().clone() for name, b in self.model.named_buffers()})
+            if self.on_best is not None and accelerator.is_main_process:
+                self.on_best(self.model, metrics)
+        else:
+            state.stale += 1
