@@ -497,6 +497,33 @@ def curve_section(bench: Benchmark, records: dict) -> list[str]:
     return [*lines, "", f"![curve]({base.name})", ""]
 
 
+def comparison_section(plan: dict, records: dict) -> list[str]:
+    """With a plan `comparisons: [{title, pairs: [[row_a, row_b], ...]}]`, a table per comparison of the two rows'
+    test NDCG@10 on the standard split and their ratio (b / a), for the pairs where both rows have runs."""
+    lines = []
+    for comparison in plan.get("comparisons", []):
+        table = []
+        for a, b in comparison["pairs"]:
+            runs = [records.get(row, {}).get("main", {}) for row in (a, b)]
+            if not all(runs):
+                continue
+            means = [mean_std([r["test"]["all"]["ndcg@10"] for r in rs.values()])[0] for rs in runs]
+            cells = [
+                f"{plan['rows'][row]['label']} | {cell([r['test']['all']['ndcg@10'] for r in rs.values()])}"
+                for row, rs in zip((a, b), runs, strict=True)
+            ]
+            seeds = "/".join(str(len(rs)) for rs in runs)
+            table.append(f"| {cells[0]} | {cells[1]} | {means[1] / means[0]:.3f}x | {seeds} |")
+        if table:
+            lines += [f"## {comparison['title']} (standard split, test NDCG@10)", ""]
+            lines += [
+                "| row | NDCG@10 | row | NDCG@10 | ratio (second / first) | seeds |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [*table, ""]
+    return lines
+
+
 def report(bench: Benchmark) -> None:
     """Writes `<name>.md`, `.json` and `.png` into `output_dir` from the records on disk."""
     from mmsr_peft.evaluation import EXCLUSIONS, PROTOCOL
@@ -549,7 +576,11 @@ def report(bench: Benchmark) -> None:
                 bars.append((spec["label"], *mean_std(test["ndcg@10"])))
         lines += ["", *popularity_table(plan, records, split)]
     lines += curve_section(bench, records)
-    lines += transfer_targets(plan, records) if plan.get("curve") else targets(plan, records)
+    lines += comparison_section(plan, records)
+    if plan.get("curve"):
+        lines += transfer_targets(plan, records)
+    elif any(spec.get("group") == "id" for spec in plan["rows"].values()):  # the quality plan's goals
+        lines += targets(plan, records)
     Path(bench.args.output_dir).mkdir(parents=True, exist_ok=True)
     base = Path(bench.args.output_dir) / plan["name"]
     base.with_suffix(".md").write_text("\n".join(lines))

@@ -170,3 +170,47 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
     assert "10 % of users: adapted 0.0615 / from scratch 0.0410 = **1.50x** (goal >= 1.2x: met)" in report
     assert "100 % of users: adapted 0.0900 / from scratch 0.1000 = **0.90x** (goal >= 1.0x: missed)" in report
     assert (tmp_path / "results" / "tiny_curve_curve.png").stat().st_size > 1000
+
+
+def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path):
+    parent = {
+        "name": "tiny_parent",
+        "title": "parent",
+        "data": {"domains": ["food"], "data_source": "synthetic"},
+        "seeds": [0],
+        "splits": {"main": {}, "cold": {"cold_start_fraction": 0.2}},
+        "model": {"hidden_size": 32},
+        "training": {"num_epochs": 5, "patience": 1},
+        "rows": {"id": {"group": "id", "label": "ID", "command": "pretrain", "args": {"item_tower": "id"}}},
+    }
+    (tmp_path / "parent.yaml").write_text(yaml.safe_dump(parent))
+    child = {
+        "extends": "parent.yaml",
+        "replace": ["rows", "splits"],  # replaced whole; everything else merged key by key
+        "name": "tiny_child",
+        "splits": {"main": {}},
+        "model": {"fusion": "gated"},
+        "rows": {
+            "ours": {"group": "ours", "label": "ours", "command": "pretrain", "args": {}},
+            "paper": {"group": "paper", "label": "the paper's", "command": "pretrain", "args": {}},
+        },
+        "comparisons": [{"title": "Paper against ours", "pairs": [["ours", "paper"], ["ours", "missing"]]}],
+    }
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump(child))
+    plan = benchmark.load_plan(tmp_path / "child.yaml")
+    assert plan["model"] == {"hidden_size": 32, "fusion": "gated"} and list(plan["splits"]) == ["main"]
+    assert list(plan["rows"]) == ["ours", "paper"] and plan["title"] == "parent" and "extends" not in plan
+
+    for row, ndcg in (("ours", 0.10), ("paper", 0.08)):
+        metrics = {m: ndcg for m in ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")}
+        out = {"row": row, "split": "main", "seed": 0, "test": {"all": metrics}, "test_window": metrics}
+        out.update(test_none=metrics, wall_s=60.0, best_epoch=2, epochs_run=3, stopped_by="patience")
+        path = tmp_path / "records" / row / "main-seed0.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**out, "valid_ndcg_at_10": ndcg}))
+    argv = ["--plan", str(tmp_path / "child.yaml"), "--records_dir", str(tmp_path / "records"), "--report_only"]
+    assert benchmark.main([*argv, "--output_dir", str(tmp_path / "results")]) == 0
+    report = (tmp_path / "results" / "tiny_child.md").read_text()
+    assert "## Paper against ours (standard split, test NDCG@10)" in report
+    assert "| ours | 0.1000 | the paper's | 0.0800 | 0.800x | 1/1 |" in report
+    assert "missing" not in report and "## Goals" not in report  # no ID row: the quality goals do not apply
