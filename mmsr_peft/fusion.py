@@ -28,8 +28,8 @@ CONDITIONS = ("text", "image")
 class FusionConfig(ConfigMixin):
     """Architecture of the fusion module. Pooled variants first project text and image to `t`, `v` of width D (a
     learned vector stands in for an absent modality); token variants read the token / patch states. The `paper_`
-    types are the MMSR paper's definitions as its official code writes them; the others are ours (see the README's
-    design-space table for what each of ours changes).
+    types are the MMSR paper's definitions as its official code writes them; the others are ours
+    (docs/design_space.md says what each of ours changes).
 
     Args:
         type (`str`): ours:

@@ -4,6 +4,7 @@ to convergence through the library's own commands, beside simple baselines and I
     python scripts/benchmark_quality.py                              # every row and seed of the plan, 2 processes
     python scripts/benchmark_quality.py --rows id gated --seeds 0 --jobs 1
     python scripts/benchmark_quality.py --report_only                # the report from the records on disk
+    python scripts/benchmark_quality.py --report_only --fill_docs docs/benchmarks.md   # and the docs' copy of it
     python scripts/benchmark_quality.py --verify gated/main-seed0    # run one recorded run again and compare
     make quality                                                     # the same, RecBole's environment included
 
@@ -76,6 +77,14 @@ class QualityArguments:
     report_only: bool = field(default=False, metadata={"help": "Write the report from the records; run nothing."})
     verify: str | None = field(
         default=None, metadata={"help": "Run the recorded run ROW/SPLIT-seedN again and compare its test metrics."}
+    )
+    fill_docs: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Markdown page whose marked copy of the standard split's table (between `<!-- results table: "
+            "filled from ... -->` and `<!-- end of results table -->`) and goal ratio (`<!-- ratio -->...<!-- /ratio "
+            "-->`) is refilled from the report."
+        },
     )
 
 
@@ -591,6 +600,37 @@ def report(bench: Benchmark) -> None:
     print(f"wrote {relative(base)}.md, .json, .png")
 
 
+DOCS_TABLE = ("| row | seeds | NDCG@10 | HR@10 | NDCG@20 | NDCG@10 `window` | epochs (best/run) |", "|" + "---|" * 7)
+DOCS_COLUMNS = (0, 1, 2, 3, 5, 6, 8)  # of the report's standard-split table: the columns the docs page shows
+
+
+def fill_docs(report_path: Path, page: Path) -> None:
+    """Refills `page`'s marked copy of the report's standard-split table and goal ratio (written by a rename)."""
+    import re
+
+    text, report_text = page.read_text(), report_path.read_text()
+    start = re.search(r"<!-- results table: filled from [^>]* -->\n", text)
+    end = text.find("<!-- end of results table -->")
+    if start is None or end < start.end():
+        raise SystemExit(f"{page}: no `<!-- results table: filled from ... -->` ... `<!-- end of results table -->`")
+    section = report_text.split("## Standard split", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| row ")]
+    table = [*DOCS_TABLE]
+    for line in rows:
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        table.append("| " + " | ".join(cells[i] for i in DOCS_COLUMNS) + " |")
+    text = text[: start.end()] + "\n".join(table) + "\n" + text[end:]
+    ratio = re.search(r"^- (best text \+ image row.*)$", report_text, flags=re.M)
+    if ratio:
+        text = re.sub(
+            r"<!-- ratio -->.*?<!-- /ratio -->", f"<!-- ratio -->{ratio.group(1)}<!-- /ratio -->", text, flags=re.S
+        )
+    partial = page.with_name(f".{page.name}.partial")
+    partial.write_text(text)
+    partial.replace(page)
+    print(f"refilled {relative(page)} from {relative(report_path)}")
+
+
 def main(argv=None) -> int:
     from mmsr_peft.arguments import parse_args
 
@@ -620,6 +660,8 @@ def main(argv=None) -> int:
             return 2
         failures = run_all(bench.runs(), bench.record_path, bench.run, args.jobs)
     report(bench)
+    if args.fill_docs:
+        fill_docs(Path(args.output_dir) / f"{bench.plan['name']}.md", Path(args.fill_docs))
     for line in failures:
         print(f"failed: {line}", file=sys.stderr)
     return 1 if failures else 0

@@ -208,8 +208,17 @@ def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path)
         path = tmp_path / "records" / row / "main-seed0.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**out, "valid_ndcg_at_10": ndcg}))
+    page = tmp_path / "page.md"  # a docs page holding a copy of the report's table, refilled by --fill_docs
+    page.write_text("Intro.\n<!-- results table: filled from x -->\n| stale |\n<!-- end of results table -->\nEnd.\n")
     argv = ["--plan", str(tmp_path / "child.yaml"), "--records_dir", str(tmp_path / "records"), "--report_only"]
-    assert benchmark.main([*argv, "--output_dir", str(tmp_path / "results")]) == 0
+    assert benchmark.main([*argv, "--output_dir", str(tmp_path / "results"), "--fill_docs", str(page)]) == 0
+    assert page.read_text().splitlines()[2:6] == [
+        "| row | seeds | NDCG@10 | HR@10 | NDCG@20 | NDCG@10 `window` | epochs (best/run) |",
+        "|---|---|---|---|---|---|---|",
+        "| ours | 1 | 0.1000 | 0.1000 | 0.1000 | 0.1000 | 2/3 |",
+        "| the paper's | 1 | 0.0800 | 0.0800 | 0.0800 | 0.0800 | 2/3 |",
+    ]
+    assert page.read_text().endswith("<!-- end of results table -->\nEnd.\n") and "stale" not in page.read_text()
     report = (tmp_path / "results" / "tiny_child.md").read_text()
     assert "## Paper against ours (standard split, test NDCG@10)" in report
     assert "| ours | 0.1000 | the paper's | 0.0800 | 0.800x | 1/1 |" in report
