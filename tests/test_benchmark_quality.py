@@ -114,10 +114,16 @@ def test_runs_are_processes_with_records_resumable_and_reproducible(benchmark, d
     assert (records / "popularity" / "main-seed0.json").stat().st_mtime_ns == recorded
     assert (records / "popularity" / "cold-seed1.json").is_file() and not (records / "id" / "main-seed1.json").exists()
 
-    # an adapt run whose starting model is gone (a fresh checkout) runs its init row again first
+    # an adapt run whose starting model is gone (a fresh checkout) runs its init row again first, and says so when
+    # the re-run scores otherwise than the record (as on another machine: here, a record edited by hand)
     shutil.rmtree(tmp_path / "work" / "text" / "main-seed0")
     (records / "text_lora" / "main-seed0.json").unlink()
+    text_record = json.loads((records / "text" / "main-seed0.json").read_text())
+    edited = {**text_record, "test": {**text_record["test"], "all": {**text_record["test"]["all"], "ndcg@10": 0.5}}}
+    (records / "text" / "main-seed0.json").write_text(json.dumps(edited))
     assert benchmark.main([*argv, "--rows", "text_lora"]) == 0
+    assert "note: text/main-seed0 ran again here" in capsys.readouterr().err
+    (records / "text" / "main-seed0.json").write_text(json.dumps(text_record))
     assert (tmp_path / "work" / "text" / "main-seed0" / "model.safetensors").is_file()
     again = json.loads((records / "text_lora" / "main-seed0.json").read_text())
     assert again["test"] == lora["test"]  # exact: the same seeded runs on one machine
