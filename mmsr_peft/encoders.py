@@ -237,9 +237,8 @@ class TextEncoder(nn.Module):
         mask = attention_mask.bool()
         if self.config.pooling == "cls" and self.config.backbone["model_type"] in CLS_LAST:
             columns = torch.arange(mask.shape[1], device=mask.device)
-            last = (
-                torch.where(mask, columns, -1).amax(1).clamp(min=0)
-            )  # the last real token, whatever the padding side
+            # the last real token, whatever side the tokenizer pads
+            last = torch.where(mask, columns, -1).amax(1).clamp(min=0)
             pooled = states[torch.arange(len(states), device=states.device), last]
         elif self.config.pooling == "cls":
             pooled = states[:, 0]
