@@ -522,21 +522,22 @@ def curve_section(bench: Benchmark, records: dict) -> list[str]:
 
 def comparison_section(plan: dict, records: dict) -> list[str]:
     """With a plan `comparisons: [{title, pairs: [[row_a, row_b], ...]}]`, a table per comparison of the two rows'
-    test NDCG@10 on the standard split and their ratio (b / a), for the pairs where both rows have runs."""
+    test NDCG@10 on the standard split and their ratio (b / a), over the seeds both rows have run."""
     lines = []
     for comparison in plan.get("comparisons", []):
         table = []
         for a, b in comparison["pairs"]:
-            runs = [records.get(row, {}).get("main", {}) for row in (a, b)]
-            if not all(runs):
+            both = [records.get(row, {}).get("main", {}) for row in (a, b)]
+            common = sorted(set(both[0]) & set(both[1]))
+            if not common:
                 continue
+            runs = [{seed: rs[seed] for seed in common} for rs in both]
             means = [mean_std([r["test"]["all"]["ndcg@10"] for r in rs.values()])[0] for rs in runs]
             cells = [
                 f"{plan['rows'][row]['label']} | {cell([r['test']['all']['ndcg@10'] for r in rs.values()])}"
                 for row, rs in zip((a, b), runs, strict=True)
             ]
-            seeds = "/".join(str(len(rs)) for rs in runs)
-            table.append(f"| {cells[0]} | {cells[1]} | {means[1] / means[0]:.3f}x | {seeds} |")
+            table.append(f"| {cells[0]} | {cells[1]} | {means[1] / means[0]:.3f}x | {len(common)} |")
         if table:
             lines += [f"## {comparison['title']} (standard split, test NDCG@10)", ""]
             lines += [

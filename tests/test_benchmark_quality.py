@@ -207,11 +207,11 @@ def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path)
     assert plan["model"] == {"hidden_size": 32, "fusion": "gated"} and list(plan["splits"]) == ["main"]
     assert list(plan["rows"]) == ["ours", "paper"] and plan["title"] == "parent" and "extends" not in plan
 
-    for row, ndcg in (("ours", 0.10), ("paper", 0.08)):
+    for row, seed, ndcg in (("ours", 0, 0.10), ("paper", 0, 0.08), ("ours", 1, 0.20)):  # compared on seed 0 only
         metrics = {m: ndcg for m in ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")}
-        out = {"row": row, "split": "main", "seed": 0, "test": {"all": metrics}, "test_window": metrics}
+        out = {"row": row, "split": "main", "seed": seed, "test": {"all": metrics}, "test_window": metrics}
         out.update(test_none=metrics, wall_s=60.0, best_epoch=2, epochs_run=3, stopped_by="patience")
-        path = tmp_path / "records" / row / "main-seed0.json"
+        path = tmp_path / "records" / row / f"main-seed{seed}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**out, "valid_ndcg_at_10": ndcg}))
     page = tmp_path / "page.md"  # a docs page holding a copy of the report's table, refilled by --fill_docs
@@ -221,11 +221,11 @@ def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path)
     assert page.read_text().splitlines()[2:6] == [
         "| row | seeds | NDCG@10 | HR@10 | NDCG@20 | NDCG@10 `window` | epochs (best/run) |",
         "|---|---|---|---|---|---|---|",
-        "| ours | 1 | 0.1000 | 0.1000 | 0.1000 | 0.1000 | 2/3 |",
+        "| ours | 2 | 0.1500 ± 0.0707 | 0.1500 ± 0.0707 | 0.1500 ± 0.0707 | 0.1500 ± 0.0707 | 2/3, 2/3 |",
         "| the paper's | 1 | 0.0800 | 0.0800 | 0.0800 | 0.0800 | 2/3 |",
     ]
     assert page.read_text().endswith("<!-- end of results table -->\nEnd.\n") and "stale" not in page.read_text()
     report = (tmp_path / "results" / "tiny_child.md").read_text()
     assert "## Paper against ours (standard split, test NDCG@10)" in report
-    assert "| ours | 0.1000 | the paper's | 0.0800 | 0.800x | 1/1 |" in report
+    assert "| ours | 0.1000 | the paper's | 0.0800 | 0.800x | 1 |" in report
     assert "missing" not in report and "## Goals" not in report  # no ID row: the quality goals do not apply
