@@ -541,7 +541,7 @@ def comparison_section(plan: dict, records: dict) -> list[str]:
         if table:
             lines += [f"## {comparison['title']} (standard split, test NDCG@10)", ""]
             lines += [
-                "| row | NDCG@10 | row | NDCG@10 | ratio (second / first) | seeds |",
+                "| row | NDCG@10 | row | NDCG@10 | ratio (second / first) | common seeds |",
                 "|---|---|---|---|---|---|",
             ]
             lines += [*table, ""]
