@@ -75,7 +75,6 @@ class FeatureCache:
         self.folder = Path(folder)
         self.last_hits = 0  # items found in the cache by the last `encode`
         self.last_misses = 0
-        self.writes = 0  # files this process wrote
 
     def path(self, kind: str, encoder: torch.nn.Module) -> Path:
         return self.folder / f"{kind}-{weights_digest(encoder)[:16]}.safetensors"
@@ -111,7 +110,6 @@ class FeatureCache:
             outputs[name] = _gather(stored, found, missing, name, getattr(computed, name) if missing else None)
         if missing and Shards(accelerator).is_main:
             self._write(path, stored, digests[first], found, outputs)
-            self.writes += 1
         return EncoderOutput(*(outputs[name][expand] for name in ("pooled", "tokens", "mask")))
 
     def _write(self, path: Path, stored, digests, found, outputs) -> None:

@@ -35,7 +35,3 @@ class Shards:
         padded[: len(rows)] = rows
         gathered = self.accelerator.gather(padded.to(self.accelerator.device).contiguous())
         return gathered.reshape(self.count * size, *rows.shape[1:])[:n].to(device=rows.device, dtype=dtype)
-
-    def wait(self) -> None:
-        if self.count > 1:
-            self.accelerator.wait_for_everyone()

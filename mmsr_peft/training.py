@@ -55,13 +55,13 @@ def make_optimizer(named: dict[str, torch.nn.Parameter], args: TrainingArguments
 def trackers(report_to: list[str]) -> list[str]:
     """The Accelerate trackers `--report_to` names: `auto` is TensorBoard when it is installed, else none; `none`
     is none; `all` is every tracker installed; a named tracker that is not installed is an error."""
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
     from accelerate.utils import LoggerType
 
     names = [str(name).lower() for name in report_to]
     if names in (["none"], []):
         return []
-    available = {str(getattr(name, "value", name)) for name in _available_trackers()}
+    available = {str(getattr(name, "value", name)) for name in get_available_trackers()}
     if names == ["auto"]:
         return ["tensorboard"] if "tensorboard" in available else []
     if names == ["all"]:
@@ -76,12 +76,6 @@ def trackers(report_to: list[str]) -> list[str]:
             extra = " (or: pip install 'mmsr-peft[tracking]')" if name == "tensorboard" else ""
             raise ImportError(f"--report_to {name}: the {name} package is not installed: pip install {name}{extra}")
     return names
-
-
-def _available_trackers() -> list:
-    from accelerate.tracking import get_available_trackers
-
-    return get_available_trackers()
 
 
 def make_accelerator(args: TrainingArguments, item_tower: str, fusion: str):
@@ -309,19 +303,10 @@ def precompute_frozen_states(
     return replace(catalog_inputs, **dropped).with_states(**states) if states else catalog_inputs
 
 
-def train(
-    model,
-    train_sequences: list[np.ndarray],
-    catalog_inputs: ItemInputs,
-    eval_sets: list[EvalSet],
-    args: TrainingArguments,
-    accelerator,
-    on_best=None,
-    candidates=None,
-) -> TrainState:
-    """Trains `model` (only its parameters that require grad) with next-item prediction over each batch's items,
-    as a `Trainer` does (see it), and returns the final `TrainState`; `model` ends with its best weights."""
-    return Trainer(model, train_sequences, catalog_inputs, eval_sets, args, accelerator, on_best, candidates).train()
+def train(*args, **kwargs) -> TrainState:
+    """Trains a model as `Trainer(*args, **kwargs)` does (see it) and returns the final `TrainState`; the model ends
+    with its best weights."""
+    return Trainer(*args, **kwargs).train()
 
 
 class Trainer:
@@ -465,8 +450,10 @@ class Trainer:
             state.loss_sum, state.loss_steps = state.loss_sum + value, state.loss_steps + 1
             progress.update(1)
             progress.set_postfix(loss=f"{value:.4f}", items=len(batch.items))
-            step_log = {"train/loss": value, "train/learning_rate": self.scheduler.get_last_lr()[0]}
-            accelerator.log({**step_log, "train/items_per_step": len(batch.items)}, step=state.step)
+            if accelerator.trackers:
+                lr = self.scheduler.get_last_lr()[0]
+                step_log = {"train/loss": value, "train/learning_rate": lr, "train/items_per_step": len(batch.items)}
+                accelerator.log(step_log, step=state.step)
             if state.step % args.save_steps == 0:
                 self._save_state()
             if state.step >= self.total_steps:  # --max_steps: the last epoch ends here, evaluated like any other
