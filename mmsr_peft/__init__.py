@@ -12,6 +12,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "ker
 from .data.catalog import Catalog  # noqa: E402 (after the filter: these imports import peft)
 from .domains import DOMAINS, load_domain, load_folder  # noqa: E402
 from .model import MMSRConfig, MMSRModel, MMSROutput, Recommendations  # noqa: E402
+from .side import SideAdapterConfig  # noqa: E402
 
 __all__ = [
     "DOMAINS",
@@ -20,6 +21,7 @@ __all__ = [
     "MMSRModel",
     "MMSROutput",
     "Recommendations",
+    "SideAdapterConfig",
     "load_domain",
     "load_folder",
 ]

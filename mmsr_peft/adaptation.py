@@ -1,4 +1,5 @@
-"""Adapting a base model to a target domain with LoRA (the library side of `mmsr-adapt` and `recipes/adapt.py`)."""
+"""Adapting a base model to a target domain with LoRA, a side adapter or (full, partial) fine-tuning (the library
+side of `mmsr-adapt` and `recipes/adapt.py`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .adapters import (
     lora_target_patterns,
     model_components,
 )
-from .arguments import METHODS, AdaptArguments, save_run_args
+from .arguments import ADAPTER_METHODS, METHODS, AdaptArguments, save_run_args
 from .cards import adapter_card, base_card
 from .domains import build_corpus, describe_data, load_domain
 from .evaluation import COLD_SHELF, evaluate, evaluate_report, format_table, random_baseline
@@ -20,6 +21,7 @@ from .model import MMSRModel
 from .plots import CURVES_FILE, plot_training_curves
 from .quantization import quantize_encoders
 from .run_folders import check_output_dir, claim_output_dir
+from .side import SideAdapterConfig
 from .training import (
     TrainingArguments,
     make_accelerator,
@@ -69,13 +71,13 @@ def prepare_method(
     `--gradient_checkpointing`, which `train` applies), then the adapter is added on top.
     """
     method = adapt_args.method
+    for name in adapt_args.modules_to_save or []:
+        if name not in dict(model.named_modules()):
+            top = [n for n, _ in model.named_children()] + [n for n, _ in model.item_tower.named_children()]
+            raise ValueError(f"--modules_to_save: no module {name!r} in the model; e.g. {sorted(top)}")
     if method == "lora":
         components = adapt_args.components or model_components(model)
         adapt_args.components = components
-        for name in adapt_args.modules_to_save or []:
-            if name not in dict(model.named_modules()):
-                top = [n for n, _ in model.named_children()] + [n for n, _ in model.item_tower.named_children()]
-                raise ValueError(f"--modules_to_save: no module {name!r} in the model; e.g. {sorted(top)}")
         if adapt_args.quantize:
             from peft import prepare_model_for_kbit_training
 
@@ -85,6 +87,14 @@ def prepare_method(
         model.add_adapter(config, adapt_args.adapter_name, {**(metadata or {}), "lora": settings})
         kind = f"QLoRA {adapt_args.quantize}" if adapt_args.quantize else "LoRA"
         return model, f"{kind} ({'+'.join(components)})"
+    if method == "side":  # the base frozen whole; a side network over its encoders' layer states trains
+        config = SideAdapterConfig(
+            width=adapt_args.side_width,
+            dropout=adapt_args.side_dropout,
+            modules_to_save=adapt_args.modules_to_save or [],
+        )
+        model.add_adapter(config, adapt_args.adapter_name, metadata)
+        return model, METHODS[method]
     if method == "scratch":  # the same architecture, new random weights, trained on the target alone
         model = MMSRModel(model.config, model.processor)
     model.requires_grad_(True)
@@ -112,20 +122,21 @@ def _warm_and_cold(label: str, metrics: dict, domain: str) -> dict:
 
 
 def _save(model: MMSRModel, folder: str, adapt_args: AdaptArguments, metadata: dict | None = None) -> None:
-    if adapt_args.method == "lora":
+    if adapt_args.method in ADAPTER_METHODS:
         model.save_adapter(folder, adapt_args.adapter_name, metadata)
     else:
         model.save_pretrained(folder)
 
 
 def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRModel, dict]:
-    """Loads the base, evaluates it zero-shot on the target, trains a LoRA adapter, evaluates it, and writes the
-    adapter (peft layout + `mmsr_adapter.json` + model card), its metrics and run arguments to `output_dir`.
+    """Loads the base, evaluates it zero-shot on the target, trains an adapter (LoRA or side) or a model (the other
+    methods), evaluates it, and writes the adapter (peft layout or the side adapter's + `mmsr_adapter.json` + model
+    card), its metrics and run arguments to `output_dir`.
 
     Returns the base model with the trained adapter active, and the test metrics of each row of the table.
     """
 
-    default = f"outputs/adapters/{adapt_args.adapter_name}" if adapt_args.method == "lora" else None
+    default = f"outputs/adapters/{adapt_args.adapter_name}" if adapt_args.method in ADAPTER_METHODS else None
     args.output_dir = args.output_dir or default or f"outputs/adapted/{adapt_args.target}-{adapt_args.method}"
     check_output_dir(args.output_dir, {"--base": adapt_args.base}, args.overwrite_output_dir, args.resume)
     domain = load_domain(adapt_args.target, adapt_args.data_source, adapt_args.data_dir)
@@ -210,7 +221,7 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         plot_training_curves(
             state.history, state.best_epoch, Path(args.output_dir) / CURVES_FILE, Path(args.output_dir).name
         )
-        if adapt_args.method == "lora":
+        if adapt_args.method in ADAPTER_METHODS:
             card = adapter_card(args.output_dir, repo_id=args.output_dir, base_model=str(adapt_args.base))
         else:
             card = base_card(args.output_dir, repo_id=args.output_dir)
@@ -220,7 +231,7 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
             f"\nTarget {adapt_args.target} ({kind}), test split. Protocol: full ranking, leave-one-out, "
             f"the whole history excluded, ties pessimistic.\n{table}\n"
         )
-        what = f"Adapter {adapt_args.adapter_name!r}" if adapt_args.method == "lora" else f"Model ({row})"
+        what = f"Adapter {adapt_args.adapter_name!r}" if adapt_args.method in ADAPTER_METHODS else f"Model ({row})"
         print(f"{what} written to {args.output_dir}")
     accelerator.wait_for_everyone()
     return model, results

@@ -15,13 +15,16 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .io import is_local_path
+from .io import check_finite, is_local_path
+from .side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE, SideAdapterConfig, SideNetwork, layer_widths
 
 COMPONENTS = ("text", "vision", "fusion", "sequence")
 DEFAULT_COMPONENTS = ("text", "vision", "fusion")  # what `mmsr-adapt` adapts unless --components says otherwise
 ADAPTER_RECORD = "mmsr_adapter.json"  # the base an adapter belongs to, and its metadata
 BASE_FIELDS = ("adapter_name", "base_model", "base_sha256")  # the fields of the record that describe the base
 PEFT_PREFIX = "base_model.model."  # how PeftModel names weights in adapter files; plain peft users load ours
+ADAPTER_CONFIGS = ("adapter_config.json", SIDE_CONFIG_FILE)  # a LoRA (peft) adapter folder, a side adapter folder
+SAVED = "modules_to_save."  # where a side adapter's weights file keeps its copies of modules_to_save
 
 # Modules LoRA adapts in each encoder family (regex on the module name inside the encoder).
 TEXT_TARGETS = {
@@ -221,7 +224,12 @@ def set_lora_dropout(model: nn.Module, adapter_name: str, dropout_pattern: dict[
 
 
 def is_adapter_key(key: str) -> bool:
-    return "lora_" in key or ".modules_to_save." in key
+    return "lora_" in key or ".modules_to_save." in key or key.startswith("item_tower.side_adapters.")
+
+
+def adapter_config_file(folder: Path) -> Path | None:
+    """The adapter config in `folder` (peft's `adapter_config.json` or a side adapter's), None when it has none."""
+    return next((folder / name for name in ADAPTER_CONFIGS if (folder / name).is_file()), None)
 
 
 def _base_key(key: str) -> str:
@@ -249,24 +257,41 @@ def base_key_map(model: nn.Module) -> dict[str, str]:
     return {_base_key(k): k for k in model.state_dict() if not is_adapter_key(k)}
 
 
-def _adapter_record(name_or_path, revision=None) -> dict:
-    """The adapter's `mmsr_adapter.json` (local folder or Hub repo), `{}` when it has none (e.g. made by plain peft)."""
+def _save_module(model: nn.Module, name: str, adapter_name: str) -> None:
+    """Gives `adapter_name` its own trainable copy of the module `name` (peft's `ModulesToSaveWrapper`, shared with
+    the LoRA adapters that save the same module)."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    module = model.get_submodule(name)
+    if isinstance(module, ModulesToSaveWrapper):
+        module.update(adapter_name)
+        return
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attribute, ModulesToSaveWrapper(module, adapter_name))
+
+
+def _adapter_file(name_or_path, filename: str, revision=None) -> Path | None:
+    """`filename` of an adapter (local folder or Hub repo, downloaded), None when the adapter has no such file."""
     local = Path(str(name_or_path))
     if local.is_dir():
-        path = local / ADAPTER_RECORD
-        return _read_record(path) if path.is_file() else {}
+        return local / filename if (local / filename).is_file() else None
     if is_local_path(name_or_path):
         raise CheckpointError(f"{name_or_path}: no adapter folder at {local.expanduser().resolve()}")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     try:
-        path = Path(hf_hub_download(str(name_or_path), ADAPTER_RECORD, revision=revision))
+        return Path(hf_hub_download(str(name_or_path), filename, revision=revision))
     except EntryNotFoundError:
-        return {}
+        return None
     except (HfHubHTTPError, OSError) as err:
         raise CheckpointError(f"{name_or_path}: cannot read the adapter from the Hub ({err})") from err
-    return _read_record(path)
+
+
+def _adapter_record(name_or_path, revision=None) -> dict:
+    """The adapter's `mmsr_adapter.json` (local folder or Hub repo), `{}` when it has none (e.g. made by plain peft)."""
+    path = _adapter_file(name_or_path, ADAPTER_RECORD, revision)
+    return _read_record(path) if path is not None else {}
 
 
 def _read_record(path: Path) -> dict:
@@ -277,14 +302,16 @@ def _read_record(path: Path) -> dict:
 
 
 class AdapterMixin:
-    """Several named peft adapters on one model, in place (the model stays an `MMSRModel`).
+    """Several named adapters on one model, in place (the model stays an `MMSRModel`): peft's (LoRA) and side
+    adapters (`mmsr_peft.side`), one active at a time.
 
-    Each adapter keeps its peft config and its metadata (what `mmsr_adapter.json` records: target domain, data,
+    Each adapter keeps its config and its metadata (what `mmsr_adapter.json` records: target domain, data,
     metrics, method, LoRA settings); adapters whose `modules_to_save` differ live side by side (peft issue #2422).
     """
 
     def add_adapter(self, peft_config, adapter_name: str = "default", metadata: dict | None = None) -> None:
-        """Injects a new adapter (e.g. a `LoraConfig`) and makes it the active, trainable one.
+        """Adds a new adapter (a peft config such as `LoraConfig`, or a `SideAdapterConfig`) and makes it the
+        active, trainable one.
 
         `metadata` is kept with it and written to `mmsr_adapter.json` by `save_adapter`; its
         `metadata["lora"]["dropout_pattern"]` (LoRA dropout per module pattern, which peft's config cannot hold)
@@ -297,6 +324,9 @@ class AdapterMixin:
         if adapter_name in self.list_adapters():
             raise ValueError(f"adapter {adapter_name!r} already exists; loaded adapters: {self.list_adapters()}")
         peft_config.base_model_name_or_path = self.name_or_path
+        if isinstance(peft_config, SideAdapterConfig):
+            self._add_side_adapter(peft_config, adapter_name, metadata)
+            return
         with warnings.catch_warnings():  # several adapters on one model are the point here
             warnings.filterwarnings("ignore", "Already found a `peft_config` attribute")
             inject_adapter_in_model(peft_config, self, adapter_name=adapter_name)
@@ -307,6 +337,45 @@ class AdapterMixin:
             set_lora_dropout(self, adapter_name, dropout_pattern)
         keep_attention_weights_exact(self)
         self.set_adapter(adapter_name)
+
+    def _add_side_adapter(self, config: SideAdapterConfig, adapter_name: str, metadata: dict | None) -> None:
+        """A side network beside the encoders, sized to their layer states; only it trains (the base is frozen)."""
+        if self.config.item_tower == "id":
+            raise ValueError("a side adapter reads the text and vision encoders; an `id` item tower has none")
+        text, image = layer_widths(self.item_tower)
+        if (config.text_widths or config.image_widths) and (config.text_widths, config.image_widths) != (text, image):
+            raise CheckpointError(
+                f"the side adapter was built for encoder layer widths text {config.text_widths}, image "
+                f"{config.image_widths}; this model's are text {text}, image {image}"
+            )
+        config.text_widths, config.image_widths = text, image
+        network = SideNetwork(config, self.config.hidden_size).to(next(self.parameters()).device)
+        network.train(self.training)
+        modules = dict(self.named_modules())
+        missing = [name for name in config.modules_to_save if name not in modules]
+        if missing:
+            top = [n for n, _ in self.named_children()] + [
+                f"item_tower.{n}" for n, _ in self.item_tower.named_children()
+            ]
+            raise ValueError(f"modules_to_save: no module {missing} in the model; e.g. {sorted(top)}")
+        self.item_tower.side_adapters[adapter_name] = network
+        for name in config.modules_to_save:
+            _save_module(self, name, adapter_name)
+        self._peft_configs()[adapter_name] = config
+        self._metadata()[adapter_name] = dict(metadata or {})
+        self.requires_grad_(False)
+        self.set_adapter(adapter_name)
+
+    def _saved_modules(self, adapter_name: str) -> dict[str, nn.Module]:
+        """The copies of `modules_to_save` that belong to `adapter_name`, by the name of the module they replace."""
+        return {
+            name: module.modules_to_save[adapter_name]
+            for name, module in self.named_modules()
+            if adapter_name in getattr(module, "modules_to_save", {})
+        }
+
+    def _is_side(self, adapter_name: str) -> bool:
+        return isinstance(self._peft_configs().get(adapter_name), SideAdapterConfig)
 
     def load_adapter(
         self, name_or_path: str | os.PathLike, adapter_name: str | None = None, revision=None, force: bool = False
@@ -333,6 +402,9 @@ class AdapterMixin:
                 f"{trained_on[:12]}…), but this model is {self.name_or_path!r} (sha256 {self.base_fingerprint[:12]}…); "
                 "pass force=True to load it anyway"
             )
+        side_config = _adapter_file(name_or_path, SIDE_CONFIG_FILE, revision)
+        if side_config is not None:
+            return self._load_side_adapter(name_or_path, side_config, adapter_name, record, revision)
         from safetensors import SafetensorError
 
         try:
@@ -362,12 +434,47 @@ class AdapterMixin:
         self.eval()
         return adapter_name
 
+    def _load_side_adapter(self, name_or_path, config_path: Path, adapter_name: str, record: dict, revision) -> str:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        weights_path = _adapter_file(name_or_path, SIDE_WEIGHTS_FILE, revision)
+        if weights_path is None:
+            raise CheckpointError(f"{name_or_path}: a side adapter config without {SIDE_WEIGHTS_FILE}")
+        try:
+            config = SideAdapterConfig.from_file(config_path)
+            weights = check_finite(load_file(weights_path), weights_path)
+        except (ValueError, SafetensorError, OSError) as err:
+            raise CheckpointError(f"{name_or_path}: cannot read a side adapter ({type(err).__name__}: {err})") from err
+        try:
+            self.add_adapter(config, adapter_name, {k: v for k, v in record.items() if k not in BASE_FIELDS})
+        except CheckpointError as err:  # built for encoders of other widths
+            raise CheckpointError(f"{name_or_path}: adapter does not fit this base model: {err}") from None
+        saved = self._saved_modules(adapter_name)
+        try:
+            network = {k: v for k, v in weights.items() if not k.startswith(SAVED)}
+            self.item_tower.side_adapters[adapter_name].load_state_dict(network)
+            for name, module in saved.items():
+                prefix = f"{SAVED}{name}."
+                module.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)})
+            unknown = [
+                k for k in weights if k.startswith(SAVED) and not k.startswith(tuple(f"{SAVED}{n}." for n in saved))
+            ]
+            if unknown:
+                raise RuntimeError(f"unexpected saved-module weights {unknown[:5]}")
+        except RuntimeError as err:  # missing, unexpected or reshaped weights
+            self.delete_adapter(adapter_name)
+            detail = " ".join(str(err).split())
+            raise CheckpointError(f"{name_or_path}: adapter weights do not fit its config: {detail[:500]}") from None
+        self.eval()
+        return adapter_name
+
     def load_adapters(self, folder: str | os.PathLike, force: bool = False) -> list[str]:
         """Loads every adapter saved by `save_adapters` in `folder` (one subfolder each, named after the adapter)
         and returns their names, sorted; the last one is active."""
-        subfolders = sorted(p for p in Path(folder).iterdir() if (p / "adapter_config.json").is_file())
+        subfolders = sorted(p for p in Path(folder).iterdir() if adapter_config_file(p) is not None)
         if not subfolders:
-            raise CheckpointError(f"{folder}: no adapter subfolder (with adapter_config.json) in it")
+            raise CheckpointError(f"{folder}: no adapter subfolder (with {' or '.join(ADAPTER_CONFIGS)}) in it")
         return [self.load_adapter(path, path.name, force=force) for path in subfolders]
 
     def save_adapter(
@@ -396,17 +503,21 @@ class AdapterMixin:
 
         self._require_adapter(adapter_name)
         self._metadata()[adapter_name].update(metadata or {})
-        state = get_peft_model_state_dict(self, adapter_name=adapter_name)
+        if self._is_side(adapter_name):
+            state = dict(self.item_tower.side_adapters[adapter_name].state_dict())
+            prefix, weights_file = "", SIDE_WEIGHTS_FILE
+            for name, module in self._saved_modules(adapter_name).items():
+                state.update({f"{SAVED}{name}.{k}": v for k, v in module.state_dict().items()})
+        else:
+            state = get_peft_model_state_dict(self, adapter_name=adapter_name)
+            prefix, weights_file = PEFT_PREFIX, "adapter_model.safetensors"
         folder.mkdir(parents=True, exist_ok=True)
         self._peft_configs()[adapter_name].save_pretrained(str(folder))
         record = {"adapter_name": adapter_name, "base_model": self.name_or_path, "base_sha256": self.base_fingerprint}
         record.update(self._metadata()[adapter_name])
         (folder / ADAPTER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        save_file(
-            {PEFT_PREFIX + k: v.contiguous().cpu() for k, v in state.items()},
-            folder / "adapter_model.safetensors",
-            {"format": "pt"},
-        )
+        tensors = {prefix + k: v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(tensors, folder / weights_file, {"format": "pt"})
 
     def adapter_metadata(self, adapter_name: str | None = None) -> dict:
         """What `mmsr_adapter.json` records about an adapter besides its base (target, data, metrics, settings)."""
@@ -421,6 +532,11 @@ class AdapterMixin:
         (its own base, say) is refused unless `overwrite=True`."""
         adapter_name = adapter_name or self.active_adapter()
         self._require_adapter(adapter_name, "to merge")
+        if self._is_side(adapter_name):
+            raise ValueError(
+                f"adapter {adapter_name!r} is a side adapter: a network beside the base, not a change of its weights, "
+                "so it cannot be merged; save it with save_adapter and load it onto the base"
+            )
         if (Path(folder) / "model.safetensors").exists() and not overwrite:
             raise FileExistsError(
                 f"{folder} already holds a model (model.safetensors); pass overwrite=True to replace it"
@@ -467,29 +583,48 @@ class AdapterMixin:
             raise ValueError(f"{what}; loaded adapters: {self.list_adapters()}")
 
     def active_adapter(self) -> str | None:
+        if self.item_tower.active_side is not None:
+            return self.item_tower.active_side
         layers = self._tuner_layers()
         return layers[0].active_adapters[0] if layers and not layers[0].disable_adapters else None
 
     def set_adapter(self, adapter_name: str) -> None:
-        """Activates one loaded adapter (the others stay loaded but unused; a module another adapter saves goes
-        back to its original weights)."""
+        """Activates one loaded adapter and makes it the trainable one (the others stay loaded but unused; a
+        module another adapter saves goes back to its original weights)."""
         from peft.functional import set_adapter
 
         self._require_adapter(adapter_name)
+        side = self._is_side(adapter_name)
         for module in self._adapter_modules():
-            module.enable_adapters(True)
-        set_adapter(self, adapter_name)
+            saves = adapter_name in getattr(module, "modules_to_save", {})  # a copy this adapter trains
+            module.enable_adapters(not side or saves)
+            if side and saves:
+                module.set_adapter(adapter_name)
+        for name, network in self.item_tower.side_adapters.items():
+            network.requires_grad_(name == adapter_name)
+        self.item_tower.active_side = adapter_name if side else None
+        if not side:
+            set_adapter(self, adapter_name)
 
     def disable_adapters(self) -> None:
         """Runs the base model alone until `set_adapter` is called again."""
         for module in self._adapter_modules():
             module.enable_adapters(False)
+        self.item_tower.active_side = None
 
     def delete_adapter(self, adapter_name: str) -> None:
         from peft.functional import delete_adapter
 
         self._require_adapter(adapter_name)
-        delete_adapter(self, adapter_name, prefix="lora_")
+        if self._is_side(adapter_name):
+            for module in self._adapter_modules():
+                if adapter_name in getattr(module, "modules_to_save", {}):
+                    module.delete_adapter(adapter_name, new_active_adapters=None)
+            del self.item_tower.side_adapters[adapter_name]
+            if self.item_tower.active_side == adapter_name:
+                self.item_tower.active_side = None
+        else:
+            delete_adapter(self, adapter_name, prefix="lora_")
         self._peft_configs().pop(adapter_name)
         self._metadata().pop(adapter_name)
         getattr(self, "peft_config", {}).pop(adapter_name, None)

@@ -25,7 +25,14 @@ from .model import ITEM_TOWERS, SIMILARITIES
 from .quantization import QUANTIZATIONS, require_bitsandbytes
 from .sequence import SEQUENCE_TYPES
 
-METHODS = {"lora": "LoRA", "full": "full fine-tuning", "frozen": "frozen encoders", "scratch": "from scratch"}
+METHODS = {
+    "lora": "LoRA",
+    "side": "side adapter",
+    "full": "full fine-tuning",
+    "frozen": "frozen encoders",
+    "scratch": "from scratch",
+}
+ADAPTER_METHODS = ("lora", "side")  # methods that write an adapter; the others write a model
 OPTIMIZERS = ("adamw", "adamw8bit")
 BASELINES = {
     "popularity": "items ranked by their number of training interactions (ties count against the target)",
@@ -426,7 +433,7 @@ class AdaptArguments:
     )
     modules_to_save: list[str] | None = field(
         default=None,
-        metadata={"help": "Modules trained in full and saved with the adapter, e.g. sequence_encoder (LoRA only)."},
+        metadata={"help": "Modules trained in full and saved with the adapter, e.g. sequence_encoder (lora, side)."},
     )
     quantize: str | None = field(
         default=None,
@@ -435,13 +442,18 @@ class AdaptArguments:
             "bitsandbytes (4bit: NF4, float32 compute) and train LoRA on top (--method lora only)."
         },
     )
+    side_width: int = field(default=64, metadata={"help": "Width of the side adapter's states (--method side)."})
+    side_dropout: float = field(
+        default=0.1, metadata={"help": "Dropout inside the side adapter's blocks (--method side)."}
+    )
     adapter_name: str | None = field(default=None, metadata={"help": "Name of the adapter (default: the target)."})
     method: str = field(
         default="lora",
         metadata={
-            "help": "lora (adapters, the base unchanged), full (fine-tune everything, or only the --components given), "
+            "help": "lora (LoRA adapters, the base unchanged), side (a side network over the frozen encoders' "
+            "per-layer states, the base unchanged), full (fine-tune everything, or only the --components given), "
             "frozen (encoders frozen, the rest trains) or scratch (same architecture, random init, target data "
-            "only); all but lora write a model."
+            "only); lora and side write an adapter, the others a model."
         },
     )
 
@@ -461,11 +473,17 @@ class AdaptArguments:
             raise ValueError(f"unknown --method {self.method!r}; valid methods: {', '.join(METHODS)}")
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise ValueError(f"unknown --quantize {self.quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
-        if (self.quantize or self.modules_to_save) and self.method != "lora":
-            raise ValueError(f"--quantize and --modules_to_save need --method lora, got --method {self.method}")
+        if self.quantize and self.method != "lora":
+            raise ValueError(f"--quantize needs --method lora, got --method {self.method}")
+        if self.modules_to_save and self.method not in ADAPTER_METHODS:
+            raise ValueError(f"--modules_to_save needs --method lora or side, got --method {self.method}")
         if self.quantize:
             require_bitsandbytes(f"--quantize {self.quantize}")
-        if self.components and self.method in ("frozen", "scratch"):  # they train a fixed set of parts
+        if self.method == "side" and (self.side_width < 1 or not 0 <= self.side_dropout < 1):
+            raise ValueError(
+                f"--side_width must be >= 1 and --side_dropout in [0, 1), got {self.side_width}, {self.side_dropout}"
+            )
+        if self.components and self.method in ("side", "frozen", "scratch"):  # they train a fixed set of parts
             raise ValueError(f"--components applies to --method lora or full, not --method {self.method}")
         for component in COMPONENTS:  # "q_proj,v_proj" and "q_proj v_proj" both name two modules
             name = f"{component}_target_modules"

@@ -1,8 +1,9 @@
 """On-disk cache of frozen encoder outputs, so a frozen encoder runs over each item once across epochs and runs.
 
-One safetensors file per encoder and weights: `<kind>-<weights sha256[:16]>.safetensors` holds, for every item
-encoded so far, the sha256 of exactly what the encoder read (token ids and mask, or uint8 pixels) and the
-encoder's output (`pooled`, `tokens`, `mask`). Loading keeps the rows whose content digest matches an item of the
+One safetensors file per encoder, weights and kind of output: `<kind>-<weights sha256[:16]>.safetensors` holds,
+for every item encoded so far, the sha256 of exactly what the encoder read (token ids and mask, or uint8 pixels)
+and the encoder's output (`text`, `image`: `pooled`, `tokens`, `mask`; `text_layers`, `image_layers`: the per-layer
+states that side adapters read). Loading keeps the rows whose content digest matches an item of the
 catalog and encodes only the others, so:
 
 - other weights (a different base, a fine-tuned encoder) use another file: nothing stale is ever read;
@@ -16,6 +17,7 @@ and the main process alone writes the file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .data.collate import ItemInputs
 from .data.image_files import ImageCache  # noqa: F401 (importable from here, its home before data.image_files)
-from .encoders import EncoderOutput
+from .encoders import EncoderOutput, LayerStates
 from .io import atomic_save_tensors, read_tensors
 from .sharding import Shards
 
@@ -65,7 +67,8 @@ def content_digests(inputs: ItemInputs, kind: str) -> torch.Tensor:
 
 class FeatureCache:
     """The cache folder. `encode(kind, encoder, run, inputs)` returns the encoder's outputs for `inputs`, reading
-    the rows it has and computing (then storing) the others.
+    the rows it has and computing (then storing) the others. Kinds `text` and `image` hold `EncoderOutput`s,
+    `text_layers` and `image_layers` hold `LayerStates`.
 
     Args:
         folder (`str` or `os.PathLike`): where the files live; created when first written.
@@ -85,7 +88,9 @@ class FeatureCache:
         """`run(inputs)` is the encoder's forward on an `ItemInputs` batch (e.g. `ItemTower.encode_text`); with
         `accelerator`, its processes share the encoding and its main process writes the file."""
         path = self.path(kind, encoder)
-        digests = content_digests(inputs, kind)
+        output_type = LayerStates if kind.endswith("_layers") else EncoderOutput
+        names = [f.name for f in dataclasses.fields(output_type)]
+        digests = content_digests(inputs, kind.removesuffix("_layers"))
         keys = [bytes(d.tolist()) for d in digests]
         position, first = {}, []  # items with identical content (e.g. no text) are encoded once
         for i, key in enumerate(keys):
@@ -106,11 +111,11 @@ class FeatureCache:
         if missing:
             missing_items = inputs.select(first[missing])
             computed = encode_catalog(run, encoder, missing_items, batch_size, f"encode {kind}", accelerator)
-        for name in ("pooled", "tokens", "mask"):
+        for name in names:
             outputs[name] = _gather(stored, found, missing, name, getattr(computed, name) if missing else None)
         if missing and Shards(accelerator).is_main:
             self._write(path, stored, digests[first], found, outputs)
-        return EncoderOutput(*(outputs[name][expand] for name in ("pooled", "tokens", "mask")))
+        return output_type(*(outputs[name][expand] for name in names))
 
     def _write(self, path: Path, stored, digests, found, outputs) -> None:
         """Stores the current items plus the previously cached items this catalog did not use."""
@@ -137,9 +142,10 @@ def _gather(stored, found, missing, name, computed) -> torch.Tensor:
 @torch.no_grad()
 def encode_catalog(
     run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode", accelerator=None
-) -> EncoderOutput:
-    """`run` (an encoder's forward on `ItemInputs`) over `inputs` in batches, in eval mode, gathered on the CPU;
-    with `accelerator`, each process encodes a contiguous share and every process gets the whole, in order."""
+) -> EncoderOutput | LayerStates:
+    """`run` (an encoder's forward on `ItemInputs`, giving an `EncoderOutput` or `LayerStates`) over `inputs` in
+    batches, in eval mode, gathered on the CPU; with `accelerator`, each process encodes a contiguous share and every
+    process gets the whole, in order."""
     shards = Shards(accelerator)
     first, last = shards.range(len(inputs))
     was_training = encoder.training
@@ -151,12 +157,13 @@ def encode_catalog(
     ]
     encoder.train(was_training)
     if shards.count == 1:
-        return EncoderOutput.cat(chunks)
-    own = EncoderOutput.cat(chunks) if chunks else _empty_like(run, encoder, inputs, device)
-    return EncoderOutput(*(shards.gather(getattr(own, name), len(inputs)) for name in ("pooled", "tokens", "mask")))
+        return type(chunks[0]).cat(chunks)
+    own = type(chunks[0]).cat(chunks) if chunks else _empty_like(run, encoder, inputs, device)
+    names = [f.name for f in dataclasses.fields(own)]
+    return type(own)(*(shards.gather(getattr(own, name), len(inputs)) for name in names))
 
 
-def _empty_like(run, encoder, inputs: ItemInputs, device) -> EncoderOutput:
+def _empty_like(run, encoder, inputs: ItemInputs, device):
     """No rows, with the shapes `run` gives (a process whose share is empty still joins the gather)."""
     probe = run(inputs.select(torch.arange(1)).to(device)).to("cpu")
     return probe.select(torch.arange(0))

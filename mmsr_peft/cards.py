@@ -1,7 +1,7 @@
 """Model cards for base models and adapters, rendered from the templates of `mmsr_peft.model_cards` (the repository's
 `model_cards/` folder, shipped inside the package).
 
-A card is a function of a run folder (its `config.json` or `adapter_config.json`, `metrics.json` and
+A card is a function of a run folder (its `config.json` or adapter config, `metrics.json` and
 `run_args.json`) and of the repo id it is published under, so `mmsr-publish` can render it again for the Hub.
 """
 
@@ -11,6 +11,7 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
+from .adapters import adapter_config_file
 from .evaluation import PROTOCOL, format_table
 from .plots import CURVES_FILE
 
@@ -123,19 +124,26 @@ def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None
     from huggingface_hub import ModelCardData
 
     folder = Path(folder)
-    peft_config, metrics, run_args = (
-        _read(folder, n) for n in ("adapter_config.json", "metrics.json", "run_args.json")
-    )
+    config_file = adapter_config_file(folder)
+    adapter_config = _read(folder, config_file.name if config_file else "adapter_config.json")
+    metrics, run_args = (_read(folder, n) for n in ("metrics.json", "run_args.json"))
     domain, data = run_args["target"], metrics["data"]
-    base_model = base_model or peft_config.get("base_model_name_or_path") or run_args["base"]
+    base_model = base_model or adapter_config.get("base_model_name_or_path") or run_args["base"]
     synthetic = all(s.get("synthetic") for s in data.values())
     name = repo_id.rstrip("/").split("/")[-1]
+    side = "adapter_type" in adapter_config  # a side adapter (mmsr_peft.side), not a peft one
     card_data = ModelCardData(
         model_name=name,
-        library_name="peft",
+        library_name="mmsr_peft" if side else "peft",
         license="apache-2.0",
         base_model=base_model,
-        tags=["mmsr_peft", "lora", TASK, domain, *(["synthetic-data"] if synthetic else [])],
+        tags=[
+            "mmsr_peft",
+            "side-adapter" if side else "lora",
+            TASK,
+            domain,
+            *(["synthetic-data"] if synthetic else []),
+        ],
         datasets=[f"mmsr_peft/{domain}"],
         eval_results=_eval_results(_last_row(metrics), name, domain),
     )
@@ -147,9 +155,11 @@ def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None
         repo_id=repo_id,
         base_model=base_model,
         domain=domain,
-        components=", ".join(run_args["components"]),
-        rank=peft_config["r"],
-        alpha=peft_config["lora_alpha"],
+        side=side,
+        width=adapter_config.get("width"),
+        components=", ".join(run_args["components"] or []),
+        rank=adapter_config.get("r"),
+        alpha=adapter_config.get("lora_alpha"),
         trainable=f"{trainable:,}",
         trainable_share=f"{100 * trainable / total:.2f} %",
         data_section=_data_section(data),

@@ -75,20 +75,29 @@ def set_finetuning(module: nn.Module, family: str, regime: str, top_k: int = 1) 
     module.requires_grad_(regime == "full")
     if regime != "top_k":
         return
-    if family not in BLOCK_LAYOUT:
-        raise ValueError(f"top_k fine-tuning does not know the blocks of {family!r}; known: {sorted(BLOCK_LAYOUT)}")
-    blocks_path, after = BLOCK_LAYOUT[family]
-    candidates = (blocks_path,) if isinstance(blocks_path, str) else blocks_path
-    found = next(p for p in candidates if all(_has_submodule(module, part) for part in p.split("+")))
-    blocks = [module.get_submodule(part) for part in found.split("+")] if "+" in found else module.get_submodule(found)
+    blocks = encoder_blocks(module, family, "top_k fine-tuning")
     if not 1 <= top_k <= len(blocks):
         raise ValueError(f"top_k must be between 1 and the {len(blocks)} blocks of {family!r}, got {top_k}")
     for block in blocks[len(blocks) - top_k :]:
         block.requires_grad_(True)
-    for name in after:
+    for name in BLOCK_LAYOUT[family][1]:
         part = getattr(module, name, None) if "." not in name else _get_submodule(module, name)
         if part is not None:
             part.requires_grad_(True)
+
+
+def encoder_blocks(module: nn.Module, family: str, purpose: str = "this") -> list[nn.Module]:
+    """The stack of blocks of an encoder of `family` (`BLOCK_LAYOUT`), bottom first."""
+    if family not in BLOCK_LAYOUT:
+        raise ValueError(f"{purpose} does not know the blocks of {family!r}; known: {sorted(BLOCK_LAYOUT)}")
+    blocks_path = BLOCK_LAYOUT[family][0]
+    candidates = (blocks_path,) if isinstance(blocks_path, str) else blocks_path
+    found = next(p for p in candidates if all(_has_submodule(module, part) for part in p.split("+")))
+    return (
+        [module.get_submodule(part) for part in found.split("+")]
+        if "+" in found
+        else list(module.get_submodule(found))
+    )
 
 
 def _get_submodule(module: nn.Module, path: str):
@@ -126,6 +135,33 @@ class EncoderOutput:
     @classmethod
     def cat(cls, outputs: list[EncoderOutput]) -> EncoderOutput:
         return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("pooled", "tokens", "mask")))
+
+
+@dataclass
+class LayerStates:
+    """An encoder's pooled state after each of its layers, side by side, for side adapters.
+
+    Attributes:
+        states (`torch.FloatTensor` of shape `(N, W_1 + ... + W_K)`): layer k's pooled state in columns
+            `W_1 + ... + W_{k-1}` onwards (the widths are the encoder's `layer_widths`).
+    """
+
+    states: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> LayerStates:
+        return LayerStates(self.states[index])
+
+    def to(self, device) -> LayerStates:
+        return LayerStates(self.states.to(device))
+
+    @classmethod
+    def cat(cls, outputs: list[LayerStates]) -> LayerStates:
+        return cls(torch.cat([o.states for o in outputs]))
+
+    @classmethod
+    def from_layers(cls, layers: list[torch.Tensor]) -> LayerStates:
+        """The per-layer states as an encoder's `encode_layers` gives them, `(N, W_k)` each, side by side."""
+        return cls(torch.cat(layers, dim=-1))
 
 
 def _checkpointing_enable(model) -> None:
@@ -233,38 +269,54 @@ class TextEncoder(nn.Module):
         self.backbone.load_state_dict(pretrained.state_dict(), strict=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
-        states = self._run_backbone(input_ids, attention_mask)  # (N, L, H)
+        states = self._run_backbone(input_ids, attention_mask)[-1]  # (N, L, H)
         mask = attention_mask.bool()
+        return EncoderOutput(self._pool(states, mask), states, mask)
+
+    def encode_layers(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[EncoderOutput, list[torch.Tensor]]:
+        """`forward`'s output and, from the same pass, the pooled state after the embeddings and after each layer
+        (pooled like the output: mean over real tokens, or the classification token), `(N, H)` each."""
+        layers = self._run_backbone(input_ids, attention_mask, all_layers=True)  # (K, N, L, H)
+        mask = attention_mask.bool()
+        pooled = [self._pool(states, mask) for states in layers]
+        return EncoderOutput(pooled[-1], layers[-1], mask), pooled
+
+    def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "cls" and self.config.backbone["model_type"] in CLS_LAST:
             columns = torch.arange(mask.shape[1], device=mask.device)
             # the last real token, whatever side the tokenizer pads
             last = torch.where(mask, columns, -1).amax(1).clamp(min=0)
-            pooled = states[torch.arange(len(states), device=states.device), last]
-        elif self.config.pooling == "cls":
-            pooled = states[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return EncoderOutput(pooled, states, mask)
+            return states[torch.arange(len(states), device=states.device), last]
+        if self.config.pooling == "cls":
+            return states[:, 0]
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
-    def _run_backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The backbone's last hidden states, `(N, L, H)`. Right-padded texts are encoded in groups of
-        `length_bucket` of similar length, each cut after its longest text, so a batch of mostly short texts does
-        not pay for its longest one in every row; the padding positions come back as zeros (they are masked
-        wherever states are read)."""
+    def _run_backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False):
+        """The backbone's hidden states, `(K, N, L, H)`: the last layer's alone (K = 1), or with `all_layers` the
+        embeddings' and every layer's. Right-padded texts are encoded in groups of `length_bucket` of similar
+        length, each cut after its longest text, so a batch of mostly short texts does not pay for its longest one
+        in every row; the padding positions come back as zeros (they are masked wherever states are read)."""
+
+        def run(ids, mask):
+            out = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=all_layers)
+            return torch.stack(out.hidden_states) if all_layers else out.last_hidden_state[None]
+
         lengths = attention_mask.sum(1)
         columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         right_padded = bool((attention_mask.bool() == (columns < lengths[:, None])).all())
         if not self.length_bucket or len(input_ids) <= self.length_bucket or not right_padded:
-            return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return run(input_ids, attention_mask)
         states = None
         for group in torch.argsort(lengths).split(self.length_bucket):
             length = max(1, int(lengths[group].max()))
-            out = self.backbone(input_ids=input_ids[group, :length], attention_mask=attention_mask[group, :length])
-            hidden = out.last_hidden_state  # (G, length, H)
+            hidden = run(input_ids[group, :length], attention_mask[group, :length])  # (K, G, length, H)
             if states is None:
-                states = hidden.new_zeros(len(input_ids), attention_mask.shape[1], hidden.shape[-1])
-            states = states.index_put((group[:, None], columns[None, :length]), hidden)
+                states = hidden.new_zeros(len(hidden), len(input_ids), attention_mask.shape[1], hidden.shape[-1])
+            layers = torch.arange(len(hidden), device=hidden.device)[:, None, None]
+            states = states.index_put((layers, group[None, :, None], columns[None, None, :length]), hidden)
         return states
 
 
@@ -475,6 +527,27 @@ class VisionEncoder(nn.Module):
             pooled = tokens[:, 0] if pooled is None else pooled
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(pooled, tokens, mask)
+
+    def encode_layers(self, pixel_values: torch.Tensor) -> tuple[EncoderOutput, list[torch.Tensor]]:
+        """`forward`'s output and, from the same pass, the pooled output of each block of the tower's stack
+        (`BLOCK_LAYOUT`), `(N, W_k)` each: the mean over its tokens or feature-map cells."""
+        pooled = []
+
+        def keep(module, args, output):
+            states = output[0] if isinstance(output, (tuple, list)) else output
+            pooled.append(
+                states.mean((2, 3)) if states.dim() == 4 else states.mean(1) if states.dim() == 3 else states
+            )
+
+        hooks = [
+            block.register_forward_hook(keep) for block in encoder_blocks(self.tower, self.family, "layer states")
+        ]
+        try:
+            output = self(pixel_values)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return output, pooled
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
         pixels = (pixel_values.to(self.mean.dtype) - self.mean) / self.std  # uint8 (N, 3, H, W) -> normalised

@@ -13,11 +13,12 @@ import re
 import tempfile
 from pathlib import Path
 
-from .adapters import ADAPTER_RECORD
+from .adapters import ADAPTER_RECORD, adapter_config_file
 from .arguments import PublishArguments
 from .cards import adapter_card, base_card
 from .errors import CheckpointError
 from .model import check_finite
+from .side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE
 
 CARD = "README.md"
 # What a published folder may contain (tokenizer files are JSON/TXT; vocabularies of sentencepiece are .model).
@@ -31,9 +32,12 @@ def folder_kind(folder: Path) -> str:
         return "base"
     if (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file():
         return "adapter"
+    if (folder / SIDE_CONFIG_FILE).is_file() and (folder / SIDE_WEIGHTS_FILE).is_file():
+        return "adapter"
     raise CheckpointError(
         f"{folder}: neither a base checkpoint (config.json + model.safetensors) nor an adapter "
-        "(adapter_config.json + adapter_model.safetensors); only safetensors weights are published"
+        f"(adapter_config.json + adapter_model.safetensors, or {SIDE_CONFIG_FILE} + {SIDE_WEIGHTS_FILE}); only "
+        "safetensors weights are published"
     )
 
 
@@ -97,7 +101,7 @@ def publish(args: PublishArguments) -> str | None:
     folder = Path(args.folder)
     kind = folder_kind(folder)
     if kind == "adapter" and not args.base_repo_id:
-        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+        base = json.loads(adapter_config_file(folder).read_text()).get("base_model_name_or_path") or ""
         if not base or Path(base).exists() or base.startswith((".", "/")) or base.count("/") != 1:
             raise CheckpointError(
                 f"{folder}: the adapter's base is {base!r}, not a Hub repo id; publish the base first and pass "
@@ -196,7 +200,11 @@ def _strip_local_paths(staging: Path, folder: Path, base_repo_id: str | None) ->
 
 def _point_adapter_at(staging: Path, folder: Path, base_repo_id: str) -> None:
     """The published adapter names its base by its repo id, not by a local path."""
-    for name, key in (("adapter_config.json", "base_model_name_or_path"), (ADAPTER_RECORD, "base_model")):
+    for name, key in (
+        ("adapter_config.json", "base_model_name_or_path"),
+        (SIDE_CONFIG_FILE, "base_model_name_or_path"),
+        (ADAPTER_RECORD, "base_model"),
+    ):
         if (folder / name).is_file():
             config = json.loads((folder / name).read_text())
             config[key] = base_repo_id

@@ -12,6 +12,10 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -208,3 +212,17 @@ def read_tensors(path: Path) -> dict | None:
     except Exception as err:
         logger.warning("cache file %s is unreadable (%s); computing its rows again", path, err)
         return None
+
+
+def check_finite(weights: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """`weights` when every floating-point tensor is finite; a NaN or infinite value (a diverged run, a damaged
+    file) is an error naming the tensor, instead of a model that loads and then scores everything NaN."""
+    import torch
+
+    from .errors import CheckpointError  # imported here: this module also loads on its own (tests/test_reliability.py)
+
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: tensor {name!r} holds {bad} NaN or infinite values of {tensor.numel()}")
+    return weights

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -17,11 +17,11 @@ from . import adapters
 from .config import ConfigMixin
 from .data.catalog import Catalog
 from .data.collate import PROCESSOR_FILE, ItemInputs, ItemProcessor, pad_histories
-from .encoders import EncoderOutput, TextEncoder, TextEncoderConfig, VisionEncoder, VisionEncoderConfig
+from .encoders import EncoderOutput, LayerStates, TextEncoder, TextEncoderConfig, VisionEncoder, VisionEncoderConfig
 from .errors import CheckpointError
 from .evaluation import chunked_topk, with_item_bias
 from .fusion import FusionConfig, ModalityProjection, build_fusion
-from .io import atomic_directory, is_local_path
+from .io import atomic_directory, check_finite, is_local_path
 from .losses import LOSSES, bce_loss, softmax_loss
 from .sequence import SEQUENCE_CLASSES, SequenceEncoderConfig
 
@@ -162,6 +162,8 @@ class ItemTower(nn.Module):
             if config.itc_weight > 0:  # heads of the image-text contrastive auxiliary loss
                 self.itc_text = nn.Linear(self.text.hidden_size, d)
                 self.itc_image = nn.Linear(self.vision.hidden_size, d)
+        self.side_adapters = nn.ModuleDict()  # side adapters by name (`AdapterMixin` manages them)
+        self.active_side: str | None = None
 
     def encode_text(self, items: ItemInputs) -> EncoderOutput:
         return items.text_states if items.text_states is not None else self.text(items.input_ids, items.attention_mask)
@@ -197,12 +199,43 @@ class ItemTower(nn.Module):
             if (items.item_index < 0).any():
                 raise ValueError("the id tower cannot embed items outside the vocabulary it was trained on")
             return self.embedding(items.item_index)
+        side = self.side_adapters[self.active_side] if self.active_side is not None else None
+        if side is not None:
+            items = self.with_layer_states(items)
         text, image = self.content(items)
         if mode == "text":
-            return self.head(text, items.has_text)
-        if mode == "image":
-            return self.head(image, items.has_image)
-        return self.fusion(text, image, items.has_text, items.has_image)
+            embeddings = self.head(text, items.has_text)
+        elif mode == "image":
+            embeddings = self.head(image, items.has_image)
+        else:
+            embeddings = self.fusion(text, image, items.has_text, items.has_image)
+        if side is None:
+            return embeddings
+        text_layers, image_layers = (None if s is None else s.states for s in (items.text_layers, items.image_layers))
+        return embeddings + side(text_layers, image_layers, items.has_text, items.has_image)
+
+    def with_layer_states(self, items: ItemInputs) -> ItemInputs:
+        """`items` with each encoder's per-layer states (and its output, if missing) attached, from one pass of the
+        encoder where they were not precomputed."""
+        updates = {}
+        for modality, encoder in (("text", self.text), ("image", self.vision)):
+            if encoder is None or getattr(items, f"{modality}_layers") is not None:
+                continue
+            output, updates[f"{modality}_layers"] = self.encode_layers(items, modality)
+            if getattr(items, f"{modality}_states") is None:
+                updates[f"{modality}_states"] = output
+        return replace(items, **updates) if updates else items
+
+    def encode_layers(self, items: ItemInputs, modality: str) -> tuple[EncoderOutput, LayerStates]:
+        """One pass of the `modality` (`"text"` or `"image"`) encoder: its output and its per-layer states."""
+        if modality == "text":
+            inputs, encoder = (items.input_ids, items.attention_mask), self.text
+        else:
+            inputs, encoder = (items.pixel_values,), self.vision
+        if inputs[0] is None:
+            raise ValueError(f"the side adapter needs the {modality} encoder's layer states or its inputs")
+        output, layers = encoder.encode_layers(*inputs)
+        return output, LayerStates.from_layers(layers)
 
 
 def _dropped(states: EncoderOutput | None, p: float) -> EncoderOutput | None:
@@ -506,16 +539,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def check_finite(weights: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
-    """`weights` when every floating-point tensor is finite; a NaN or infinite value (a diverged run, a damaged
-    file) is an error naming the tensor, instead of a model that loads and then scores everything NaN."""
-    for name, tensor in weights.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(f"{source}: tensor {name!r} holds {bad} NaN or infinite values of {tensor.numel()}")
-    return weights
 
 
 def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

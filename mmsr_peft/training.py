@@ -279,7 +279,8 @@ def precompute_frozen_states(
     Only what the model reads is kept: a fusion that attends over tokens gets the token states, any other one the
     pooled vector alone; the frozen encoder's own inputs (token ids, pixels) are dropped. Each training step
     gathers its items' rows of these tensors, and gathering token states that nothing reads cost more than the
-    rest of a step (MiniLM's 32 x 384 per item, about 1,000 items a step on MovieLens-100k).
+    rest of a step (MiniLM's 32 x 384 per item, about 1,000 items a step on MovieLens-100k). A model with side
+    adapters also gets each frozen encoder's per-layer states, which they read.
     """
     from .cache import FeatureCache, encode_catalog
     from .fusion import TOKEN_FUSIONS
@@ -299,8 +300,24 @@ def precompute_frozen_states(
             present = torch.ones(len(output.pooled), 1, dtype=torch.bool)
             output = EncoderOutput(output.pooled, output.pooled[:, None], present)  # (N, 1, H): the pooled vector
         states[f"{kind}_states"] = output
+        if len(tower.side_adapters):
+            states[f"{kind}_layers"] = _layer_states(
+                tower, kind, encoder, catalog_inputs, batch_size, cache, accelerator
+            )
         dropped.update(dict.fromkeys(("input_ids", "attention_mask") if kind == "text" else ("pixel_values",)))
-    return replace(catalog_inputs, **dropped).with_states(**states) if states else catalog_inputs
+    return replace(catalog_inputs, **dropped, **states) if states else catalog_inputs
+
+
+def _layer_states(tower, kind: str, encoder, catalog_inputs: ItemInputs, batch_size: int, cache, accelerator):
+    """The per-layer states of the `kind` encoder over the catalog, from the feature cache when it has them."""
+    from .cache import encode_catalog
+
+    def run(items):
+        return tower.encode_layers(items, kind)[1]
+
+    if cache is not None:
+        return cache.encode(f"{kind}_layers", encoder, run, catalog_inputs, batch_size, accelerator)
+    return encode_catalog(run, encoder, catalog_inputs, batch_size, f"encode {kind} layers", accelerator)
 
 
 def train(*args, **kwargs) -> TrainState:

@@ -12,8 +12,9 @@ Sections:
 - `cached`: MMSR with the frozen MiniLM text encoder cached vs our ID-SASRec, epoch time on MovieLens-100k.
 - `unique`: items encoded per step vs the B x T positions of the batch (trainable encoders encode each distinct item
   of a batch once).
-- `lora`: LoRA vs full fine-tuning of the default CPU model (MiniLM + ViT, concat fusion) on the synthetic office
-  domain: peak memory (RSS of a fresh process), step time, trainable share, adapter vs base checkpoint size.
+- `lora`: LoRA, a side adapter and full fine-tuning of the default CPU model (MiniLM + ViT, concat fusion) on the
+  synthetic office domain: peak memory (RSS of a fresh process), step and epoch time, trainable share, adapter vs
+  base checkpoint size.
 - `catalog`: full-ranking evaluation time and peak memory vs catalog size (10 k, 100 k, 1 M generated items).
 
 Timings are medians of `--repeats` runs with [min, max]; each memory figure comes from its own fresh process.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -211,16 +213,18 @@ def resident_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def lora_or_full(method: str, data_dir: str, steps: int, checkpointing: bool = False) -> dict:
-    """Step time, memory and sizes of one adaptation method on the default CPU model (synthetic office). Memory:
-    the resident size once model and catalog are loaded, and the peak during training (the difference is what
-    training itself costs: activations, gradients, optimizer states)."""
+def adaptation_step(method: str, data_dir: str, steps: int, checkpointing: bool = False) -> dict:
+    """Step time, memory and sizes of one adaptation method (`lora`, `side` or `full`) on the default CPU model
+    (synthetic office). Memory: the resident size once model and catalog are loaded, and the peak during training
+    (the difference is what training itself costs: activations, gradients, optimizer states). A side adapter's
+    frozen encoders run once over the catalog before training (`prepare_s`; a later run reads the feature cache)."""
     from peft import LoraConfig
 
-    from mmsr_peft.adapters import lora_target_modules
+    from mmsr_peft.adapters import is_adapter_key, lora_target_modules
     from mmsr_peft.builder import ModelArguments, build_model
     from mmsr_peft.data.collate import TrainCollator
     from mmsr_peft.domains import build_corpus, load_domain
+    from mmsr_peft.side import SideAdapterConfig
     from mmsr_peft.training import precompute_frozen_states
 
     corpus = build_corpus([load_domain("office", data_dir=data_dir)], 50)
@@ -229,7 +233,11 @@ def lora_or_full(method: str, data_dir: str, steps: int, checkpointing: bool = F
     if method == "lora":
         model.requires_grad_(False)
         model.add_adapter(LoraConfig(r=8, lora_alpha=16, target_modules=lora_target_modules(model)), "bench")
+    elif method == "side":
+        model.add_adapter(SideAdapterConfig(), "bench")
+    began = time.perf_counter()
     inputs = precompute_frozen_states(model, model.processor(corpus.catalog.records(range(len(corpus.catalog)))))
+    prepare_s = time.perf_counter() - began
     collate = TrainCollator(inputs, "sampled_softmax", 256, seed=0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -248,7 +256,7 @@ def lora_or_full(method: str, data_dir: str, steps: int, checkpointing: bool = F
         if step:  # the first step allocates; it is not timed
             times.append(time.perf_counter() - began)
     with tempfile.TemporaryDirectory() as folder:
-        if method == "lora":
+        if method in ("lora", "side"):
             model.save_adapter(folder, "bench")
             size = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
         else:
@@ -256,8 +264,10 @@ def lora_or_full(method: str, data_dir: str, steps: int, checkpointing: bool = F
             size = (Path(folder) / "model.safetensors").stat().st_size
     return {
         "step_s": spread(times),
+        "steps_per_epoch": math.ceil(len(corpus.train) / 64),
+        "prepare_s": prepare_s,
         "trainable_parameters": sum(p.numel() for p in params),
-        "base_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
+        "base_parameters": sum(p.numel() for n, p in model.named_parameters() if not is_adapter_key(n)),
         "weights_bytes": size,
         "loaded_rss_mib": loaded_mib,
     }
@@ -307,10 +317,10 @@ def run(args) -> dict:
             results["unique"] = unique_items(data_dir)
         if "lora" in args.sections:
             generate_world(Path(data_dir) / "synthetic", ["office"], SyntheticWorldConfig(seed=0))
-            for method in ("lora", "full"):
-                for checkpointing in (False, True):
+            for method in ("lora", "side", "full"):
+                for checkpointing in (False, True) if method != "side" else (False,):  # side: no encoder backward
                     key = method + ("_checkpointing" if checkpointing else "")
-                    results[key] = in_fresh_process(lora_or_full, method, data_dir, args.steps, checkpointing)
+                    results[key] = in_fresh_process(adaptation_step, method, data_dir, args.steps, checkpointing)
                     print(f"{key}:", json.dumps(results[key]["step_s"]), flush=True)
     if "catalog" in args.sections:
         results["catalog"] = []
@@ -391,16 +401,21 @@ def report(results: dict, args, command: str) -> str:
         lines.append("")
     if "lora" in results:
         lines += [
-            "## LoRA vs full fine-tuning (default CPU model: MiniLM + ViT, concat; synthetic office, batch 64)",
+            "## LoRA, side adapter and full fine-tuning (default CPU model: MiniLM + ViT, concat; synthetic office, "
+            "batch 64)",
             "",
             "Loaded: resident memory once model and catalog inputs are in memory; training: peak minus loaded "
-            "(activations, gradients, optimizer states).",
+            "(activations, gradients, optimizer states). Epoch: steps per epoch x the median step. Before training, "
+            "the side adapter runs its frozen encoders once over the catalog (one-time; a later run reads the "
+            "feature cache).",
             "",
-            "| | step (s) | peak RSS (MiB) | loaded (MiB) | training (MiB) | trainable parameters | weights on disk |",
-            "|---|---|---|---|---|---|---|",
+            "| | step (s) | epoch (s) | peak RSS (MiB) | loaded (MiB) | training (MiB) | trainable parameters "
+            "| weights on disk | encoder pass before training (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for key, label in (
             ("lora", "LoRA r=8 (text, vision, fusion)"),
+            ("side", "side adapter (width 64)"),
             ("full", "full fine-tuning"),
             ("lora_checkpointing", "LoRA + gradient checkpointing"),
             ("full_checkpointing", "full + gradient checkpointing"),
@@ -409,13 +424,14 @@ def report(results: dict, args, command: str) -> str:
             if row is None:
                 continue
             share = row["trainable_parameters"] / row["base_parameters"]
-            weights = (
-                f"{'adapter' if key.startswith('lora') else 'base checkpoint'} {row['weights_bytes'] / 2**20:.2f} MiB"
-            )
+            kind = "base checkpoint" if key.startswith("full") else "adapter"
+            epoch = row["step_s"]["median"] * row["steps_per_epoch"] if "steps_per_epoch" in row else None
             lines.append(
-                f"| {label} | {fmt(row['step_s'], 3)} | {row['peak_rss_mib']:.0f} | {row['loaded_rss_mib']:.0f} | "
+                f"| {label} | {fmt(row['step_s'], 3)} | {'-' if epoch is None else f'{epoch:.1f}'} | "
+                f"{row['peak_rss_mib']:.0f} | {row['loaded_rss_mib']:.0f} | "
                 f"{row['peak_rss_mib'] - row['loaded_rss_mib']:.0f} | {row['trainable_parameters']:,} "
-                f"({min(share, 1):.2%}) | {weights} |"
+                f"({min(share, 1):.2%}) | {kind} {row['weights_bytes'] / 2**20:.2f} MiB | "
+                f"{row.get('prepare_s', 0):.1f} |"
             )
         lines.append("")
         for suffix, setting in (("", "without"), ("_checkpointing", "with")):
@@ -427,7 +443,14 @@ def report(results: dict, args, command: str) -> str:
                     f"{(lora['peak_rss_mib'] - lora['loaded_rss_mib']) / (full['peak_rss_mib'] - full['loaded_rss_mib']):.2f}x, "
                     f"step time {lora['step_s']['median'] / full['step_s']['median']:.2f}x"
                 )
-        lora, full = results["lora"], results["full"]
+        lora, side = results["lora"], results.get("side")
+        if side:
+            lines.append(
+                f"- side adapter / LoRA: peak memory {side['peak_rss_mib'] / lora['peak_rss_mib']:.2f}x (target <= "
+                f"0.3x), training memory {(side['peak_rss_mib'] - side['loaded_rss_mib']) / (lora['peak_rss_mib'] - lora['loaded_rss_mib']):.2f}x, "
+                f"step (and epoch) time {side['step_s']['median'] / lora['step_s']['median']:.3f}x (target <= 0.3x)"
+            )
+        full = results["full"]
         lines += [
             f"- adapter / base checkpoint {lora['weights_bytes'] / full['weights_bytes']:.2%} (target <= 3 %); "
             f"LoRA trainable share {lora['trainable_parameters'] / lora['base_parameters']:.2%} (target <= 2 %)",
@@ -469,6 +492,12 @@ def main(argv=None) -> int:
     parser.add_argument("--catalog_sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--eval_users", type=int, default=2_000, help="Users ranked per catalog-size measurement.")
     parser.add_argument("--output_dir", default="results", help="Where benchmark.md/json go.")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="Measure --sections again and keep the other sections of an existing benchmark.json (its command is "
+        "kept, followed by this one).",
+    )
     args = parser.parse_args(argv)
     threads = {name: os.environ[name] for name in ("OMP_NUM_THREADS", "MMSR_BENCH_THREADS") if name in os.environ}
     command = shlex.join([*(f"{k}={v}" for k, v in threads.items()), "python", "scripts/benchmark.py"])
@@ -476,6 +505,11 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()[0]
     results = run(args)
     results["load_average"] = {"start": load_before, "end": os.getloadavg()[0]}
+    previous = Path(args.output_dir) / "benchmark.json"
+    if args.update and previous.is_file():
+        earlier = json.loads(previous.read_text())
+        results = {**earlier["results"], **results}
+        command = f"{earlier['command']}` then `{command}"
     text = report(results, args, command)
     print("\n" + text)
     from mmsr_peft.io import atomic_write_text

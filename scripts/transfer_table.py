@@ -26,6 +26,7 @@ ADAPT = Path(__file__).resolve().parents[1] / "recipes" / "adapt.py"
 # row name -> mmsr-adapt flags
 ROWS = {
     "lora": ["--method", "lora"],
+    "side": ["--method", "side"],
     "lora-text": ["--method", "lora", "--components", "text"],
     "lora-vision": ["--method", "lora", "--components", "vision"],
     "lora-fusion": ["--method", "lora", "--components", "fusion"],
@@ -50,7 +51,8 @@ def run_row(name: str, args, extra: list[str]) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"row {name!r} failed: {' '.join(command)}")
     metrics = json.loads((out / "metrics.json").read_text())
-    weights = out / ("adapter_model.safetensors" if ROWS[name][1] == "lora" else "model.safetensors")
+    files = {"lora": "adapter_model.safetensors", "side": "side_adapter_model.safetensors"}
+    weights = out / files.get(ROWS[name][1], "model.safetensors")
     return {
         "row": name,
         "test": metrics["test"],

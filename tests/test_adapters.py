@@ -83,7 +83,8 @@ def test_rank_alpha_dropout_and_targets_per_component(tmp_path):
         (["--vision_target_modules", "q_proj,v_proj"], "matches no module"),
         (["--modules_to_save", "nothing"], "no module 'nothing'"),
         (["--quantize", "2bit"], "valid: 4bit, 8bit"),
-        (["--method", "full", "--quantize", "4bit"], "need --method lora"),
+        (["--method", "full", "--quantize", "4bit"], "needs --method lora"),
+        (["--method", "frozen", "--modules_to_save", "sequence_encoder"], "needs --method lora or side"),
     ],
 )
 def test_bad_lora_settings_name_the_problem(argv, message):

@@ -79,3 +79,13 @@ def test_performance_benchmark_sections_write_tables(tmp_path):
     text = (out / "benchmark.md").read_text()
     assert "## Items encoded per step" in text and "## Full-ranking evaluation vs catalog size" in text
     assert "| 1,000 | 40 |" in text
+
+    again = ["--sections", "catalog", "--catalog_sizes", "500", "--eval_users", "20", "--output_dir", str(out)]
+    subprocess.run(
+        [sys.executable, str(SCRIPTS / "benchmark.py"), *again, "--update"], check=True, capture_output=True
+    )
+    updated = json.loads((out / "benchmark.json").read_text())
+    assert updated["results"]["unique"] == report["results"]["unique"]  # the section not measured again is kept
+    assert [row["items"] for row in updated["results"]["catalog"]] == [500]
+    assert updated["command"].startswith(report["command"] + "` then `")
+    assert "| 500 | 20 |" in (out / "benchmark.md").read_text() and "## Items encoded per step" in text

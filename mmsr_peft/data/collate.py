@@ -29,6 +29,8 @@ class ItemInputs:
         pixel_values (`torch.ByteTensor` of shape `(N, 3, H, W)`): RGB images, uint8 (normalised by the encoder).
         has_image (`torch.BoolTensor` of shape `(N,)`): False where an item has no image.
         text_states / image_states: precomputed outputs of a frozen encoder, used instead of running it.
+        text_layers / image_layers: precomputed per-layer states of a frozen encoder (`LayerStates`), read by side
+            adapters.
     """
 
     item_index: torch.Tensor
@@ -39,6 +41,8 @@ class ItemInputs:
     has_image: torch.Tensor | None = None
     text_states: object | None = None
     image_states: object | None = None
+    text_layers: object | None = None
+    image_layers: object | None = None
 
     def __len__(self) -> int:
         return len(self.item_index)
