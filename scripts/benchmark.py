@@ -330,13 +330,19 @@ def run(args) -> dict:
     return results
 
 
-def report(results: dict, args, command: str) -> str:
+def report(results: dict, args, command: str, where: str) -> str:
+    """The Markdown report of `results`, measured by `command` on the machine `where` describes."""
     lines = [
         "# Performance benchmark",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}; load average {results['load_average']['start']:.1f} at start, "
+        f"Machine: {where}; load average {results['load_average']['start']:.1f} at start, "
         f"{results['load_average']['end']:.1f} at the end (other jobs on the machine slow both sides of a ratio)  ",
+        *(
+            f"Sections not measured again by the last command: {', '.join(run['sections'])} on {run['machine']}, load "
+            f"average {run['load_average']['start']:.1f} at start, {run['load_average']['end']:.1f} at the end  "
+            for run in results.get("earlier_runs", [])
+        ),
         f"Timings: median [min, max] of {args.repeats} runs (steps: {args.steps}); memory: peak RSS of a fresh "
         "process per measurement.",
         "",
@@ -508,9 +514,15 @@ def main(argv=None) -> int:
     previous = Path(args.output_dir) / "benchmark.json"
     if args.update and previous.is_file():
         earlier = json.loads(previous.read_text())
-        results = {**earlier["results"], **results}
+        kept = [name for name in SECTIONS if name not in args.sections and name in earlier["args"]["sections"]]
+        runs = earlier["results"].get("earlier_runs", [])
+        runs = [{**run, "sections": [n for n in run["sections"] if n in kept]} for run in runs]
+        latest = {"machine": earlier["machine"], "load_average": earlier["results"]["load_average"]}
+        runs.append({**latest, "sections": [n for n in kept if not any(n in run["sections"] for run in runs)]})
+        results = {**earlier["results"], **results, "earlier_runs": [run for run in runs if run["sections"]]}
         command = f"{earlier['command']}` then `{command}"
-    text = report(results, args, command)
+        args.sections = [*kept, *args.sections]
+    text = report(results, args, command, machine())
     print("\n" + text)
     from mmsr_peft.io import atomic_write_text
 

@@ -88,4 +88,6 @@ def test_performance_benchmark_sections_write_tables(tmp_path):
     assert updated["results"]["unique"] == report["results"]["unique"]  # the section not measured again is kept
     assert [row["items"] for row in updated["results"]["catalog"]] == [500]
     assert updated["command"].startswith(report["command"] + "` then `")
-    assert "| 500 | 20 |" in (out / "benchmark.md").read_text() and "## Items encoded per step" in text
+    updated_text = (out / "benchmark.md").read_text()
+    assert "| 500 | 20 |" in updated_text and "## Items encoded per step" in updated_text
+    assert "Sections not measured again by the last command: unique on " in updated_text
