@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import side
 from .errors import CheckpointError
 from .io import check_finite, is_local_path
-from .side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE, SideAdapterConfig, SideNetwork, layer_widths
+from .side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE, SideAdapterConfig
 
 COMPONENTS = ("text", "vision", "fusion", "sequence")
 DEFAULT_COMPONENTS = ("text", "vision", "fusion")  # what `mmsr-adapt` adapts unless --components says otherwise
@@ -24,7 +25,6 @@ ADAPTER_RECORD = "mmsr_adapter.json"  # the base an adapter belongs to, and its 
 BASE_FIELDS = ("adapter_name", "base_model", "base_sha256")  # the fields of the record that describe the base
 PEFT_PREFIX = "base_model.model."  # how PeftModel names weights in adapter files; plain peft users load ours
 ADAPTER_CONFIGS = ("adapter_config.json", SIDE_CONFIG_FILE)  # a LoRA (peft) adapter folder, a side adapter folder
-SAVED = "modules_to_save."  # where a side adapter's weights file keeps its copies of modules_to_save
 
 # Modules LoRA adapts in each encoder family (regex on the module name inside the encoder).
 TEXT_TARGETS = {
@@ -257,19 +257,6 @@ def base_key_map(model: nn.Module) -> dict[str, str]:
     return {_base_key(k): k for k in model.state_dict() if not is_adapter_key(k)}
 
 
-def _save_module(model: nn.Module, name: str, adapter_name: str) -> None:
-    """Gives `adapter_name` its own trainable copy of the module `name` (peft's `ModulesToSaveWrapper`, shared with
-    the LoRA adapters that save the same module)."""
-    from peft.utils.other import ModulesToSaveWrapper
-
-    module = model.get_submodule(name)
-    if isinstance(module, ModulesToSaveWrapper):
-        module.update(adapter_name)
-        return
-    parent, _, attribute = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attribute, ModulesToSaveWrapper(module, adapter_name))
-
-
 def _adapter_file(name_or_path, filename: str, revision=None) -> Path | None:
     """`filename` of an adapter (local folder or Hub repo, downloaded), None when the adapter has no such file."""
     local = Path(str(name_or_path))
@@ -339,40 +326,12 @@ class AdapterMixin:
         self.set_adapter(adapter_name)
 
     def _add_side_adapter(self, config: SideAdapterConfig, adapter_name: str, metadata: dict | None) -> None:
-        """A side network beside the encoders, sized to their layer states; only it trains (the base is frozen)."""
-        if self.config.item_tower == "id":
-            raise ValueError("a side adapter reads the text and vision encoders; an `id` item tower has none")
-        text, image = layer_widths(self.item_tower)
-        if (config.text_widths or config.image_widths) and (config.text_widths, config.image_widths) != (text, image):
-            raise CheckpointError(
-                f"the side adapter was built for encoder layer widths text {config.text_widths}, image "
-                f"{config.image_widths}; this model's are text {text}, image {image}"
-            )
-        config.text_widths, config.image_widths = text, image
-        network = SideNetwork(config, self.config.hidden_size).to(next(self.parameters()).device)
-        network.train(self.training)
-        modules = dict(self.named_modules())
-        missing = [name for name in config.modules_to_save if name not in modules]
-        if missing:
-            top = [n for n, _ in self.named_children()] + [
-                f"item_tower.{n}" for n, _ in self.item_tower.named_children()
-            ]
-            raise ValueError(f"modules_to_save: no module {missing} in the model; e.g. {sorted(top)}")
-        self.item_tower.side_adapters[adapter_name] = network
-        for name in config.modules_to_save:
-            _save_module(self, name, adapter_name)
+        """A side network beside the encoders (see `mmsr_peft.side.attach`); only it trains (the base is frozen)."""
+        side.attach(self, config, adapter_name)
         self._peft_configs()[adapter_name] = config
         self._metadata()[adapter_name] = dict(metadata or {})
         self.requires_grad_(False)
         self.set_adapter(adapter_name)
-
-    def _saved_modules(self, adapter_name: str) -> dict[str, nn.Module]:
-        """The copies of `modules_to_save` that belong to `adapter_name`, by the name of the module they replace."""
-        return {
-            name: module.modules_to_save[adapter_name]
-            for name, module in self.named_modules()
-            if adapter_name in getattr(module, "modules_to_save", {})
-        }
 
     def _is_side(self, adapter_name: str) -> bool:
         return isinstance(self._peft_configs().get(adapter_name), SideAdapterConfig)
@@ -450,18 +409,8 @@ class AdapterMixin:
             self.add_adapter(config, adapter_name, {k: v for k, v in record.items() if k not in BASE_FIELDS})
         except CheckpointError as err:  # built for encoders of other widths
             raise CheckpointError(f"{name_or_path}: adapter does not fit this base model: {err}") from None
-        saved = self._saved_modules(adapter_name)
         try:
-            network = {k: v for k, v in weights.items() if not k.startswith(SAVED)}
-            self.item_tower.side_adapters[adapter_name].load_state_dict(network)
-            for name, module in saved.items():
-                prefix = f"{SAVED}{name}."
-                module.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)})
-            unknown = [
-                k for k in weights if k.startswith(SAVED) and not k.startswith(tuple(f"{SAVED}{n}." for n in saved))
-            ]
-            if unknown:
-                raise RuntimeError(f"unexpected saved-module weights {unknown[:5]}")
+            side.load_weights(self, adapter_name, weights)
         except RuntimeError as err:  # missing, unexpected or reshaped weights
             self.delete_adapter(adapter_name)
             detail = " ".join(str(err).split())
@@ -504,10 +453,7 @@ class AdapterMixin:
         self._require_adapter(adapter_name)
         self._metadata()[adapter_name].update(metadata or {})
         if self._is_side(adapter_name):
-            state = dict(self.item_tower.side_adapters[adapter_name].state_dict())
-            prefix, weights_file = "", SIDE_WEIGHTS_FILE
-            for name, module in self._saved_modules(adapter_name).items():
-                state.update({f"{SAVED}{name}.{k}": v for k, v in module.state_dict().items()})
+            state, prefix, weights_file = side.weights(self, adapter_name), "", SIDE_WEIGHTS_FILE
         else:
             state = get_peft_model_state_dict(self, adapter_name=adapter_name)
             prefix, weights_file = PEFT_PREFIX, "adapter_model.safetensors"
@@ -594,16 +540,16 @@ class AdapterMixin:
         from peft.functional import set_adapter
 
         self._require_adapter(adapter_name)
-        side = self._is_side(adapter_name)
+        is_side = self._is_side(adapter_name)
         for module in self._adapter_modules():
             saves = adapter_name in getattr(module, "modules_to_save", {})  # a copy this adapter trains
-            module.enable_adapters(not side or saves)
-            if side and saves:
+            module.enable_adapters(not is_side or saves)
+            if is_side and saves:
                 module.set_adapter(adapter_name)
         for name, network in self.item_tower.side_adapters.items():
             network.requires_grad_(name == adapter_name)
-        self.item_tower.active_side = adapter_name if side else None
-        if not side:
+        self.item_tower.active_side = adapter_name if is_side else None
+        if not is_side:
             set_adapter(self, adapter_name)
 
     def disable_adapters(self) -> None:

@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigMixin
+from .errors import CheckpointError
 
 SIDE_CONFIG_FILE = "side_adapter_config.json"
 SIDE_WEIGHTS_FILE = "side_adapter_model.safetensors"
 SIDE_ADAPTER_TYPE = "MMSR_SIDE"
+SAVED = "modules_to_save."  # where a side adapter's weights file keeps its copies of modules_to_save
 
 
 @dataclass
@@ -201,3 +203,74 @@ def aligned_layers(text_depth: int, image_depth: int) -> list[tuple[int, int]]:
     return [
         (round(k * (text_depth - 1) / (steps - 1)), round(k * (image_depth - 1) / (steps - 1))) for k in range(steps)
     ]
+
+
+def attach(model: nn.Module, config: SideAdapterConfig, adapter_name: str) -> None:
+    """Adds a `SideNetwork` for `config` to `model.item_tower.side_adapters`, sized to the model's encoders (a
+    config that names other layer widths is a `CheckpointError`), and gives it its own trainable copy of each of
+    `config.modules_to_save` (peft's `ModulesToSaveWrapper`, shared with the LoRA adapters that save the same
+    module). `AdapterMixin.add_adapter` registers it."""
+    if model.config.item_tower == "id":
+        raise ValueError("a side adapter reads the text and vision encoders; an `id` item tower has none")
+    text, image = layer_widths(model.item_tower)
+    if (config.text_widths or config.image_widths) and (config.text_widths, config.image_widths) != (text, image):
+        raise CheckpointError(
+            f"the side adapter was built for encoder layer widths text {config.text_widths}, image "
+            f"{config.image_widths}; this model's are text {text}, image {image}"
+        )
+    modules = dict(model.named_modules())
+    missing = [name for name in config.modules_to_save if name not in modules]
+    if missing:
+        top = [n for n, _ in model.named_children()] + [
+            f"item_tower.{n}" for n, _ in model.item_tower.named_children()
+        ]
+        raise ValueError(f"modules_to_save: no module {missing} in the model; e.g. {sorted(top)}")
+    config.text_widths, config.image_widths = text, image
+    network = SideNetwork(config, model.config.hidden_size).to(next(model.parameters()).device)
+    model.item_tower.side_adapters[adapter_name] = network.train(model.training)
+    for name in config.modules_to_save:
+        _save_module(model, name, adapter_name)
+
+
+def _save_module(model: nn.Module, name: str, adapter_name: str) -> None:
+    from peft.utils.other import ModulesToSaveWrapper
+
+    module = model.get_submodule(name)
+    if isinstance(module, ModulesToSaveWrapper):
+        module.update(adapter_name)
+        return
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attribute, ModulesToSaveWrapper(module, adapter_name))
+
+
+def saved_modules(model: nn.Module, adapter_name: str) -> dict[str, nn.Module]:
+    """The copies of `modules_to_save` that belong to `adapter_name`, by the name of the module they replace."""
+    return {
+        name: module.modules_to_save[adapter_name]
+        for name, module in model.named_modules()
+        if adapter_name in getattr(module, "modules_to_save", {})
+    }
+
+
+def weights(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """What a side adapter's weights file holds: the network's weights, and its module copies under `SAVED`."""
+    state = dict(model.item_tower.side_adapters[adapter_name].state_dict())
+    for name, module in saved_modules(model, adapter_name).items():
+        state.update({f"{SAVED}{name}.{k}": v for k, v in module.state_dict().items()})
+    return state
+
+
+def load_weights(model: nn.Module, adapter_name: str, state: dict[str, torch.Tensor]) -> None:
+    """Fills an attached side adapter from `weights`' layout; a missing, unexpected or reshaped weight is a
+    `RuntimeError`."""
+    saved = saved_modules(model, adapter_name)
+    model.item_tower.side_adapters[adapter_name].load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith(SAVED)}
+    )
+    for name, module in saved.items():
+        prefix = f"{SAVED}{name}."
+        module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+    prefixes = tuple(f"{SAVED}{name}." for name in saved)
+    unknown = [k for k in state if k.startswith(SAVED) and not (prefixes and k.startswith(prefixes))]
+    if unknown:
+        raise RuntimeError(f"unexpected weights of saved modules {unknown[:5]}")
