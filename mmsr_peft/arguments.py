@@ -210,6 +210,15 @@ class TrainingArguments:
             "(the logQ correction of sampling bias); false: no correction."
         },
     )
+    negative_table: bool = field(
+        default=False,
+        metadata={
+            "help": "sampled_softmax / bce with trainable encoders: only the batch's own items (histories and "
+            "targets) go through the encoders; sampled negatives that are not among them are scored from a table of "
+            "the catalog's embeddings, computed without gradients at the start of every epoch. Less activation "
+            "memory and time per step; negatives lag the weights by up to an epoch."
+        },
+    )
     patience: int = field(default=3, metadata={"help": "Stop after this many evaluations without improvement."})
     eval_batch_size: int = field(default=256, metadata={"help": "Users (and items) per evaluation batch."})
     save_steps: int = field(default=500, metadata={"help": "Save the full training state every N steps."})

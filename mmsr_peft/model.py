@@ -303,6 +303,9 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         targets: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
         logq: torch.Tensor | None = None,
+        catalog_rows: torch.Tensor | None = None,
+        from_table: torch.Tensor | None = None,
+        item_table: torch.Tensor | None = None,
     ) -> MMSROutput:
         """Next-item prediction at every position (a `TrainBatch` holds these arguments).
 
@@ -312,13 +315,24 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             targets (`torch.LongTensor` of shape `(B, T)`, *optional*): next item at every position, -1 to ignore.
             negatives (`torch.LongTensor` of shape `(B, T)`, *optional*): one negative per position (`bce` loss).
             logq (`torch.FloatTensor` of shape `(N,)`, *optional*): logQ correction (`sampled_softmax` loss).
+            catalog_rows, from_table, item_table: with a negative table (`--negative_table`), the items where
+                `from_table` is True are not encoded: their embeddings are rows `catalog_rows` of `item_table`
+                (`(catalog size, D)`, from `embed_catalog`, no gradient).
         """
+        table = item_table is not None and from_table is not None and bool(from_table.any())
+        if table:  # the batch's own items go through the item tower; the negatives that are only negatives do not
+            encoded, looked_up = torch.nonzero(~from_table).squeeze(1), torch.nonzero(from_table).squeeze(1)
+            items = items.select(encoded)
         alignment = None
         if targets is not None and self.config.itc_weight > 0:
             tower = self.item_tower
             items = items.with_states(tower.encode_text(items), tower.encode_image(items))  # encode once for both
             alignment = tower.alignment_loss(items)
         item_embeddings = self.embed_items(items)  # (N, D)
+        if table:
+            rows = item_table[catalog_rows[looked_up]].to(item_embeddings.dtype)
+            order = torch.argsort(torch.cat([encoded, looked_up]))  # back to the batch's item order
+            item_embeddings = torch.cat([item_embeddings, rows])[order]
         sequence_output = self.encode_sequences(item_embeddings, inputs)  # (B, T, D)
         loss = None
         if targets is not None and self.config.loss == "bce":

@@ -364,6 +364,7 @@ class Trainer:
             counts if args.logq else None,
             seed=args.seed + accelerator.process_index,
             candidates=candidates,
+            negative_table=args.negative_table,
         )
         loader = torch.utils.data.DataLoader(
             train_sequences,
@@ -451,11 +452,12 @@ class Trainer:
         self.collator.seed = (args.seed, state.epoch, accelerator.process_index)
         self.collator.batch_index = max(done_in_epoch, 0)  # skipped batches are not collated: start at the right one
         loader = accelerator.skip_first_batches(self.loader, done_in_epoch) if done_in_epoch > 0 else self.loader
+        table = self._negative_table() if args.negative_table else None
         self.ddp_model.train()
         started, first_step = time.perf_counter(), state.step
         for batch in loader:
             with accelerator.autocast():
-                loss = self.ddp_model(batch.items, batch.inputs, batch.targets, batch.negatives, batch.logq).loss
+                loss = self.ddp_model(**vars(batch), item_table=table).loss
             accelerator.backward(loss)
             if args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(self.trainable.values(), args.max_grad_norm)
@@ -478,6 +480,13 @@ class Trainer:
         state.epoch += 1
         seconds = time.perf_counter() - started
         accelerator.log({"train/steps_per_second": (state.step - first_step) / max(seconds, 1e-9)}, step=state.step)
+
+    def _negative_table(self) -> torch.Tensor:
+        """`(catalog size, D)` embeddings of the whole catalog with the current weights, in eval mode and without
+        gradients: what `--negative_table` scores sampled negatives with during the epoch."""
+        self.model.eval()
+        table = self.model.embed_catalog(self.catalog_inputs, self.args.eval_batch_size)
+        return table.to(self.accelerator.device)
 
     def _save_state(self) -> None:
         """Accelerate's `save_state` (model, optimizer, scheduler, RNG states), our `TrainState`, then a marker

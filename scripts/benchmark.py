@@ -213,11 +213,15 @@ def resident_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def adaptation_step(method: str, data_dir: str, steps: int, checkpointing: bool = False) -> dict:
+def adaptation_step(
+    method: str, data_dir: str, steps: int, checkpointing: bool = False, negative_table: bool = False
+) -> dict:
     """Step time, memory and sizes of one adaptation method (`lora`, `side` or `full`) on the default CPU model
     (synthetic office). Memory: the resident size once model and catalog are loaded, and the peak during training
     (the difference is what training itself costs: activations, gradients, optimizer states). A side adapter's
-    frozen encoders run once over the catalog before training (`prepare_s`; a later run reads the feature cache)."""
+    frozen encoders run once over the catalog before training (`prepare_s`; a later run reads the feature cache).
+    With `negative_table`, sampled negatives are scored from a table of the catalog's embeddings, rebuilt once an
+    epoch (`table_s`), instead of going through the encoders."""
     from peft import LoraConfig
 
     from mmsr_peft.adapters import is_adapter_key, lora_target_modules
@@ -238,7 +242,10 @@ def adaptation_step(method: str, data_dir: str, steps: int, checkpointing: bool 
     began = time.perf_counter()
     inputs = precompute_frozen_states(model, model.processor(corpus.catalog.records(range(len(corpus.catalog)))))
     prepare_s = time.perf_counter() - began
-    collate = TrainCollator(inputs, "sampled_softmax", 256, seed=0)
+    collate = TrainCollator(inputs, "sampled_softmax", 256, seed=0, negative_table=negative_table)
+    began = time.perf_counter()
+    table = model.eval().embed_catalog(inputs) if negative_table else None
+    table_s = time.perf_counter() - began
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     if checkpointing:
@@ -250,7 +257,7 @@ def adaptation_step(method: str, data_dir: str, steps: int, checkpointing: bool 
         rows = np.arange(step * 64, (step + 1) * 64) % len(corpus.train)  # office has fewer than steps x 64
         batch = collate([corpus.train[i] for i in rows])
         began = time.perf_counter()
-        model(**vars(batch)).loss.backward()
+        model(**vars(batch), item_table=table).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step:  # the first step allocates; it is not timed
@@ -266,6 +273,7 @@ def adaptation_step(method: str, data_dir: str, steps: int, checkpointing: bool 
         "step_s": spread(times),
         "steps_per_epoch": math.ceil(len(corpus.train) / 64),
         "prepare_s": prepare_s,
+        "table_s": table_s,
         "trainable_parameters": sum(p.numel() for p in params),
         "base_parameters": sum(p.numel() for n, p in model.named_parameters() if not is_adapter_key(n)),
         "weights_bytes": size,
@@ -322,6 +330,10 @@ def run(args) -> dict:
                     key = method + ("_checkpointing" if checkpointing else "")
                     results[key] = in_fresh_process(adaptation_step, method, data_dir, args.steps, checkpointing)
                     print(f"{key}:", json.dumps(results[key]["step_s"]), flush=True)
+            for method in ("lora", "full"):  # negatives from a table: only the batch's own items are encoded
+                key = f"{method}_table"
+                results[key] = in_fresh_process(adaptation_step, method, data_dir, args.steps, False, True)
+                print(f"{key}:", json.dumps(results[key]["step_s"]), flush=True)
     if "catalog" in args.sections:
         results["catalog"] = []
         for num_items in args.catalog_sizes:
@@ -411,7 +423,9 @@ def report(results: dict, args, command: str, where: str) -> str:
             "batch 64)",
             "",
             "Loaded: resident memory once model and catalog inputs are in memory; training: peak minus loaded "
-            "(activations, gradients, optimizer states). Epoch: steps per epoch x the median step. Before training, "
+            "(activations, gradients, optimizer states). Epoch: steps per epoch x the median step (+ rebuilding the "
+            "negative table, once an epoch: `--negative_table`, sampled negatives scored from a table of the "
+            "catalog's embeddings instead of encoded at every step). Before training, "
             "the side adapter runs its frozen encoders once over the catalog (one-time; a later run reads the "
             "feature cache).",
             "",
@@ -423,6 +437,8 @@ def report(results: dict, args, command: str, where: str) -> str:
             ("lora", "LoRA r=8 (text, vision, fusion)"),
             ("side", "side adapter (width 64)"),
             ("full", "full fine-tuning"),
+            ("lora_table", "LoRA + negative table"),
+            ("full_table", "full + negative table"),
             ("lora_checkpointing", "LoRA + gradient checkpointing"),
             ("full_checkpointing", "full + gradient checkpointing"),
         ):
@@ -431,7 +447,9 @@ def report(results: dict, args, command: str, where: str) -> str:
                 continue
             share = row["trainable_parameters"] / row["base_parameters"]
             kind = "base checkpoint" if key.startswith("full") else "adapter"
-            epoch = row["step_s"]["median"] * row["steps_per_epoch"] if "steps_per_epoch" in row else None
+            epoch = None
+            if "steps_per_epoch" in row:  # and the negative table's rebuild, once an epoch
+                epoch = row["step_s"]["median"] * row["steps_per_epoch"] + row.get("table_s", 0)
             lines.append(
                 f"| {label} | {fmt(row['step_s'], 3)} | {'-' if epoch is None else f'{epoch:.1f}'} | "
                 f"{row['peak_rss_mib']:.0f} | {row['loaded_rss_mib']:.0f} | "
@@ -448,6 +466,14 @@ def report(results: dict, args, command: str, where: str) -> str:
                     f"{lora['peak_rss_mib'] / full['peak_rss_mib']:.2f}x (target <= 0.6x), training memory "
                     f"{(lora['peak_rss_mib'] - lora['loaded_rss_mib']) / (full['peak_rss_mib'] - full['loaded_rss_mib']):.2f}x, "
                     f"step time {lora['step_s']['median'] / full['step_s']['median']:.2f}x"
+                )
+        for lora_key, full_key in (("lora_table", "full"), ("lora_table", "full_table")):
+            lora, full = results.get(lora_key), results.get(full_key)
+            if lora and full:
+                lines.append(
+                    f"- {lora_key.replace('_', ' + negative ')} / {full_key.replace('_', ' + negative ')}: peak memory "
+                    f"{lora['peak_rss_mib'] / full['peak_rss_mib']:.2f}x (target <= 0.6x), step time "
+                    f"{lora['step_s']['median'] / full['step_s']['median']:.2f}x"
                 )
         lora, side = results["lora"], results.get("side")
         if side:

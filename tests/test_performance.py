@@ -258,3 +258,51 @@ def test_image_cache_names_an_unreadable_image(tmp_path):
     with pytest.raises(DataError, match=r"missing\.png: cannot read image"):
         ImageCache(tmp_path / "cache").load([str(tmp_path / "missing.png")], 16)
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
+def test_a_negative_table_scores_the_sampled_negatives_as_the_encoders_would(loss, catalog):  # noqa: F811
+    """With the table computed from the current weights, the loss is the loss of encoding every item, and only
+    the batch's own items go through the encoders."""
+    model = tiny().requires_grad_(True)  # trainable encoders: what the table spares
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    sequences = [np.arange(0, 5), np.arange(3, 7)]
+    batch = TrainCollator(inputs, loss, num_negatives=12, seed=0, negative_table=True)(sequences)
+    own = torch.unique(torch.as_tensor(np.concatenate(sequences)))
+    assert torch.equal(batch.catalog_rows[~batch.from_table], own)  # the negatives that are only negatives: the rest
+    assert batch.from_table.any()
+    table = model.embed_catalog(inputs)
+    calls = CountCalls(model.item_tower.text)
+    with_table = model(**vars(batch), item_table=table)
+    assert calls.items == len(own)
+    without = model(**{**vars(batch), "from_table": None})
+    assert calls.items == len(own) + len(batch.items)
+    torch.testing.assert_close(with_table.item_embeddings, without.item_embeddings, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(with_table.loss, without.loss, rtol=1e-5, atol=1e-6)
+    with_table.loss.backward()  # the gradient reaches the encoders through the batch's own items
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.item_tower.text.parameters())
+
+
+def test_a_negative_table_needs_sampled_negatives(catalog):  # noqa: F811
+    inputs = tiny().processor(catalog.records(range(3)))
+    with pytest.raises(ValueError, match="full_ce loss samples none"):
+        TrainCollator(inputs, "full_ce", negative_table=True)
+
+
+def test_training_with_a_negative_table(data_dir, tmp_path):
+    """The flag reaches the training loop: same seed, same batches, other negative scores, other weights."""
+    import json
+    import math
+
+    from conftest import tiny_pretrain_argv
+
+    from mmsr_peft.cli import pretrain_main
+
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "2", "--text_finetune", "full")
+    losses = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        assert pretrain_main([*argv, "--negative_table", flag, "--output_dir", str(out)]) == 0
+        losses[flag] = [h["train_loss"] for h in json.loads((out / "metrics.json").read_text())["history"]]
+    assert len(losses["true"]) == 2 and all(math.isfinite(loss) for loss in losses["true"])
+    assert losses["true"][0] != losses["false"][0]

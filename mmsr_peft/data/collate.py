@@ -156,6 +156,10 @@ class TrainBatch:
         negatives (`torch.LongTensor` of shape `(B, T)`, *optional*): one sampled negative per position (`bce`).
         logq (`torch.FloatTensor` of shape `(N,)`, *optional*): log probability that each candidate is among the
             step's candidates (`sampled_softmax`'s correction, see `log_inclusion`).
+        catalog_rows (`torch.LongTensor` of shape `(N,)`, *optional*): each item's row in the catalog (with a
+            negative table).
+        from_table (`torch.BoolTensor` of shape `(N,)`, *optional*): True for the items that are only sampled
+            negatives, which a negative table scores instead of the encoders.
     """
 
     items: ItemInputs
@@ -163,6 +167,8 @@ class TrainBatch:
     targets: torch.Tensor
     negatives: torch.Tensor | None = None
     logq: torch.Tensor | None = None
+    catalog_rows: torch.Tensor | None = None
+    from_table: torch.Tensor | None = None
 
     def to(self, device) -> TrainBatch:
         return TrainBatch(*(None if v is None else v.to(device) for v in self.__dict__.values()))
@@ -178,6 +184,9 @@ class TrainCollator:
 
     `candidates` (catalog indices, *optional*) restricts negatives (and `full_ce`'s softmax) to those items: with a
     cold-start split, the cold items must never enter training, not even as negatives.
+
+    With `negative_table`, each batch also says which items are only sampled negatives (`from_table`) and where
+    each item is in the catalog (`catalog_rows`), so the model can score those from a table of embeddings.
     """
 
     def __init__(
@@ -188,7 +197,11 @@ class TrainCollator:
         item_counts=None,
         seed=0,
         candidates=None,
+        negative_table: bool = False,
     ):
+        if negative_table and loss == "full_ce":
+            raise ValueError("a negative table scores sampled negatives; the full_ce loss samples none")
+        self.negative_table = negative_table
         self.catalog_inputs = catalog_inputs
         self.loss = loss
         self.num_negatives = num_negatives
@@ -240,6 +253,10 @@ class TrainCollator:
         rows = torch.full_like(padded, -1)
         rows[valid] = inverse[: int(valid.sum())]
         batch = TrainBatch(self.catalog_inputs.select(unique), inputs=rows[:, :-1], targets=rows[:, 1:])
+        if self.negative_table:
+            batch.catalog_rows = unique
+            batch.from_table = torch.ones(len(unique), dtype=torch.bool)
+            batch.from_table[inverse[: int(valid.sum())]] = False  # the batch's own items go through the encoders
         if self.loss == "bce":
             batch.negatives = inverse[int(valid.sum()) :].view(padded.shape)[:, 1:]
         elif self.item_share is not None:
