@@ -361,9 +361,10 @@ class AdapterMixin:
                 f"{trained_on[:12]}…), but this model is {self.name_or_path!r} (sha256 {self.base_fingerprint[:12]}…); "
                 "pass force=True to load it anyway"
             )
+        metadata = {k: v for k, v in record.items() if k not in BASE_FIELDS}
         side_config = _adapter_file(name_or_path, SIDE_CONFIG_FILE, revision)
         if side_config is not None:
-            return self._load_side_adapter(name_or_path, side_config, adapter_name, record, revision)
+            return self._load_side_adapter(name_or_path, side_config, adapter_name, metadata, revision)
         from safetensors import SafetensorError
 
         try:
@@ -372,7 +373,6 @@ class AdapterMixin:
         except (OSError, ValueError, SafetensorError) as err:  # missing files, bad JSON, a truncated weights file
             raise CheckpointError(f"{name_or_path}: cannot read a peft adapter ({type(err).__name__}: {err})") from err
         weights = {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
-        metadata = {k: v for k, v in record.items() if k not in BASE_FIELDS}
         self.add_adapter(peft_config, adapter_name, metadata)
         try:
             result = set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
@@ -393,7 +393,7 @@ class AdapterMixin:
         self.eval()
         return adapter_name
 
-    def _load_side_adapter(self, name_or_path, config_path: Path, adapter_name: str, record: dict, revision) -> str:
+    def _load_side_adapter(self, name_or_path, config_path: Path, adapter_name: str, metadata: dict, revision) -> str:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -406,7 +406,7 @@ class AdapterMixin:
         except (ValueError, SafetensorError, OSError) as err:
             raise CheckpointError(f"{name_or_path}: cannot read a side adapter ({type(err).__name__}: {err})") from err
         try:
-            self.add_adapter(config, adapter_name, {k: v for k, v in record.items() if k not in BASE_FIELDS})
+            self.add_adapter(config, adapter_name, metadata)
         except CheckpointError as err:  # built for encoders of other widths
             raise CheckpointError(f"{name_or_path}: adapter does not fit this base model: {err}") from None
         try:

@@ -89,7 +89,7 @@ class FeatureCache:
         `accelerator`, its processes share the encoding and its main process writes the file."""
         path = self.path(kind, encoder)
         output_type = LayerStates if kind.endswith("_layers") else EncoderOutput
-        names = [f.name for f in dataclasses.fields(output_type)]
+        names = _fields(output_type)
         digests = content_digests(inputs, kind.removesuffix("_layers"))
         keys = [bytes(d.tolist()) for d in digests]
         position, first = {}, []  # items with identical content (e.g. no text) are encoded once
@@ -159,8 +159,13 @@ def encode_catalog(
     if shards.count == 1:
         return type(chunks[0]).cat(chunks)
     own = type(chunks[0]).cat(chunks) if chunks else _empty_like(run, encoder, inputs, device)
-    names = [f.name for f in dataclasses.fields(own)]
+    names = _fields(own)
     return type(own)(*(shards.gather(getattr(own, name), len(inputs)) for name in names))
+
+
+def _fields(output) -> list[str]:
+    """The tensors an `EncoderOutput` or `LayerStates` (class or instance) is made of, in constructor order."""
+    return [f.name for f in dataclasses.fields(output)]
 
 
 def _empty_like(run, encoder, inputs: ItemInputs, device):
