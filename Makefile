@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test style clean recbole-venv benchmark quality transfer
+.PHONY: install demo test style clean recbole-venv benchmark quality transfer app app-screenshot
 
 install: $(STAMP)
 
@@ -54,6 +54,30 @@ quality: $(STAMP) $(RECBOLE_VENV)/.installed
 	test -f data/movielens/ml-100k/items.parquet || \
 		$(BIN)/mmsr-data movielens --data_dir data $(if $(POSTERS),--posters $(POSTERS))
 	$(BIN)/python scripts/benchmark_quality.py
+
+# The page to try a model (mmsr-app) on MovieLens-100k with posters: `make app` serves it on http://127.0.0.1:7860,
+# `make app-screenshot` saves outputs/app/ml-100k.png from a real headless Chromium (Debian's package, installed here
+# when missing: needs root) driven by Playwright. The model is the quality benchmark's `paper_gated` row (seed 0,
+# about 5 minutes on 2 cores), trained once into APP_MODEL. Posters: POSTERS, else the shared folder beside the clone.
+APP_MODEL ?= outputs/app/ml-100k
+APP_POSTERS = $(or $(POSTERS),$(wildcard ../shared/data/ml100k-posters))
+APP_HISTORY ?= 50 172 181
+app: $(APP_MODEL)/model.safetensors
+	$(BIN)/mmsr-app --model $(APP_MODEL) --domain ml-100k --data_source movielens --history $(APP_HISTORY)
+
+app-screenshot: $(APP_MODEL)/model.safetensors
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	$(BIN)/python -m pip install --quiet -c constraints.txt playwright
+	$(BIN)/python scripts/app_screenshot.py --model $(APP_MODEL) --domain ml-100k --data_source movielens \
+		--history $(APP_HISTORY) --output outputs/app/ml-100k.png
+
+$(APP_MODEL)/model.safetensors: | $(STAMP)
+	test -f data/movielens/ml-100k/items.parquet || \
+		$(BIN)/mmsr-data movielens --data_dir data $(if $(APP_POSTERS),--posters $(APP_POSTERS))
+	$(BIN)/mmsr-pretrain --domains ml-100k --data_source movielens --text_model minilm --vision_model mobilenet_v2 \
+		--image_size 128 --hidden_size 64 --max_len 50 --fusion paper_gated --num_epochs 200 --patience 10 \
+		--batch_size 64 --learning_rate 3e-3 --num_negatives 256 --seed 0 --feature_cache_dir outputs/feature_cache \
+		--output_dir $(APP_MODEL) --overwrite_output_dir
 
 # the base of `make demo`, then every way of moving it to office (5 epochs per row keep it near an hour on 2 cores)
 transfer: $(STAMP)

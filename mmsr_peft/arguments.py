@@ -561,12 +561,29 @@ class PublishArguments:
     commit_message: str | None = field(default=None, metadata={"help": "Commit message (default: generated)."})
     overwrite_card: bool = field(default=False, metadata={"help": "Replace a README.md that was edited on the Hub."})
     dry_run: bool = field(default=False, metadata={"help": "Print the files and sizes that would go up; no network."})
+    space: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also push a Gradio Space, 'org/name', with the mmsr-app page for this model (needs --domain)."
+        },
+    )
+    domain: str | None = field(
+        default=None, metadata={"help": "--space: the domain whose catalog (items and images) the Space shows."}
+    )
+    data_source: str = field(
+        default="synthetic", metadata={"help": f"--space: where the domain comes from: {', '.join(SOURCES)}."}
+    )
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "--space: root of processed domain folders."})
 
     def __post_init__(self):
         from huggingface_hub.errors import HFValidationError
         from huggingface_hub.utils import validate_repo_id
 
-        for name in ("repo_id", "base_repo_id"):
+        if self.space and not self.domain:
+            raise ValueError("--space needs --domain: the catalog whose items the Space's page shows")
+        if self.space and self.revision not in (None, "main"):
+            raise ValueError(f"--space loads the model from main; it cannot show --revision {self.revision!r}")
+        for name in ("repo_id", "base_repo_id", "space"):
             value = getattr(self, name)
             try:
                 if value is not None:
@@ -606,3 +623,34 @@ class RecommendArguments:
             raise ValueError(f"--k and --batch_size must be >= 1, got {self.k} and {self.batch_size}")
         if Path(self.input).suffix not in (".jsonl", ".csv"):
             raise ValueError(f"--input {self.input}: expected a .jsonl or .csv file")
+
+
+@dataclass
+class AppArguments:
+    """What `mmsr-app` serves: a base, its adapters and one domain's catalog."""
+
+    model: str = field(metadata={"help": "Base model: a folder written by mmsr-pretrain or a Hub repo id."})
+    domain: str = field(metadata={"help": "The domain whose items are shown and ranked (its processed folder)."})
+    adapters: list[str] = field(
+        default_factory=list, metadata={"help": "Adapter folders or Hub repo ids to offer beside the base."}
+    )
+    data_source: str = field(
+        default="synthetic", metadata={"help": f"Where the domain comes from: {', '.join(SOURCES)}."}
+    )
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
+    history: list[str] = field(
+        default_factory=list, metadata={"help": "Item ids the page starts with as the history (oldest first)."}
+    )
+    k: int = field(default=10, metadata={"help": "Items recommended at first (the page has a slider)."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
+    port: int = field(default=7860, metadata={"help": "Port to serve on."})
+    force: bool = field(
+        default=False, metadata={"help": "Load adapters trained on another base (or without a record of it)."}
+    )
+
+    def __post_init__(self):
+        if not 1 <= self.k <= MAX_APP_K:
+            raise ValueError(f"--k must be in [1, {MAX_APP_K}], got {self.k}")
+
+
+MAX_APP_K = 50  # the page's slider range

@@ -57,6 +57,14 @@ def recommend_main(argv=None) -> int:
     return _run(recommend_file, argv, (RecommendArguments,), recommend_main.__doc__)
 
 
+def app_main(argv=None) -> int:
+    """`mmsr-app`: a page to try a model: build a history, see the top-k with images, switch adapters."""
+    from .app import serve
+    from .arguments import AppArguments
+
+    return _run(serve, argv, (AppArguments,), app_main.__doc__)
+
+
 def publish_main(argv=None) -> int:
     """`mmsr-publish`: push a base checkpoint or an adapter to the Hugging Face Hub with its model card."""
     from huggingface_hub.errors import HfHubHTTPError

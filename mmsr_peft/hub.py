@@ -11,6 +11,8 @@ import hashlib
 import json
 import re
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import ADAPTER_RECORD, adapter_config_file
@@ -109,24 +111,121 @@ def publish(args: PublishArguments) -> str | None:
             )
     files = files_to_upload(folder)
     _check_weights(folder, files)
+    space = _space_files(args, kind, folder) if args.space else None
     if args.dry_run:
         total = sum((folder / f).stat().st_size for f in files)
         print(f"Would publish {kind} {folder} to {args.repo_id} ({'private' if args.private else 'public'}):")
         for relative in files:
             print(f"  {relative}  {(folder / relative).stat().st_size:,} bytes")
         print(f"  + {CARD} rendered for {args.repo_id}\n  total {total:,} bytes in {len(files)} files")
+        if space:
+            size = sum(len(text) for text in space.texts.values()) + sum(
+                p.stat().st_size for p in space.files.values()
+            )
+            print(f"Would push the Space {args.space}: {', '.join(space.texts)}, and the catalog of {args.domain}")
+            print(f"  {len(space.files)} files, {size:,} bytes in all")
         return None
 
     from huggingface_hub import constants
 
     try:
         commit = _upload(args, folder, kind, files)
+        if space:
+            print(f"Published the Space {args.space}: {_upload_space(args, space)}")
     except network_errors() as err:  # no connection, a timeout: one sentence, not the HTTP client's traceback
         raise ConnectionError(
             f"{args.repo_id}: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: {err}); "
             "nothing was published"
         ) from None
     print(f"Published {kind} {folder} to {args.repo_id}: {commit}")
+    return str(commit)
+
+
+@dataclass
+class SpaceFiles:
+    """What a Space made by `--space` holds: generated text files, and the catalog's files (Space path -> local)."""
+
+    texts: dict[str, str]
+    files: dict[str, Path]
+
+
+def _space_files(args: PublishArguments, kind: str, folder: Path) -> SpaceFiles:
+    """The Space of the published model: `mmsr_peft.app`'s page (app.py, space.json), requirements.txt, a README.md
+    with the Space's settings, and the domain's catalog (items.parquet, manifest.json, the images it names)."""
+    try:
+        import gradio
+    except ImportError as err:
+        raise ImportError('--space writes a Gradio app and names its version: pip install "mmsr-peft[app]"') from err
+
+    from . import __version__
+    from .app import SPACE_APP, SPACE_CATALOG, SPACE_CONFIG
+    from .data.catalog import Catalog
+    from .domains import domain_folder
+
+    source = domain_folder(args.domain, args.data_source, args.data_dir)
+    catalog = Catalog.from_folder(source)  # checks it: a Space must not start on a broken catalog
+    if kind == "base":
+        model, adapters = args.repo_id, []
+    else:
+        base = json.loads(adapter_config_file(folder).read_text()).get("base_model_name_or_path")
+        model, adapters = args.base_repo_id or base, [args.repo_id]
+    files = {f"{SPACE_CATALOG}/{name}": source / name for name in ("items.parquet", "manifest.json")}
+    files = {path: local for path, local in files.items() if local.is_file()}
+    for image in catalog.images:
+        if image:
+            files[f"{SPACE_CATALOG}/{Path(image).relative_to(source.resolve()).as_posix()}"] = Path(image)
+    card = "\n".join(
+        [
+            "---",
+            f"title: {args.space.split('/')[1]}",
+            "sdk: gradio",
+            f"sdk_version: {gradio.__version__}",
+            "app_file: app.py",
+            "models:",
+            *(f"- {repo}" for repo in [model, *adapters]),
+            "tags:",
+            "- mmsr_peft",
+            "- recommendation",
+            "---",
+            "",
+            f"# What [{args.repo_id}](https://huggingface.co/{args.repo_id}) recommends",
+            "",
+            f"Pick items of the {catalog.name} catalog ({len(catalog):,} items) as a history and see the model's "
+            "top-k, with images and scores" + (", beside the base model's." if adapters else "."),
+            f"Written by `mmsr-publish --space` (mmsr_peft {__version__}); `space.json` names the model.",
+            "",
+        ]
+    )
+    texts = {
+        "app.py": SPACE_APP,
+        SPACE_CONFIG: json.dumps({"model": model, "adapters": adapters, "k": 10}, indent=2) + "\n",
+        "requirements.txt": f"mmsr-peft[app]=={__version__}\n",
+        CARD: card,
+    }
+    return SpaceFiles(texts, files)
+
+
+def _upload_space(args: PublishArguments, space: SpaceFiles) -> str:
+    """Creates the Space (Gradio SDK) and uploads its files in one commit; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(args.space, repo_type="space", space_sdk="gradio", private=args.private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as staging:
+        staging = Path(staging)
+        for path, text in space.texts.items():
+            (staging / path).write_text(text)
+        for path, local in space.files.items():
+            (staging / path).parent.mkdir(parents=True, exist_ok=True)
+            (staging / path).symlink_to(local.resolve())
+        with warnings.catch_warnings():  # the catalog's items.parquet belongs in the Space: the page reads it
+            warnings.filterwarnings("ignore", message="It seems that you are about to commit a data file")
+            commit = api.upload_folder(
+                repo_id=args.space,
+                repo_type="space",
+                folder_path=staging,
+                commit_message=args.commit_message or f"mmsr_peft page of {args.repo_id}, by mmsr-publish --space",
+            )
     return str(commit)
 
 

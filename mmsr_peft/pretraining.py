@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 
 from .arguments import DataArguments, save_run_args
@@ -51,6 +52,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     accelerator = make_accelerator(args, model_args.item_tower, model_args.fusion)
     claim = claim_output_dir(args.output_dir, accelerator.is_main_process, args.overwrite_output_dir, args.resume)
     with claim:  # one run writes the folder at a time, and it holds that run alone
+        started = time.perf_counter()
         set_seed(args.seed)
         prepare_synthetic(data_args, accelerator)
         domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
@@ -68,6 +70,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             f"pretraining on {', '.join(corpus.stats)}: {len(corpus.catalog)} items, {len(corpus.train)} training "
             f"sequences; {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters"
         )
+        prepare_s = time.perf_counter() - started  # data, item inputs, frozen encoders' outputs (or the cache)
         state = train(
             model,
             corpus.train,
@@ -78,9 +81,11 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             on_best=lambda m, _: m.save_pretrained(args.output_dir),
             candidates=corpus.negative_candidates(),
         )
+        tested = time.perf_counter()
         results, popularity, protocols = evaluate_report(
             model, catalog_inputs, corpus.test, args.eval_batch_size, accelerator
         )
+        test_s = time.perf_counter() - tested
         results["random"] = random_baseline(corpus.test)
         table = format_table(results)
         if accelerator.is_main_process:
@@ -90,6 +95,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             summary["test_by_popularity"] = popularity
             summary["total_parameters"] = sum(p.numel() for p in model.parameters())
             summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            summary["runtime"].update(prepare_s=round(prepare_s, 3), test_s=round(test_s, 3))
             atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
             save_run_args(args.output_dir, model_args, data_args, args)
             plot_training_curves(

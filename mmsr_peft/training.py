@@ -137,6 +137,7 @@ class TrainState:
         self.best_weights: dict[str, torch.Tensor] = {}
         self.history: list[dict] = []
         self.loss_sum, self.loss_steps = 0.0, 0  # the current epoch's training loss so far (its mean is logged)
+        self.seconds = {"train": 0.0, "valid": 0.0}  # wall time in training steps and in validation, resumes included
 
     def epoch_loss(self) -> float | None:
         """The mean training loss of the epoch's steps (None before any, as for the starting model)."""
@@ -148,7 +149,9 @@ class TrainState:
         counters = {name: getattr(self, name) for name in self.COUNTERS}
         best = None if math.isinf(self.best_metric) else self.best_metric
         loss = {"loss_sum": self.loss_sum, "loss_steps": self.loss_steps}
-        text = json.dumps({**counters, **loss, "best_metric": best, "history": self.history}, indent=1)
+        text = json.dumps(
+            {**counters, **loss, "best_metric": best, "seconds": self.seconds, "history": self.history}, indent=1
+        )
         atomic_save_tensors(folder / self.WEIGHTS, self.best_weights)
         atomic_write_text(folder / self.FILE, text + "\n")
 
@@ -186,6 +189,10 @@ class TrainState:
         if not isinstance(loss_sum, (int, float)) or not isinstance(loss_steps, int) or loss_steps < 0:
             raise CheckpointError(f"{path}: fields 'loss_sum', 'loss_steps' are {loss_sum!r}, {loss_steps!r}")
         self.loss_sum, self.loss_steps = float(loss_sum), loss_steps
+        seconds = saved.get("seconds", {"train": 0.0, "valid": 0.0})  # absent before runtimes were recorded
+        if not isinstance(seconds, dict) or not all(isinstance(seconds.get(k), (int, float)) for k in self.seconds):
+            raise CheckpointError(f"{path}: field 'seconds' is {seconds!r}, expected {{'train': s, 'valid': s}}")
+        self.seconds = {key: float(seconds[key]) for key in self.seconds}
         try:
             self.best_weights = load_file(str(folder / self.WEIGHTS))
         except Exception as err:  # missing, truncated or not safetensors: SafetensorError, OSError, ...
@@ -264,6 +271,12 @@ def training_record(state: TrainState, args: TrainingArguments) -> dict:
         "epochs_run": state.epoch,
         "stopped_by": stopped_by,
         "history": state.history,
+        "runtime": {
+            "train_s": round(state.seconds["train"], 3),
+            "valid_s": round(state.seconds["valid"], 3),
+            "steps": state.step,
+            "steps_per_second": round(state.step / state.seconds["train"], 3) if state.seconds["train"] else None,
+        },
     }
 
 
@@ -455,6 +468,7 @@ class Trainer:
         table = self._negative_table() if args.negative_table else None
         self.ddp_model.train()
         started, first_step = time.perf_counter(), state.step
+        tick = started  # the train seconds count loading and steps, not the saving of states
         for batch in loader:
             with accelerator.autocast():
                 loss = self.ddp_model(**vars(batch), item_table=table).loss
@@ -473,8 +487,10 @@ class Trainer:
                 lr = self.scheduler.get_last_lr()[0]
                 step_log = {"train/loss": value, "train/learning_rate": lr, "train/items_per_step": len(batch.items)}
                 accelerator.log(step_log, step=state.step)
+            state.seconds["train"] += time.perf_counter() - tick
             if state.step % args.save_steps == 0:
                 self._save_state()
+            tick = time.perf_counter()
             if state.step >= self.total_steps:  # --max_steps: the last epoch ends here, evaluated like any other
                 break
         state.epoch += 1
@@ -518,6 +534,7 @@ class Trainer:
         state.loss_sum, state.loss_steps = 0.0, 0
         logged = {f"valid/{key}": value for key, value in metrics["all"].items()}
         logged["valid/seconds"] = time.perf_counter() - started
+        state.seconds["valid"] += logged["valid/seconds"]
         if "train_loss" in record:
             logged["train/epoch_loss"] = record["train_loss"]
         accelerator.log({**logged, "epoch": state.epoch}, step=state.step)

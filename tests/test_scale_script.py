@@ -1,9 +1,12 @@
-"""scripts/benchmark_scale.py on a tiny generated category: every stage runs and their counts agree."""
+"""scripts/benchmark_scale.py on a tiny generated category: every stage runs and their counts agree; the large-catalog
+training benchmark on two tiny catalogs."""
 
 import gzip
 import importlib.util
 import json
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_scale.py"
 
@@ -44,3 +47,28 @@ def test_tiny_run_reports_every_stage_with_consistent_counts(tmp_path):
     # training windows hold >= 2 items, from all but each user's last 2, consecutive windows sharing one
     windows, window_items = split["train_sequences"], split["train_items"]
     assert 2 * windows <= window_items <= kept - 2 * loaded["users"] + windows
+
+
+def test_large_catalog_training_script_runs_pretraining_and_reports_its_runtime(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_scale_training", SCRIPT.with_name(SCRIPT.stem + "_training.py")
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--sizes", "300", "600", "--users", "40", "--per_user", "6", "--processes", "1"]
+    argv += ["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "results")]
+    assert script.main(argv) == 0
+
+    payload = json.loads((tmp_path / "results" / "scale_training.json").read_text())
+    assert [(row["items"], row["processes"]) for row in payload["results"]] == [(300, 1), (600, 1)]
+    folder = tmp_path / "work" / "data" / "synthetic" / "scale-600"
+    assert pq.read_table(folder / "items.parquet").num_rows == 600
+    assert pq.read_table(folder / "interactions.parquet").num_rows == 40 * 6
+    for row in payload["results"]:
+        metrics = json.loads(
+            (tmp_path / "work" / "runs" / f"{row['items']}-items-1-processes" / "metrics.json").read_text()
+        )
+        assert row["runtime"] == metrics["runtime"] and row["runtime"]["steps"] >= 1 and row["peak_rss_mib"] > 100
+        assert 0 < payload["generated"][str(row["items"])]["items_interacted"] <= row["items"]
+    table = (tmp_path / "results" / "scale_training.md").read_text()
+    assert "\n| 300 | " in table and "\n| 600 | " in table and "Growth from 300 to 600 items (2x the catalog)" in table
