@@ -284,11 +284,65 @@ class TrainingArguments:
             raise ValueError(f"--feature_cache_dir {self.feature_cache_dir} is a file, not a folder")
 
 
-def _override(component: str, what: str):
+def _pattern(what: str, example: str):
     return field(
         default=None,
-        metadata={"help": f"{what} of the {component} component's LoRA (default: the global setting)."},
+        metadata={
+            "help": f"{what} per component, as COMPONENT=VALUE pairs (e.g. {example}); components not named take the "
+            "global setting (peft's rank_pattern / alpha_pattern, keyed by component).",
+            "action": "extend",  # given twice (or by a deprecated per-component flag too), the pairs add up
+        },
     )
+
+
+# The per-component LoRA flags before the patterns (one flag per component and setting): still accepted, with a
+# FutureWarning, and turned into pattern pairs, so that older commands, configs and benchmark records keep working.
+PATTERN_FLAGS = {"lora_r": "rank_pattern", "lora_alpha": "alpha_pattern", "lora_dropout": "dropout_pattern"}
+PATTERN_FLAGS["target_modules"] = "target_modules"
+DEPRECATED_LORA_FLAGS = {
+    f"{component}_{setting}": (pattern, component)
+    for component in COMPONENTS
+    for setting, pattern in PATTERN_FLAGS.items()
+}
+
+
+def _rewrite_deprecated(argv: list[str]) -> list[str]:
+    """`--text_lora_r 16` -> `--rank_pattern text=16` (and so on for every deprecated per-component flag)."""
+    import warnings
+
+    rewritten, i = [], 0
+    while i < len(argv):
+        name = argv[i][2:] if argv[i].startswith("--") else None
+        if name not in DEPRECATED_LORA_FLAGS:
+            rewritten.append(argv[i])
+            i += 1
+            continue
+        values, i = [], i + 1
+        while i < len(argv) and not argv[i].startswith("--"):
+            values.append(argv[i])
+            i += 1
+        pattern, component = DEPRECATED_LORA_FLAGS[name]
+        pair = f"{component}={','.join(values)}"
+        warnings.warn(f"--{name} is deprecated; use --{pattern} {pair}", FutureWarning, stacklevel=3)
+        rewritten += [f"--{pattern}", pair]
+    return rewritten
+
+
+def component_pattern(flag: str, pairs: list[str] | dict | None, convert) -> dict:
+    """`["text=16", "fusion=4"]` -> `{"text": 16, "fusion": 4}`, each value through `convert` (a dict, as a
+    dataclass built in code may hold, is checked the same way); a bad pair is an error naming the flag and the pair."""
+    items = pairs.items() if isinstance(pairs, dict) else (pair.partition("=")[::2] for pair in pairs or [])
+    pattern = {}
+    for component, value in items:
+        if component not in COMPONENTS or value in ("", None):
+            raise ValueError(
+                f"--{flag} {component}={value}: expected COMPONENT=VALUE with a component among {', '.join(COMPONENTS)}"
+            )
+        try:
+            pattern[component] = convert(value) if isinstance(value, str) else value
+        except ValueError:
+            raise ValueError(f"--{flag} {component}={value}: invalid value {value!r} for {component}") from None
+    return pattern
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -316,7 +370,11 @@ def parse_args(dataclass_types, argv=None, description: str | None = None):
     known, _ = config_only.parse_known_args(argv)
     if known.config:
         valid = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
+        if AdaptArguments in dataclass_types:
+            valid |= set(DEPRECATED_LORA_FLAGS)
         argv = config_flags(known.config, valid, parser) + argv  # flags given later on the line win
+    if AdaptArguments in dataclass_types:
+        argv = _rewrite_deprecated(argv)
     parsed = parser.parse_args_into_dataclasses(argv)
     return [p for p in parsed if not isinstance(p, argparse.Namespace)]  # drop the namespace holding --config
 
@@ -348,11 +406,16 @@ def config_flags(path: str, valid: set[str], parser: argparse.ArgumentParser) ->
         parser.error(f"{path}: unknown keys {unknown}; valid keys: {sorted(valid)}")
     flags = []
     for key, value in settings.items():
+        if isinstance(value, dict) and key in PATTERN_FLAGS.values():  # `rank_pattern: {text: 16}`
+            value = [f"{k}={','.join(flag_tokens(v))}" for k, v in value.items()]
         if isinstance(value, dict):
             parser.error(f"{path}: key {key!r} holds a mapping; expected a value or a list")
         if value is None:
             continue
         tokens = flag_tokens(value)
+        if key in DEPRECATED_LORA_FLAGS:  # checked when the flag is rewritten and parsed
+            flags += [f"--{key}", *tokens]
+            continue
         convert = parser._option_string_actions[f"--{key}"].type
         for token in tokens:  # what argparse would say, but naming the file and the key
             try:
@@ -412,33 +475,13 @@ class AdaptArguments:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    text_lora_r: int | None = _override("text", "Rank")
-    text_lora_alpha: int | None = _override("text", "Alpha")
-    text_lora_dropout: float | None = _override("text", "Dropout")
-    text_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names in the text encoder that get LoRA (default: its family's)."}
-    )
-    vision_lora_r: int | None = _override("vision", "Rank")
-    vision_lora_alpha: int | None = _override("vision", "Alpha")
-    vision_lora_dropout: float | None = _override("vision", "Dropout")
-    vision_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names in the vision encoder that get LoRA, e.g. q_proj,v_proj."}
-    )
-    fusion_lora_r: int | None = _override("fusion", "Rank")
-    fusion_lora_alpha: int | None = _override("fusion", "Alpha")
-    fusion_lora_dropout: float | None = _override("fusion", "Dropout")
-    fusion_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names in the fusion module that get LoRA (default: its type's)."}
-    )
-    sequence_lora_r: int | None = _override("sequence", "Rank")
-    sequence_lora_alpha: int | None = _override("sequence", "Alpha")
-    sequence_lora_dropout: float | None = _override("sequence", "Dropout")
-    sequence_target_modules: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Module names in the sequence encoder that get LoRA (default: SASRec's attention and "
-            "feed-forward layers, GRU4Rec's output projection)."
-        },
+    rank_pattern: list[str] | None = _pattern("LoRA rank", "text=16 fusion=4")
+    alpha_pattern: list[str] | None = _pattern("LoRA alpha", "text=32")
+    dropout_pattern: list[str] | None = _pattern("Dropout on the LoRA input", "vision=0.1")
+    target_modules: list[str] | None = _pattern(
+        "Module names that get LoRA (comma-separated; default: the encoder family's, the fusion type's, SASRec's "
+        "attention and feed-forward layers, GRU4Rec's output projection)",
+        "vision=q_proj,v_proj",
     )
     modules_to_save: list[str] | None = field(
         default=None,
@@ -494,18 +537,21 @@ class AdaptArguments:
             )
         if self.components and self.method in ("side", "frozen", "scratch"):  # they train a fixed set of parts
             raise ValueError(f"--components applies to --method lora or full, not --method {self.method}")
-        for component in COMPONENTS:  # "q_proj,v_proj" and "q_proj v_proj" both name two modules
-            name = f"{component}_target_modules"
-            if getattr(self, name):
-                setattr(self, name, [m for value in getattr(self, name) for m in value.split(",") if m])
+        self.rank_pattern = component_pattern("rank_pattern", self.rank_pattern, int)
+        self.alpha_pattern = component_pattern("alpha_pattern", self.alpha_pattern, int)
+        self.dropout_pattern = component_pattern("dropout_pattern", self.dropout_pattern, float)
+        self.target_modules = component_pattern(
+            "target_modules", self.target_modules, lambda value: [m for m in value.split(",") if m]
+        )
         for component, settings in self.lora_settings().items():
             if settings["r"] < 1 or not 0 <= settings["lora_dropout"] < 1:
                 raise ValueError(
                     f"{component} LoRA: rank must be >= 1 and dropout in [0, 1), got {settings['r']}, "
                     f"{settings['lora_dropout']}"
                 )
-            keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
-            given = [f"--{component}_{k}" for k in keys if getattr(self, f"{component}_{k}") is not None]
+            given = [
+                f"--{flag} {component}=..." for flag in PATTERN_FLAGS.values() if component in getattr(self, flag)
+            ]
             if given and self.components is not None and component not in self.components:
                 raise ValueError(f"{', '.join(given)} given, but {component!r} is not in --components")
         self.adapter_name = self.adapter_name or self.target
@@ -513,16 +559,12 @@ class AdaptArguments:
     def lora_settings(self) -> dict[str, dict]:
         """Rank, alpha, dropout and target modules (None: the family's defaults) of each component."""
 
-        def pick(component: str, key: str):
-            value = getattr(self, f"{component}_{key}")
-            return getattr(self, key) if value is None else value
-
         return {
             component: {
-                "r": pick(component, "lora_r"),
-                "lora_alpha": pick(component, "lora_alpha"),
-                "lora_dropout": pick(component, "lora_dropout"),
-                "target_modules": getattr(self, f"{component}_target_modules"),
+                "r": self.rank_pattern.get(component, self.lora_r),
+                "lora_alpha": self.alpha_pattern.get(component, self.lora_alpha),
+                "lora_dropout": self.dropout_pattern.get(component, self.lora_dropout),
+                "target_modules": self.target_modules.get(component),
             }
             for component in COMPONENTS
         }

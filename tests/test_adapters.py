@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -50,10 +51,26 @@ def lora_layers(model, prefix: str) -> dict:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and n.startswith(prefix)}
 
 
-def test_rank_alpha_dropout_and_targets_per_component(tmp_path):
-    argv = ["--target", "office", "--text_lora_r", "16", "--vision_target_modules", "mlp.c_fc"]
-    argv += ["--fusion_lora_alpha", "32", "--fusion_lora_dropout", "0.2", "--lora_r", "4"]
-    adapt_args, _ = parse_args((AdaptArguments, TrainingArguments), argv)
+PER_COMPONENT = ["--rank_pattern", "text=16", "--target_modules", "vision=mlp.c_fc", "--alpha_pattern", "fusion=32"]
+PER_COMPONENT += ["--dropout_pattern", "fusion=0.2", "--lora_r", "4"]
+# the same, with the per-component flags of before the patterns (deprecated aliases)
+DEPRECATED = ["--text_lora_r", "16", "--vision_target_modules", "mlp.c_fc", "--fusion_lora_alpha", "32"]
+DEPRECATED += ["--fusion_lora_dropout", "0.2", "--lora_r", "4"]
+
+
+@pytest.mark.parametrize("flags", [PER_COMPONENT, DEPRECATED], ids=["patterns", "deprecated flags"])
+def test_rank_alpha_dropout_and_targets_per_component(flags, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapt_args, _ = parse_args((AdaptArguments, TrainingArguments), ["--target", "office", *flags])
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert deprecations == ([] if flags is PER_COMPONENT else [
+        "--text_lora_r is deprecated; use --rank_pattern text=16",
+        "--vision_target_modules is deprecated; use --target_modules vision=mlp.c_fc",
+        "--fusion_lora_alpha is deprecated; use --alpha_pattern fusion=32",
+        "--fusion_lora_dropout is deprecated; use --dropout_pattern fusion=0.2",
+    ])  # fmt: skip
+    assert adapt_args.rank_pattern == {"text": 16} and adapt_args.target_modules == {"vision": ["mlp.c_fc"]}
     model, row = prepare_method(tiny(), adapt_args)
     assert row == "LoRA (text+vision+fusion)"
     text, vision = lora_layers(model, "item_tower.text."), lora_layers(model, "item_tower.vision.")
@@ -78,9 +95,12 @@ def test_rank_alpha_dropout_and_targets_per_component(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--components", "text", "--vision_lora_r", "4"], "'vision' is not in --components"),
-        (["--vision_target_modules", "out_proj"], "nn.MultiheadAttention would have no effect"),
-        (["--vision_target_modules", "q_proj,v_proj"], "matches no module"),
+        (["--components", "text", "--rank_pattern", "vision=4"], "'vision' is not in --components"),
+        (["--target_modules", "vision=out_proj"], "nn.MultiheadAttention would have no effect"),
+        (["--target_modules", "vision=q_proj,v_proj"], "matches no module"),
+        (["--rank_pattern", "audio=4"], "--rank_pattern audio=4: expected COMPONENT=VALUE"),
+        (["--dropout_pattern", "text=high"], "--dropout_pattern text=high: invalid value 'high' for text"),
+        (["--rank_pattern", "text=0"], "text LoRA: rank must be >= 1"),
         (["--modules_to_save", "nothing"], "no module 'nothing'"),
         (["--quantize", "2bit"], "valid: 4bit, 8bit"),
         (["--method", "full", "--quantize", "4bit"], "needs --method lora"),
@@ -270,7 +290,7 @@ def test_sequence_component_gets_lora_and_changes_the_user_states(sequence, adap
 
     model = fresh()
     before = scores(model, catalog)
-    adapt_args = AdaptArguments(target="office", components=["sequence"], sequence_lora_r=2)
+    adapt_args = AdaptArguments(target="office", components=["sequence"], rank_pattern={"sequence": 2})
     model, row = prepare_method(model, adapt_args)
     assert row == "LoRA (sequence)"
     layers = lora_layers(model, "sequence_encoder.")
@@ -302,3 +322,22 @@ def test_sequence_component_is_opt_in_and_nextitnet_has_no_default():
     model = build_model(args, item_vocab=ITEM_IDS)
     with pytest.raises(ValueError, match="no default LoRA targets for sequence encoder type 'nextitnet'"):
         lora_target_modules(model, ["sequence"])
+
+
+def test_patterns_and_deprecated_flags_in_a_config_file(tmp_path):
+    config = tmp_path / "adapt.yaml"
+    config.write_text(
+        "rank_pattern: {text: 16, fusion: 4}\ntarget_modules: {vision: [q_proj, v_proj]}\nsequence_lora_r: 2\n"
+    )
+    with pytest.warns(FutureWarning, match="--sequence_lora_r is deprecated; use --rank_pattern sequence=2"):
+        adapt_args, _ = parse_args(
+            (AdaptArguments, TrainingArguments), ["--target", "office", "--config", str(config)]
+        )
+    assert adapt_args.rank_pattern == {"text": 16, "fusion": 4, "sequence": 2}
+    assert adapt_args.target_modules == {"vision": ["q_proj", "v_proj"]}
+    # a flag on the command line adds to the file's pairs, and wins for the same component
+    adapt_args, _ = parse_args(
+        (AdaptArguments, TrainingArguments),
+        ["--target", "office", "--config", str(config), "--rank_pattern", "text=8"],
+    )
+    assert adapt_args.rank_pattern == {"text": 8, "fusion": 4, "sequence": 2}
