@@ -1,19 +1,18 @@
-"""Command-line arguments: every command's dataclasses (parsed by `HfArgumentParser`, optionally filled from
-`--config file.yaml`), and the parsing helpers.
+"""Command-line arguments: every command's dataclasses (parsed by `mmsr_peft.parsing.parse_args`, optionally filled
+from `--config file.yaml`).
 
 `ModelArguments` (which architecture, which pretrained encoders), `DataArguments` (which domains, which split),
 `TrainingArguments` (the loop, checkpoints, resume), `AdaptArguments` (`mmsr-adapt`), `BaselineArguments`
-(`mmsr-baseline`), `PublishArguments` (`mmsr-publish`), `RecommendArguments` (`mmsr-recommend`)."""
+(`mmsr-baseline`), `PublishArguments` (`mmsr-publish`), `RecommendArguments` (`mmsr-recommend`), `AppArguments`
+(`mmsr-app`)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
+from typing import ClassVar
 
 from .adapters import COMPONENTS, DEFAULT_COMPONENTS
 from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, domain_folder
@@ -22,6 +21,7 @@ from .errors import DataError
 from .fusion import CONDITIONS, FUSION_TYPES
 from .losses import LOSSES
 from .model import ITEM_TOWERS, SIMILARITIES
+from .parsing import as_flags, parse_args  # noqa: F401 (they lived here: `from mmsr_peft.arguments import parse_args`)
 from .quantization import QUANTIZATIONS, require_bitsandbytes
 from .sequence import SEQUENCE_TYPES
 
@@ -306,28 +306,6 @@ DEPRECATED_LORA_FLAGS = {
 }
 
 
-def _rewrite_deprecated(argv: list[str]) -> list[str]:
-    """`--text_lora_r 16` -> `--rank_pattern text=16` (and so on for every deprecated per-component flag)."""
-    import warnings
-
-    rewritten, i = [], 0
-    while i < len(argv):
-        name = argv[i][2:] if argv[i].startswith("--") else None
-        if name not in DEPRECATED_LORA_FLAGS:
-            rewritten.append(argv[i])
-            i += 1
-            continue
-        values, i = [], i + 1
-        while i < len(argv) and not argv[i].startswith("--"):
-            values.append(argv[i])
-            i += 1
-        pattern, component = DEPRECATED_LORA_FLAGS[name]
-        pair = f"{component}={','.join(values)}"
-        warnings.warn(f"--{name} is deprecated; use --{pattern} {pair}", FutureWarning, stacklevel=3)
-        rewritten += [f"--{pattern}", pair]
-    return rewritten
-
-
 def component_pattern(flag: str, pairs: list[str] | dict | None, convert) -> dict:
     """`["text=16", "fusion=4"]` -> `{"text": 16, "fusion": 4}`, each value through `convert` (a dict, as a
     dataclass built in code may hold, is checked the same way); a bad pair is an error naming the flag and the pair."""
@@ -345,87 +323,6 @@ def component_pattern(flag: str, pairs: list[str] | dict | None, convert) -> dic
     return pattern
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds `(default: X)` to a help text once, only where there is a default and the text does not give it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.required or "(default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def parse_args(dataclass_types, argv=None, description: str | None = None):
-    """Parses `argv` into one instance of each dataclass. `--config file.yaml` gives arguments that flags on the
-    command line override; its values go through the same parsing and checks as flags (a key that is no argument,
-    or a value of the wrong type, is an error naming the file)."""
-    import sys
-
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML file whose keys fill the arguments; flags win.")
-    config_only = argparse.ArgumentParser(add_help=False)  # read --config before required flags are checked
-    config_only.add_argument("--config", default=None)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    known, _ = config_only.parse_known_args(argv)
-    if known.config:
-        valid = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
-        if AdaptArguments in dataclass_types:
-            valid |= set(DEPRECATED_LORA_FLAGS)
-        argv = config_flags(known.config, valid, parser) + argv  # flags given later on the line win
-    if AdaptArguments in dataclass_types:
-        argv = _rewrite_deprecated(argv)
-    parsed = parser.parse_args_into_dataclasses(argv)
-    return [p for p in parsed if not isinstance(p, argparse.Namespace)]  # drop the namespace holding --config
-
-
-def flag_tokens(value) -> list[str]:
-    """A value as command-line tokens: `True` -> `["true"]`, `[1, 2]` -> `["1", "2"]`."""
-    return [str(v).lower() if isinstance(v, bool) else str(v) for v in (value if isinstance(value, list) else [value])]
-
-
-def as_flags(settings: dict) -> list[str]:
-    """`{"domains": ["a"], "logq": False}` -> `["--domains", "a", "--logq", "false"]` (what `parse_args` reads)."""
-    return [token for key, value in settings.items() for token in (f"--{key}", *flag_tokens(value))]
-
-
-def config_flags(path: str, valid: set[str], parser: argparse.ArgumentParser) -> list[str]:
-    """The command-line flags that the YAML file `path` stands for (`lr: 1e-4` -> `["--lr", "1e-4"]`)."""
-    try:
-        settings = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as err:
-        parser.error(f"--config {path}: cannot read it ({err.strerror})")
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        parser.error(f"--config {path}: not valid YAML{line} ({getattr(err, 'problem', None) or err})")
-    if not isinstance(settings, dict):
-        parser.error(f"{path}: expected a mapping of argument names to values")
-    unknown = sorted(set(settings) - valid)
-    if unknown:
-        parser.error(f"{path}: unknown keys {unknown}; valid keys: {sorted(valid)}")
-    flags = []
-    for key, value in settings.items():
-        if isinstance(value, dict) and key in PATTERN_FLAGS.values():  # `rank_pattern: {text: 16}`
-            value = [f"{k}={','.join(flag_tokens(v))}" for k, v in value.items()]
-        if isinstance(value, dict):
-            parser.error(f"{path}: key {key!r} holds a mapping; expected a value or a list")
-        if value is None:
-            continue
-        tokens = flag_tokens(value)
-        if key in DEPRECATED_LORA_FLAGS:  # checked when the flag is rewritten and parsed
-            flags += [f"--{key}", *tokens]
-            continue
-        convert = parser._option_string_actions[f"--{key}"].type
-        for token in tokens:  # what argparse would say, but naming the file and the key
-            try:
-                convert(token) if callable(convert) else token
-            except (TypeError, ValueError):
-                parser.error(f"{path}: key {key!r}: invalid {getattr(convert, '__name__', 'value')} value {token!r}")
-        flags += [f"--{key}", *tokens]
-    return flags
-
-
 def save_run_args(folder: str | Path, *arguments) -> None:
     """Writes the run's arguments (not the architecture) to `run_args.json`."""
     from .io import atomic_write_text
@@ -437,6 +334,8 @@ def save_run_args(folder: str | Path, *arguments) -> None:
 @dataclass
 class AdaptArguments:
     """What to adapt, to which domain, and how."""
+
+    deprecated_flags: ClassVar[dict[str, tuple[str, str]]] = DEPRECATED_LORA_FLAGS  # read by `parse_args`
 
     target: str = field(
         metadata={

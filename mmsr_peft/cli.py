@@ -11,7 +11,7 @@ USAGE_ERRORS = (DataError, CheckpointError, ValueError, FileNotFoundError, Impor
 
 
 def _run(function, argv, dataclass_types, description, extra_errors=()) -> int:
-    from .arguments import parse_args
+    from .parsing import parse_args
 
     try:
         parsed = parse_args(dataclass_types, argv, description=description)

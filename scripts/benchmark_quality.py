@@ -46,7 +46,7 @@ from runner import (
     write_json,
 )
 
-from mmsr_peft.arguments import as_flags
+from mmsr_peft.parsing import as_flags
 
 METRICS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
 
@@ -647,7 +647,7 @@ def fill_docs(report_path: Path, page: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from mmsr_peft.arguments import parse_args
+    from mmsr_peft.parsing import parse_args
 
     (args,) = parse_args([QualityArguments], argv, description=__doc__.split("\n\n")[0])
     bench = Benchmark(args)
