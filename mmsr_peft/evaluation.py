@@ -136,6 +136,18 @@ def chunked_ranks(
         users: `(B, D)`; items: `(N, D)`, the candidates; targets: `(B,)` rows of `items`;
         histories: `(B, T)` rows of `items` to exclude (-1 = padding), or None to rank against every item.
     """
+    return chunked_ranks_under(users, items, targets, [histories], chunk_size)[0]
+
+
+def chunked_ranks_under(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    exclusions: list[torch.Tensor | None],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> list[torch.Tensor]:
+    """`chunked_ranks` under each of several exclusions (`(B, T)` rows to exclude, or None), from one scoring of
+    the catalog: each chunk's scores are computed once and compared against every exclusion."""
     # Each target's score is read from the very product that scores its competitors (the same shapes, so the same
     # BLAS kernel on any CPU): a target and an item that scores alike tie exactly. With several chunks, the chunks
     # that hold targets are scored twice; with one chunk (catalogs up to `chunk_size`), once.
@@ -146,21 +158,22 @@ def chunked_ranks(
         if inside.any():
             scores = users @ items[first:last].T  # (B, chunk)
             target_scores[inside] = scores[inside].gather(1, (targets[inside] - first)[:, None])
-    ranks = torch.zeros(len(users), dtype=torch.long, device=users.device)
+    ranks = [torch.zeros(len(users), dtype=torch.long, device=users.device) for _ in exclusions]
     for first, last in chunks:
         if len(chunks) > 1 or scores is None:
             scores = users @ items[first:last].T
         ahead = scores >= target_scores
-        if histories is not None:
-            ahead &= ~history_mask(histories, first, last)
         inside = torch.nonzero((targets >= first) & (targets < last)).squeeze(1)
         ahead[inside, targets[inside] - first] = False  # the target does not count against itself
-        ranks += ahead.sum(1)
-    if histories is not None:
-        excluded = ((histories == targets[:, None]) & (histories >= 0)).any(1)
-        ranks.masked_fill_(excluded, MISS)  # a target in the history is not a candidate: a miss
-    # a NaN target score compares False with everything and would rank first: a miss, so a diverged model scores 0
-    return ranks.masked_fill_(~torch.isfinite(target_scores[:, 0]), MISS)
+        for rank, histories in zip(ranks, exclusions, strict=True):
+            rank += (ahead if histories is None else ahead & ~history_mask(histories, first, last)).sum(1)
+    for rank, histories in zip(ranks, exclusions, strict=True):
+        if histories is not None:
+            excluded = ((histories == targets[:, None]) & (histories >= 0)).any(1)
+            rank.masked_fill_(excluded, MISS)  # a target in the history is not a candidate: a miss
+        # a NaN target score compares False with everything and would rank first: a miss, so a diverged model scores 0
+        rank.masked_fill_(~torch.isfinite(target_scores[:, 0]), MISS)
+    return ranks
 
 
 def chunked_topk(
@@ -263,12 +276,13 @@ def evaluate_exclusions(
             users = model.user_embeddings(item_embeddings, histories).float()  # (B, D)
             if bias is not None:
                 users = torch.cat([users, users.new_ones(len(users), 1)], dim=1)
+            rows = {}  # each exclusion's items as rows of the set (-1: padding), None: nothing excluded
             for exclude, items in excluded.items():
-                local = None
-                if items is not None:
-                    known = pad_histories(items[first:last]).to(device)  # (B, longest history)
-                    local = torch.where(known >= 0, known - start, -1)
-                ranks[exclude].append(chunked_ranks(users, candidates, targets, local, chunk_size).cpu())
+                known = pad_histories(items[first:last]).to(device) if items is not None else None  # (B, T)
+                rows[exclude] = torch.where(known >= 0, known - start, -1) if known is not None else None
+            under = chunked_ranks_under(users, candidates, targets, list(rows.values()), chunk_size)
+            for (exclude, local), batch_ranks in zip(rows.items(), under, strict=True):
+                ranks[exclude].append(batch_ranks.cpu())
                 if shelf is not None:  # a rank for every case, MISS for the warm ones (dropped below)
                     cases = torch.as_tensor(eval_set.cold[first:last], device=device)
                     cold_ranks = torch.full((last - first,), MISS, dtype=torch.long)

@@ -16,8 +16,11 @@ of every user over the whole catalog), peak RSS of the largest process, wall tim
     python scripts/benchmark_scale_training.py                                     # 10k, 100k, 1M items; 1 and 2 processes
     python scripts/benchmark_scale_training.py --sizes 2000 --users 500 --processes 1   # smoke run, under a minute
 
-Writes `<output_dir>/scale_training.{md,json}` (with the command and the machine). The generated data and run folders
-go to `--work_dir` (default: a temporary folder, removed at the end).
+Each finished run is a record, `<output_dir>/scale_training/<size>-items-<n>-processes.json` (its runtime, peak RSS,
+wall time, the generated catalog's counts, the machine); a re-run skips recorded runs (`--force` runs them again),
+so the benchmark can span sittings. After every run, `<output_dir>/scale_training.{md,json}` is written from the
+records (with the command). The generated data and run folders go to `--work_dir` (default: a temporary folder,
+removed at the end).
 """
 
 from __future__ import annotations
@@ -197,34 +200,57 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=1, help="Training epochs per run.")
     parser.add_argument("--text_model", default="tiny-bert", help="The frozen text encoder (a --text_model value).")
     parser.add_argument("--work_dir", default=None, help="Where data and runs go (kept). Default: a temporary folder.")
-    parser.add_argument("--output_dir", default="results", help="Where scale_training.md/json go.")
+    parser.add_argument("--output_dir", default="results", help="Where scale_training.md/json and the records go.")
+    parser.add_argument("--force", action="store_true", help="Run again the runs that have a record.")
     args = parser.parse_args(argv)
     command = "python scripts/benchmark_scale_training.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     info = machine()
+    output = Path(args.output_dir)
+    records = output / "scale_training"  # one JSON record per finished run: a re-run skips them
+    records.mkdir(parents=True, exist_ok=True)
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="mmsr-scale-training-"))
+    settings = {"users": args.users, "per_user": args.per_user, "epochs": args.epochs, "text_model": args.text_model}
     try:
-        generated, results = {}, []
         for size in args.sizes:
+            todo = [
+                p for p in args.processes if args.force or not (records / f"{size}-items-{p}-processes.json").is_file()
+            ]
+            if not todo:
+                continue
             started = time.perf_counter()
-            generated[size] = generate_domain(work_dir / "data" / "synthetic" / f"scale-{size}", size, args.users,
-                                              args.per_user)  # fmt: skip
-            generated[size]["generate_s"] = round(time.perf_counter() - started, 1)
-            for processes in args.processes:
-                results.append(run(work_dir, size, processes, args))
-                row = results[-1]
+            generated = generate_domain(work_dir / "data" / "synthetic" / f"scale-{size}", size, args.users,
+                                        args.per_user)  # fmt: skip
+            generated["generate_s"] = round(time.perf_counter() - started, 1)
+            for processes in todo:
+                row = {**run(work_dir, size, processes, args), "generated": generated, "settings": settings}
+                row["machine"] = info
+                path = records / f"{size}-items-{processes}-processes.json"
+                atomic_write_text(path, json.dumps(row, indent=2) + "\n")
                 print(f"{size:,} items, {processes} process(es): {row['runtime']}, {row['wall_s']} s, "
                       f"{row['peak_rss_mib']} MiB", flush=True)  # fmt: skip
+                write_report(records, output, command, info, args)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)
+    print(write_report(records, output, command, info, args))
+    return 0
+
+
+def write_report(records: Path, output: Path, command: str, info: dict, args) -> str:
+    """`scale_training.{md,json}` from the records of the requested sizes and process counts (those that exist)."""
+    results = []
+    for size in args.sizes:
+        for processes in args.processes:
+            path = records / f"{size}-items-{processes}-processes.json"
+            if path.is_file():
+                results.append(json.loads(path.read_text()))
+    generated = {row["items"]: row["generated"] for row in results}
+    info = results[0]["machine"] if results else info  # the machine the runs were measured on
     text = report(results, generated, command, info, args)
     payload = {"command": command, "machine": info, "generated": generated, "results": results}
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "scale_training.json", json.dumps(payload, indent=2) + "\n")
     atomic_write_text(output / "scale_training.md", text)
-    print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from mmsr_peft.evaluation import (
     MISS,
     EvalSet,
     chunked_ranks,
+    chunked_ranks_under,
     chunked_topk,
     evaluate,
     evaluate_exclusions,
@@ -215,6 +216,12 @@ def test_chunked_ranks_equal_unchunked_ranks_with_ties_and_history():
         assert torch.equal(chunked_ranks(users, items, targets, histories, chunk_size), expected)
     assert chunked_ranks(users, items, targets, histories, 7)[0] == MISS
     assert torch.equal(chunked_ranks(users, items, targets, None, 7), target_ranks(scores, targets))
+    # several exclusions from one scoring of the catalog: each the same as alone
+    recent = histories[:, -2:]
+    for chunk_size in (7, 1000):
+        under = chunked_ranks_under(users, items, targets, [histories, None, recent], chunk_size)
+        alone = [chunked_ranks(users, items, targets, h, chunk_size) for h in (histories, None, recent)]
+        assert all(torch.equal(a, b) for a, b in zip(under, alone, strict=True))
 
 
 def test_chunked_topk_equals_a_full_sort():

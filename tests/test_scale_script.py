@@ -4,6 +4,7 @@ training benchmark on two tiny catalogs."""
 import gzip
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -72,3 +73,12 @@ def test_large_catalog_training_script_runs_pretraining_and_reports_its_runtime(
         assert 0 < payload["generated"][str(row["items"])]["items_interacted"] <= row["items"]
     table = (tmp_path / "results" / "scale_training.md").read_text()
     assert "\n| 300 | " in table and "\n| 600 | " in table and "Growth from 300 to 600 items (2x the catalog)" in table
+
+    # every finished run is a record; a re-run skips them and writes the same report from them
+    records = sorted((tmp_path / "results" / "scale_training").glob("*.json"))
+    assert [path.name for path in records] == ["300-items-1-processes.json", "600-items-1-processes.json"]
+    before = {path: path.read_bytes() for path in records}
+    shutil.rmtree(tmp_path / "work" / "runs")
+    assert script.main(argv) == 0
+    assert {path: path.read_bytes() for path in records} == before and not (tmp_path / "work" / "runs").exists()
+    assert (tmp_path / "results" / "scale_training.md").read_text() == table
