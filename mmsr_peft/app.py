@@ -134,20 +134,19 @@ def build_app(recommender: Recommender, history: list[str] = (), k: int = 10):
         except ValueError as err:
             raise gr.Error(str(err)) from None  # shown on the page and sent to API clients
 
+    def scored(top: list[dict]) -> list[tuple[str, str]]:
+        return recommender.gallery([row["item_id"] for row in top], [f"{r['title']} · {r['score']:.3f}" for r in top])
+
     def shelves(history, adapter, k, compare):
         history = list(history or [])
         top = ranked(history, adapter, k)
-        captions = [f"{row['title']} · {row['score']:.3f}" for row in top]
-        shown = recommender.gallery([row["item_id"] for row in top], captions)
-        base = []
-        if compare and adapter != BASE:
-            base_top = ranked(history, BASE, k)
-            captions = [f"{row['title']} · {row['score']:.3f}" for row in base_top]
-            base = recommender.gallery([row["item_id"] for row in base_top], captions)
+        beside = bool(compare and adapter != BASE)
         return (
             recommender.gallery(history),
-            gr.update(value=shown, label=f"Top {int(k)}: {adapter}"),
-            gr.update(value=base, visible=bool(compare and adapter != BASE), label=f"Top {int(k)}: {BASE}"),
+            gr.update(value=scored(top), label=f"Top {int(k)}: {adapter}"),
+            gr.update(
+                value=scored(ranked(history, BASE, k)) if beside else [], visible=beside, label=f"Top {int(k)}: {BASE}"
+            ),
             top,
         )
 

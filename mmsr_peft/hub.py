@@ -205,6 +205,13 @@ def _space_files(args: PublishArguments, kind: str, folder: Path) -> SpaceFiles:
     return SpaceFiles(texts, files)
 
 
+def _stage(staging: Path, files: dict) -> None:
+    """Links each local file of `files` (path in the repo -> local path) into the upload folder `staging`."""
+    for path, local in files.items():
+        (staging / path).parent.mkdir(parents=True, exist_ok=True)
+        (staging / path).symlink_to(Path(local).resolve())
+
+
 def _upload_space(args: PublishArguments, space: SpaceFiles) -> str:
     """Creates the Space (Gradio SDK) and uploads its files in one commit; returns the commit URL."""
     from huggingface_hub import HfApi
@@ -215,9 +222,7 @@ def _upload_space(args: PublishArguments, space: SpaceFiles) -> str:
         staging = Path(staging)
         for path, text in space.texts.items():
             (staging / path).write_text(text)
-        for path, local in space.files.items():
-            (staging / path).parent.mkdir(parents=True, exist_ok=True)
-            (staging / path).symlink_to(local.resolve())
+        _stage(staging, space.files)
         with warnings.catch_warnings():  # the catalog's items.parquet belongs in the Space: the page reads it
             warnings.filterwarnings("ignore", message="It seems that you are about to commit a data file")
             commit = api.upload_folder(
@@ -257,9 +262,7 @@ def _upload(args: PublishArguments, folder: Path, kind: str, files: list[Path]) 
         print(f"{args.repo_id}: {CARD} was edited on the Hub; keeping it (pass --overwrite_card to replace it)")
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
-        for relative in files:
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            (staging / relative).symlink_to((folder / relative).resolve())
+        _stage(staging, {relative: folder / relative for relative in files})
         if kind == "adapter" and args.base_repo_id:
             _point_adapter_at(staging, folder, args.base_repo_id)
         if (folder / RUN_ARGS).is_file():

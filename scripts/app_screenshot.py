@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from runner import free_port
 
 from mmsr_peft.app import serve
 from mmsr_peft.arguments import AppArguments
@@ -33,12 +34,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_served(url: str, timeout: float = 120.0) -> None:

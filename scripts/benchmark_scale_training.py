@@ -27,18 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from runner import console_script, execute, free_port, machine
 
 from mmsr_peft.data.folder import INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
 from mmsr_peft.io import atomic_write_text
@@ -75,15 +72,9 @@ def generate_domain(folder: Path, items: int, users: int, per_user: int, seed: i
     return {**counts, "items_interacted": int(len(np.unique(draws)))}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def pretrain_command(processes: int) -> list[str]:
     """`mmsr-pretrain` of this interpreter's environment, under `accelerate launch` for several processes."""
-    pretrain = str(Path(sys.executable).parent / "mmsr-pretrain")
+    pretrain = str(console_script("mmsr-pretrain"))
     if processes == 1:
         return [pretrain]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
@@ -102,36 +93,21 @@ def run(work_dir: Path, size: int, processes: int, args) -> dict:
     flags += ["--num_epochs", str(args.epochs), "--batch_size", "256", "--num_negatives", "256"]
     flags += ["--eval_batch_size", "1024", "--feature_cache_dir", str(cache_dir), "--output_dir", str(output_dir)]
     flags += ["--report_to", "none", "--save_steps", "1000000000", "--seed", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log_path = work_dir / "runs" / f"{name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([*pretrain_command(processes), *flags], env=env, stdout=log, stderr=log)
-        _, status, usage = os.wait4(process.pid, 0)  # the child's own resource use: its peak RSS (or its children's)
-    wall = time.perf_counter() - started
+    log = work_dir / "runs" / f"{name}.log"
+    env = {"ACCELERATE_USE_CPU": "1", "TOKENIZERS_PARALLELISM": "false"}
+    measured = execute([*pretrain_command(processes), *flags], log, threads=1, env=env, check=False)
     metrics_path = output_dir / "metrics.json"
     if not metrics_path.is_file():  # multi-process CPU runs may abort at exit after their work: judge by the output
-        tail = log_path.read_text()[-3000:]
-        raise RuntimeError(f"{name}: no metrics.json (wait status {status}); log tail:\n{tail}")
+        raise RuntimeError(f"{name}: no metrics.json; log tail:\n{log.read_text()[-3000:]}")
     metrics = json.loads(metrics_path.read_text())
     return {
         "items": size,
         "processes": processes,
         "runtime": metrics["runtime"],
         "test_ndcg@10": metrics["test"]["all"]["ndcg@10"],
-        "wall_s": round(wall, 1),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024),
+        "wall_s": round(measured["wall_s"], 1),
+        "peak_rss_mib": round(measured["peak_rss_mib"]),
     }
-
-
-def machine() -> dict:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 1)}
 
 
 def report(results: list[dict], generated: dict, command: str, info: dict, args) -> str:
@@ -140,7 +116,7 @@ def report(results: list[dict], generated: dict, command: str, info: dict, args)
         "",
         f"`{command}`",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, load average {info['load_average']} at the start; one torch "
+        f"Machine: {info['cpu']}, {info['cpu_count']} cores, load average {info['load_average']} at the start; one torch "
         f"thread per process. Each catalog: {args.users:,} users with {args.per_user} interactions each (items drawn "
         f"Zipf-like, exponent {ITEM_ALPHA}), items with a generated title and no image; a text-only model with a "
         f"frozen `{args.text_model}` text encoder (its outputs computed once into a fresh feature cache: part of "

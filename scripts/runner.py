@@ -15,6 +15,7 @@ import os
 import platform
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,13 @@ def console_script(name: str) -> Path:
     return Path(found)
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a local server, or `accelerate launch --main_process_port`)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def relative(value) -> str:
     """A path inside the repository as a relative path (records never hold this machine's absolute paths)."""
     text = str(value)
@@ -58,10 +66,13 @@ def relative(value) -> str:
     return text
 
 
-def execute(command: list[str], log: Path, threads: int = 1) -> dict:
-    """Runs `command` with `threads` torch/OpenMP threads, stdout and stderr into `log`; returns its wall time and
-    peak resident memory. Raises `RuntimeError` naming the log's last line when it fails."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}
+def execute(command: list[str], log: Path, threads: int = 1, env: dict | None = None, check: bool = True) -> dict:
+    """Runs `command` with `threads` torch/OpenMP threads (and the variables of `env`), stdout and stderr into `log`;
+    returns its wall time and peak resident memory. With `check`, raises `RuntimeError` naming the log's last line
+    when it fails (multi-process CPU runs may abort at exit after all their work: pass `check=False` and judge them by
+    what they wrote)."""
+    threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}
+    env = {**os.environ, **threads_env, **(env or {})}
     log.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with open(log, "w") as out:
@@ -72,7 +83,7 @@ def execute(command: list[str], log: Path, threads: int = 1) -> dict:
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - began
-    if process.returncode != 0:
+    if check and process.returncode != 0:
         lines = log.read_text(errors="replace").strip().splitlines() or [f"exit status {process.returncode}"]
         raise RuntimeError(f"{shlex.join(relative(c) for c in command)} failed: {lines[-1][:500]} (log: {log})")
     return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
@@ -130,8 +141,11 @@ def machine() -> dict:
     """What the runs ran on, for the report."""
     import torch
 
+    model_names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
     info = {
         "platform": platform.platform(),
+        "cpu": model_names[0] if model_names else platform.processor() or platform.machine(),
+        "load_average": round(os.getloadavg()[0], 1),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -141,6 +155,11 @@ def machine() -> dict:
     device = info["gpu"] or f"{info['cpu_count']} CPU cores, no GPU"
     info["summary"] = f"{device}, torch {info['torch']}, Python {info['python']}; one torch thread per run"
     return info
+
+
+def _cpuinfo() -> list[str]:
+    path = Path("/proc/cpuinfo")
+    return path.read_text().splitlines() if path.is_file() else []
 
 
 def plot(rows: list[tuple[str, float, float]], title: str, path: Path) -> None:

@@ -2,7 +2,6 @@
 as `MMSRModel.recommend`, for the base and for an adapter, and bad requests are refused with a clear message."""
 
 import json
-import socket
 from pathlib import Path
 
 import gradio_client
@@ -10,17 +9,12 @@ import pytest
 import torch
 from conftest import TINY_TRAIN_FLAGS
 from peft import LoraConfig
+from testing_utils import free_port
 
 from mmsr_peft import MMSRModel, load_domain
 from mmsr_peft.adapters import lora_target_modules
 from mmsr_peft.app import BASE, Recommender, serve
 from mmsr_peft.arguments import AppArguments, PublishArguments, parse_args
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

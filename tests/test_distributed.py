@@ -2,29 +2,23 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import tiny_pretrain_argv
+from testing_utils import free_port
 
 from mmsr_peft import MMSRModel
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_process_ddp_pretraining_with_a_token_level_fusion(data_dir, tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
+    launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
     argv = tiny_pretrain_argv(data_dir, "--num_epochs", "2", "--fusion", "merge_attention")
     argv += ["--output_dir", str(tmp_path / "ddp")]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -86,7 +80,7 @@ def test_two_processes_encode_and_evaluate_each_their_share_with_the_results_of_
     script.write_text(SHARDED_EVALUATION)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
+    launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
     out = tmp_path / "metrics.json"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     command = [*launch, str(script), str(base_dir), str(data_dir), str(out), str(tmp_path / "cache")]

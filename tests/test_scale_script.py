@@ -5,6 +5,7 @@ import gzip
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -51,11 +52,15 @@ def test_tiny_run_reports_every_stage_with_consistent_counts(tmp_path):
 
 
 def test_large_catalog_training_script_runs_pretraining_and_reports_its_runtime(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_scale_training", SCRIPT.with_name(SCRIPT.stem + "_training.py")
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its runner as a sibling module
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "benchmark_scale_training", SCRIPT.with_name(SCRIPT.stem + "_training.py")
+        )
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     argv = ["--sizes", "300", "600", "--users", "40", "--per_user", "6", "--processes", "1"]
     argv += ["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "results")]
     assert script.main(argv) == 0

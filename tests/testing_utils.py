@@ -1,4 +1,4 @@
-"""Comparisons that hold on any CPU.
+"""Comparisons that hold on any CPU, and a free local port for the tests that start servers or processes.
 
 torch's BLAS picks other kernels on other CPUs (an Intel Xeon, an AMD EPYC), so two different computations of the
 same float32 numbers (a chunked matmul and a full one, a peft wrapper and the plain module, another batch
@@ -7,6 +7,8 @@ The same computation run twice on identical inputs is still bit-exact: such test
 """
 
 from __future__ import annotations
+
+import socket
 
 import torch
 
@@ -54,3 +56,10 @@ def assert_topk_agree(values, ids, expected_values, expected_ids, *, rtol: float
                     f"row {row}, positions {start}..{k - 1}: {got[start:k]} not among {reference[start:end]}"
                 )
             start = end
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (a local server, or `accelerate launch --main_process_port`)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
