@@ -6,28 +6,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .adapters import (
-    component_modules,
-    is_adapter_key,
-    lora_target_patterns,
-    model_components,
-)
-from .arguments import ADAPTER_METHODS, METHODS, AdaptArguments, save_run_args
+from .adapters import is_adapter_key
+from .arguments import ADAPTER_METHODS, METHODS, AdaptArguments
 from .cards import adapter_card, base_card
 from .domains import build_corpus, describe_data, load_domain
 from .evaluation import COLD_SHELF, evaluate, evaluate_report, format_table, random_baseline
 from .io import atomic_write_text
+from .lora import component_modules, lora_target_patterns, model_components
 from .model import MMSRModel
 from .plots import CURVES_FILE, plot_training_curves
 from .quantization import quantize_encoders
-from .run_folders import check_output_dir, claim_output_dir
+from .run_folders import check_output_dir, claim_output_dir, save_run_args
 from .side import SideAdapterConfig
+from .train_state import training_record
 from .training import (
     TrainingArguments,
     make_accelerator,
     precompute_frozen_states,
     train,
-    training_record,
 )
 
 

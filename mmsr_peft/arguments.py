@@ -8,19 +8,17 @@ from `--config file.yaml`).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from .adapters import COMPONENTS, DEFAULT_COMPONENTS
+from .configuration import ITEM_TOWERS, SIMILARITIES
 from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, domain_folder
 from .encoders import TORCHVISION_CNNS, VISION_PRESETS
 from .errors import DataError
 from .fusion import CONDITIONS, FUSION_TYPES
+from .lora import COMPONENTS, DEFAULT_COMPONENTS, component_pattern
 from .losses import LOSSES
-from .model import ITEM_TOWERS, SIMILARITIES
 from .parsing import as_flags, parse_args  # noqa: F401 (they lived here: `from mmsr_peft.arguments import parse_args`)
 from .quantization import QUANTIZATIONS, require_bitsandbytes
 from .sequence import SEQUENCE_TYPES
@@ -304,31 +302,6 @@ DEPRECATED_LORA_FLAGS = {
     for component in COMPONENTS
     for setting, pattern in PATTERN_FLAGS.items()
 }
-
-
-def component_pattern(flag: str, pairs: list[str] | dict | None, convert) -> dict:
-    """`["text=16", "fusion=4"]` -> `{"text": 16, "fusion": 4}`, each value through `convert` (a dict, as a
-    dataclass built in code may hold, is checked the same way); a bad pair is an error naming the flag and the pair."""
-    items = pairs.items() if isinstance(pairs, dict) else (pair.partition("=")[::2] for pair in pairs or [])
-    pattern = {}
-    for component, value in items:
-        if component not in COMPONENTS or value in ("", None):
-            raise ValueError(
-                f"--{flag} {component}={value}: expected COMPONENT=VALUE with a component among {', '.join(COMPONENTS)}"
-            )
-        try:
-            pattern[component] = convert(value) if isinstance(value, str) else value
-        except ValueError:
-            raise ValueError(f"--{flag} {component}={value}: invalid value {value!r} for {component}") from None
-    return pattern
-
-
-def save_run_args(folder: str | Path, *arguments) -> None:
-    """Writes the run's arguments (not the architecture) to `run_args.json`."""
-    from .io import atomic_write_text
-
-    merged = {name: value for args in arguments for name, value in dataclasses.asdict(args).items()}
-    atomic_write_text(Path(folder) / "run_args.json", json.dumps(merged, indent=2) + "\n")
 
 
 @dataclass

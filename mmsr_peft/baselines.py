@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import BASELINES, BaselineArguments, DataArguments, save_run_args
+from .arguments import BASELINES, BaselineArguments, DataArguments
 from .builder import ModelArguments, build_model
 from .domains import Corpus, build_corpus, describe_data, load_domain
 from .evaluation import evaluate_report, format_table, random_baseline
 from .io import atomic_write_text
+from .run_folders import save_run_args
 from .training import precompute_frozen_states
 
 

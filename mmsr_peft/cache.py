@@ -2,8 +2,9 @@
 
 One safetensors file per encoder, weights and kind of output: `<kind>-<weights sha256[:16]>.safetensors` holds,
 for every item encoded so far, the sha256 of exactly what the encoder read (token ids and mask, or uint8 pixels)
-and the encoder's output (`text`, `image`: `pooled`, `tokens`, `mask`; `text_layers`, `image_layers`: the per-layer
-states that side adapters read). Loading keeps the rows whose content digest matches an item of the
+and the encoder's output (`text`, `image`: `pooled`, `tokens`, `mask`; `text_pooled`, `image_pooled`: the pooled
+vector alone, as a one-token output, for models that read no token states; `text_layers`, `image_layers`: the
+per-layer states that side adapters read). Loading keeps the rows whose content digest matches an item of the
 catalog and encodes only the others, so:
 
 - other weights (a different base, a fine-tuned encoder) use another file: nothing stale is ever read;
@@ -67,8 +68,8 @@ def content_digests(inputs: ItemInputs, kind: str) -> torch.Tensor:
 
 class FeatureCache:
     """The cache folder. `encode(kind, encoder, run, inputs)` returns the encoder's outputs for `inputs`, reading
-    the rows it has and computing (then storing) the others. Kinds `text` and `image` hold `EncoderOutput`s,
-    `text_layers` and `image_layers` hold `LayerStates`.
+    the rows it has and computing (then storing) the others. Kinds `text`, `image`, `text_pooled` and `image_pooled`
+    hold `EncoderOutput`s, `text_layers` and `image_layers` hold `LayerStates`.
 
     Args:
         folder (`str` or `os.PathLike`): where the files live; created when first written.
@@ -90,7 +91,7 @@ class FeatureCache:
         path = self.path(kind, encoder)
         output_type = LayerStates if kind.endswith("_layers") else EncoderOutput
         names = _fields(output_type)
-        digests = content_digests(inputs, kind.removesuffix("_layers"))
+        digests = content_digests(inputs, kind.partition("_")[0])  # what the text or image encoder reads
         keys = [bytes(d.tolist()) for d in digests]
         position, first = {}, []  # items with identical content (e.g. no text) are encoded once
         for i, key in enumerate(keys):

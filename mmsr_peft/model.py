@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,107 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import adapters
-from .config import ConfigMixin
+from .checkpoints import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_weights, resolve_checkpoint
+from .configuration import MMSRConfig, load_config
 from .data.catalog import Catalog
 from .data.collate import PROCESSOR_FILE, ItemInputs, ItemProcessor, pad_histories
-from .encoders import EncoderOutput, LayerStates, TextEncoder, TextEncoderConfig, VisionEncoder, VisionEncoderConfig
 from .errors import CheckpointError
 from .evaluation import chunked_topk, with_item_bias
-from .fusion import FusionConfig, ModalityProjection, build_fusion
-from .io import atomic_directory, check_finite, is_local_path
-from .losses import LOSSES, bce_loss, softmax_loss
-from .sequence import SEQUENCE_CLASSES, SequenceEncoderConfig
+from .io import atomic_directory
+from .item_tower import ItemTower
+from .losses import bce_loss, softmax_loss
+from .sequence import SEQUENCE_CLASSES
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth")
-SIMILARITIES = ("cosine", "dot")
-ITEM_TOWERS = ("modal", "text", "image", "id")
-REQUIRED_CONFIG_KEYS = ("item_tower", "hidden_size", "fusion", "sequence")  # the architecture; the rest has defaults
-
-
-@dataclass
-class MMSRConfig(ConfigMixin):
-    """Architecture of an MMSR model (run arguments such as learning rate or data live elsewhere).
-
-    Args:
-        item_tower (`str`): how items are embedded: `"modal"` (text + image, fused), `"text"`, `"image"`, or `"id"`
-            (a learned embedding per item id: the ID-based baseline, which cannot rank unseen items).
-        hidden_size (`int`): width D of item and user embeddings.
-        text (`TextEncoderConfig`, *optional*): the text encoder (needed by `modal` and `text`).
-        vision (`VisionEncoderConfig`, *optional*): the vision encoder (needed by `modal` and `image`).
-        fusion (`FusionConfig`): how text and image are fused (`modal` only).
-        sequence (`SequenceEncoderConfig`): the sequence encoder.
-        num_items (`int`): size of the item-id table (`id` only).
-        similarity (`str`): how a user state scores an item: `"cosine"` (both L2-normalised; ours) or `"dot"` (the raw
-            inner product, as in the MMSR paper, whose BCE loss reads it at temperature 1).
-        temperature (`float`): scores (`similarity`) are divided by this in the training loss.
-        loss (`str`): training loss: `"sampled_softmax"` (batch items + uniform negatives, logQ-corrected),
-            `"full_ce"` (softmax over the whole catalog) or `"bce"` (one sampled negative per position).
-        itc_weight (`float`): weight of an auxiliary image-text contrastive loss (ALBEF's ITC) between each item's
-            text and image during training (`modal` only; 0 turns it off).
-        feature_dropout (`float`): dropout on the encoders' outputs (pooled vectors and token states) before the
-            fusion or projection, in training only. The pretrained features are wider than a catalog is long (MiniLM
-            384 + MobileNetV2 1280 dimensions for 1682 MovieLens movies), so without it the first linear layer can
-            learn a lookup table of the training items, and items it never saw (cold start) rank at the bottom.
-        new_item_boost (`float`): added to the score of every item without training interactions (new
-            arrivals) when ranking: by `evaluate` (items whose training count is 0) and by `recommend(new_items=...)`.
-            The model learns popularity, which new items cannot have; the boost is their prior, bought with accuracy
-            on known items (see docs/adaptation.md, cold start). 0: off.
-    """
-
-    item_tower: str = "modal"  # "modal" | "text" | "image" | "id"
-    hidden_size: int = 64  # width of item and user embeddings
-    text: TextEncoderConfig | None = None  # text encoder (modal, text)
-    vision: VisionEncoderConfig | None = None  # vision encoder (modal, image)
-    fusion: FusionConfig = field(default_factory=FusionConfig)  # fusion module (modal)
-    sequence: SequenceEncoderConfig = field(default_factory=SequenceEncoderConfig)  # sequence encoder
-    num_items: int = 0  # id table size (id)
-    similarity: str = "cosine"  # "cosine" | "dot": the score of an item for a user state
-    temperature: float = 0.07  # divides the scores in the training loss
-    loss: str = "sampled_softmax"  # "sampled_softmax" | "full_ce" | "bce" (see mmsr_peft/losses.py)
-    itc_weight: float = 0.0  # weight of the image-text contrastive auxiliary loss (modal only; 0: off)
-    feature_dropout: float = 0.0  # dropout on the encoders' outputs in training (content towers; 0: off)
-    new_item_boost: float = 0.0  # added to the score of items without training interactions (0: off)
-
-    def __post_init__(self):
-        if self.item_tower not in ITEM_TOWERS:
-            raise ValueError(f"item_tower must be one of {ITEM_TOWERS}, got {self.item_tower!r}")
-        if self.item_tower in ("modal", "text") and self.text is None:
-            raise ValueError(f"item_tower={self.item_tower!r} needs a text encoder config (`text`)")
-        if self.item_tower in ("modal", "image") and self.vision is None:
-            raise ValueError(f"item_tower={self.item_tower!r} needs a vision encoder config (`vision`)")
-        if self.item_tower == "id" and self.num_items < 1:
-            raise ValueError(f"item_tower='id' needs num_items >= 1, got {self.num_items}")
-        if self.itc_weight < 0 or (self.itc_weight > 0 and self.item_tower != "modal"):
-            raise ValueError(f"itc_weight must be >= 0 and needs item_tower='modal', got {self.itc_weight}")
-        if not 0 <= self.feature_dropout < 1 or (self.feature_dropout and self.item_tower == "id"):
-            raise ValueError(
-                f"feature_dropout must be in [0, 1) and needs a content item tower, got {self.feature_dropout}"
-            )
-        if self.new_item_boost < 0:
-            raise ValueError(f"new_item_boost must be >= 0, got {self.new_item_boost}")
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.sequence.type == "sasrec" and self.hidden_size % self.sequence.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by sequence.num_heads {self.sequence.num_heads}: "
-                "SASRec's attention splits the width across its heads"
-            )
-        if self.hidden_size < 1 or self.temperature <= 0:
-            raise ValueError(
-                f"hidden_size must be >= 1 and temperature > 0, got {self.hidden_size}, {self.temperature}"
-            )
-
-    @property
-    def uses_text(self) -> bool:
-        return self.item_tower in ("modal", "text")
-
-    @property
-    def uses_vision(self) -> bool:
-        return self.item_tower in ("modal", "image")
+__all__ = ["MMSRConfig", "MMSRModel", "MMSROutput", "Recommendations"]
 
 
 @dataclass
@@ -138,112 +48,6 @@ class Recommendations:
 
     item_ids: list[list[str]]
     scores: torch.Tensor
-
-
-class ItemTower(nn.Module):
-    """Embeds items from their content (or their id, for the `id` baseline)."""
-
-    def __init__(self, config: MMSRConfig):
-        super().__init__()
-        self.config = config
-        self.text = TextEncoder(config.text) if config.uses_text else None
-        self.vision = VisionEncoder(config.vision) if config.uses_vision else None
-        d = config.hidden_size
-        if config.item_tower == "id":
-            self.embedding = nn.Embedding(config.num_items, d)
-        elif config.item_tower == "text":
-            self.head = ModalityProjection(self.text.hidden_size, d)
-        elif config.item_tower == "image":
-            self.head = ModalityProjection(self.vision.hidden_size, d)
-        else:
-            text_dims = (self.text.hidden_size, self.text.hidden_size)
-            image_dims = (self.vision.hidden_size, self.vision.token_size)
-            self.fusion = build_fusion(config.fusion, text_dims, image_dims, d)
-            if config.itc_weight > 0:  # heads of the image-text contrastive auxiliary loss
-                self.itc_text = nn.Linear(self.text.hidden_size, d)
-                self.itc_image = nn.Linear(self.vision.hidden_size, d)
-        self.side_adapters = nn.ModuleDict()  # side adapters by name (`AdapterMixin` manages them)
-        self.active_side: str | None = None
-
-    def encode_text(self, items: ItemInputs) -> EncoderOutput:
-        return items.text_states if items.text_states is not None else self.text(items.input_ids, items.attention_mask)
-
-    def encode_image(self, items: ItemInputs) -> EncoderOutput:
-        return items.image_states if items.image_states is not None else self.vision(items.pixel_values)
-
-    def content(self, items: ItemInputs) -> tuple[EncoderOutput | None, EncoderOutput | None]:
-        """What the heads read: the text and image encodings (None for a modality the tower does not use), with
-        `feature_dropout` in training. (`encode_text` / `encode_image` stay deterministic: they fill caches.)"""
-        text = self.encode_text(items) if self.config.uses_text else None
-        image = self.encode_image(items) if self.config.uses_vision else None
-        if not (self.training and self.config.feature_dropout):
-            return text, image
-        return _dropped(text, self.config.feature_dropout), _dropped(image, self.config.feature_dropout)
-
-    def alignment_loss(self, items: ItemInputs) -> torch.Tensor:
-        """Image-text contrastive loss of the items that have both modalities (ALBEF's ITC): each item's text must
-        pick its own image among the batch's, and back."""
-        text, image = self.encode_text(items), self.encode_image(items)
-        both = items.has_text & items.has_image
-        if int(both.sum()) < 2:
-            return text.pooled.sum() * 0.0
-        t = F.normalize(self.itc_text(text.pooled[both]), dim=-1)
-        v = F.normalize(self.itc_image(image.pooled[both]), dim=-1)
-        logits = t @ v.T / self.config.temperature  # (M, M): the diagonal pairs are the positives
-        labels = torch.arange(len(logits), device=logits.device)
-        return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels)) / 2
-
-    def forward(self, items: ItemInputs) -> torch.Tensor:
-        mode = self.config.item_tower
-        if mode == "id":
-            if (items.item_index < 0).any():
-                raise ValueError("the id tower cannot embed items outside the vocabulary it was trained on")
-            return self.embedding(items.item_index)
-        side = self.side_adapters[self.active_side] if self.active_side is not None else None
-        if side is not None:
-            items = self.with_layer_states(items)
-        text, image = self.content(items)
-        if mode == "text":
-            embeddings = self.head(text, items.has_text)
-        elif mode == "image":
-            embeddings = self.head(image, items.has_image)
-        else:
-            embeddings = self.fusion(text, image, items.has_text, items.has_image)
-        if side is None:
-            return embeddings
-        text_layers, image_layers = (None if s is None else s.states for s in (items.text_layers, items.image_layers))
-        return embeddings + side(text_layers, image_layers, items.has_text, items.has_image)
-
-    def with_layer_states(self, items: ItemInputs) -> ItemInputs:
-        """`items` with each encoder's per-layer states (and its output, if missing) attached, from one pass of the
-        encoder where they were not precomputed."""
-        updates = {}
-        for modality, encoder in (("text", self.text), ("image", self.vision)):
-            if encoder is None or getattr(items, f"{modality}_layers") is not None:
-                continue
-            output, updates[f"{modality}_layers"] = self.encode_layers(items, modality)
-            if getattr(items, f"{modality}_states") is None:
-                updates[f"{modality}_states"] = output
-        return replace(items, **updates) if updates else items
-
-    def encode_layers(self, items: ItemInputs, modality: str) -> tuple[EncoderOutput, LayerStates]:
-        """One pass of the `modality` (`"text"` or `"image"`) encoder: its output and its per-layer states."""
-        if modality == "text":
-            inputs, encoder = (items.input_ids, items.attention_mask), self.text
-        else:
-            inputs, encoder = (items.pixel_values,), self.vision
-        if inputs[0] is None:
-            raise ValueError(f"the side adapter needs the {modality} encoder's layer states or its inputs")
-        output, layers = encoder.encode_layers(*inputs)
-        return output, LayerStates.from_layers(layers)
-
-
-def _dropped(states: EncoderOutput | None, p: float) -> EncoderOutput | None:
-    return (
-        None
-        if states is None
-        else EncoderOutput(F.dropout(states.pooled, p), F.dropout(states.tokens, p), states.mask)
-    )
 
 
 class MMSRModel(nn.Module, adapters.AdapterMixin):
@@ -489,98 +293,6 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
 
 def _preview(keys: list[str], limit: int = 20) -> str:
     return str(keys[:limit])[:-1] + (", ...]" if len(keys) > limit else "]")
-
-
-def resolve_checkpoint(
-    name_or_path: str | os.PathLike, revision: str | None = None, allow_pickle: bool = False
-) -> Path:
-    """A local folder as is; anything else is a Hub repo id, downloaded (or read from the cache). Pickle weights
-    are only downloaded with `allow_pickle=True`."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if is_local_path(name_or_path):
-        raise CheckpointError(f"{name_or_path}: not a checkpoint folder, and not a Hub repo id ('org/name')")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.md", "*.model", *(PICKLE_FILES if allow_pickle else ())]
-    try:
-        folder = Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=patterns))
-    except RepositoryNotFoundError as err:
-        raise CheckpointError(
-            f"{name_or_path}: no local folder {path.resolve()}, and no such repo on the Hub"
-        ) from err
-    except (HfHubHTTPError, OSError, ValueError) as err:  # offline cache misses, connection errors, bad ids
-        raise CheckpointError(
-            f"{name_or_path}: no local folder {path.resolve()}, and not available from the Hub as a repo id ({err})"
-        ) from err
-    if not (folder / WEIGHTS_FILE).is_file() and not allow_pickle:
-        from huggingface_hub import HfApi
-
-        offered = [f for f in HfApi().list_repo_files(str(name_or_path), revision=revision) if f in PICKLE_FILES]
-        if offered:
-            raise CheckpointError(
-                f"{name_or_path}: the repo offers only pickle weights ({offered[0]}); pickle can run arbitrary code, "
-                "so it is refused. Ask for safetensors, or pass allow_pickle=True if you trust its author."
-            )
-    return folder
-
-
-def load_config(path: Path) -> MMSRConfig:
-    """Reads a `config.json`; a file that is not valid JSON or not a valid config is an error naming it."""
-    try:
-        settings = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-    if isinstance(settings, dict):
-        settings.pop("mmsr_peft_version", None)
-        missing = [key for key in REQUIRED_CONFIG_KEYS if key not in settings]
-        if missing:  # a default would silently build another architecture than the one the weights belong to
-            raise CheckpointError(
-                f"{path}: missing {missing}; a saved config.json has every one of {REQUIRED_CONFIG_KEYS}"
-            )
-    try:
-        return MMSRConfig.from_dict(settings, where=str(path))
-    except ValueError as err:  # from_dict names the field; a check of __post_init__ does not name the file
-        message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
-        raise CheckpointError(message) from None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Reads `model.safetensors` (every float tensor must be finite); a pickle file is only read with
-    `allow_pickle=True` (it can run code)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = folder / WEIGHTS_FILE
-    if path.is_file():
-        try:
-            return check_finite(load_file(path), path)
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path}: unreadable safetensors file ({err})") from err
-    pickles = [folder / name for name in PICKLE_FILES if (folder / name).is_file()]
-    if pickles and not allow_pickle:
-        raise CheckpointError(
-            f"{folder}: only pickle weights ({pickles[0].name}) found; pickle can run arbitrary code, so it is "
-            "refused. Convert it to safetensors, or pass allow_pickle=True if you trust its author."
-        )
-    if pickles:
-        import pickle
-
-        try:  # weights_only: even an allowed pickle may hold tensors only, never code
-            return check_finite(torch.load(pickles[0], map_location="cpu", weights_only=True), pickles[0])
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-            raise CheckpointError(f"{pickles[0]}: unreadable weights file ({err})") from err
-    raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")
 
 
 def _version() -> str:

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .arguments import DataArguments, save_run_args
+from .arguments import DataArguments
 from .builder import ModelArguments, build_model
 from .cards import base_card
 from .domains import build_corpus, describe_data, load_domain
@@ -15,13 +15,13 @@ from .evaluation import evaluate_report, format_table, random_baseline
 from .io import atomic_write_text
 from .model import MMSRModel
 from .plots import CURVES_FILE, plot_training_curves
-from .run_folders import check_output_dir, claim_output_dir
+from .run_folders import check_output_dir, claim_output_dir, save_run_args
+from .train_state import training_record
 from .training import (
     TrainingArguments,
     make_accelerator,
     precompute_frozen_states,
     train,
-    training_record,
 )
 
 

@@ -9,13 +9,16 @@ interleaving its files with the first one's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
 
 from .errors import RunFolderBusy
+from .io import atomic_write_text
 
 LOCK_FILE = ".mmsr-run.lock"
 # What marks a folder as holding a run (files every run writes, at its first best epoch or at its end)
@@ -105,3 +108,9 @@ def claim_output_dir(output_dir: str, main_process: bool = True, overwrite: bool
         lock.release()
         if created and not any(Path(output_dir).iterdir()):  # a run that failed before writing leaves nothing
             Path(output_dir).rmdir()
+
+
+def save_run_args(folder: str | Path, *arguments) -> None:
+    """Writes the run's arguments (not the architecture) to `run_args.json`."""
+    merged = {name: value for args in arguments for name, value in dataclasses.asdict(args).items()}
+    atomic_write_text(Path(folder) / "run_args.json", json.dumps(merged, indent=2) + "\n")

@@ -16,9 +16,9 @@ from .arguments import TrainingArguments
 from .data.collate import ItemInputs, TrainCollator
 from .encoders import EncoderOutput
 from .evaluation import EvalSet, evaluate
+from .train_state import COMPLETE_MARKER, TrainState, check_training_state
 
 SELECTION_METRIC = "ndcg@10"
-COMPLETE_MARKER = "complete"  # written last into each saved training state
 
 
 # Parameter groups with a learning rate of their own: (argument, name prefix of the model's parameters).
@@ -123,163 +123,6 @@ def tracked_config(model, args: TrainingArguments) -> dict:
     return flat
 
 
-class TrainState:
-    """Progress saved beside Accelerate's state: counters and history as JSON (`trainer_state.json`), the best
-    weights as safetensors (`best_weights.safetensors`). Nothing of ours is a pickle, so resuming from a folder
-    someone else wrote never runs code (Accelerate unpickles registered objects with `weights_only=False`)."""
-
-    FILE, WEIGHTS = "trainer_state.json", "best_weights.safetensors"
-    COUNTERS = ("step", "epoch", "stale", "best_epoch")
-
-    def __init__(self):
-        self.step, self.epoch, self.stale = 0, 0, 0
-        self.best_metric, self.best_epoch = -math.inf, -1
-        self.best_weights: dict[str, torch.Tensor] = {}
-        self.history: list[dict] = []
-        self.loss_sum, self.loss_steps = 0.0, 0  # the current epoch's training loss so far (its mean is logged)
-        self.seconds = {"train": 0.0, "valid": 0.0}  # wall time in training steps and in validation, resumes included
-
-    def epoch_loss(self) -> float | None:
-        """The mean training loss of the epoch's steps (None before any, as for the starting model)."""
-        return self.loss_sum / self.loss_steps if self.loss_steps else None
-
-    def save(self, folder: Path) -> None:
-        from .io import atomic_save_tensors, atomic_write_text
-
-        counters = {name: getattr(self, name) for name in self.COUNTERS}
-        best = None if math.isinf(self.best_metric) else self.best_metric
-        loss = {"loss_sum": self.loss_sum, "loss_steps": self.loss_steps}
-        text = json.dumps(
-            {**counters, **loss, "best_metric": best, "seconds": self.seconds, "history": self.history}, indent=1
-        )
-        atomic_save_tensors(folder / self.WEIGHTS, self.best_weights)
-        atomic_write_text(folder / self.FILE, text + "\n")
-
-    def load(self, folder: Path) -> None:
-        """Reads `save`'s files, refusing what they would not have written (names the file and the field)."""
-        from safetensors.torch import load_file
-
-        from .errors import CheckpointError
-
-        path = folder / self.FILE
-        if not path.is_file():
-            raise CheckpointError(
-                f"{folder}: no {self.FILE} (a training state written by an older mmsr_peft, whose pickle is not "
-                "loaded); start again without --resume"
-            )
-        try:
-            saved = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"{path}: expected a JSON object, got {type(saved).__name__}")
-        for name in self.COUNTERS:
-            if not isinstance(saved.get(name), int) or isinstance(saved.get(name), bool):
-                raise CheckpointError(f"{path}: field {name!r} is {saved.get(name)!r}, expected an integer")
-        best = saved.get("best_metric")
-        if not isinstance(saved.get("history"), list) or not (best is None or isinstance(best, (int, float))):
-            raise CheckpointError(f"{path}: expected a 'history' list and a numeric 'best_metric'")
-        if best is not None and not math.isfinite(best):
-            raise CheckpointError(f"{path}: field 'best_metric' is {best}, expected a finite number")
-        for name in self.COUNTERS:
-            setattr(self, name, saved[name])
-        self.best_metric = -math.inf if best is None else float(best)
-        self.history = saved["history"]
-        loss_sum, loss_steps = saved.get("loss_sum", 0.0), saved.get("loss_steps", 0)  # absent before tracking
-        if not isinstance(loss_sum, (int, float)) or not isinstance(loss_steps, int) or loss_steps < 0:
-            raise CheckpointError(f"{path}: fields 'loss_sum', 'loss_steps' are {loss_sum!r}, {loss_steps!r}")
-        self.loss_sum, self.loss_steps = float(loss_sum), loss_steps
-        seconds = saved.get("seconds", {"train": 0.0, "valid": 0.0})  # absent before runtimes were recorded
-        if not isinstance(seconds, dict) or not all(isinstance(seconds.get(k), (int, float)) for k in self.seconds):
-            raise CheckpointError(f"{path}: field 'seconds' is {seconds!r}, expected {{'train': s, 'valid': s}}")
-        self.seconds = {key: float(seconds[key]) for key in self.seconds}
-        try:
-            self.best_weights = load_file(str(folder / self.WEIGHTS))
-        except Exception as err:  # missing, truncated or not safetensors: SafetensorError, OSError, ...
-            raise CheckpointError(f"{folder / self.WEIGHTS}: unreadable ({type(err).__name__}: {err})") from None
-
-    def check_weights(self, expected: dict[str, torch.Tensor], folder: Path) -> None:
-        """Refuses best weights that do not fit the model being trained (names and shapes)."""
-        from .errors import CheckpointError
-
-        for name, tensor in self.best_weights.items():
-            if name not in expected or expected[name].shape != tensor.shape:
-                shape = tuple(expected[name].shape) if name in expected else None
-                raise CheckpointError(
-                    f"{folder / self.WEIGHTS}: tensor {name!r} {tuple(tensor.shape)} does not fit the model "
-                    f"(expected {shape})"
-                )
-
-
-def check_training_state(folder: Path, process_index: int) -> None:
-    """Refuses what Accelerate's `load_state` would unpickle with `weights_only=False` (custom checkpoints: we write
-    none), and an RNG state file that it would load and apply silently although it is not one it wrote: Python's
-    Mersenne Twister state, NumPy's `MT19937` state and torch's CPU generator state, with their sizes."""
-    from accelerate.utils import load
-
-    from .errors import CheckpointError
-
-    foreign = sorted(p.name for p in folder.glob("custom_checkpoint_*"))
-    if foreign:  # Accelerate would unpickle these with weights_only=False: they could run code
-        raise CheckpointError(
-            f"{folder}: holds {foreign}, pickles that this mmsr_peft never writes and will not load (they can run "
-            "code; an older version wrote them): start again without --resume"
-        )
-    path = folder / f"random_states_{process_index}.pkl"
-    try:
-        states = load(path)  # weights_only: tensors, arrays and plain containers, never code
-    except Exception as err:  # a missing file, a pickle with other globals, garbage: all refused the same way
-        raise CheckpointError(
-            f"{path}: not a random-state file written by Accelerate ({type(err).__name__})"
-        ) from None
-    if not isinstance(states, dict):
-        raise CheckpointError(f"{path}: not a random-state file written by Accelerate (a {type(states).__name__})")
-    python, numpy_state, torch_state = (
-        states.get(k) for k in ("random_state", "numpy_random_seed", "torch_manual_seed")
-    )
-    checks = {
-        "random_state": lambda: isinstance(python, tuple) and len(python) == 3 and len(python[1]) == 625,
-        "numpy_random_seed": lambda: (
-            isinstance(numpy_state, tuple)
-            and numpy_state[0] == "MT19937"
-            and isinstance(numpy_state[1], np.ndarray)
-            and numpy_state[1].shape == (624,)
-        ),
-        "torch_manual_seed": lambda: (
-            isinstance(torch_state, torch.Tensor)
-            and torch_state.dtype == torch.uint8
-            and torch_state.shape == torch.get_rng_state().shape
-        ),
-    }
-    for field_name, check in checks.items():
-        try:
-            ok = check()
-        except (TypeError, IndexError, KeyError):  # a tuple too short, a value without a length, ...
-            ok = False
-        if not ok:
-            raise CheckpointError(f"{path}: field {field_name!r} is not a random-number generator state")
-
-
-def training_record(state: TrainState, args: TrainingArguments) -> dict:
-    """What a run's `metrics.json` says about its training: the best epoch, the epochs run, whether it stopped by
-    `patience` or at the `ceiling` of `num_epochs` (then it may not have converged), and the validation history."""
-    stopped_by = "patience" if state.stale >= args.patience else "ceiling"
-    if 0 < args.max_steps <= state.step and state.stale < args.patience:
-        stopped_by = "max_steps"
-    return {
-        "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch,
-        "stopped_by": stopped_by,
-        "history": state.history,
-        "runtime": {
-            "train_s": round(state.seconds["train"], 3),
-            "valid_s": round(state.seconds["valid"], 3),
-            "steps": state.step,
-            "steps_per_second": round(state.step / state.seconds["train"], 3) if state.seconds["train"] else None,
-        },
-    }
-
-
 def precompute_frozen_states(
     model, catalog_inputs: ItemInputs, batch_size: int = 256, cache_dir: str | None = None, accelerator=None
 ) -> ItemInputs:
@@ -289,11 +132,12 @@ def precompute_frozen_states(
     `accelerator`, its processes share the encoding (each its slice of the catalog, gathered on all) and its main
     process alone writes the cache.
 
-    Only what the model reads is kept: a fusion that attends over tokens gets the token states, any other one the
-    pooled vector alone; the frozen encoder's own inputs (token ids, pixels) are dropped. Each training step
-    gathers its items' rows of these tensors, and gathering token states that nothing reads cost more than the
-    rest of a step (MiniLM's 32 x 384 per item, about 1,000 items a step on MovieLens-100k). A model with side
-    adapters also gets each frozen encoder's per-layer states, which they read.
+    Only what the model reads is computed, kept and cached: a fusion that attends over tokens gets the token
+    states, any other one the pooled vector alone (as a one-token output); the frozen encoder's own inputs (token
+    ids, pixels) are dropped. Token states that nothing reads would cost more than the rest of a training step to
+    gather (MiniLM's 32 x 384 per item, about 1,000 items a step on MovieLens-100k), and held for a catalog of a
+    million items they take tens of GB. A model with side adapters also gets each frozen encoder's per-layer
+    states, which they read.
     """
     from .cache import FeatureCache, encode_catalog
     from .fusion import TOKEN_FUSIONS
@@ -305,13 +149,11 @@ def precompute_frozen_states(
     for kind, encoder, run in (("text", tower.text, tower.encode_text), ("image", tower.vision, tower.encode_image)):
         if encoder is None or any(p.requires_grad for p in encoder.parameters()):
             continue
+        name, encode = (kind, run) if reads_tokens else (f"{kind}_pooled", pooled_only(run))
         if cache is not None:
-            output = cache.encode(kind, encoder, run, catalog_inputs, batch_size, accelerator)
+            output = cache.encode(name, encoder, encode, catalog_inputs, batch_size, accelerator)
         else:
-            output = encode_catalog(run, encoder, catalog_inputs, batch_size, f"encode {kind}", accelerator)
-        if not reads_tokens:
-            present = torch.ones(len(output.pooled), 1, dtype=torch.bool)
-            output = EncoderOutput(output.pooled, output.pooled[:, None], present)  # (N, 1, H): the pooled vector
+            output = encode_catalog(encode, encoder, catalog_inputs, batch_size, f"encode {kind}", accelerator)
         states[f"{kind}_states"] = output
         if len(tower.side_adapters):
             states[f"{kind}_layers"] = _layer_states(
@@ -319,6 +161,18 @@ def precompute_frozen_states(
             )
         dropped.update(dict.fromkeys(("input_ids", "attention_mask") if kind == "text" else ("pixel_values",)))
     return replace(catalog_inputs, **dropped, **states) if states else catalog_inputs
+
+
+def pooled_only(run):
+    """`run` (an encoder's forward on items) keeping only the pooled vectors, as a one-token output `(N, 1, H)`."""
+
+    def encode(items: ItemInputs) -> EncoderOutput:
+        pooled = run(items).pooled
+        return EncoderOutput(
+            pooled, pooled[:, None], torch.ones(len(pooled), 1, dtype=torch.bool, device=pooled.device)
+        )
+
+    return encode
 
 
 def _layer_states(tower, kind: str, encoder, catalog_inputs: ItemInputs, batch_size: int, cache, accelerator):

@@ -224,10 +224,11 @@ def adaptation_step(
     epoch (`table_s`), instead of going through the encoders."""
     from peft import LoraConfig
 
-    from mmsr_peft.adapters import is_adapter_key, lora_target_modules
+    from mmsr_peft.adapters import is_adapter_key
     from mmsr_peft.builder import ModelArguments, build_model
     from mmsr_peft.data.collate import TrainCollator
     from mmsr_peft.domains import build_corpus, load_domain
+    from mmsr_peft.lora import lora_target_modules
     from mmsr_peft.side import SideAdapterConfig
     from mmsr_peft.training import precompute_frozen_states
 

@@ -24,6 +24,8 @@ validation NDCG@10, under an epoch ceiling that is reported when hit. Requires t
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import sys
 import tempfile
 import threading
@@ -248,6 +250,9 @@ class Benchmark:
         measured = execute(command, out.parent / f"{out.name}.log")
         kind = self.plan["rows"][run.row]["command"]
         results = read_recbole(out / "report.json") if kind == "recbole" else read_metrics(out / "metrics.json")
+        # a finished run's model is in its folder; its kept training states (model + optimizer, per epoch) are only
+        # for resuming it, and hundreds of runs' worth filled the disk
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
         return {
             "row": run.row,
             "split": run.split,
@@ -548,6 +553,94 @@ def comparison_section(plan: dict, records: dict) -> list[str]:
     return lines
 
 
+FINDING_RULE = (
+    "a difference counts when the two means differ by more than twice its standard error, sqrt(s_a^2 / n_a + "
+    "s_b^2 / n_b); otherwise it is within noise"
+)
+
+
+def finding_rows(bench: Benchmark, records: dict, name: str, split: str) -> tuple[str, dict]:
+    """A finding's row, `row` of this plan or `plan/row` of another one (its records beside this plan's): its label
+    and its runs on `split`, `{seed: record}`."""
+    plan_name, _, row = name.rpartition("/")
+    if not plan_name:
+        return bench.plan["rows"][row]["label"], records.get(row, {}).get(split, {})
+    other = load_plan(Path(bench.args.plan).parent / f"{plan_name}.yaml")
+    runs = {}
+    for path in sorted((bench.records_dir.parent.parent / plan_name / "runs" / row).glob(f"{split}-seed*.json")):
+        record = json.loads(path.read_text())
+        runs[record["seed"]] = record
+    return other["rows"][row]["label"], runs
+
+
+def finding_line(bench: Benchmark, records: dict, finding: dict) -> str | None:
+    """A finding's table line (None while its rows have no records)."""
+    if "first" not in finding:
+        return f"| {finding['question']} | {finding['paper']} | {finding['not_measured']} | not measured |"
+    split, part, metric = (finding.get(k, d) for k, d in (("split", "main"), ("part", "all"), ("metric", "ndcg@10")))
+
+    def stats(name: str) -> tuple[str, list[float]]:
+        label, runs = finding_rows(bench, records, name, split)
+        return label, [r["test"][part][metric] for r in runs.values() if part in r["test"]]
+
+    label, values = stats(finding["first"])
+    if not values:
+        return None
+    mean, std = mean_std(values)
+    measured, outcomes = [f"{label}: {cell(values)}"], []
+    for other in finding["against"]:
+        other_label, other_values = stats(other)
+        if not other_values:
+            continue
+        other_mean, other_std = mean_std(other_values)
+        # the standard error of the difference (a single run's spread unknown: 0)
+        spread = math.sqrt(
+            sum((0.0 if math.isnan(s) else s) ** 2 / len(v) for s, v in ((std, values), (other_std, other_values)))
+        )
+        outcome = (
+            "better"
+            if mean - other_mean > 2 * spread
+            else "worse"
+            if other_mean - mean > 2 * spread
+            else "within noise"
+        )
+        outcomes.append(outcome)
+        ratio = f", {mean / other_mean:.2f}x" if other_mean else ""
+        measured.append(f"vs {other_label}: {cell(other_values)} ({outcome}{ratio})")
+    if not outcomes:
+        return None
+    if "worse" in outcomes:
+        verdict = "does not hold"
+    elif finding.get("expects", "better") == "not worse" or all(o == "better" for o in outcomes):
+        verdict = "holds"
+    else:
+        verdict = "not shown (within noise)"
+    where = metric + (f", {part} targets" if part != "all" else "") + (f", split `{split}`" if split != "main" else "")
+    return f"| {finding['question']} | {finding['paper']} | {where}: {'; '.join(measured)} | {verdict} |"
+
+
+def findings_section(bench: Benchmark, records: dict) -> list[str]:
+    """With a plan `findings: [{question, paper, first, against: [rows], expects: better | not worse, split, part,
+    metric}]`, a table of what the paper says or does beside what the runs measure: `first` against each row of
+    `against` (rows of this plan, or `plan/row` of another), and whether the paper's side holds here."""
+    findings = bench.plan.get("findings", [])
+    if not findings:
+        return []
+    lines = [
+        "## The paper's questions, re-tested here",
+        "",
+        f"Each line compares test metrics over the seeds each row ran ({FINDING_RULE}). `holds`: every "
+        "comparison came out the way the paper's side expects; `does not hold`: at least one went the other way.",
+        "",
+        "| question | the paper | measured here | holds here? |",
+        "|---|---|---|---|",
+    ]
+    for finding in findings:
+        line = finding_line(bench, records, finding)
+        lines += [line] if line else []
+    return [*lines, ""]
+
+
 def report(bench: Benchmark) -> None:
     """Writes `<name>.md`, `.json` and `.png` into `output_dir` from the records on disk."""
     from mmsr_peft.evaluation import EXCLUSIONS, PROTOCOL
@@ -601,6 +694,7 @@ def report(bench: Benchmark) -> None:
         lines += ["", *popularity_table(plan, records, split)]
     lines += curve_section(bench, records)
     lines += comparison_section(plan, records)
+    lines += findings_section(bench, records)
     if plan.get("curve"):
         lines += transfer_targets(plan, records)
     elif any(spec.get("group") == "id" for spec in plan["rows"].values()):  # the quality plan's goals

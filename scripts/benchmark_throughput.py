@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from mmsr_peft.adapters import lora_target_modules
 from mmsr_peft.data.collate import ItemProcessor, TrainCollator
 from mmsr_peft.data.synthetic import SOURCE_DOMAINS, generate_world
 from mmsr_peft.domains import build_corpus, load_domain
 from mmsr_peft.encoders import TextEncoderConfig, VisionEncoderConfig
 from mmsr_peft.fusion import FusionConfig
+from mmsr_peft.lora import lora_target_modules
 from mmsr_peft.model import MMSRConfig, MMSRModel
 from mmsr_peft.training import precompute_frozen_states
 

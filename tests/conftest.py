@@ -7,6 +7,7 @@ call of the suite goes to 127.0.0.1, never to the internet.
 
 import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ atexit.register(HUB.stop)
 os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.update(HUB.env())
 os.environ.update(HF_HOME=tempfile.mkdtemp(prefix="mmsr-test-hf-"), TOKENIZERS_PARALLELISM="false")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 import pytest  # noqa: E402
 

@@ -18,9 +18,10 @@ from testing_utils import assert_same_weights
 
 from mmsr_peft import Catalog, MMSRModel
 from mmsr_peft.adaptation import AdaptArguments, adapt, prepare_method
-from mmsr_peft.adapters import base_state_dict, lora_target_modules
+from mmsr_peft.adapters import base_state_dict
 from mmsr_peft.arguments import parse_args
 from mmsr_peft.errors import CheckpointError
+from mmsr_peft.lora import lora_target_modules
 from mmsr_peft.training import TrainingArguments, make_optimizer
 
 HISTORIES = [ITEM_IDS[:3], ITEM_IDS[5:9], [ITEM_IDS[11]]]
@@ -314,8 +315,8 @@ def test_sequence_component_gets_lora_and_changes_the_user_states(sequence, adap
 
 
 def test_sequence_component_is_opt_in_and_nextitnet_has_no_default():
-    from mmsr_peft.adapters import model_components
     from mmsr_peft.builder import ModelArguments, build_model
+    from mmsr_peft.lora import model_components
 
     assert "sequence" not in model_components(tiny())  # the defaults: text, vision, fusion
     args = ModelArguments(item_tower="id", hidden_size=16, max_len=8, sequence_encoder="nextitnet")

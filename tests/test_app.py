@@ -12,9 +12,9 @@ from peft import LoraConfig
 from testing_utils import free_port
 
 from mmsr_peft import MMSRModel, load_domain
-from mmsr_peft.adapters import lora_target_modules
 from mmsr_peft.app import BASE, Recommender, serve
 from mmsr_peft.arguments import AppArguments, PublishArguments, parse_args
+from mmsr_peft.lora import lora_target_modules
 
 
 @pytest.fixture(scope="module")

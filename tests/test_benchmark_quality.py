@@ -229,3 +229,69 @@ def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path)
     assert "## Paper against ours (standard split, test NDCG@10)" in report
     assert "| ours | 0.1000 | the paper's | 0.0800 | 0.800x | 1 |" in report
     assert "missing" not in report and "## Goals" not in report  # no ID row: the quality goals do not apply
+
+
+def test_the_papers_findings_are_judged_on_this_plans_records_and_another_plans(benchmark, tmp_path):
+    """Each finding compares its `first` row with rows of this plan or `plan/row` of another (records beside this
+    plan's), and says `holds` only when every difference goes the paper's way beyond twice its standard error."""
+    other = {"name": "tiny_other", "rows": {"id": {"label": "ID", "command": "pretrain", "args": {}}}}
+    (tmp_path / "tiny_other.yaml").write_text(yaml.safe_dump(other))
+    rows = {name: {"label": name, "command": "pretrain", "args": {}} for name in ("ours", "noisy", "weak", "unrun")}
+    plan = {
+        "name": "tiny_findings",
+        "title": "findings",
+        "data": {"domains": ["food"], "data_source": "synthetic"},
+        "seeds": [0, 1, 2],
+        "splits": {"main": {}, "cold": {}},
+        "training": {"num_epochs": 5, "patience": 1},
+        "rows": rows,
+        "findings": [
+            {"question": "Q1", "paper": "beats ID", "first": "ours", "against": ["tiny_other/id"]},
+            {"question": "Q2", "paper": "beats noisy", "first": "ours", "against": ["noisy", "tiny_other/id"]},
+            {
+                "question": "Q3",
+                "paper": "weak is enough",
+                "first": "weak",
+                "against": ["ours"],
+                "expects": "not worse",
+            },
+            {"question": "Q4", "paper": "needs a GPU", "not_measured": "the GPU rows wait"},
+            {"question": "Q5", "paper": "never ran", "first": "unrun", "against": ["ours"]},
+            {"question": "Q6", "paper": "cold", "first": "ours", "against": ["weak"], "split": "cold", "part": "cold"},
+        ],
+    }
+    (tmp_path / "tiny_findings.yaml").write_text(yaml.safe_dump(plan))
+    values = {
+        ("tiny_findings", "ours"): (0.10, 0.11, 0.12),
+        ("tiny_findings", "noisy"): (0.08, 0.12, 0.16),
+        ("tiny_findings", "weak"): (0.05, 0.05, 0.05),
+        ("tiny_other", "id"): (0.05, 0.06, 0.07),
+    }
+    for (plan_name, row), ndcgs in values.items():
+        for seed, ndcg in enumerate(ndcgs):
+            for split in ("main", "cold"):
+                metrics = {m: ndcg for m in ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")}
+                cold = {m: ndcg if row == "ours" else 0.0 for m in metrics}
+                out = {"row": row, "split": split, "seed": seed, "test": {"all": metrics, "cold": cold}}
+                out.update(test_window=metrics, test_none=metrics, wall_s=60.0, valid_ndcg_at_10=ndcg)
+                out.update(best_epoch=2, epochs_run=3, stopped_by="patience")
+                path = tmp_path / "results" / plan_name / "runs" / row / f"{split}-seed{seed}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(out))
+    records = tmp_path / "results" / "tiny_findings" / "runs"
+    argv = ["--plan", str(tmp_path / "tiny_findings.yaml"), "--records_dir", str(records), "--report_only"]
+    assert benchmark.main([*argv, "--output_dir", str(tmp_path / "results")]) == 0
+    report = (tmp_path / "results" / "tiny_findings.md").read_text()
+    lines = {line.split(" | ")[0][2:]: line for line in report.splitlines() if line.startswith("| Q")}
+    assert lines["Q1"] == (
+        "| Q1 | beats ID | ndcg@10: ours: 0.1100 ± 0.0100; vs ID: 0.0600 ± 0.0100 (better, 1.83x) | holds |"
+    )
+    assert "vs noisy: 0.1200 ± 0.0400 (within noise, 0.92x)" in lines["Q2"]
+    assert lines["Q2"].endswith("| not shown (within noise) |")
+    assert "vs ours: 0.1100 ± 0.0100 (worse, 0.45x)" in lines["Q3"] and lines["Q3"].endswith("| does not hold |")
+    assert lines["Q4"] == "| Q4 | needs a GPU | the GPU rows wait | not measured |"
+    assert "Q5" not in lines  # no record of its first row: no line
+    assert (
+        "ndcg@10, cold targets, split `cold`: ours: 0.1100 ± 0.0100; vs weak: 0.0000 ± 0.0000 (better) |"
+        in lines["Q6"]
+    )

@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from mmsr_peft.adapters import COMPONENTS
 from mmsr_peft.cli import adapt_main, pretrain_main
+from mmsr_peft.configuration import ITEM_TOWERS
 from mmsr_peft.domains import DOMAINS, SOURCES
 from mmsr_peft.fusion import FUSION_TYPES
+from mmsr_peft.lora import COMPONENTS
 from mmsr_peft.losses import LOSSES
-from mmsr_peft.model import ITEM_TOWERS
 from mmsr_peft.sequence import SEQUENCE_TYPES
 
 

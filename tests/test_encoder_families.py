@@ -10,9 +10,9 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from mmsr_peft import MMSRModel
-from mmsr_peft.adapters import lora_target_modules
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.encoders import TextEncoder, TextEncoderConfig
+from mmsr_peft.lora import lora_target_modules
 
 VIT_LIKE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 VISION = {

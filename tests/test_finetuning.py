@@ -112,8 +112,8 @@ def test_frozen_batchnorm_keeps_its_statistics_while_the_top_blocks_train():
 def test_every_text_family_gets_lora_targets_and_top_k(backbone):
     import re
 
-    from mmsr_peft.adapters import lora_target_modules
     from mmsr_peft.encoders import TextEncoderConfig
+    from mmsr_peft.lora import lora_target_modules
     from mmsr_peft.model import MMSRConfig, MMSRModel
 
     model = MMSRModel(MMSRConfig(item_tower="text", hidden_size=16, text=TextEncoderConfig(backbone=backbone)))
@@ -127,7 +127,7 @@ def test_every_text_family_gets_lora_targets_and_top_k(backbone):
 def test_each_encoder_can_train_at_its_own_learning_rate():
     from peft import LoraConfig
 
-    from mmsr_peft.adapters import lora_target_modules
+    from mmsr_peft.lora import lora_target_modules
     from mmsr_peft.training import TrainingArguments, make_optimizer
 
     model = tiny(text_finetune="full", vision_finetune="full")

@@ -7,9 +7,9 @@ import torch
 from test_model import ITEM_IDS, tiny
 
 from mmsr_peft import MMSRModel
-from mmsr_peft.adapters import lora_target_modules
 from mmsr_peft.encoders import EncoderOutput
 from mmsr_peft.fusion import FUSION_TYPES, FusionConfig, build_fusion
+from mmsr_peft.lora import lora_target_modules
 
 N, D = 4, 16
 HAS_TEXT = torch.tensor([True, False, True, True])

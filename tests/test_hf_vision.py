@@ -7,8 +7,8 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel, ViTConfig, ViTModel
 
 from mmsr_peft import MMSRModel
-from mmsr_peft.adapters import lora_target_modules
 from mmsr_peft.builder import ModelArguments, build_model
+from mmsr_peft.lora import lora_target_modules
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32}
 

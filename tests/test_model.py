@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmsr_peft import Catalog, MMSRModel
-from mmsr_peft.adapters import lora_target_modules
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.data.collate import TrainCollator, pad_histories
 from mmsr_peft.errors import CheckpointError
+from mmsr_peft.lora import lora_target_modules
 
 ITEM_IDS = [f"it-{i}" for i in range(12)]
 

@@ -11,7 +11,7 @@ from test_model import catalog, tiny  # noqa: F401  (catalog is a fixture)
 from mmsr_peft import Catalog
 from mmsr_peft.cache import FeatureCache
 from mmsr_peft.data.collate import TrainCollator
-from mmsr_peft.training import precompute_frozen_states
+from mmsr_peft.training import pooled_only, precompute_frozen_states
 
 
 def frozen(model):
@@ -37,13 +37,29 @@ def test_cache_is_reused_when_nothing_changed(catalog, tmp_path):  # noqa: F811
     inputs = model.processor(catalog.records(range(len(catalog))))
     first = precompute_frozen_states(model, inputs, batch_size=5, cache_dir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert [f.split("-")[0] for f in files] == ["image", "text"]
+    assert [f.split("-")[0] for f in files] == ["image_pooled", "text_pooled"]  # concat reads no token states
     calls = CountCalls(model.item_tower.text)
     cache = FeatureCache(tmp_path)
-    states = cache.encode("text", model.item_tower.text, model.item_tower.encode_text, inputs, 5)
+    states = cache.encode("text_pooled", model.item_tower.text, pooled_only(model.item_tower.encode_text), inputs, 5)
     assert (cache.last_hits, cache.last_misses, calls.items) == (len(catalog), 0, 0)
     # exact: a cache hit returns the very tensors that were computed and stored
     assert torch.equal(states.pooled, first.text_states.pooled)
+
+
+def test_pooled_and_token_fusions_keep_their_own_cache_files(catalog, tmp_path):  # noqa: F811
+    """A pooled fusion's cache holds one vector per item; a token fusion's holds the token states, in a file of its
+    own, so neither reads the other's (both models share the same frozen encoders)."""
+    pooled, tokens = frozen(tiny(fusion="concat")), frozen(tiny(fusion="merge_attention"))
+    inputs = pooled.processor(catalog.records(range(len(catalog))))
+    from_pooled = precompute_frozen_states(pooled, inputs, batch_size=5, cache_dir=tmp_path)
+    from_tokens = precompute_frozen_states(tokens, inputs, batch_size=5, cache_dir=tmp_path)
+    stored = {p.name.split("-")[0]: load_file(p) for p in tmp_path.iterdir()}
+    assert sorted(stored) == ["image", "image_pooled", "text", "text_pooled"]
+    length = inputs.input_ids.shape[1]
+    assert stored["text_pooled"]["tokens"].shape[1] == 1 and stored["text"]["tokens"].shape[1] == length
+    assert from_pooled.text_states.tokens.shape[1] == 1 and from_tokens.text_states.tokens.shape[1] == length
+    # the same encoder, run in other batches: equal up to float32 rounding
+    torch.testing.assert_close(from_pooled.text_states.pooled, from_tokens.text_states.pooled, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("fusion, tokens", [("concat", False), ("merge_attention", True)])

@@ -65,8 +65,8 @@ def test_cached_layer_states_equal_the_live_encoders(catalog, tmp_path):  # noqa
     cache.encode("text_layers", tower.text, run, inputs, 5)
     assert cache.last_misses == 0 and cache.last_hits == len(inputs)
     assert {p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()} == {
-        "text",
-        "image",
+        "text_pooled",  # the model's fusion reads the pooled vectors only
+        "image_pooled",
         "text_layers",
         "image_layers",
     }

@@ -1,9 +1,8 @@
-"""Text and vision encoders: built from their architecture config, optionally filled from pretrained weights."""
+"""The vision encoder: an open_clip tower, a torchvision CNN or a Hugging Face vision model, one interface."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -11,11 +10,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import ConfigMixin
+from ..config import ConfigMixin
+from .common import (
+    RESNETS,
+    TORCHVISION_CNNS,
+    EncoderOutput,
+    enable_activation_checkpointing,
+    encoder_blocks,
+    quiet_from_pretrained,
+    set_finetuning,
+)
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -27,297 +34,9 @@ VISION_PRESETS = {
     "micro-vit": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "tiny-vit": {"layers": 3, "width": 96, "head_width": 48, "patch_size": 16},
 }
-LENGTH_BUCKET = 64  # texts per backbone call when a batch is encoded in groups of similar length
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-TORCHVISION_CNNS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
-TORCHVISION_CNNS += RESNETS
-FINETUNE_REGIMES = ("frozen", "top_k", "full")
-# Where each encoder family keeps its stack of blocks, and the modules/parameters after the stack that train
-# with the top blocks (`top_k` freezes the *lower* blocks and the embeddings).
-BLOCK_LAYOUT = {
-    "bert": ("encoder.layer", ()),
-    "roberta": ("encoder.layer", ()),
-    "xlm-roberta": ("encoder.layer", ()),
-    "distilbert": ("transformer.layer", ()),
-    "electra": ("encoder.layer", ()),
-    "xlnet": ("layer", ()),
-    "clip_text_model": (
-        ("encoder.layers", "text_model.encoder.layers"),
-        ("final_layer_norm", "text_model.final_layer_norm"),
-    ),
-    "open_clip_vit": ("transformer.resblocks", ("ln_post", "proj", "attn_pool")),
-    # transformers 5 dropped the `encoder.layer` / `vision_model.` levels of 4.x: the first path that exists is used
-    "hf_vit": (("layers", "encoder.layer"), ("layernorm",)),
-    "hf_clip_vision_model": (
-        ("encoder.layers", "vision_model.encoder.layers"),
-        ("post_layernorm", "vision_model.post_layernorm"),
-    ),
-    "hf_swin": ("encoder.layers", ("layernorm",)),
-    "hf_beit": (("layers", "encoder.layer"), ("layernorm", "pooler")),
-    "hf_vit_mae": (("layers", "encoder.layer"), ("layernorm",)),
-    "hf_convnext": ("encoder.stages", ("layernorm",)),
-    **{f"torchvision_{arch}": ("features", ()) for arch in TORCHVISION_CNNS if arch not in RESNETS},
-    # a ResNet's stages are four modules, not one list: "+" joins them into the stack of blocks
-    **{f"torchvision_{arch}": ("layer1+layer2+layer3+layer4", ()) for arch in RESNETS},
-}
-# Where the [CLS]-like token of a text encoder is: first (BERT and most), or last (XLNet appends its <cls>).
-CLS_LAST = ("xlnet",)
 # Pixel normalisation of Hugging Face vision models by type (their image processors'); ImageNet's otherwise.
 HF_NORMALISATION = {"clip_vision_model": (OPENAI_MEAN, OPENAI_STD), "vit": ((0.5,) * 3, (0.5,) * 3)}
 HF_NORMALISATION["beit"] = HF_NORMALISATION["vit"]
-
-
-def set_finetuning(module: nn.Module, family: str, regime: str, top_k: int = 1) -> None:
-    """Marks which parameters of an encoder train: none (`frozen`), all (`full`) or the top `top_k` blocks
-    plus what follows them (`top_k`)."""
-    if regime not in FINETUNE_REGIMES:
-        raise ValueError(f"fine-tuning regime must be one of {FINETUNE_REGIMES}, got {regime!r}")
-    module.requires_grad_(regime == "full")
-    if regime != "top_k":
-        return
-    blocks = encoder_blocks(module, family, "top_k fine-tuning")
-    if not 1 <= top_k <= len(blocks):
-        raise ValueError(f"top_k must be between 1 and the {len(blocks)} blocks of {family!r}, got {top_k}")
-    for block in blocks[len(blocks) - top_k :]:
-        block.requires_grad_(True)
-    for name in BLOCK_LAYOUT[family][1]:
-        part = getattr(module, name, None) if "." not in name else _get_submodule(module, name)
-        if part is not None:
-            part.requires_grad_(True)
-
-
-def encoder_blocks(module: nn.Module, family: str, purpose: str = "this") -> list[nn.Module]:
-    """The stack of blocks of an encoder of `family` (`BLOCK_LAYOUT`), bottom first."""
-    if family not in BLOCK_LAYOUT:
-        raise ValueError(f"{purpose} does not know the blocks of {family!r}; known: {sorted(BLOCK_LAYOUT)}")
-    blocks_path = BLOCK_LAYOUT[family][0]
-    candidates = (blocks_path,) if isinstance(blocks_path, str) else blocks_path
-    found = next(p for p in candidates if all(_has_submodule(module, part) for part in p.split("+")))
-    return (
-        [module.get_submodule(part) for part in found.split("+")]
-        if "+" in found
-        else list(module.get_submodule(found))
-    )
-
-
-def _get_submodule(module: nn.Module, path: str):
-    return module.get_submodule(path) if _has_submodule(module, path) else None
-
-
-def _has_submodule(module: nn.Module, path: str) -> bool:
-    try:
-        module.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
-
-
-@dataclass
-class EncoderOutput:
-    """What an encoder gives the fusion module.
-
-    Attributes:
-        pooled (`torch.FloatTensor` of shape `(N, H)`): one vector per item.
-        tokens (`torch.FloatTensor` of shape `(N, L, W)`): token / patch states, for token-level fusion.
-        mask (`torch.BoolTensor` of shape `(N, L)`): True on real tokens.
-    """
-
-    pooled: torch.Tensor
-    tokens: torch.Tensor
-    mask: torch.Tensor
-
-    def select(self, index: torch.Tensor) -> EncoderOutput:
-        return EncoderOutput(self.pooled[index], self.tokens[index], self.mask[index])
-
-    def to(self, device) -> EncoderOutput:
-        return EncoderOutput(self.pooled.to(device), self.tokens.to(device), self.mask.to(device))
-
-    @classmethod
-    def cat(cls, outputs: list[EncoderOutput]) -> EncoderOutput:
-        return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("pooled", "tokens", "mask")))
-
-
-@dataclass
-class LayerStates:
-    """An encoder's pooled state after each of its layers, side by side, for side adapters.
-
-    Attributes:
-        states (`torch.FloatTensor` of shape `(N, W_1 + ... + W_K)`): layer k's pooled state in columns
-            `W_1 + ... + W_{k-1}` onwards (the widths are the encoder's `layer_widths`).
-    """
-
-    states: torch.Tensor
-
-    def select(self, index: torch.Tensor) -> LayerStates:
-        return LayerStates(self.states[index])
-
-    def to(self, device) -> LayerStates:
-        return LayerStates(self.states.to(device))
-
-    @classmethod
-    def cat(cls, outputs: list[LayerStates]) -> LayerStates:
-        return cls(torch.cat([o.states for o in outputs]))
-
-    @classmethod
-    def from_layers(cls, layers: list[torch.Tensor]) -> LayerStates:
-        """The per-layer states as an encoder's `encode_layers` gives them, `(N, W_k)` each, side by side."""
-        return cls(torch.cat(layers, dim=-1))
-
-
-def _checkpointing_enable(model) -> None:
-    """Activation checkpointing of a transformers model (renamed in transformers 5; the old name warns)."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def quiet_from_pretrained(model_class, name_or_path: str, **kwargs):
-    """`model_class.from_pretrained` without transformers' load report, which lists the pooler we leave out as
-    unexpected keys (the strict `load_state_dict` that follows is the check that matters), and without its
-    progress bar over a hundred tensors."""
-    from transformers.utils import logging
-
-    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        return model_class.from_pretrained(name_or_path, **kwargs)
-    finally:
-        logging.set_verbosity(level)
-        if bars:
-            logging.enable_progress_bar()
-
-
-def _no_pooler(hf_config) -> dict:
-    """`add_pooling_layer=False` for the models that have that option (BERT-like): their pooler is not used."""
-    from transformers import AutoModel
-
-    model_class = AutoModel._model_mapping[type(hf_config)]
-    return (
-        {"add_pooling_layer": False}
-        if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
-        else {}
-    )
-
-
-@dataclass
-class TextEncoderConfig(ConfigMixin):
-    """Architecture of the text encoder: any Hugging Face `AutoModel`.
-
-    Args:
-        backbone (`dict`): the Hugging Face model config as a dict (`model_type` + architecture fields).
-        pooling (`str`): `"mean"` over real tokens or `"cls"` (the classification token: the first one, XLNet's last).
-        max_length (`int`): maximum tokens per item text.
-        source (`str`, *optional*): the model name/path the architecture (and tokenizer) came from; informational.
-    """
-
-    backbone: dict = field(default_factory=dict)  # transformers config dict, e.g. {"model_type": "bert", ...}
-    pooling: str = "mean"  # "mean" over real tokens or "cls"
-    max_length: int = 32  # tokens per item text
-    source: str | None = None  # name/path the architecture came from (provenance only)
-
-    def __post_init__(self):
-        self.backbone = json.loads(json.dumps(self.backbone))  # the form it has after config.json (str keys)
-        # where the weights were read from: a path of the machine, not architecture
-        self.backbone.pop("_name_or_path", None)
-        if "model_type" not in self.backbone:
-            raise ValueError(
-                f"text.backbone must be a transformers config dict with 'model_type', got {self.backbone}"
-            )
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"text.pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.max_length < 2:
-            raise ValueError(f"text.max_length must be >= 2, got {self.max_length}")
-
-    @classmethod
-    def from_pretrained_backbone(cls, name_or_path: str, **kwargs) -> TextEncoderConfig:
-        """The architecture of a Hugging Face model (name or local folder), without loading its weights."""
-        from transformers import AutoConfig
-
-        backbone = AutoConfig.from_pretrained(name_or_path).to_dict()
-        return cls(backbone=backbone, source=name_or_path, **kwargs)
-
-
-class TextEncoder(nn.Module):
-    """A Hugging Face encoder with `mean` or `cls` pooling."""
-
-    def __init__(self, config: TextEncoderConfig):
-        super().__init__()
-        from transformers import AutoConfig, AutoModel
-
-        settings = dict(config.backbone)
-        hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
-        self.config = config
-        self.backbone = AutoModel.from_config(hf_config, **_no_pooler(hf_config))
-        self.hidden_size = hf_config.hidden_size
-        self.length_bucket = LENGTH_BUCKET  # texts encoded together, by length (0: the whole batch at once)
-
-    def set_finetuning(self, regime: str, top_k: int = 1) -> None:
-        """`frozen`, `full`, or `top_k`: only the top `top_k` transformer layers train."""
-        set_finetuning(self.backbone, self.config.backbone["model_type"], regime, top_k)
-
-    def gradient_checkpointing_enable(self) -> None:
-        """Recomputes each transformer layer's activations in the backward pass instead of storing them."""
-        _checkpointing_enable(self.backbone)
-
-    def load_backbone(self, name_or_path: str) -> None:
-        """Fills the backbone with the weights of a pretrained model (every key must match)."""
-        from transformers import AutoModel
-
-        pretrained = quiet_from_pretrained(AutoModel, name_or_path, **_no_pooler(self.backbone.config))
-        self.backbone.load_state_dict(pretrained.state_dict(), strict=True)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
-        states = self._run_backbone(input_ids, attention_mask)[-1]  # (N, L, H)
-        mask = attention_mask.bool()
-        return EncoderOutput(self._pool(states, mask), states, mask)
-
-    def encode_layers(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[EncoderOutput, list[torch.Tensor]]:
-        """`forward`'s output and, from the same pass, the pooled state after the embeddings and after each layer
-        (pooled like the output: mean over real tokens, or the classification token), `(N, H)` each."""
-        layers = self._run_backbone(input_ids, attention_mask, all_layers=True)  # (K, N, L, H)
-        mask = attention_mask.bool()
-        pooled = [self._pool(states, mask) for states in layers]
-        return EncoderOutput(pooled[-1], layers[-1], mask), pooled
-
-    def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.config.pooling == "cls" and self.config.backbone["model_type"] in CLS_LAST:
-            columns = torch.arange(mask.shape[1], device=mask.device)
-            # the last real token, whatever side the tokenizer pads
-            last = torch.where(mask, columns, -1).amax(1).clamp(min=0)
-            return states[torch.arange(len(states), device=states.device), last]
-        if self.config.pooling == "cls":
-            return states[:, 0]
-        weights = mask.unsqueeze(-1).to(states.dtype)
-        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-    def _run_backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False):
-        """The backbone's hidden states, `(K, N, L, H)`: the last layer's alone (K = 1), or with `all_layers` the
-        embeddings' and every layer's. Right-padded texts are encoded in groups of `length_bucket` of similar
-        length, each cut after its longest text, so a batch of mostly short texts does not pay for its longest one
-        in every row; the padding positions come back as zeros (they are masked wherever states are read)."""
-
-        def run(ids, mask):
-            out = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=all_layers)
-            return torch.stack(out.hidden_states) if all_layers else out.last_hidden_state[None]
-
-        lengths = attention_mask.sum(1)
-        columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        right_padded = bool((attention_mask.bool() == (columns < lengths[:, None])).all())
-        if not self.length_bucket or len(input_ids) <= self.length_bucket or not right_padded:
-            return run(input_ids, attention_mask)
-        states = None
-        for group in torch.argsort(lengths).split(self.length_bucket):
-            length = max(1, int(lengths[group].max()))
-            hidden = run(input_ids[group, :length], attention_mask[group, :length])  # (K, G, length, H)
-            if states is None:
-                states = hidden.new_zeros(len(hidden), len(input_ids), attention_mask.shape[1], hidden.shape[-1])
-            layers = torch.arange(len(hidden), device=hidden.device)[:, None, None]
-            states = states.index_put((layers, group[None, :, None], columns[None, None, :length]), hidden)
-        return states
 
 
 @dataclass
@@ -474,7 +193,7 @@ class VisionEncoder(nn.Module):
         """Recomputes each block's activations in the backward pass (transformer towers; CNNs are left as they
         are, with a warning)."""
         if self.config.backend == "hf":
-            _checkpointing_enable(self.tower)
+            enable_activation_checkpointing(self.tower)
         elif hasattr(self.tower, "set_grad_checkpointing") and self.family == "open_clip_vit":
             self.tower.set_grad_checkpointing(True)
         else:

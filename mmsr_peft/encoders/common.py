@@ -1,0 +1,164 @@
+"""What the text and vision encoders share: the outputs they give the fusion, which of their blocks train
+(`frozen`, `top_k`, `full`), and how pretrained weights are read quietly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TORCHVISION_CNNS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
+TORCHVISION_CNNS += RESNETS
+FINETUNE_REGIMES = ("frozen", "top_k", "full")
+# Where each encoder family keeps its stack of blocks, and the modules/parameters after the stack that train
+# with the top blocks (`top_k` freezes the *lower* blocks and the embeddings).
+BLOCK_LAYOUT = {
+    "bert": ("encoder.layer", ()),
+    "roberta": ("encoder.layer", ()),
+    "xlm-roberta": ("encoder.layer", ()),
+    "distilbert": ("transformer.layer", ()),
+    "electra": ("encoder.layer", ()),
+    "xlnet": ("layer", ()),
+    "clip_text_model": (
+        ("encoder.layers", "text_model.encoder.layers"),
+        ("final_layer_norm", "text_model.final_layer_norm"),
+    ),
+    "open_clip_vit": ("transformer.resblocks", ("ln_post", "proj", "attn_pool")),
+    # transformers 5 dropped the `encoder.layer` / `vision_model.` levels of 4.x: the first path that exists is used
+    "hf_vit": (("layers", "encoder.layer"), ("layernorm",)),
+    "hf_clip_vision_model": (
+        ("encoder.layers", "vision_model.encoder.layers"),
+        ("post_layernorm", "vision_model.post_layernorm"),
+    ),
+    "hf_swin": ("encoder.layers", ("layernorm",)),
+    "hf_beit": (("layers", "encoder.layer"), ("layernorm", "pooler")),
+    "hf_vit_mae": (("layers", "encoder.layer"), ("layernorm",)),
+    "hf_convnext": ("encoder.stages", ("layernorm",)),
+    **{f"torchvision_{arch}": ("features", ()) for arch in TORCHVISION_CNNS if arch not in RESNETS},
+    # a ResNet's stages are four modules, not one list: "+" joins them into the stack of blocks
+    **{f"torchvision_{arch}": ("layer1+layer2+layer3+layer4", ()) for arch in RESNETS},
+}
+
+
+def set_finetuning(module: nn.Module, family: str, regime: str, top_k: int = 1) -> None:
+    """Marks which parameters of an encoder train: none (`frozen`), all (`full`) or the top `top_k` blocks
+    plus what follows them (`top_k`)."""
+    if regime not in FINETUNE_REGIMES:
+        raise ValueError(f"fine-tuning regime must be one of {FINETUNE_REGIMES}, got {regime!r}")
+    module.requires_grad_(regime == "full")
+    if regime != "top_k":
+        return
+    blocks = encoder_blocks(module, family, "top_k fine-tuning")
+    if not 1 <= top_k <= len(blocks):
+        raise ValueError(f"top_k must be between 1 and the {len(blocks)} blocks of {family!r}, got {top_k}")
+    for block in blocks[len(blocks) - top_k :]:
+        block.requires_grad_(True)
+    for name in BLOCK_LAYOUT[family][1]:
+        part = getattr(module, name, None) if "." not in name else _get_submodule(module, name)
+        if part is not None:
+            part.requires_grad_(True)
+
+
+def encoder_blocks(module: nn.Module, family: str, purpose: str = "this") -> list[nn.Module]:
+    """The stack of blocks of an encoder of `family` (`BLOCK_LAYOUT`), bottom first."""
+    if family not in BLOCK_LAYOUT:
+        raise ValueError(f"{purpose} does not know the blocks of {family!r}; known: {sorted(BLOCK_LAYOUT)}")
+    blocks_path = BLOCK_LAYOUT[family][0]
+    candidates = (blocks_path,) if isinstance(blocks_path, str) else blocks_path
+    found = next(p for p in candidates if all(_has_submodule(module, part) for part in p.split("+")))
+    return (
+        [module.get_submodule(part) for part in found.split("+")]
+        if "+" in found
+        else list(module.get_submodule(found))
+    )
+
+
+def _get_submodule(module: nn.Module, path: str):
+    return module.get_submodule(path) if _has_submodule(module, path) else None
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+@dataclass
+class EncoderOutput:
+    """What an encoder gives the fusion module.
+
+    Attributes:
+        pooled (`torch.FloatTensor` of shape `(N, H)`): one vector per item.
+        tokens (`torch.FloatTensor` of shape `(N, L, W)`): token / patch states, for token-level fusion.
+        mask (`torch.BoolTensor` of shape `(N, L)`): True on real tokens.
+    """
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> EncoderOutput:
+        return EncoderOutput(self.pooled[index], self.tokens[index], self.mask[index])
+
+    def to(self, device) -> EncoderOutput:
+        return EncoderOutput(self.pooled.to(device), self.tokens.to(device), self.mask.to(device))
+
+    @classmethod
+    def cat(cls, outputs: list[EncoderOutput]) -> EncoderOutput:
+        return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("pooled", "tokens", "mask")))
+
+
+@dataclass
+class LayerStates:
+    """An encoder's pooled state after each of its layers, side by side, for side adapters.
+
+    Attributes:
+        states (`torch.FloatTensor` of shape `(N, W_1 + ... + W_K)`): layer k's pooled state in columns
+            `W_1 + ... + W_{k-1}` onwards (the widths are the encoder's `layer_widths`).
+    """
+
+    states: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> LayerStates:
+        return LayerStates(self.states[index])
+
+    def to(self, device) -> LayerStates:
+        return LayerStates(self.states.to(device))
+
+    @classmethod
+    def cat(cls, outputs: list[LayerStates]) -> LayerStates:
+        return cls(torch.cat([o.states for o in outputs]))
+
+    @classmethod
+    def from_layers(cls, layers: list[torch.Tensor]) -> LayerStates:
+        """The per-layer states as an encoder's `encode_layers` gives them, `(N, W_k)` each, side by side."""
+        return cls(torch.cat(layers, dim=-1))
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Activation checkpointing of a transformers model (renamed in transformers 5; the old name warns)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def quiet_from_pretrained(model_class, name_or_path: str, **kwargs):
+    """`model_class.from_pretrained` without transformers' load report, which lists the pooler we leave out as
+    unexpected keys (the strict `load_state_dict` that follows is the check that matters), and without its
+    progress bar over a hundred tensors."""
+    from transformers.utils import logging
+
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        return model_class.from_pretrained(name_or_path, **kwargs)
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()

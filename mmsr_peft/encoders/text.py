@@ -1,0 +1,149 @@
+"""The text encoder: any Hugging Face `AutoModel`, pooled by mean or by its classification token."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import ConfigMixin
+from .common import EncoderOutput, enable_activation_checkpointing, quiet_from_pretrained, set_finetuning
+
+POOLINGS = ("mean", "cls")
+LENGTH_BUCKET = 64  # texts per backbone call when a batch is encoded in groups of similar length
+# Where the [CLS]-like token of a text encoder is: first (BERT and most), or last (XLNet appends its <cls>).
+CLS_LAST = ("xlnet",)
+
+
+def _no_pooler(hf_config) -> dict:
+    """`add_pooling_layer=False` for the models that have that option (BERT-like): their pooler is not used."""
+    from transformers import AutoModel
+
+    model_class = AutoModel._model_mapping[type(hf_config)]
+    return (
+        {"add_pooling_layer": False}
+        if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+        else {}
+    )
+
+
+@dataclass
+class TextEncoderConfig(ConfigMixin):
+    """Architecture of the text encoder: any Hugging Face `AutoModel`.
+
+    Args:
+        backbone (`dict`): the Hugging Face model config as a dict (`model_type` + architecture fields).
+        pooling (`str`): `"mean"` over real tokens or `"cls"` (the classification token: the first one, XLNet's last).
+        max_length (`int`): maximum tokens per item text.
+        source (`str`, *optional*): the model name/path the architecture (and tokenizer) came from; informational.
+    """
+
+    backbone: dict = field(default_factory=dict)  # transformers config dict, e.g. {"model_type": "bert", ...}
+    pooling: str = "mean"  # "mean" over real tokens or "cls"
+    max_length: int = 32  # tokens per item text
+    source: str | None = None  # name/path the architecture came from (provenance only)
+
+    def __post_init__(self):
+        self.backbone = json.loads(json.dumps(self.backbone))  # the form it has after config.json (str keys)
+        # where the weights were read from: a path of the machine, not architecture
+        self.backbone.pop("_name_or_path", None)
+        if "model_type" not in self.backbone:
+            raise ValueError(
+                f"text.backbone must be a transformers config dict with 'model_type', got {self.backbone}"
+            )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"text.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.max_length < 2:
+            raise ValueError(f"text.max_length must be >= 2, got {self.max_length}")
+
+    @classmethod
+    def from_pretrained_backbone(cls, name_or_path: str, **kwargs) -> TextEncoderConfig:
+        """The architecture of a Hugging Face model (name or local folder), without loading its weights."""
+        from transformers import AutoConfig
+
+        backbone = AutoConfig.from_pretrained(name_or_path).to_dict()
+        return cls(backbone=backbone, source=name_or_path, **kwargs)
+
+
+class TextEncoder(nn.Module):
+    """A Hugging Face encoder with `mean` or `cls` pooling."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        settings = dict(config.backbone)
+        hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+        self.config = config
+        self.backbone = AutoModel.from_config(hf_config, **_no_pooler(hf_config))
+        self.hidden_size = hf_config.hidden_size
+        self.length_bucket = LENGTH_BUCKET  # texts encoded together, by length (0: the whole batch at once)
+
+    def set_finetuning(self, regime: str, top_k: int = 1) -> None:
+        """`frozen`, `full`, or `top_k`: only the top `top_k` transformer layers train."""
+        set_finetuning(self.backbone, self.config.backbone["model_type"], regime, top_k)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recomputes each transformer layer's activations in the backward pass instead of storing them."""
+        enable_activation_checkpointing(self.backbone)
+
+    def load_backbone(self, name_or_path: str) -> None:
+        """Fills the backbone with the weights of a pretrained model (every key must match)."""
+        from transformers import AutoModel
+
+        pretrained = quiet_from_pretrained(AutoModel, name_or_path, **_no_pooler(self.backbone.config))
+        self.backbone.load_state_dict(pretrained.state_dict(), strict=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
+        states = self._run_backbone(input_ids, attention_mask)[-1]  # (N, L, H)
+        mask = attention_mask.bool()
+        return EncoderOutput(self._pool(states, mask), states, mask)
+
+    def encode_layers(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[EncoderOutput, list[torch.Tensor]]:
+        """`forward`'s output and, from the same pass, the pooled state after the embeddings and after each layer
+        (pooled like the output: mean over real tokens, or the classification token), `(N, H)` each."""
+        layers = self._run_backbone(input_ids, attention_mask, all_layers=True)  # (K, N, L, H)
+        mask = attention_mask.bool()
+        pooled = [self._pool(states, mask) for states in layers]
+        return EncoderOutput(pooled[-1], layers[-1], mask), pooled
+
+    def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "cls" and self.config.backbone["model_type"] in CLS_LAST:
+            columns = torch.arange(mask.shape[1], device=mask.device)
+            # the last real token, whatever side the tokenizer pads
+            last = torch.where(mask, columns, -1).amax(1).clamp(min=0)
+            return states[torch.arange(len(states), device=states.device), last]
+        if self.config.pooling == "cls":
+            return states[:, 0]
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def _run_backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False):
+        """The backbone's hidden states, `(K, N, L, H)`: the last layer's alone (K = 1), or with `all_layers` the
+        embeddings' and every layer's. Right-padded texts are encoded in groups of `length_bucket` of similar
+        length, each cut after its longest text, so a batch of mostly short texts does not pay for its longest one
+        in every row; the padding positions come back as zeros (they are masked wherever states are read)."""
+
+        def run(ids, mask):
+            out = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=all_layers)
+            return torch.stack(out.hidden_states) if all_layers else out.last_hidden_state[None]
+
+        lengths = attention_mask.sum(1)
+        columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        right_padded = bool((attention_mask.bool() == (columns < lengths[:, None])).all())
+        if not self.length_bucket or len(input_ids) <= self.length_bucket or not right_padded:
+            return run(input_ids, attention_mask)
+        states = None
+        for group in torch.argsort(lengths).split(self.length_bucket):
+            length = max(1, int(lengths[group].max()))
+            hidden = run(input_ids[group, :length], attention_mask[group, :length])  # (K, G, length, H)
+            if states is None:
+                states = hidden.new_zeros(len(hidden), len(input_ids), attention_mask.shape[1], hidden.shape[-1])
+            layers = torch.arange(len(hidden), device=hidden.device)[:, None, None]
+            states = states.index_put((layers, group[None, :, None], columns[None, None, :length]), hidden)
+        return states
