@@ -158,7 +158,9 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
     )
     accelerator.print(describe_data(corpus.stats))
     records = corpus.catalog.records(range(len(corpus.catalog)))
-    catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)
+    catalog_inputs = model.processor(
+        records, progress=True, image_cache_dir=args.feature_cache_dir, accelerator=accelerator
+    )
     results = {"random": random_baseline(corpus.test)}
     zero_shot = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size, accelerator=accelerator)
     results["zero-shot base"] = zero_shot["all"]

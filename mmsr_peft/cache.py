@@ -56,8 +56,10 @@ def content_digests(inputs: ItemInputs, kind: str) -> torch.Tensor:
         parts = (inputs.pixel_values, inputs.has_image)
     else:
         raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
-    rows = [part.reshape(len(inputs), -1).cpu().contiguous() for part in parts]
     digests = torch.empty(len(inputs), DIGEST_BYTES, dtype=torch.uint8)
+    if not len(inputs):  # an empty share of a sharded catalog
+        return digests
+    rows = [part.reshape(len(inputs), -1).cpu().contiguous() for part in parts]
     for i in range(len(inputs)):
         digest = hashlib.sha256()
         for row in rows:
@@ -91,7 +93,10 @@ class FeatureCache:
         path = self.path(kind, encoder)
         output_type = LayerStates if kind.endswith("_layers") else EncoderOutput
         names = _fields(output_type)
-        digests = content_digests(inputs, kind.partition("_")[0])  # what the text or image encoder reads
+        shards = Shards(accelerator)  # each process hashes its share of the items
+        first, last = shards.range(len(inputs))
+        own = content_digests(inputs.select(torch.arange(first, last)), kind.partition("_")[0])
+        digests = shards.gather(own, len(inputs))  # of what the text or image encoder reads
         keys = [bytes(d.tolist()) for d in digests]
         position, first = {}, []  # items with identical content (e.g. no text) are encoded once
         for i, key in enumerate(keys):
@@ -114,7 +119,7 @@ class FeatureCache:
             computed = encode_catalog(run, encoder, missing_items, batch_size, f"encode {kind}", accelerator)
         for name in names:
             outputs[name] = _gather(stored, found, missing, name, getattr(computed, name) if missing else None)
-        if missing and Shards(accelerator).is_main:
+        if missing and shards.is_main:
             self._write(path, stored, digests[first], found, outputs)
         return output_type(*(outputs[name][expand] for name in names))
 

@@ -61,7 +61,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
         )
         model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
         records = corpus.catalog.records(range(len(corpus.catalog)))
-        catalog_inputs = model.processor(records, progress=True, image_cache_dir=args.feature_cache_dir)
+        catalog_inputs = model.processor(
+            records, progress=True, image_cache_dir=args.feature_cache_dir, accelerator=accelerator
+        )
         catalog_inputs = precompute_frozen_states(
             model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir, accelerator
         )

@@ -49,6 +49,10 @@ model = MMSRModel.from_pretrained(base).requires_grad_(False)
 corpus = build_corpus([load_domain("food", data_dir=data_dir)], 12, cold_start_fraction=0.2, seed=0)
 raw = model.processor(corpus.catalog.records(range(len(corpus.catalog))))
 inputs = precompute_frozen_states(model, raw)  # one process's work, for comparison
+# the texts tokenised in two shares, gathered on both processes: the very tensors of one process alone
+tokenised = model.processor(corpus.catalog.records(range(len(corpus.catalog))), accelerator=accelerator)
+fields = ("item_index", "input_ids", "attention_mask", "has_text", "pixel_values", "has_image")
+same_inputs = all(torch.equal(getattr(tokenised, name), getattr(raw, name)) for name in fields)
 
 # the frozen encoders' outputs, shared out: count the items each process encodes and the cache files it writes
 encoded, writes, tower = [], [], model.item_tower
@@ -66,7 +70,9 @@ same = all(
 )
 with open(f"{out}.rank{accelerator.process_index}", "w") as file:
     distinct = sum(len({bytes(d.tolist()) for d in cache.content_digests(raw, kind)}) for kind in ("text", "image"))
-    file.write(json.dumps({"encoded": sum(encoded), "writes": len(writes), "same": same, "distinct": distinct}))
+    file.write(json.dumps({
+        "encoded": sum(encoded), "writes": len(writes), "same": same, "distinct": distinct, "same_inputs": same_inputs
+    }))
 sharded = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False, accelerator=accelerator)
 alone = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False)
 if accelerator.is_main_process:
@@ -91,7 +97,7 @@ def test_two_processes_encode_and_evaluate_each_their_share_with_the_results_of_
     # frozen encoders: each process encoded half of the distinct texts and images, all got the whole, the main
     # process alone wrote the two cache files (text and image)
     ranks = [json.loads(Path(f"{out}.rank{i}").read_text()) for i in (0, 1)]
-    assert all(rank["same"] for rank in ranks) and [rank["writes"] for rank in ranks] == [2, 0]
+    assert all(rank["same"] and rank["same_inputs"] for rank in ranks) and [rank["writes"] for rank in ranks] == [2, 0]
     assert ranks[0]["encoded"] + ranks[1]["encoded"] == ranks[0]["distinct"]  # each distinct content once in all
     assert 0 < ranks[1]["encoded"] <= ranks[0]["encoded"] <= ranks[1]["encoded"] + 2  # halves: 2 kinds split in two
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2

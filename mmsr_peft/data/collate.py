@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..sharding import Shards
 from .image_files import ImageCache, load_image  # noqa: F401 (load_image: also imported from here)
 
 PROCESSOR_FILE = "processor_config.json"
@@ -87,19 +88,20 @@ class ItemProcessor:
         self.item_vocab = list(item_vocab) if item_vocab is not None else None
         self._vocab_index = {item_id: i for i, item_id in enumerate(self.item_vocab or [])}
 
-    def __call__(self, records: list[dict], progress: bool = False, image_cache_dir=None) -> ItemInputs:
+    def __call__(
+        self, records: list[dict], progress: bool = False, image_cache_dir=None, accelerator=None
+    ) -> ItemInputs:
         """`ItemInputs` of `records`. With `image_cache_dir`, decoded and resized images are read from (and added
-        to) an on-disk `ImageCache` (`mmsr_peft.data.image_files`) there instead of being decoded again."""
+        to) an on-disk `ImageCache` (`mmsr_peft.data.image_files`) there instead of being decoded again. With an
+        `accelerator` of several processes, each tokenises its share of the texts and every process gets them all
+        (the same tensors as one process alone)."""
         item_ids = [r["item_id"] for r in records]
         inputs = ItemInputs(
             item_index=torch.tensor([self._vocab_index.get(i, -1) for i in item_ids], dtype=torch.long)
         )
         if self.tokenizer is not None:
             texts = [r.get("text") or "" for r in records]
-            encoded = self.tokenizer(
-                texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-            inputs.input_ids, inputs.attention_mask = encoded["input_ids"], encoded["attention_mask"]
+            inputs.input_ids, inputs.attention_mask = self._tokenize(texts, Shards(accelerator))
             inputs.has_text = torch.tensor([bool(t.strip()) for t in texts])
         if self.image_size is not None and image_cache_dir is not None:
             paths = [record.get("image") for record in records]
@@ -113,6 +115,22 @@ class ItemProcessor:
                     has_image[i] = True
             inputs.pixel_values, inputs.has_image = pixels, has_image
         return inputs
+
+    def _tokenize(self, texts: list[str], shards: Shards) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of `texts`, `(N, max_length)` each, this process tokenising its share."""
+        first, last = shards.range(len(texts))
+        if first < last:
+            encoded = self.tokenizer(
+                texts[first:last],
+                padding="max_length",
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        else:  # an empty share still joins the gather
+            ids = mask = torch.zeros(0, self.max_length, dtype=torch.long)
+        return shards.gather(ids, len(texts)), shards.gather(mask, len(texts))
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
