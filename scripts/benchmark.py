@@ -28,7 +28,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from runner import machine
 
 REPO = Path(__file__).resolve().parents[1]
 RECBOLE_PYTHON = REPO / ".venv-recbole" / "bin" / "python"
@@ -505,18 +505,6 @@ def report(results: dict, args, command: str, where: str) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with {torch.get_num_threads()} threads"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
@@ -549,12 +537,14 @@ def main(argv=None) -> int:
         results = {**earlier["results"], **results, "earlier_runs": [run for run in runs if run["sections"]]}
         command = f"{earlier['command']}` then `{command}"
         args.sections = [*kept, *args.sections]
-    text = report(results, args, command, machine())
+    info = machine()
+    where = f"{info['cpu']}, {info['cores']} cores visible, torch {info['torch']} with {info['torch_threads']} threads"
+    text = report(results, args, command, where)
     print("\n" + text)
     from mmsr_peft.io import atomic_write_text
 
     atomic_write_text(Path(args.output_dir) / "benchmark.md", text)
-    payload = {"command": command, "machine": machine(), "args": vars(args), "results": results}
+    payload = {"command": command, "machine": where, "args": vars(args), "results": results}
     atomic_write_text(Path(args.output_dir) / "benchmark.json", json.dumps(payload, indent=2) + "\n")
     return 0
 

@@ -27,8 +27,6 @@ import argparse
 import gzip
 import json
 import multiprocessing
-import os
-import platform
 import resource
 import shlex
 import shutil
@@ -41,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from runner import machine
 from transformers import AutoTokenizer
 
 from mmsr_peft.builder import ModelArguments, minilm_path
@@ -290,30 +289,6 @@ def _measured(name: str, work_dir: Path, args: dict) -> dict:
 # ---------------------------------------------------------------- report
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    memory = None
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-        meminfo = Path("/proc/meminfo").read_text().split()
-        memory = int(meminfo[meminfo.index("MemTotal:") + 1]) * 1024
-    except (OSError, StopIteration, ValueError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {
-        "cpu": cpu,
-        "cores": cores,
-        "memory_bytes": memory,
-        "load_average_1min": load,
-        "python": sys.version.split()[0],
-    }
-
-
 def describe(name: str, result: dict) -> tuple[str, str]:
     """The counts and disk cells of a stage's row."""
     disk = ", ".join(f"{file} {_size(size)}" for file, size in result.get("bytes", {}).items())
@@ -353,7 +328,7 @@ def report(results: dict, command: str, info: dict, same_process: bool) -> str:
         "",
         f"`{command}`",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores{memory}, load average {info['load_average_1min']:.1f} at "
+        f"Machine: {info['cpu']}, {info['cores']} cores{memory}, load average {info['load_average']:.1f} at "
         f"the end (shared machine: times are upper bounds). Peak RSS is "
         + ("the whole process's so far (all stages ran in one process)." if same_process else "each stage's own "
            "fresh process's (`ru_maxrss`), imports included."),

@@ -141,14 +141,20 @@ def machine() -> dict:
     """What the runs ran on, for the report."""
     import torch
 
-    model_names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
+    model_names = [
+        line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")
+    ]
+    memory = [line.split()[1] for line in _read_lines("/proc/meminfo") if line.startswith("MemTotal:")]
     info = {
         "platform": platform.platform(),
         "cpu": model_names[0] if model_names else platform.processor() or platform.machine(),
         "load_average": round(os.getloadavg()[0], 1),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),  # usable
+        "memory_bytes": int(memory[0]) * 1024 if memory else None,
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
@@ -157,9 +163,8 @@ def machine() -> dict:
     return info
 
 
-def _cpuinfo() -> list[str]:
-    path = Path("/proc/cpuinfo")
-    return path.read_text().splitlines() if path.is_file() else []
+def _read_lines(path: str) -> list[str]:
+    return Path(path).read_text().splitlines() if Path(path).is_file() else []
 
 
 def plot(rows: list[tuple[str, float, float]], title: str, path: Path) -> None:

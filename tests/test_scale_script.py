@@ -14,9 +14,13 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_scale.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its runner as a sibling module
+    try:
+        spec = importlib.util.spec_from_file_location("benchmark_scale", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
     return module
 
 
