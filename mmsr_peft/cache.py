@@ -94,8 +94,8 @@ class FeatureCache:
         output_type = LayerStates if kind.endswith("_layers") else EncoderOutput
         names = _fields(output_type)
         shards = Shards(accelerator)  # each process hashes its share of the items
-        first, last = shards.range(len(inputs))
-        own = content_digests(inputs.select(torch.arange(first, last)), kind.partition("_")[0])
+        start, stop = shards.range(len(inputs))
+        own = content_digests(inputs.select(torch.arange(start, stop)), kind.partition("_")[0])
         digests = shards.gather(own, len(inputs))  # of what the text or image encoder reads
         keys = [bytes(d.tolist()) for d in digests]
         position, first = {}, []  # items with identical content (e.g. no text) are encoded once
@@ -110,6 +110,13 @@ class FeatureCache:
         rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
         found = [rows.get(key) for key in distinct]
         missing = [i for i, row in enumerate(found) if row is None]
+        seen = torch.frombuffer(bytearray(hashlib.sha256(repr(missing).encode()).digest()), dtype=torch.uint8)
+        if not shards.all_equal(seen):  # the processes would share out different items and wait on each other
+            raise ValueError(
+                f"feature cache {path}: the processes of this run do not find the same items in it (this one finds "
+                f"{len(distinct) - len(missing)} of {len(distinct)}); --feature_cache_dir must be one folder that "
+                "every machine of the run shares (or none), and not written by another run meanwhile"
+            )
         self.last_hits = sum(found[i] is not None for i in expand.tolist())
         self.last_misses = len(keys) - self.last_hits
         logger.info("feature cache %s: %d items cached, %d to encode", path.name, self.last_hits, self.last_misses)

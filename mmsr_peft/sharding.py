@@ -35,3 +35,10 @@ class Shards:
         padded[: len(rows)] = rows
         gathered = self.accelerator.gather(padded.to(self.accelerator.device).contiguous())
         return gathered.reshape(self.count * size, *rows.shape[1:])[:n].to(device=rows.device, dtype=dtype)
+
+    def all_equal(self, values: torch.Tensor) -> bool:
+        """Whether every process holds the same small 1-D tensor `values` (True with one process)."""
+        if self.count == 1:
+            return True
+        gathered = self.accelerator.gather(values[None].to(self.accelerator.device).contiguous()).cpu()
+        return bool((gathered == gathered[0]).all())

@@ -35,7 +35,7 @@ def test_two_process_ddp_pretraining_with_a_token_level_fusion(data_dir, tmp_pat
 
 
 SHARDED_EVALUATION = """
-import json, sys
+import json, shutil, sys
 import torch
 from accelerate import Accelerator
 from mmsr_peft import MMSRModel, cache
@@ -68,10 +68,22 @@ same = all(
     torch.allclose(getattr(getattr(shared, kind), part).float(), getattr(getattr(inputs, kind), part).float(), atol=1e-6)
     for kind in ("text_states", "image_states") for part in ("pooled", "tokens", "mask")
 )
+# a cache folder per process, one holding every item and the other none (machines without a shared folder): a
+# clear error on both, not processes sharing out different items and waiting on each other for ever
+own_cache = f"{cache_dir}-rank{accelerator.process_index}"
+if accelerator.is_main_process:
+    shutil.copytree(cache_dir, own_cache)
+accelerator.wait_for_everyone()
+try:
+    precompute_frozen_states(model, raw, 5, own_cache, accelerator)
+    split = "no error"
+except ValueError as err:
+    split = str(err)
 with open(f"{out}.rank{accelerator.process_index}", "w") as file:
     distinct = sum(len({bytes(d.tolist()) for d in cache.content_digests(raw, kind)}) for kind in ("text", "image"))
     file.write(json.dumps({
-        "encoded": sum(encoded), "writes": len(writes), "same": same, "distinct": distinct, "same_inputs": same_inputs
+        "encoded": sum(encoded), "writes": len(writes), "same": same, "distinct": distinct,
+        "same_inputs": same_inputs, "split": split,
     }))
 sharded = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False, accelerator=accelerator)
 alone = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False)
@@ -101,6 +113,8 @@ def test_two_processes_encode_and_evaluate_each_their_share_with_the_results_of_
     assert ranks[0]["encoded"] + ranks[1]["encoded"] == ranks[0]["distinct"]  # each distinct content once in all
     assert 0 < ranks[1]["encoded"] <= ranks[0]["encoded"] <= ranks[1]["encoded"] + 2  # halves: 2 kinds split in two
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    for rank in ranks:  # per-process cache folders that disagree: both processes stop with the reason
+        assert "every machine of the run shares" in rank["split"], rank["split"]
     sharded, alone = result["sharded"], result["alone"]
     assert sharded.keys() == alone.keys() and "food cold, among cold items" in sharded["history"]
     assert any(" popularity " in key for key in sharded["history"])
