@@ -553,6 +553,7 @@ def comparison_section(plan: dict, records: dict) -> list[str]:
     return lines
 
 
+NOT_JUDGED = "one seed, not judged"
 FINDING_RULE = (
     "a difference counts when the two means differ by more than twice its standard error, sqrt(s_a^2 / n_a + "
     "s_b^2 / n_b); otherwise it is within noise"
@@ -593,26 +594,24 @@ def finding_line(bench: Benchmark, records: dict, finding: dict) -> str | None:
         if not other_values:
             continue
         other_mean, other_std = mean_std(other_values)
-        # the standard error of the difference (a single run's spread unknown: 0)
-        spread = math.sqrt(
-            sum((0.0 if math.isnan(s) else s) ** 2 / len(v) for s, v in ((std, values), (other_std, other_values)))
-        )
-        outcome = (
-            "better"
-            if mean - other_mean > 2 * spread
-            else "worse"
-            if other_mean - mean > 2 * spread
-            else "within noise"
-        )
+        if min(len(values), len(other_values)) < 2:  # no spread to judge a difference by
+            outcome = NOT_JUDGED
+        elif abs(mean - other_mean) <= 2 * math.sqrt(std**2 / len(values) + other_std**2 / len(other_values)):
+            outcome = "within noise"
+        else:
+            outcome = "better" if mean > other_mean else "worse"
         outcomes.append(outcome)
         ratio = f", {mean / other_mean:.2f}x" if other_mean else ""
         measured.append(f"vs {other_label}: {cell(other_values)} ({outcome}{ratio})")
+    judged = [o for o in outcomes if o != NOT_JUDGED]
     if not outcomes:
         return None
-    if "worse" in outcomes:
+    if "worse" in judged:
         verdict = "does not hold"
-    elif finding.get("expects", "better") == "not worse" or all(o == "better" for o in outcomes):
-        verdict = "holds"
+    elif not judged:
+        verdict = "not judged yet (one seed)"
+    elif finding.get("expects", "better") == "not worse" or all(o == "better" for o in judged):
+        verdict = "holds" if len(judged) == len(outcomes) else "holds where judged"
     else:
         verdict = "not shown (within noise)"
     where = metric + (f", {part} targets" if part != "all" else "") + (f", split `{split}`" if split != "main" else "")
@@ -629,8 +628,9 @@ def findings_section(bench: Benchmark, records: dict) -> list[str]:
     lines = [
         "## The paper's questions, re-tested here",
         "",
-        f"Each line compares test metrics over the seeds each row ran ({FINDING_RULE}). `holds`: every "
-        "comparison came out the way the paper's side expects; `does not hold`: at least one went the other way.",
+        f"Each line compares test metrics over the seeds each row ran ({FINDING_RULE}; a row with one seed is not "
+        "judged). `holds`: every comparison came out the way the paper's side expects; `does not hold`: at least one "
+        "went the other way.",
         "",
         "| question | the paper | measured here | holds here? |",
         "|---|---|---|---|",

@@ -236,7 +236,9 @@ def test_the_papers_findings_are_judged_on_this_plans_records_and_another_plans(
     plan's), and says `holds` only when every difference goes the paper's way beyond twice its standard error."""
     other = {"name": "tiny_other", "rows": {"id": {"label": "ID", "command": "pretrain", "args": {}}}}
     (tmp_path / "tiny_other.yaml").write_text(yaml.safe_dump(other))
-    rows = {name: {"label": name, "command": "pretrain", "args": {}} for name in ("ours", "noisy", "weak", "unrun")}
+    rows = {
+        name: {"label": name, "command": "pretrain", "args": {}} for name in ("ours", "noisy", "weak", "unrun", "once")
+    }
     plan = {
         "name": "tiny_findings",
         "title": "findings",
@@ -258,6 +260,8 @@ def test_the_papers_findings_are_judged_on_this_plans_records_and_another_plans(
             {"question": "Q4", "paper": "needs a GPU", "not_measured": "the GPU rows wait"},
             {"question": "Q5", "paper": "never ran", "first": "unrun", "against": ["ours"]},
             {"question": "Q6", "paper": "cold", "first": "ours", "against": ["weak"], "split": "cold", "part": "cold"},
+            {"question": "Q7", "paper": "once", "first": "once", "against": ["ours"]},
+            {"question": "Q8", "paper": "partly", "first": "ours", "against": ["once", "tiny_other/id"]},
         ],
     }
     (tmp_path / "tiny_findings.yaml").write_text(yaml.safe_dump(plan))
@@ -266,6 +270,7 @@ def test_the_papers_findings_are_judged_on_this_plans_records_and_another_plans(
         ("tiny_findings", "noisy"): (0.08, 0.12, 0.16),
         ("tiny_findings", "weak"): (0.05, 0.05, 0.05),
         ("tiny_other", "id"): (0.05, 0.06, 0.07),
+        ("tiny_findings", "once"): (0.02,),  # one seed: no spread to judge by
     }
     for (plan_name, row), ndcgs in values.items():
         for seed, ndcg in enumerate(ndcgs):
@@ -291,6 +296,9 @@ def test_the_papers_findings_are_judged_on_this_plans_records_and_another_plans(
     assert "vs ours: 0.1100 ± 0.0100 (worse, 0.45x)" in lines["Q3"] and lines["Q3"].endswith("| does not hold |")
     assert lines["Q4"] == "| Q4 | needs a GPU | the GPU rows wait | not measured |"
     assert "Q5" not in lines  # no record of its first row: no line
+    assert lines["Q7"].endswith("vs ours: 0.1100 ± 0.0100 (one seed, not judged, 0.18x) | not judged yet (one seed) |")
+    assert "vs once: 0.0200 (one seed, not judged, 5.50x)" in lines["Q8"]
+    assert lines["Q8"].endswith("(better, 1.83x) | holds where judged |")
     assert (
         "ndcg@10, cold targets, split `cold`: ours: 0.1100 ± 0.0100; vs weak: 0.0000 ± 0.0000 (better) |"
         in lines["Q6"]
