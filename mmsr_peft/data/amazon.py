@@ -39,16 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import gzip
 import hashlib
 import html
 import http.client
-import json
 import os
 import re
 import urllib.request
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +56,7 @@ from tqdm.auto import tqdm
 from ..domains import DOMAINS, domain_folder
 from ..errors import DataError
 from .folder import INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
+from .json_lines import bad_field, json_lines, optional, required
 
 # The McAuley lab's data host; https://mcauleylab.ucsd.edu/public_datasets/data mirrors it with the same layout.
 HOST = "https://datarepo.eng.ucsd.edu/mcauley_group/data"
@@ -257,10 +254,10 @@ def _gc_paused():
 def _read_reviews(path: Path, schema: Schema, digest) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.ndarray]:
     """User ids, item ids (Arrow strings) and integer timestamps of every review, in line order."""
     users, items, times, chunks = [], [], [], ([], [], [])
-    for number, record in _json_lines(path, digest):
-        users.append(_required(record, schema.user, str, path, number))
-        items.append(_required(record, schema.item, str, path, number))
-        times.append(_required(record, schema.timestamp, int, path, number))
+    for number, record in json_lines(path, digest):
+        users.append(required(record, schema.user, str, path, number))
+        items.append(required(record, schema.item, str, path, number))
+        times.append(required(record, schema.timestamp, int, path, number))
         if len(users) == CHUNK_ROWS:
             _flush(chunks, users, items, times)
     _flush(chunks, users, items, times)
@@ -291,13 +288,13 @@ def _read_meta(path: Path, version: str, item_vocab: pa.Array, digest, counts: d
     seen = np.zeros(len(item_vocab), dtype=bool)
     pending, parts = [], {key: [] for key in ("codes", *META_TYPES)}
     counts.update(meta_lines=0, meta_duplicate_lines=0, fields_too_long=0)
-    for number, record in _json_lines(path, digest):
-        item = _required(record, schema.item, str, path, number)
-        title = _optional(record, "title", str, path, number)
-        categories = _optional(record, schema.categories, list, path, number) or []
-        brand = _optional(record, schema.brand, str, path, number)
+    for number, record in json_lines(path, digest):
+        item = required(record, schema.item, str, path, number)
+        title = optional(record, "title", str, path, number)
+        categories = optional(record, schema.categories, list, path, number) or []
+        brand = optional(record, schema.brand, str, path, number)
         if not all(isinstance(c, str) for c in categories):
-            raise _bad(path, number, schema.categories, record[schema.categories], "a list of strings")
+            raise bad_field(path, number, schema.categories, record[schema.categories], "a list of strings")
         pending.append((item, title, categories, brand, images(record, path, number)))
         counts["meta_lines"] += 1
         if len(pending) == CHUNK_ROWS:
@@ -349,88 +346,19 @@ def _field(value: str | None, counts: dict) -> str | None:
 def _images_2018(record: dict, path: Path, number: int) -> list[str]:
     urls = []
     for key in ("imageURLHighRes", "imageURL"):
-        values = _optional(record, key, list, path, number) or []
+        values = optional(record, key, list, path, number) or []
         if not all(isinstance(v, str) for v in values):
-            raise _bad(path, number, key, values, "a list of strings")
+            raise bad_field(path, number, key, values, "a list of strings")
         urls += values[:1]
     return [url for url in urls if url]
 
 
 def _images_2023(record: dict, path: Path, number: int) -> list[str]:
-    images = _optional(record, "images", list, path, number) or []
+    images = optional(record, "images", list, path, number) or []
     if not all(isinstance(i, dict) and all(isinstance(v, str | None) for v in i.values()) for i in images):
-        raise _bad(path, number, "images", images, "a list of {hi_res, large, thumb, variant} strings or nulls")
+        raise bad_field(path, number, "images", images, "a list of {hi_res, large, thumb, variant} strings or nulls")
     main = next((i for i in images if i.get("variant") == "MAIN"), images[0] if images else {})
     return [main[key] for key in ("hi_res", "large", "thumb") if main.get(key)]
-
-
-def _json_lines(path: Path, digest) -> Iterator[tuple[int, dict]]:
-    """`(line number, object)` of a gzip JSON-lines file, with a progress bar over its bytes; every byte of the file
-    goes through `digest`."""
-    with open(path, "rb") as raw, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name) as bar:
-        tee = _Tee(raw, digest, bar)
-        try:
-            with gzip.open(tee, "rt", encoding="utf-8") as lines:
-                for number, line in enumerate(lines, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataError(
-                            f"{path}: line {number}: not valid JSON ({err.msg} at column {err.colno}): "
-                            f"{_show(line.rstrip())}"
-                        ) from None
-                    if not isinstance(record, dict):
-                        raise DataError(f"{path}: line {number}: expected a JSON object, got {_show(record)}")
-                    yield number, record
-        except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as err:
-            raise DataError(
-                f"{path}: not a complete gzip file of UTF-8 JSON lines ({err}); delete it and fetch it again"
-            ) from err
-        while tee.read(1 << 20):  # hash what gzip left unread
-            pass
-
-
-class _Tee:
-    """A binary file for `gzip` that feeds each byte read to a hash and a progress bar."""
-
-    def __init__(self, handle, digest, bar):
-        self.handle, self.digest, self.bar = handle, digest, bar
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.handle.read(size)
-        self.digest.update(data)
-        self.bar.update(len(data))
-        return data
-
-
-def _required(record: dict, field: str, kind: type, path: Path, number: int):
-    value = record.get(field)
-    if not isinstance(value, kind) or isinstance(value, bool) or (kind is str and not value):
-        expected = "a non-empty string" if kind is str else "an integer"
-        raise _bad(path, number, field, value if field in record else _MISSING, expected)
-    return value
-
-
-def _optional(record: dict, field: str, kind: type, path: Path, number: int):
-    value = record.get(field)
-    if value is not None and not isinstance(value, kind):
-        raise _bad(path, number, field, value, f"a {kind.__name__} or null")
-    return value
-
-
-_MISSING = object()
-
-
-def _bad(path: Path, number: int, field: str, value, expected: str) -> DataError:
-    got = "missing" if value is _MISSING else _show(value)
-    return DataError(f"{path}: line {number}: field {field!r} is {got}, expected {expected}")
-
-
-def _show(value, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # ---------------------------------------------------------------- filtering and writing
