@@ -110,8 +110,8 @@ class FeatureCache:
         rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
         found = [rows.get(key) for key in distinct]
         missing = [i for i, row in enumerate(found) if row is None]
-        seen = torch.frombuffer(bytearray(hashlib.sha256(repr(missing).encode()).digest()), dtype=torch.uint8)
-        if not shards.all_equal(seen):  # the processes would share out different items and wait on each other
+        if shards.count > 1 and not shards.all_equal(_fingerprint(missing)):
+            # the processes would share out different items and wait on each other for ever
             raise ValueError(
                 f"feature cache {path}: the processes of this run do not find the same items in it (this one finds "
                 f"{len(distinct) - len(missing)} of {len(distinct)}); --feature_cache_dir must be one folder that "
@@ -138,6 +138,11 @@ class FeatureCache:
             used[[row for row in found if row is not None]] = True
             tensors = {name: torch.cat([value, stored[name][~used]]) for name, value in tensors.items()}
         atomic_save_tensors(path, tensors)
+
+
+def _fingerprint(rows: list[int]) -> torch.Tensor:
+    """`(32,)` uint8 sha256 of a list of row numbers, to compare it across processes."""
+    return torch.frombuffer(bytearray(hashlib.sha256(repr(rows).encode()).digest()), dtype=torch.uint8)
 
 
 def _gather(stored, found, missing, name, computed) -> torch.Tensor:

@@ -349,9 +349,14 @@ def verify(bench: Benchmark, name: str) -> int:
 
 def load_records(bench: Benchmark) -> dict:
     """`{row: {split: {seed: record}}}` of every record on disk, in the plan's order."""
+    return read_records(bench.records_dir, bench.plan["rows"])
+
+
+def read_records(records_dir: Path, rows) -> dict:
+    """`{row: {split: {seed: record}}}` of the records of `rows` under `records_dir`, in the order of `rows`."""
     records = {}
-    for row in bench.plan["rows"]:
-        for path in sorted((bench.records_dir / row).glob("*.json")):
+    for row in rows:
+        for path in sorted((records_dir / row).glob("*.json")):
             record = json.loads(path.read_text())
             records.setdefault(row, {}).setdefault(record["split"], {})[record["seed"]] = record
     return records
@@ -560,29 +565,31 @@ FINDING_RULE = (
 )
 
 
-def finding_rows(bench: Benchmark, records: dict, name: str, split: str) -> tuple[str, dict]:
-    """A finding's row, `row` of this plan or `plan/row` of another one (its records beside this plan's): its label
-    and its runs on `split`, `{seed: record}`."""
-    plan_name, _, row = name.rpartition("/")
-    if not plan_name:
-        return bench.plan["rows"][row]["label"], records.get(row, {}).get(split, {})
-    other = load_plan(Path(bench.args.plan).parent / f"{plan_name}.yaml")
-    runs = {}
-    for path in sorted((bench.records_dir.parent.parent / plan_name / "runs" / row).glob(f"{split}-seed*.json")):
-        record = json.loads(path.read_text())
-        runs[record["seed"]] = record
-    return other["rows"][row]["label"], runs
+def finding_plans(bench: Benchmark, records: dict) -> dict:
+    """`{plan name: (rows, records)}` of this plan and of each other plan its findings name (`plan/row`), read once;
+    another plan's records lie beside this plan's."""
+    plans = {"": (bench.plan["rows"], records)}
+    for finding in bench.plan.get("findings", []):
+        for name in [finding.get("first", ""), *finding.get("against", [])]:
+            plan_name = name.rpartition("/")[0]
+            if plan_name not in plans:
+                rows = load_plan(Path(bench.args.plan).parent / f"{plan_name}.yaml")["rows"]
+                plans[plan_name] = (rows, read_records(bench.records_dir.parent.parent / plan_name / "runs", rows))
+    return plans
 
 
-def finding_line(bench: Benchmark, records: dict, finding: dict) -> str | None:
-    """A finding's table line (None while its rows have no records)."""
+def finding_line(plans: dict, finding: dict) -> str | None:
+    """A finding's table line (None while its rows have no records); `plans` as `finding_plans` gives them."""
     if "first" not in finding:
         return f"| {finding['question']} | {finding['paper']} | {finding['not_measured']} | not measured |"
     split, part, metric = (finding.get(k, d) for k, d in (("split", "main"), ("part", "all"), ("metric", "ndcg@10")))
 
     def stats(name: str) -> tuple[str, list[float]]:
-        label, runs = finding_rows(bench, records, name, split)
-        return label, [r["test"][part][metric] for r in runs.values() if part in r["test"]]
+        """The label of `name` (`row` of this plan or `plan/row`) and its `metric` over the seeds it ran."""
+        plan_name, _, row = name.rpartition("/")
+        rows, records = plans[plan_name]
+        runs = records.get(row, {}).get(split, {})
+        return rows[row]["label"], [r["test"][part][metric] for r in runs.values() if part in r["test"]]
 
     label, values = stats(finding["first"])
     if not values:
@@ -635,8 +642,9 @@ def findings_section(bench: Benchmark, records: dict) -> list[str]:
         "| question | the paper | measured here | holds here? |",
         "|---|---|---|---|",
     ]
+    plans = finding_plans(bench, records)
     for finding in findings:
-        line = finding_line(bench, records, finding)
+        line = finding_line(plans, finding)
         lines += [line] if line else []
     return [*lines, ""]
 

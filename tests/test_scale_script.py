@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_scale.py"
 
 
-def load_script():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its runner as a sibling module
+def load_script(path: Path = SCRIPT):
+    sys.path.insert(0, str(path.parent))  # the script imports its runner as a sibling module
     try:
-        spec = importlib.util.spec_from_file_location("benchmark_scale", SCRIPT)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(SCRIPT.parent))
+        sys.path.remove(str(path.parent))
     return module
 
 
@@ -56,15 +56,7 @@ def test_tiny_run_reports_every_stage_with_consistent_counts(tmp_path):
 
 
 def test_large_catalog_training_script_runs_pretraining_and_reports_its_runtime(tmp_path):
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its runner as a sibling module
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "benchmark_scale_training", SCRIPT.with_name(SCRIPT.stem + "_training.py")
-        )
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    script = load_script(SCRIPT.with_name(SCRIPT.stem + "_training.py"))
     argv = ["--sizes", "300", "600", "--users", "40", "--per_user", "6", "--processes", "1"]
     argv += ["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "results")]
     assert script.main(argv) == 0
