@@ -655,8 +655,13 @@ def report(bench: Benchmark) -> None:
 
     plan, records = bench.plan, load_records(bench)
     seeds = plan["seeds"]
+    command = (
+        f"python scripts/benchmark_quality.py --plan {relative(bench.args.plan)}"  # resumable: runs what is missing
+    )
     lines = [
         f"# {plan['title']}: quality of every row, trained to convergence",
+        "",
+        f"`{command}`",
         "",
         f"Protocol: {PROTOCOL} Main columns exclude {EXCLUSIONS['history']}; the secondary NDCG@10 columns exclude "
         f"{EXCLUSIONS['window']} (`window`) or {EXCLUSIONS['none']} (`none`). Mean ± sample standard deviation "
@@ -710,7 +715,13 @@ def report(bench: Benchmark) -> None:
     Path(bench.args.output_dir).mkdir(parents=True, exist_ok=True)
     base = Path(bench.args.output_dir) / plan["name"]
     base.with_suffix(".md").write_text("\n".join(lines))
-    summary = {"plan": relative(bench.args.plan), "protocol": PROTOCOL, "exclusions": EXCLUSIONS, "records": records}
+    summary = {
+        "command": command,
+        "plan": relative(bench.args.plan),
+        "protocol": PROTOCOL,
+        "exclusions": EXCLUSIONS,
+        "records": records,
+    }
     write_json(base.with_suffix(".json"), summary)
     if bars:
         plot(bars, f"{plan['title']}, test NDCG@10 (mean ± std over seeds)", base.with_suffix(".png"))

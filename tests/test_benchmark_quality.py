@@ -226,6 +226,7 @@ def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path)
     ]
     assert page.read_text().endswith("<!-- end of results table -->\nEnd.\n") and "stale" not in page.read_text()
     report = (tmp_path / "results" / "tiny_child.md").read_text()
+    assert report.splitlines()[2] == f"`python scripts/benchmark_quality.py --plan {tmp_path / 'child.yaml'}`"
     assert "## Paper against ours (standard split, test NDCG@10)" in report
     assert "| ours | 0.1000 | the paper's | 0.0800 | 0.800x | 1 |" in report
     assert "missing" not in report and "## Goals" not in report  # no ID row: the quality goals do not apply
