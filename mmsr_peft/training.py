@@ -319,21 +319,13 @@ class Trainer:
         self.collator.seed = (args.seed, state.epoch, accelerator.process_index)
         self.collator.batch_index = max(done_in_epoch, 0)  # skipped batches are not collated: start at the right one
         loader = accelerator.skip_first_batches(self.loader, done_in_epoch) if done_in_epoch > 0 else self.loader
-        table = self._negative_table() if args.negative_table else None
+        table = self.negative_table() if args.negative_table else None
         self.ddp_model.train()
         started, first_step = time.perf_counter(), state.step
         tick = started  # the train seconds count loading and steps, not the saving of states
         for batch in loader:
-            with accelerator.autocast():
-                loss = self.ddp_model(**vars(batch), item_table=table).loss
-            accelerator.backward(loss)
-            if args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(self.trainable.values(), args.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad()
+            value = self.training_step(batch, table)
             state.step += 1
-            value = loss.item()
             state.loss_sum, state.loss_steps = state.loss_sum + value, state.loss_steps + 1
             progress.update(1)
             progress.set_postfix(loss=f"{value:.4f}", items=len(batch.items))
@@ -351,7 +343,22 @@ class Trainer:
         seconds = time.perf_counter() - started
         accelerator.log({"train/steps_per_second": (state.step - first_step) / max(seconds, 1e-9)}, step=state.step)
 
-    def _negative_table(self) -> torch.Tensor:
+    def training_step(self, batch, item_table: torch.Tensor | None = None) -> float:
+        """One optimizer step on a batch of `self.collator` (moved to the accelerator's device), as every step
+        of `train` runs: forward under the run's autocast, backward, gradient clipping, optimizer and scheduler
+        steps. `item_table`: `negative_table()`'s embeddings with `--negative_table`. Returns the loss."""
+        batch = batch.to(self.accelerator.device)  # the prepared loader's batches are there already
+        with self.accelerator.autocast():
+            loss = self.ddp_model(**vars(batch), item_table=item_table).loss
+        self.accelerator.backward(loss)
+        if self.args.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.trainable.values(), self.args.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return loss.item()
+
+    def negative_table(self) -> torch.Tensor:
         """`(catalog size, D)` embeddings of the whole catalog with the current weights, in eval mode and without
         gradients: what `--negative_table` scores sampled negatives with during the epoch."""
         self.model.eval()

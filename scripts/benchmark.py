@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
-import resource
 import shlex
 import statistics
 import subprocess
@@ -39,27 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from runner import machine
+from runner import in_fresh_process, library_trainer, machine
 
 REPO = Path(__file__).resolve().parents[1]
 RECBOLE_PYTHON = REPO / ".venv-recbole" / "bin" / "python"
 SECTIONS = ("recbole", "cached", "unique", "lora", "catalog")
 # The hyper-parameters both SASRecs share (RecBole's names in scripts/recbole_sasrec.py).
 SASREC = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "max_len": 50, "dropout": 0.2, "batch_size": 256}
-
-
-def in_fresh_process(function, *args):
-    """Runs `function(*args)` in a new (spawned) Python process; returns its result and that process's peak RSS."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(_measured, (function, *args))
-
-
-def _measured(function, *args):
-    torch.set_num_threads(int(os.environ.get("MMSR_BENCH_THREADS", torch.get_num_threads())))
-    result = function(*args)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
 
 
 def spread(values: list[float]) -> dict:
@@ -71,25 +55,17 @@ def fmt(stat: dict, digits: int = 2) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Our training epoch, as `mmsr_peft.training.train` runs it (without its end-of-epoch evaluation).
+# Our training epoch: the library's Trainer, as `mmsr-pretrain` runs it.
 
 
-def epoch_seconds(model, train_sequences, catalog_inputs, batch_size, num_negatives, loss, seed=0) -> float:
-    from mmsr_peft.data.collate import TrainCollator
-
-    collate = TrainCollator(catalog_inputs, loss, num_negatives, seed=seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
-    order = np.random.default_rng(seed).permutation(len(train_sequences))
-    model.train()
-    began = time.perf_counter()
-    for first in range(0, len(order), batch_size):
-        batch = collate([train_sequences[i] for i in order[first : first + batch_size]])
-        model(**vars(batch)).loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - began
+def epoch_seconds(model, corpus, catalog_inputs, batch_size: int, num_negatives: int) -> float:
+    """Seconds of one training epoch through the library's `Trainer` (data loading and steps; its end-of-epoch
+    evaluation and saved training state are not counted: `TrainState.seconds["train"]`)."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = library_trainer(
+            model, corpus, catalog_inputs, output_dir, num_epochs=1, batch_size=batch_size, num_negatives=num_negatives
+        )
+        return trainer.train().seconds["train"]
 
 
 def movielens_corpus(data_dir: str):
@@ -130,7 +106,7 @@ def ours_sasrec(data_dir: str, item_tower: str, repeats: int, cache_dir: str) ->
     began = time.perf_counter()
     inputs = precompute_frozen_states(model, inputs, 256, cache_dir)
     cache_seconds = time.perf_counter() - began
-    epochs = [epoch_seconds(model, corpus.train, inputs, SASREC["batch_size"], 0, "full_ce") for _ in range(repeats)]
+    epochs = [epoch_seconds(model, corpus, inputs, SASREC["batch_size"], 0) for _ in range(repeats)]
     evals = []
     for _ in range(repeats):
         began = time.perf_counter()
@@ -226,7 +202,6 @@ def adaptation_step(
 
     from mmsr_peft.adapters import is_adapter_key
     from mmsr_peft.builder import ModelArguments, build_model
-    from mmsr_peft.data.collate import TrainCollator
     from mmsr_peft.domains import build_corpus, load_domain
     from mmsr_peft.lora import lora_target_modules
     from mmsr_peft.side import SideAdapterConfig
@@ -243,26 +218,30 @@ def adaptation_step(
     began = time.perf_counter()
     inputs = precompute_frozen_states(model, model.processor(corpus.catalog.records(range(len(corpus.catalog)))))
     prepare_s = time.perf_counter() - began
-    collate = TrainCollator(inputs, "sampled_softmax", 256, seed=0, negative_table=negative_table)
-    began = time.perf_counter()
-    table = model.eval().embed_catalog(inputs) if negative_table else None
-    table_s = time.perf_counter() - began
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    if checkpointing:
-        model.gradient_checkpointing_enable()
-    loaded_mib = resident_mib()
-    model.train()
-    times = []
-    for step in range(steps + 1):
-        rows = np.arange(step * 64, (step + 1) * 64) % len(corpus.train)  # office has fewer than steps x 64
-        batch = collate([corpus.train[i] for i in rows])
+    with tempfile.TemporaryDirectory() as output_dir:  # the trainer's; nothing is saved there
+        trainer = library_trainer(
+            model,
+            corpus,
+            inputs,
+            output_dir,
+            learning_rate=1e-4,
+            num_negatives=256,
+            negative_table=negative_table,
+            gradient_checkpointing=checkpointing,
+        )
         began = time.perf_counter()
-        model(**vars(batch), item_table=table).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step:  # the first step allocates; it is not timed
-            times.append(time.perf_counter() - began)
+        table = trainer.negative_table() if negative_table else None
+        table_s = time.perf_counter() - began
+        loaded_mib = resident_mib()
+        model.train()
+        times = []
+        for step in range(steps + 1):
+            rows = np.arange(step * 64, (step + 1) * 64) % len(corpus.train)  # office has fewer than steps x 64
+            batch = trainer.collator([corpus.train[i] for i in rows])
+            began = time.perf_counter()
+            trainer.training_step(batch, table)
+            if step:  # the first step allocates; it is not timed
+                times.append(time.perf_counter() - began)
     with tempfile.TemporaryDirectory() as folder:
         if method in ("lora", "side"):
             model.save_adapter(folder, "bench")
@@ -275,7 +254,7 @@ def adaptation_step(
         "steps_per_epoch": math.ceil(len(corpus.train) / 64),
         "prepare_s": prepare_s,
         "table_s": table_s,
-        "trainable_parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in trainer.trainable.values()),
         "base_parameters": sum(p.numel() for n, p in model.named_parameters() if not is_adapter_key(n)),
         "weights_bytes": size,
         "loaded_rss_mib": loaded_mib,

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 import torch
+from runner import in_fresh_process, library_trainer
 
-from mmsr_peft.data.collate import ItemProcessor, TrainCollator
+from mmsr_peft.data.collate import ItemProcessor
 from mmsr_peft.data.synthetic import SOURCE_DOMAINS, generate_world
 from mmsr_peft.domains import build_corpus, load_domain
 from mmsr_peft.encoders import TextEncoderConfig, VisionEncoderConfig
@@ -67,32 +68,44 @@ def build(name: str, text_model: str, device) -> MMSRModel:
     return model.to(device)
 
 
-def measure(model, corpus, catalog_inputs, args, precision: str, device) -> dict:
+def measure(name: str, precision: str, data_dir: str, args) -> dict:
+    """Steps of the library's `Trainer` (forward under the run's autocast, backward, clipping, optimizer and
+    scheduler) for one configuration and precision; run in a fresh process, since Accelerate's mixed-precision
+    setting is fixed once per process."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    corpus = build_corpus([load_domain(d, data_dir=data_dir) for d in SOURCE_DOMAINS], max_len=50)
+    torch.manual_seed(0)
+    model = build(name, args.text_model, device)
+    catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))))
     catalog_inputs = precompute_frozen_states(model, catalog_inputs, 256)
-    collator = TrainCollator(catalog_inputs, "sampled_softmax", args.num_negatives, seed=0)
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(corpus.train), generator=generator).tolist()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    times, items = [], []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model.train()
-    for step in range(args.warmup + args.steps):
-        start = (step * args.batch_size) % max(1, len(order) - args.batch_size)
-        batch = collator([corpus.train[i] for i in order[start : start + args.batch_size]]).to(device)
-        _synchronize(device)
-        began = time.perf_counter()
-        with autocast:
-            loss = model(batch.items, batch.inputs, batch.targets).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _synchronize(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - began)
-            items.append(len(batch.items))
+    mixed_precision = "bf16" if precision == "bf16" else "no"
+    with tempfile.TemporaryDirectory() as output_dir:  # the trainer's; nothing is saved there
+        trainer = library_trainer(
+            model,
+            corpus,
+            catalog_inputs,
+            output_dir,
+            batch_size=args.batch_size,
+            num_negatives=args.num_negatives,
+            learning_rate=1e-4,
+            mixed_precision=mixed_precision,
+        )
+        generator = torch.Generator().manual_seed(0)
+        order = torch.randperm(len(corpus.train), generator=generator).tolist()
+        times, items = [], []
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        model.train()
+        for step in range(args.warmup + args.steps):
+            start = (step * args.batch_size) % max(1, len(order) - args.batch_size)
+            batch = trainer.collator([corpus.train[i] for i in order[start : start + args.batch_size]]).to(device)
+            _synchronize(device)
+            began = time.perf_counter()
+            trainer.training_step(batch)  # its loss.item() waits for the device
+            _synchronize(device)
+            if step >= args.warmup:
+                times.append(time.perf_counter() - began)
+                items.append(len(batch.items))
     median = statistics.median(times)
     return {
         "step_s_median": median,
@@ -102,7 +115,7 @@ def measure(model, corpus, catalog_inputs, args, precision: str, device) -> dict
         "items_encoded_per_step": statistics.mean(items),
         "items_per_s": statistics.mean(items) / median,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "trainable_parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in trainer.trainable.values()),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -147,17 +160,12 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as data_dir:
         generate_world(Path(data_dir) / "synthetic", SOURCE_DOMAINS)
-        corpus = build_corpus([load_domain(d, data_dir=data_dir) for d in SOURCE_DOMAINS], max_len=50)
         rows = []
         for name in args.configs:
             for precision in args.precisions:
-                torch.manual_seed(0)
-                model = build(name, args.text_model, device)
-                catalog_inputs = model.processor(corpus.catalog.records(range(len(corpus.catalog))))
-                result = measure(model, corpus, catalog_inputs, args, precision, device)
+                result = in_fresh_process(measure, name, precision, data_dir, args)
                 rows.append({"config": name, "precision": precision, **result})
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-                del model
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     header = (
         f"Training-step throughput on {device_name} (torch {torch.__version__}); batch {args.batch_size} sequences "

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import platform
+import resource
 import shlex
 import shutil
 import socket
@@ -87,6 +89,38 @@ def execute(command: list[str], log: Path, threads: int = 1, env: dict | None = 
         lines = log.read_text(errors="replace").strip().splitlines() or [f"exit status {process.returncode}"]
         raise RuntimeError(f"{shlex.join(relative(c) for c in command)} failed: {lines[-1][:500]} (log: {log})")
     return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
+
+
+def in_fresh_process(function, *args):
+    """Runs `function(*args)` (returning a dict) in a new, spawned Python process with `MMSR_BENCH_THREADS` torch
+    threads (default: torch's); returns its result with that process's peak RSS (`peak_rss_mib`) added."""
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        return pool.apply(_measured, (function, *args))
+    finally:  # closed, not terminated: the process exits on its own and releases what it holds (tqdm's locks)
+        pool.close()
+        pool.join()
+
+
+def _measured(function, *args):
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("MMSR_BENCH_THREADS", torch.get_num_threads())))
+    result = function(*args)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def library_trainer(model, corpus, catalog_inputs, output_dir: str, **training):
+    """The library's `Trainer` over `corpus` with its accelerator, as `mmsr-pretrain` and `mmsr-adapt` build them,
+    for benchmarks that time its steps (`training_step`) or epochs (`train`); `training`: `TrainingArguments`
+    fields. Pass `catalog_inputs` through `precompute_frozen_states` first, as the commands do."""
+    from mmsr_peft.arguments import TrainingArguments
+    from mmsr_peft.training import Trainer, make_accelerator
+
+    args = TrainingArguments(output_dir=output_dir, report_to=["none"], **training)
+    accelerator = make_accelerator(args, model.config.item_tower, model.config.fusion.type)
+    return Trainer(model, corpus.train, catalog_inputs, corpus.valid, args, accelerator)
 
 
 def write_json(path: Path, value) -> None:

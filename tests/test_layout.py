@@ -1,5 +1,6 @@
-"""The package's layout: every module imports on its own, and no two modules import each other, even through
-imports placed inside functions (a cycle there only waits for the wrong call order)."""
+"""The package's layout: every module imports on its own; no two modules import each other, even through imports
+placed inside functions (a cycle there only waits for the wrong call order); the benchmark scripts train nothing
+themselves."""
 
 import ast
 import subprocess
@@ -83,3 +84,27 @@ def test_every_module_imports_in_a_fresh_interpreter():
     code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
     result = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+SCRIPTS = PACKAGE.parent / "scripts"
+TRAINING_CALLS = ("backward", "zero_grad", "clip_grad_norm_", "optim")  # `.optim`: torch.optim's optimizers
+
+
+def training_logic(source: str) -> list[str]:
+    """Where `source` trains a model itself: backward passes, optimizer steps or optimizers of its own."""
+    found = [
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute) and node.attr in TRAINING_CALLS
+    ]
+    return [f"line {node.lineno}: .{node.attr}" for node in sorted(found, key=lambda node: node.lineno)]
+
+
+def test_benchmark_scripts_train_only_through_the_library():
+    """The benchmarks run the library's commands or time its `Trainer` (`training_step`, `train`): results made
+    by a training loop of their own could differ from what a user's run does."""
+    found = {path.name: training_logic(path.read_text()) for path in sorted(SCRIPTS.glob("*.py"))}
+    assert "benchmark.py" in found and "benchmark_throughput.py" in found
+    assert {name: lines for name, lines in found.items() if lines} == {}
+    loop = "optimizer = torch.optim.AdamW(params)\nloss.backward()\noptimizer.zero_grad()\n"
+    assert training_logic(loop) == ["line 1: .optim", "line 2: .backward", "line 3: .zero_grad"]
