@@ -3,20 +3,15 @@ side of `mmsr-adapt` and `recipes/adapt.py`)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .adapters import is_adapter_key
 from .arguments import ADAPTER_METHODS, METHODS, AdaptArguments
-from .cards import adapter_card, base_card
 from .domains import build_corpus, describe_data, load_domain
 from .evaluation import COLD_SHELF, evaluate, evaluate_report, format_table, random_baseline
-from .io import atomic_write_text
 from .lora import component_modules, lora_target_patterns, model_components
 from .model import MMSRModel
-from .plots import CURVES_FILE, plot_training_curves
 from .quantization import quantize_encoders
-from .run_folders import check_output_dir, claim_output_dir, save_run_args
+from .run_folders import check_output_dir, claim_output_dir
+from .run_outputs import write_run_outputs
 from .side import SideAdapterConfig
 from .train_state import training_record
 from .training import (
@@ -214,16 +209,8 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         if by_target:
             summary["test_by_target"] = by_target
             table += f"\n\nCold start: {len(corpus.cold_items)} items held out of training.\n{format_table(by_target)}"
-        atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
-        save_run_args(args.output_dir, adapt_args, args)
-        plot_training_curves(
-            state.history, state.best_epoch, Path(args.output_dir) / CURVES_FILE, Path(args.output_dir).name
-        )
-        if adapt_args.method in ADAPTER_METHODS:
-            card = adapter_card(args.output_dir, repo_id=args.output_dir, base_model=str(adapt_args.base))
-        else:
-            card = base_card(args.output_dir, repo_id=args.output_dir)
-        atomic_write_text(Path(args.output_dir) / "README.md", card)
+        card = "adapter" if adapt_args.method in ADAPTER_METHODS else "base"
+        write_run_outputs(args.output_dir, summary, (adapt_args, args), state, card, base_model=str(adapt_args.base))
         kind = "synthetic" if domain.synthetic else adapt_args.data_source
         print(
             f"\nTarget {adapt_args.target} ({kind}), test split. Protocol: full ranking, leave-one-out, "

@@ -8,9 +8,7 @@ has the same shape as a pretraining run's.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +19,7 @@ from .arguments import BASELINES, BaselineArguments, DataArguments
 from .builder import ModelArguments, build_model
 from .domains import Corpus, build_corpus, describe_data, load_domain
 from .evaluation import evaluate_report, format_table, random_baseline
-from .io import atomic_write_text
-from .run_folders import save_run_args
+from .run_outputs import write_run_outputs
 from .training import precompute_frozen_states
 
 
@@ -112,8 +109,6 @@ def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args:
         "trainable_parameters": 0,
         "wall_s": time.perf_counter() - began,
     }
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    save_run_args(args.output_dir, args, model_args, data_args)
+    write_run_outputs(args.output_dir, summary, (args, model_args, data_args))
     print(f"\n{args.baseline} ({BASELINES[args.baseline]}), test split:\n{format_table(results)}\n")
     return summary

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 
 from .arguments import DataArguments
 from .builder import ModelArguments, build_model
-from .cards import base_card
 from .domains import build_corpus, describe_data, load_domain
 from .evaluation import evaluate_report, format_table, random_baseline
-from .io import atomic_write_text
 from .model import MMSRModel
-from .plots import CURVES_FILE, plot_training_curves
-from .run_folders import check_output_dir, claim_output_dir, save_run_args
+from .run_folders import check_output_dir, claim_output_dir
+from .run_outputs import write_run_outputs
 from .train_state import training_record
 from .training import (
     TrainingArguments,
@@ -98,12 +95,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             summary["total_parameters"] = sum(p.numel() for p in model.parameters())
             summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             summary["runtime"].update(prepare_s=round(prepare_s, 3), test_s=round(test_s, 3))
-            atomic_write_text(Path(args.output_dir) / "metrics.json", json.dumps(summary, indent=2) + "\n")
-            save_run_args(args.output_dir, model_args, data_args, args)
-            plot_training_curves(
-                state.history, state.best_epoch, Path(args.output_dir) / CURVES_FILE, Path(args.output_dir).name
-            )
-            atomic_write_text(Path(args.output_dir) / "README.md", base_card(args.output_dir, repo_id=args.output_dir))
+            write_run_outputs(args.output_dir, summary, (model_args, data_args, args), state, card="base")
             print(f"\nTest, per source domain ({'; '.join(corpus.stats)}):\n{table}\n")
             print(f"Base model written to {args.output_dir}")
         accelerator.wait_for_everyone()

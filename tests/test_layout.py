@@ -93,9 +93,7 @@ TRAINING_CALLS = ("backward", "zero_grad", "clip_grad_norm_", "optim")  # `.opti
 def training_logic(source: str) -> list[str]:
     """Where `source` trains a model itself: backward passes, optimizer steps or optimizers of its own."""
     found = [
-        node
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Attribute) and node.attr in TRAINING_CALLS
+        node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Attribute) and node.attr in TRAINING_CALLS
     ]
     return [f"line {node.lineno}: .{node.attr}" for node in sorted(found, key=lambda node: node.lineno)]
 

@@ -1,9 +1,14 @@
-"""Run folders hold one run: refused when they hold another, emptied on --overwrite_output_dir, locked while written."""
+"""Run folders hold one run: refused when they hold another, emptied on --overwrite_output_dir, locked while written;
+what a command writes there beside the weights."""
+
+import json
 
 import pytest
 
+from mmsr_peft.arguments import BaselineArguments
 from mmsr_peft.errors import RunFolderBusy
 from mmsr_peft.run_folders import LOCK_FILE, RunFolderLock, check_output_dir, claim_output_dir
+from mmsr_peft.run_outputs import write_run_outputs
 
 
 def previous_run(folder):
@@ -48,3 +53,15 @@ def test_a_second_run_on_a_folder_being_written_stops_at_once(tmp_path):
         with claim_output_dir(str(tmp_path / "run"), main_process=False):  # other processes of the run do not lock
             pass
     RunFolderLock(tmp_path / "run").release()  # released when the run is done
+
+
+def test_run_outputs_of_an_untrained_run_and_an_unknown_card(tmp_path):
+    folder = tmp_path / "run"
+    with pytest.raises(ValueError, match="unknown card 'model'; valid: base, adapter"):
+        write_run_outputs(folder, {"test": {}}, (BaselineArguments(),), card="model")
+    assert not folder.exists()  # refused before anything is written
+
+    write_run_outputs(folder, {"test": {"all": {"ndcg@10": 0.5}}}, (BaselineArguments(baseline="knn_text"),))
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "run_args.json"]  # no curves, no card
+    assert json.loads((folder / "metrics.json").read_text()) == {"test": {"all": {"ndcg@10": 0.5}}}
+    assert json.loads((folder / "run_args.json").read_text())["baseline"] == "knn_text"
