@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .io import atomic_file
+
 CURVES_FILE = "training_curves.png"
 COLOURS = [(76, 114, 176), (221, 132, 82), (85, 168, 104)]
 PANEL_WIDTH, HEIGHT, MARGIN = 460, 340, (62, 20, 40, 50)  # margins: left, right, top, bottom
@@ -71,7 +73,6 @@ def plot_training_curves(history: list[dict], best_epoch: int, path: str | Path,
         draw, 0, f"{title}: training loss (epoch mean)" if title else "training loss (epoch mean)", loss, best_epoch
     )
     _panel(draw, PANEL_WIDTH, "validation, full ranking", valid, best_epoch)
-    partial = path.with_name(f".{path.name}.partial")
-    image.save(partial, format="PNG")
-    os.replace(partial, path)
+    with atomic_file(path) as (fd, _), os.fdopen(fd, "wb") as out:
+        image.save(out, format="PNG")
     return path

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from ..domains import DOMAINS, domain_folder
 from ..errors import DataError
+from ..io import atomic_file
 from .folder import INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
 from .json_lines import bad_field, json_lines, optional, required
 
@@ -211,11 +212,14 @@ def clean(value: str) -> str:
 
 
 def download(url: str, path: Path) -> Path:
-    """Downloads `url` to `path` with a progress bar, through a `.part` file renamed when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.part-{os.getpid()}")
+    """Downloads `url` to `path` with a progress bar, through a temporary file renamed when complete (an interrupted
+    download leaves nothing)."""
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+        with (
+            atomic_file(path) as (fd, _),
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(url, timeout=60) as response,
+        ):
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {path.name}") as bar:
                 while chunk := response.read(1 << 20):
@@ -223,14 +227,11 @@ def download(url: str, path: Path) -> Path:
                     bar.update(len(chunk))
             if total is not None and bar.n != total:
                 raise DataError(f"{url}: the download stopped after {bar.n} of {total} bytes; run again")
-        os.replace(part, path)
     except (OSError, http.client.HTTPException) as err:
         raise DataError(
             f"could not download {url} ({err}); without internet, fetch it elsewhere and pass the folder that "
             f"holds {path.name} as --raw_dir"
         ) from err
-    finally:
-        part.unlink(missing_ok=True)
     return path
 
 

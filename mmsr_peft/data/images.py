@@ -365,12 +365,9 @@ def download_images(
         for item_id, urls, old in zip(item_ids, url_lists, table["image"].to_pylist(), strict=True)
     ]
     table = table.set_column(table.column_names.index("image"), "image", pa.array(paths, pa.string()))
-    tmp = items_path.with_name(f".items.parquet.tmp-{os.getpid()}")
-    try:
+    with atomic_file(items_path) as (fd, tmp):
+        os.close(fd)  # parquet writes the file by its path
         write_table(tmp, table, ITEM_SCHEMA)
-        os.replace(tmp, items_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     texts = table["text"].to_pylist()
     report = _report(folder, config, item_ids, results, paths, texts, client.requests)
     atomic_write_text(folder / REPORT_FILE, json.dumps(report, indent=2) + "\n")
