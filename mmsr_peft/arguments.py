@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from .configuration import ITEM_TOWERS, SIMILARITIES
+from .configuration import ITEM_TOWERS, SIMILARITIES, item_tower_name
 from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, domain_folder
 from .encoders import TORCHVISION_CNNS, VISION_PRESETS
 from .errors import DataError
@@ -77,7 +77,9 @@ class DataArguments:
 class ModelArguments:
     """Which architecture to build, and which pretrained weights initialise its encoders."""
 
-    item_tower: str = field(default="modal", metadata={"help": f"Item embedding, one of: {', '.join(ITEM_TOWERS)}."})
+    item_tower: str = field(
+        default="multimodal", metadata={"help": f"Item embedding, one of: {', '.join(ITEM_TOWERS)}."}
+    )
     text_model: str = field(
         default="minilm",
         metadata={
@@ -128,7 +130,8 @@ class ModelArguments:
     temperature: float = field(default=0.07, metadata={"help": "Divides the scores in the training loss."})
     loss: str = field(default="sampled_softmax", metadata={"help": f"Training loss, one of: {', '.join(LOSSES)}."})
     itc_weight: float = field(
-        default=0.0, metadata={"help": "Weight of the auxiliary image-text contrastive loss (modal only; 0: off)."}
+        default=0.0,
+        metadata={"help": "Weight of the auxiliary image-text contrastive loss (multimodal only; 0: off)."},
     )
     feature_dropout: float = field(
         default=0.0,
@@ -155,6 +158,9 @@ class ModelArguments:
         default="full", metadata={"help": "Vision encoder: 'frozen' (outputs cached), 'top_k' or 'full'."}
     )
     vision_top_k: int = field(default=1, metadata={"help": "Blocks of the vision encoder that train with 'top_k'."})
+
+    def __post_init__(self):
+        self.item_tower = item_tower_name(self.item_tower)  # an old name (`modal`) still works, with a warning
 
 
 @dataclass

@@ -68,8 +68,10 @@ def fusion_settings(args: ModelArguments):
     from transformers import AutoModel
 
     name = args.fusion_init_from
-    if args.item_tower != "modal":
-        raise ValueError(f"--fusion_init_from initialises the fusion of a 'modal' item tower, not {args.item_tower!r}")
+    if args.item_tower != "multimodal":
+        raise ValueError(
+            f"--fusion_init_from initialises the fusion of a 'multimodal' item tower, not {args.item_tower!r}"
+        )
     source = minilm_path() if name == "minilm" else pretrained_source(name, "fusion_init_from")
     try:
         bert = AutoModel.from_pretrained(source)
@@ -95,7 +97,7 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
     text_config = vision_config = None
     vision_weights = args.vision_weights  # resolved below for presets that ship their weights; `args` stays as given
     tokenizer, text_weights = None, None
-    if args.item_tower in ("modal", "text"):
+    if args.item_tower in ("multimodal", "text"):
         from transformers import AutoTokenizer
 
         if args.text_model == "tiny-bert":
@@ -111,7 +113,7 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
             text_weights = source
         text_config.source = args.text_model
         tokenizer = AutoTokenizer.from_pretrained(source)
-    if args.item_tower in ("modal", "image"):
+    if args.item_tower in ("multimodal", "image"):
         if args.vision_model in VISION_PRESETS:
             tower = dict(VISION_PRESETS[args.vision_model])
             vision_config = VisionEncoderConfig(tower=tower, embed_dim=args.hidden_size, image_size=args.image_size)

@@ -12,6 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .adapters import adapter_config_file
+from .configuration import item_tower_name
 from .evaluation import PROTOCOL, format_table
 from .plots import CURVES_FILE
 
@@ -95,15 +96,16 @@ def base_card(folder: str | Path, repo_id: str) -> str:
         eval_results=_eval_results(metrics["test"].get("all") or _last_row(metrics), name, "+".join(data)),
     )
     text, vision = config.get("text") or {}, config.get("vision") or {}
+    item_tower = item_tower_name(config["item_tower"])
     return _render(
         "base.md",
         card_data,
         model_name=name,
         repo_id=repo_id,
-        item_tower=config["item_tower"],
+        item_tower=item_tower,
         text_encoder=text.get("source") or "none",
         vision_encoder=vision.get("source") or "none",
-        fusion=config["fusion"]["type"] if config["item_tower"] == "modal" else "none",
+        fusion=config["fusion"]["type"] if item_tower == "multimodal" else "none",
         sequence_encoder=config["sequence"]["type"],
         hidden_size=config["hidden_size"],
         num_parameters=f"{metrics['total_parameters']:,}",

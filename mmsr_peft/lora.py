@@ -128,7 +128,7 @@ def lora_target_patterns(
             prefix, family, table = r"item_tower\.text\.backbone\.", config.text.backbone["model_type"], TEXT_TARGETS
         elif component == "vision":
             prefix, family, table = r"item_tower\.vision\.tower\.", model.item_tower.vision.family, VISION_TARGETS
-        elif config.item_tower == "modal":
+        elif config.item_tower == "multimodal":
             prefix, family, table = r"item_tower\.fusion\.", config.fusion.type, FUSION_TARGETS
         else:  # a single-modality tower's projection head plays the fusion part
             prefix, family, table = r"item_tower\.head\.", "head", {"head": "proj"}

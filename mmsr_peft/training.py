@@ -93,7 +93,7 @@ def make_accelerator(args: TrainingArguments, item_tower: str, fusion: str):
         total_limit=args.save_total_limit,
     )
     # Token-level fusions leave the vision tower's pooled projection unused: DDP has to expect that.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=item_tower == "modal" and fusion in TOKEN_FUSIONS)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=item_tower == "multimodal" and fusion in TOKEN_FUSIONS)
     return Accelerator(
         mixed_precision=args.mixed_precision,
         project_config=project,
@@ -143,7 +143,7 @@ def precompute_frozen_states(
     from .fusion import TOKEN_FUSIONS
 
     tower = model.item_tower
-    reads_tokens = model.config.item_tower == "modal" and model.config.fusion.type in TOKEN_FUSIONS
+    reads_tokens = model.config.item_tower == "multimodal" and model.config.fusion.type in TOKEN_FUSIONS
     cache = FeatureCache(cache_dir) if cache_dir else None
     states, dropped = {}, {}
     for kind, encoder, run in (("text", tower.text, tower.encode_text), ("image", tower.vision, tower.encode_image)):

@@ -228,7 +228,8 @@ class Benchmark:
         if spec["command"] == "baseline":
             return spec["args"]["baseline"] in ("knn_image", "knn_both")
         settings = {**self.plan["model"], **spec["args"]}
-        return spec["command"] == "pretrain" and settings.get("item_tower", "modal") in ("modal", "image")
+        tower = settings.get("item_tower", "multimodal")
+        return spec["command"] == "pretrain" and tower in ("multimodal", "modal", "image")  # `modal`: the old name
 
     def lock(self, run: Run) -> threading.RLock:
         """One run is run by one thread at a time: a row's own run and an adapt row's `ensure_init` of it."""

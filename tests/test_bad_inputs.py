@@ -376,7 +376,9 @@ def config_json_with_an_invalid_choice(ws):
     config = json.loads((folder / "config.json").read_text())
     config["item_tower"] = "telepathy"
     (folder / "config.json").write_text(json.dumps(config))
-    return Bad(lambda: MMSRModel.from_pretrained(folder), CheckpointError, ("config.json", "'telepathy'", "'modal'"))
+    return Bad(
+        lambda: MMSRModel.from_pretrained(folder), CheckpointError, ("config.json", "'telepathy'", "'multimodal'")
+    )
 
 
 def _edit_weights(folder: Path, edit) -> None:

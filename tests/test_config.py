@@ -23,7 +23,7 @@ TINY_BERT = {
 
 def _modal_config():
     return MMSRConfig(
-        item_tower="modal",
+        item_tower="multimodal",
         hidden_size=32,
         text=TextEncoderConfig(backbone=dict(TINY_BERT), pooling="cls", max_length=16, source="tiny-bert"),
         vision=VisionEncoderConfig(image_size=32, image_mean=(0.5, 0.5, 0.5)),
@@ -137,7 +137,7 @@ def test_invalid_item_tower_lists_choices():
         MMSRConfig.from_dict({"item_tower": "nonsense"})
     message = str(err.value)
     assert "'nonsense'" in message
-    assert all(tower in message for tower in ("modal", "text", "image", "id"))
+    assert all(tower in message for tower in ("multimodal", "text", "image", "id"))
 
 
 def test_invalid_fusion_type_lists_choices():
@@ -150,10 +150,10 @@ def test_invalid_fusion_type_lists_choices():
 @pytest.mark.parametrize(
     "data, needed",
     [
-        ({"item_tower": "modal", "vision": {}}, "text"),
+        ({"item_tower": "multimodal", "vision": {}}, "text"),
         ({"item_tower": "text"}, "text"),
         ({"item_tower": "image"}, "vision"),
-        ({"item_tower": "modal", "text": {"backbone": TINY_BERT}}, "vision"),
+        ({"item_tower": "multimodal", "text": {"backbone": TINY_BERT}}, "vision"),
     ],
 )
 def test_tower_without_its_encoder_config(data, needed):

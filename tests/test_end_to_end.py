@@ -44,7 +44,7 @@ def test_pretrain_writes_a_loadable_base_with_card_metrics_and_run_args(base_dir
     assert "library_name: mmsr_peft" in card and "synthetic" in card and "| all |" in card
     assert "More Information Needed" not in card
     model = MMSRModel.from_pretrained(base_dir)
-    assert model.config.item_tower == "modal"
+    assert model.config.item_tower == "multimodal"
 
 
 def test_mmsr_adapt_main_prints_table_and_writes_peft_adapter(base_dir, data_dir, tmp_path, capsys):

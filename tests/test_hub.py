@@ -195,7 +195,7 @@ def test_repo_with_only_pickle_weights_is_refused(base_dir, tmp_path):
     )
     with pytest.raises(CheckpointError, match="only pickle weights"):
         MMSRModel.from_pretrained("org/pickled")
-    assert MMSRModel.from_pretrained("org/pickled", allow_pickle=True).config.item_tower == "modal"
+    assert MMSRModel.from_pretrained("org/pickled", allow_pickle=True).config.item_tower == "multimodal"
 
 
 def test_unknown_repo_is_a_clear_error():

@@ -15,7 +15,7 @@ from mmsr_peft.lora import lora_target_modules
 ITEM_IDS = [f"it-{i}" for i in range(12)]
 
 
-def tiny(item_tower="modal", fusion="concat", **kwargs) -> MMSRModel:
+def tiny(item_tower="multimodal", fusion="concat", **kwargs) -> MMSRModel:
     torch.manual_seed(0)
     args = ModelArguments(
         **kwargs,
@@ -56,7 +56,13 @@ def batch_of(model, catalog):
 
 @pytest.mark.parametrize(
     "item_tower, fusion",
-    [("modal", "concat"), ("modal", "merge_attention"), ("text", "concat"), ("image", "concat"), ("id", "concat")],
+    [
+        ("multimodal", "concat"),
+        ("multimodal", "merge_attention"),
+        ("text", "concat"),
+        ("image", "concat"),
+        ("id", "concat"),
+    ],
 )
 def test_save_then_load_gives_identical_outputs(item_tower, fusion, catalog, tmp_path):
     model = tiny(item_tower, fusion)
@@ -73,7 +79,9 @@ def test_save_then_load_gives_identical_outputs(item_tower, fusion, catalog, tmp
     assert loaded.recommend(histories, catalog, k=4).item_ids == model.recommend(histories, catalog, k=4).item_ids
 
 
-@pytest.mark.parametrize("item_tower, fusion", [("modal", "gated"), ("modal", "merge_attention"), ("text", "concat")])
+@pytest.mark.parametrize(
+    "item_tower, fusion", [("multimodal", "gated"), ("multimodal", "merge_attention"), ("text", "concat")]
+)
 def test_feature_dropout_acts_in_training_only_and_is_saved_with_the_model(item_tower, fusion, catalog, tmp_path):
     model = tiny(item_tower, fusion, feature_dropout=0.5)
     inputs = model.processor(catalog.records(range(len(catalog))))
@@ -201,7 +209,8 @@ def test_adapter_for_another_architecture_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "item_tower, fusion", [("modal", "concat"), ("modal", "merge_attention"), ("text", "concat"), ("image", "concat")]
+    "item_tower, fusion",
+    [("multimodal", "concat"), ("multimodal", "merge_attention"), ("text", "concat"), ("image", "concat")],
 )
 def test_default_lora_targets_match_modules_of_every_component(item_tower, fusion):
     import re
@@ -209,14 +218,14 @@ def test_default_lora_targets_match_modules_of_every_component(item_tower, fusio
     model = tiny(item_tower, fusion)
     pattern = lora_target_modules(model)
     matched = [name for name, _ in model.named_modules() if re.fullmatch(pattern, name)]
-    if item_tower in ("modal", "text"):
+    if item_tower in ("multimodal", "text"):
         assert any(n.startswith("item_tower.text.") for n in matched)
-    if item_tower in ("modal", "image"):
+    if item_tower in ("multimodal", "image"):
         assert any(n.startswith("item_tower.vision.") for n in matched)
     assert any(n.startswith(("item_tower.fusion.", "item_tower.head.")) for n in matched)
     with pytest.raises(ValueError, match="unknown component 'audio'"):
         lora_target_modules(model, ["fusion", "audio"])
-    if item_tower != "modal":
+    if item_tower != "multimodal":
         missing = "vision" if item_tower == "text" else "text"
         with pytest.raises(ValueError, match=f"component '{missing}' does not exist"):
             lora_target_modules(model, [missing])
