@@ -15,7 +15,7 @@ from torch import nn
 
 from . import side
 from .errors import CheckpointError
-from .io import check_finite, is_local_path
+from .files import check_finite, is_local_path
 from .lora import keep_attention_weights_exact, set_lora_dropout
 from .side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE, SideAdapterConfig
 
@@ -233,14 +233,14 @@ class AdapterMixin:
     ) -> None:
         """Writes one adapter in peft's layout (`adapter_config.json` + `adapter_model.safetensors`) and its
         `mmsr_adapter.json` (the base it belongs to, and its metadata updated with `metadata`), atomically."""
-        from .io import atomic_directory
+        from .files import atomic_directory
 
         with atomic_directory(folder) as tmp:
             self._write_adapter(tmp, adapter_name or self.active_adapter(), metadata)
 
     def save_adapters(self, folder: str | os.PathLike) -> None:
         """Writes every loaded adapter to `folder/<adapter name>/` (the layout `load_adapters` reads), atomically."""
-        from .io import atomic_directory
+        from .files import atomic_directory
 
         if not self.list_adapters():
             raise ValueError("no adapter to save")

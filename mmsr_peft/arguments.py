@@ -21,7 +21,7 @@ from .lora import COMPONENTS, DEFAULT_COMPONENTS, component_pattern
 from .losses import LOSSES
 from .parsing import as_flags, parse_args  # noqa: F401 (they lived here: `from mmsr_peft.arguments import parse_args`)
 from .quantization import QUANTIZATIONS, require_bitsandbytes
-from .sequence import SEQUENCE_TYPES
+from .sequence_encoders import SEQUENCE_TYPES
 
 METHODS = {
     "lora": "LoRA",

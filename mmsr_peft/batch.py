@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .arguments import RecommendArguments
 from .domains import load_domain
 from .errors import DataError
-from .io import atomic_write_text
+from .files import atomic_write_text
 
 
 def read_histories(path: str | Path) -> list[tuple[str, list[str], int]]:

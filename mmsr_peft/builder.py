@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .arguments import ModelArguments
-from .data.collate import ItemProcessor
+from .data.processing import ItemProcessor
 from .encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -14,10 +14,10 @@ from .encoders import (
     TextEncoderConfig,
     VisionEncoderConfig,
 )
+from .files import is_local_path
 from .fusion import FusionConfig
-from .io import is_local_path
 from .model import MMSRConfig, MMSRModel
-from .sequence import SequenceEncoderConfig
+from .sequence_encoders import SequenceEncoderConfig
 
 # A tiny BERT for tests and smoke runs: random weights, the MiniLM tokenizer.
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data.collate import ItemInputs
 from .data.image_files import ImageCache  # noqa: F401 (importable from here, its home before data.image_files)
+from .data.processing import ItemInputs
 from .encoders import EncoderOutput, LayerStates
-from .io import atomic_save_tensors, read_tensors
+from .files import atomic_save_tensors, read_tensors
 from .sharding import Shards
 
 logger = logging.getLogger(__name__)

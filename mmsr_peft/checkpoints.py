@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
-from .io import check_finite, is_local_path
+from .files import check_finite, is_local_path
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -13,7 +13,7 @@ from .encoders import TextEncoderConfig, VisionEncoderConfig
 from .errors import CheckpointError
 from .fusion import FusionConfig
 from .losses import LOSSES
-from .sequence import SequenceEncoderConfig
+from .sequence_encoders import SequenceEncoderConfig
 
 SIMILARITIES = ("cosine", "dot")
 ITEM_TOWERS = ("multimodal", "text", "image", "id")

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.collate import ItemInputs, pad_histories
+from .data.collate import pad_histories
+from .data.processing import ItemInputs
 from .sharding import Shards
 
 DEFAULT_KS = (10, 20)

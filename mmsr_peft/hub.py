@@ -19,7 +19,7 @@ from .adapters import ADAPTER_RECORD, adapter_config_file
 from .arguments import PublishArguments
 from .cards import adapter_card, base_card
 from .errors import CheckpointError
-from .io import check_finite
+from .files import check_finite
 from .side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE
 
 CARD = "README.md"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration import MMSRConfig
-from .data.collate import ItemInputs
+from .data.processing import ItemInputs
 from .encoders import EncoderOutput, LayerStates, TextEncoder, VisionEncoder
 from .fusion import ModalityProjection, build_fusion
 

@@ -16,13 +16,14 @@ from . import adapters
 from .checkpoints import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_weights, resolve_checkpoint
 from .configuration import MMSRConfig, load_config
 from .data.catalog import Catalog
-from .data.collate import PROCESSOR_FILE, ItemInputs, ItemProcessor, pad_histories
+from .data.collate import pad_histories
+from .data.processing import PROCESSOR_FILE, ItemInputs, ItemProcessor
 from .errors import CheckpointError
 from .evaluation import chunked_topk, with_item_bias
-from .io import atomic_directory
+from .files import atomic_directory
 from .item_tower import ItemTower
 from .losses import bce_loss, softmax_loss
-from .sequence import SEQUENCE_CLASSES
+from .sequence_encoders import SEQUENCE_CLASSES
 
 __all__ = ["MMSRConfig", "MMSRModel", "MMSROutput", "Recommendations"]
 

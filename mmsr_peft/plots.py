@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .io import atomic_file
+from .files import atomic_file
 
 CURVES_FILE = "training_curves.png"
 COLOURS = [(76, 114, 176), (221, 132, 82), (85, 168, 104)]

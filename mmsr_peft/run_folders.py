@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from .errors import RunFolderBusy
-from .io import atomic_write_text
+from .files import atomic_write_text
 
 LOCK_FILE = ".mmsr-run.lock"
 # What marks a folder as holding a run (files every run writes, at its first best epoch or at its end)

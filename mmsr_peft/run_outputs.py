@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .cards import adapter_card, base_card
-from .io import atomic_write_text
+from .files import atomic_write_text
 from .plots import CURVES_FILE, plot_training_curves
 from .run_folders import save_run_args
 from .train_state import TrainState

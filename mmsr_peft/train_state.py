@@ -38,7 +38,7 @@ class TrainState:
         return self.loss_sum / self.loss_steps if self.loss_steps else None
 
     def save(self, folder: Path) -> None:
-        from .io import atomic_save_tensors, atomic_write_text
+        from .files import atomic_save_tensors, atomic_write_text
 
         counters = {name: getattr(self, name) for name in self.COUNTERS}
         best = None if math.isinf(self.best_metric) else self.best_metric

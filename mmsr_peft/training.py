@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .arguments import TrainingArguments
-from .data.collate import ItemInputs, TrainCollator
+from .data.collate import TrainCollator
+from .data.processing import ItemInputs
 from .encoders import EncoderOutput
 from .evaluation import EvalSet, evaluate
 from .train_state import COMPLETE_MARKER, TrainState, check_training_state

@@ -160,7 +160,8 @@ def recbole_sasrec(data_dir: str, epochs: int) -> dict:
 
 def unique_items(data_dir: str) -> dict:
     """Distinct items per training batch of MovieLens-100k vs the B x T positions (and negatives) of the batch."""
-    from mmsr_peft.data.collate import ItemInputs, TrainCollator
+    from mmsr_peft.data.collate import TrainCollator
+    from mmsr_peft.data.processing import ItemInputs
 
     corpus = movielens_corpus(data_dir)
     inputs = ItemInputs(item_index=torch.arange(len(corpus.catalog)))
@@ -263,7 +264,7 @@ def adaptation_step(
 
 def catalog_scale(num_items: int, num_users: int) -> dict:
     """Full-ranking evaluation of an ID-SASRec over a generated catalog of `num_items` items."""
-    from mmsr_peft.data.collate import ItemInputs
+    from mmsr_peft.data.processing import ItemInputs
     from mmsr_peft.evaluation import EvalSet, evaluate
 
     torch.manual_seed(0)
@@ -520,7 +521,7 @@ def main(argv=None) -> int:
     where = f"{info['cpu']}, {info['cores']} cores visible, torch {info['torch']} with {info['torch_threads']} threads"
     text = report(results, args, command, where)
     print("\n" + text)
-    from mmsr_peft.io import atomic_write_text
+    from mmsr_peft.files import atomic_write_text
 
     atomic_write_text(Path(args.output_dir) / "benchmark.md", text)
     payload = {"command": command, "machine": where, "args": vars(args), "results": results}

@@ -45,9 +45,9 @@ from transformers import AutoTokenizer
 from mmsr_peft.builder import ModelArguments, minilm_path
 from mmsr_peft.data.amazon import prepare_amazon
 from mmsr_peft.data.catalog import Catalog
-from mmsr_peft.data.collate import ItemProcessor
+from mmsr_peft.data.processing import ItemProcessor
 from mmsr_peft.domains import build_corpus, load_folder
-from mmsr_peft.io import atomic_write_text
+from mmsr_peft.files import atomic_write_text
 
 DOMAIN, CATEGORY = "office", "Office_Products"
 CHUNK_LINES = 1 << 18

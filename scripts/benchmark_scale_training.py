@@ -38,7 +38,7 @@ import numpy as np
 from runner import console_script, execute, free_port, machine
 
 from mmsr_peft.data.folder import INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
-from mmsr_peft.io import atomic_write_text
+from mmsr_peft.files import atomic_write_text
 
 ITEM_ALPHA = 0.9  # item popularity: P(rank r) proportional to r^-0.9
 WORDS = {

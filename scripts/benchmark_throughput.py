@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from runner import in_fresh_process, library_trainer
 
-from mmsr_peft.data.collate import ItemProcessor
+from mmsr_peft.data.processing import ItemProcessor
 from mmsr_peft.data.synthetic import SOURCE_DOMAINS, generate_world
 from mmsr_peft.domains import build_corpus, load_domain
 from mmsr_peft.encoders import TextEncoderConfig, VisionEncoderConfig

@@ -125,7 +125,7 @@ def library_trainer(model, corpus, catalog_inputs, output_dir: str, **training):
 
 def write_json(path: Path, value) -> None:
     """Writes `value` as JSON atomically (a reader sees the old file or the whole new one)."""
-    from mmsr_peft.io import atomic_write_text
+    from mmsr_peft.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 

@@ -155,7 +155,7 @@ def write(results: list[dict], args, command: str) -> str:
         f"model; on disk: the adapter file for LoRA rows, the model file otherwise; peak RSS of the run's process; "
         f"{machine}).\n\nCommand: `{command}`\n\n{table(results)}\n\n" + "\n".join(checks(results)) + "\n"
     )
-    from mmsr_peft.io import atomic_write_text
+    from mmsr_peft.files import atomic_write_text
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from mmsr_peft import Catalog, MMSRModel
 from mmsr_peft.adaptation import AdaptArguments, adapt
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.errors import CheckpointError, DataError
-from mmsr_peft.io import atomic_write_text
+from mmsr_peft.files import atomic_write_text
 from mmsr_peft.lora import lora_target_modules
 from mmsr_peft.training import TrainingArguments
 

@@ -11,7 +11,7 @@ from mmsr_peft.domains import DOMAINS, SOURCES
 from mmsr_peft.fusion import FUSION_TYPES
 from mmsr_peft.lora import COMPONENTS
 from mmsr_peft.losses import LOSSES
-from mmsr_peft.sequence import SEQUENCE_TYPES
+from mmsr_peft.sequence_encoders import SEQUENCE_TYPES
 
 
 def option_help(main, capsys) -> dict[str, str]:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmsr_peft.data.collate import ItemInputs, TrainCollator
+from mmsr_peft.data.collate import TrainCollator
+from mmsr_peft.data.processing import ItemInputs
 from mmsr_peft.data.sequences import Sequences, Split, choose_cold_items
 from mmsr_peft.domains import build_corpus, load_domain
 

@@ -6,10 +6,10 @@ import open_clip.model  # noqa: F401  (VisionEncoderConfig imports it lazily: ~2
 import pytest
 
 from mmsr_peft.encoders import TextEncoderConfig, VisionEncoderConfig
+from mmsr_peft.files import atomic_directory, atomic_write_text
 from mmsr_peft.fusion import FusionConfig
-from mmsr_peft.io import atomic_directory, atomic_write_text
 from mmsr_peft.model import MMSRConfig
-from mmsr_peft.sequence import SequenceEncoderConfig
+from mmsr_peft.sequence_encoders import SequenceEncoderConfig
 
 TINY_BERT = {
     "model_type": "bert",

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from mmsr_peft.data.catalog import Catalog
-from mmsr_peft.data.collate import ItemInputs, TrainCollator, load_image, pad_histories
+from mmsr_peft.data.collate import TrainCollator, pad_histories
+from mmsr_peft.data.image_files import load_image
+from mmsr_peft.data.processing import ItemInputs
 from mmsr_peft.data.sequences import Sequences, Split
 from mmsr_peft.domains import DOMAINS, load_domain
 from mmsr_peft.errors import DataError
@@ -434,7 +436,7 @@ def test_prepared_folders_get_the_umask_permissions_not_mkdtemp_ones(tmp_path):
     import stat
 
     from mmsr_peft.data.folder import new_domain_folder
-    from mmsr_peft.io import current_umask
+    from mmsr_peft.files import current_umask
 
     with new_domain_folder(tmp_path / "d") as tmp:
         (tmp / "x").write_text("1")

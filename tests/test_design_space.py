@@ -11,7 +11,7 @@ from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.data.collate import TrainCollator
 from mmsr_peft.fusion import FUSION_TYPES, PAPER_POOLED, PAPER_TOKEN_FUSIONS, TOKEN_FUSIONS
 from mmsr_peft.losses import LOSSES
-from mmsr_peft.sequence import SEQUENCE_TYPES
+from mmsr_peft.sequence_encoders import SEQUENCE_TYPES
 
 SEQUENCES = [np.array([0, 1, 2, 3, 4]), np.array([5, 6, 7]), np.array([8, 9, 10, 11])]
 

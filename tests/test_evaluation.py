@@ -6,7 +6,7 @@ import torch
 from testing_utils import assert_topk_agree
 from torch import nn
 
-from mmsr_peft.data.collate import ItemInputs
+from mmsr_peft.data.processing import ItemInputs
 from mmsr_peft.evaluation import (
     MISS,
     EvalSet,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmsr_peft.builder import ModelArguments, build_model
-from mmsr_peft.data.collate import ItemInputs
+from mmsr_peft.data.processing import ItemInputs
 from mmsr_peft.training import precompute_frozen_states
 
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmsr_peft.data.collate import ItemInputs, TrainCollator
+from mmsr_peft.data.collate import TrainCollator
+from mmsr_peft.data.processing import ItemInputs
 from mmsr_peft.losses import LOSSES, bce_loss, softmax_loss
 from mmsr_peft.model import MMSRConfig, MMSRModel
-from mmsr_peft.sequence import SequenceEncoderConfig
+from mmsr_peft.sequence_encoders import SequenceEncoderConfig
 
 SEQUENCES = [np.array([0, 1, 2, 3]), np.array([4, 5, 6]), np.array([7, 8, 9, 10, 11])]
 

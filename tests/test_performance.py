@@ -237,7 +237,7 @@ def _images(folder, colours):
 
 def test_image_cache_decodes_each_image_once_across_runs(tmp_path):
     from mmsr_peft.cache import ImageCache
-    from mmsr_peft.data.collate import ItemProcessor
+    from mmsr_peft.data.processing import ItemProcessor
 
     paths = _images(tmp_path, [(250, 0, 0), (0, 250, 0), (250, 0, 0)])  # the third file has the first one's bytes
     records = [{"item_id": str(i), "text": "", "image": p} for i, p in enumerate([*paths, None])]

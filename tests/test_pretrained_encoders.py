@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import POSTERS
 
 from mmsr_peft.builder import minilm_path, mobilenet_v2_weights
-from mmsr_peft.data.collate import load_image
+from mmsr_peft.data.image_files import load_image
 from mmsr_peft.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -27,7 +27,7 @@ from mmsr_peft.cli import pretrain_main, publish_main
 from mmsr_peft.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
-IO_MODULE = ROOT / "mmsr_peft" / "io.py"
+FILES_MODULE = ROOT / "mmsr_peft" / "files.py"
 
 
 def run_until(script: str, args: list[str], marker: str, log: Path, env: dict | None = None) -> None:
@@ -55,7 +55,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 # ------------------------------------------------------------------ atomic folder writes, killed
 
-# A writer of a model-sized folder through `atomic_directory` (io.py loaded on its own: no torch to import), with a
+# A writer of a model-sized folder through `atomic_directory` (files.py loaded on its own: no torch to import), with a
 # hook where the test kills it: in the middle of a file, just before the swap, or between the two renames that
 # replace the swap where no atomic rename exchange exists.
 WRITER = """
@@ -94,7 +94,7 @@ with io.atomic_directory(folder) as tmp:
 
 @pytest.mark.parametrize("moment", ["mid_write", "swap", "between_renames"])
 def test_killed_folder_writer_leaves_the_previous_version_whole(moment, tmp_path):
-    from mmsr_peft.io import atomic_directory
+    from mmsr_peft.files import atomic_directory
 
     folder = tmp_path / "base"
     with atomic_directory(folder) as tmp:  # version 1, with a training state written beside it later
@@ -104,7 +104,7 @@ def test_killed_folder_writer_leaves_the_previous_version_whole(moment, tmp_path
     (folder / "checkpoints" / "checkpoint_0" / "optimizer.bin").write_bytes(b"state")
     previous = tree(folder)
 
-    run_until(WRITER, [str(IO_MODULE), str(folder), moment], "NOW", tmp_path / "writer.log")
+    run_until(WRITER, [str(FILES_MODULE), str(folder), moment], "NOW", tmp_path / "writer.log")
 
     if moment == "between_renames":  # only without an atomic rename exchange (not Linux): the next write repairs it
         assert not folder.exists() and len(list(tmp_path.glob(".base.old-*"))) == 1
@@ -123,7 +123,7 @@ def test_killed_folder_writer_leaves_the_previous_version_whole(moment, tmp_path
 def test_folder_swap_is_one_step_for_a_concurrent_reader(tmp_path):
     """A reader polling the folder while new versions are swapped in always finds it, and the files of the folder
     it opened all belong to one version, each one whole (with file-by-file renames it would see a mix)."""
-    from mmsr_peft.io import atomic_directory
+    from mmsr_peft.files import atomic_directory
 
     folder, seen, done = tmp_path / "base", set(), threading.Event()
     names = ("config.json", "model.safetensors", "tokenizer.json")

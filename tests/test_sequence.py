@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsr_peft.data.collate import ItemInputs, ItemProcessor
+from mmsr_peft.data.processing import ItemInputs, ItemProcessor
 from mmsr_peft.model import MMSRConfig, MMSRModel
-from mmsr_peft.sequence import SEQUENCE_CLASSES, SEQUENCE_TYPES, NextItNet, SequenceEncoderConfig
+from mmsr_peft.sequence_encoders import SEQUENCE_CLASSES, SEQUENCE_TYPES, NextItNet, SequenceEncoderConfig
 
 D, MAX_LEN = 16, 10
 

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from ..domains import DOMAINS, domain_folder
 from ..errors import DataError
-from ..io import atomic_file
+from ..files import atomic_file
 from .folder import INTERACTION_SCHEMA, ITEM_SCHEMA, new_domain_folder, write_manifest, write_table
 from .json_lines import bad_field, json_lines, optional, required
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import current_umask, replace_directory
+from ..files import current_umask, replace_directory
 
 DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a domain folder's name: letters, digits, . _ -
 ITEM_SCHEMA = pa.schema([("item_id", pa.string()), ("text", pa.string()), ("image", pa.string())])

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from ..io import atomic_save_tensors, read_tensors
+from ..files import atomic_save_tensors, read_tensors
 
 logger = logging.getLogger(__name__)
 

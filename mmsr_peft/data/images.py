@@ -46,7 +46,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..io import atomic_file, atomic_write_text
+from ..files import atomic_file, atomic_write_text
 from .folder import ITEM_SCHEMA, write_table
 
 URL_COLUMN = "image_urls"

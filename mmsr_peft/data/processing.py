@@ -1,0 +1,152 @@
+"""Turning raw items (`{"item_id", "text", "image"}` records) into model inputs: `ItemProcessor` -> `ItemInputs`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..sharding import Shards
+from .image_files import ImageCache, load_image
+
+PROCESSOR_FILE = "processor_config.json"
+ITEM_VOCAB_FILE = "item_ids.json"
+
+
+@dataclass
+class ItemInputs:
+    """Model inputs for N items; every tensor's first dimension is N.
+
+    Attributes:
+        item_index (`torch.LongTensor` of shape `(N,)`): row of each item in the model's id vocabulary (`id` tower)
+            or `-1` when the item is unknown to it.
+        input_ids / attention_mask (`torch.LongTensor` of shape `(N, L)`): tokenized text.
+        has_text (`torch.BoolTensor` of shape `(N,)`): False where an item has no text.
+        pixel_values (`torch.ByteTensor` of shape `(N, 3, H, W)`): RGB images, uint8 (normalised by the encoder).
+        has_image (`torch.BoolTensor` of shape `(N,)`): False where an item has no image.
+        text_states / image_states: precomputed outputs of a frozen encoder, used instead of running it.
+        text_layers / image_layers: precomputed per-layer states of a frozen encoder (`LayerStates`), read by side
+            adapters.
+    """
+
+    item_index: torch.Tensor
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    has_text: torch.Tensor | None = None
+    pixel_values: torch.Tensor | None = None
+    has_image: torch.Tensor | None = None
+    text_states: object | None = None
+    image_states: object | None = None
+    text_layers: object | None = None
+    image_layers: object | None = None
+
+    def __len__(self) -> int:
+        return len(self.item_index)
+
+    def select(self, index: torch.Tensor) -> ItemInputs:
+        """The inputs of the items at `index` (a LongTensor of rows)."""
+        return ItemInputs(**{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
+
+    def to(self, device) -> ItemInputs:
+        return ItemInputs(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def with_states(self, text_states=None, image_states=None) -> ItemInputs:
+        return replace(self, text_states=text_states, image_states=image_states)
+
+
+def _take(value, index):
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value[index]
+    return value.select(index)  # an EncoderOutput of precomputed states
+
+
+def _move(value, device):
+    return None if value is None else value.to(device)
+
+
+class ItemProcessor:
+    """Turns item records (`{"item_id", "text", "image"}`) into `ItemInputs`.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): tokenizer of the text encoder (None: no text tower).
+        max_length (`int`): text truncation length in tokens.
+        image_size (`int`, *optional*): side of the square images fed to the vision encoder (None: no vision tower).
+        item_vocab (`list[str]`, *optional*): item ids known to an `id` tower, in embedding-row order.
+    """
+
+    def __init__(self, tokenizer=None, max_length: int = 32, image_size: int | None = None, item_vocab=None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.image_size = image_size
+        self.item_vocab = list(item_vocab) if item_vocab is not None else None
+        self._vocab_index = {item_id: i for i, item_id in enumerate(self.item_vocab or [])}
+
+    def __call__(
+        self, records: list[dict], progress: bool = False, image_cache_dir=None, accelerator=None
+    ) -> ItemInputs:
+        """`ItemInputs` of `records`. With `image_cache_dir`, decoded and resized images are read from (and added
+        to) an on-disk `ImageCache` (`mmsr_peft.data.image_files`) there instead of being decoded again. With an
+        `accelerator` of several processes, each tokenises its share of the texts and every process gets them all
+        (the same tensors as one process alone)."""
+        item_ids = [r["item_id"] for r in records]
+        inputs = ItemInputs(
+            item_index=torch.tensor([self._vocab_index.get(i, -1) for i in item_ids], dtype=torch.long)
+        )
+        if self.tokenizer is not None:
+            texts = [r.get("text") or "" for r in records]
+            inputs.input_ids, inputs.attention_mask = self._tokenize(texts, Shards(accelerator))
+            inputs.has_text = torch.tensor([bool(t.strip()) for t in texts])
+        if self.image_size is not None and image_cache_dir is not None:
+            paths = [record.get("image") for record in records]
+            inputs.pixel_values, inputs.has_image = ImageCache(image_cache_dir).load(paths, self.image_size, progress)
+        elif self.image_size is not None:
+            pixels = torch.zeros(len(records), 3, self.image_size, self.image_size, dtype=torch.uint8)
+            has_image = torch.zeros(len(records), dtype=torch.bool)
+            for i, record in enumerate(tqdm(records, desc="images", disable=not progress, leave=False)):
+                if record.get("image"):
+                    pixels[i] = load_image(record["image"], self.image_size)
+                    has_image[i] = True
+            inputs.pixel_values, inputs.has_image = pixels, has_image
+        return inputs
+
+    def _tokenize(self, texts: list[str], shards: Shards) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of `texts`, `(N, max_length)` each, this process tokenising its share."""
+        first, last = shards.range(len(texts))
+        if first < last:
+            encoded = self.tokenizer(
+                texts[first:last],
+                padding="max_length",
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        else:  # an empty share still joins the gather
+            ids = mask = torch.zeros(0, self.max_length, dtype=torch.long)
+        return shards.gather(ids, len(texts)), shards.gather(mask, len(texts))
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        (folder / PROCESSOR_FILE).write_text(
+            json.dumps({"max_length": self.max_length, "image_size": self.image_size}, indent=2) + "\n"
+        )
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+        if self.item_vocab is not None:
+            (folder / ITEM_VOCAB_FILE).write_text(json.dumps(self.item_vocab) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, with_tokenizer: bool) -> ItemProcessor:
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        settings = json.loads((folder / PROCESSOR_FILE).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(folder) if with_tokenizer else None
+        vocab_path = folder / ITEM_VOCAB_FILE
+        item_vocab = json.loads(vocab_path.read_text()) if vocab_path.is_file() else None
+        return cls(tokenizer, settings["max_length"], settings["image_size"], item_vocab)
