@@ -4,6 +4,7 @@ text encoder. Each one's weights load, its outputs are its own model's, `top_k` 
 its targets, and a saved model loads back."""
 
 import re
+from copy import deepcopy
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from transformers import AutoConfig, AutoModel
 
 from mmsr_peft import MMSRModel
 from mmsr_peft.builder import ModelArguments, build_model
-from mmsr_peft.encoders import TextEncoder, TextEncoderConfig
+from mmsr_peft.encoders import TextEncoder, TextEncoderConfig, VisionEncoder
+from mmsr_peft.encoders.vision import OpenClipVisionEncoder, TorchvisionEncoder
 from mmsr_peft.lora import lora_target_modules
 
 VIT_LIKE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -90,6 +92,20 @@ def test_torchvision_resnet_is_a_vision_trunk_whose_top_stage_fine_tunes(arch, t
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, width), torch.zeros(1000)  # a classifier checkpoint
     torch.save(state, tmp_path / "resnet.pth")
     vision.load_backbone(str(tmp_path / "resnet.pth"))  # its classifier head is dropped, every other key loads
+
+
+@pytest.mark.parametrize(
+    "vision_model, backend_class",
+    [("micro-vit", OpenClipVisionEncoder), ("resnet18", TorchvisionEncoder), ("mobilenet_v2", TorchvisionEncoder)],
+)
+def test_a_vision_encoder_is_its_backend_s_class_and_copies_as_one(vision_model, backend_class):
+    args = ModelArguments(item_tower="image", vision_model=vision_model, image_size=32, hidden_size=16)
+    vision = build_model(args).item_tower.vision.eval()
+    assert type(VisionEncoder(vision.config)) is backend_class and isinstance(vision, backend_class)
+    copy = deepcopy(vision)  # copies are made without a config: the class is already the backend's
+    pixels = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    assert type(copy) is backend_class
+    assert torch.equal(copy(pixels).pooled, vision(pixels).pooled)
 
 
 @pytest.mark.parametrize("model_type", sorted(TEXT))

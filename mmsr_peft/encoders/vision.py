@@ -132,49 +132,41 @@ class VisionEncoderConfig(ConfigMixin):
 
 
 class VisionEncoder(nn.Module):
-    """A vision tower returning the pooled embedding and the patch (or feature-map cell) tokens."""
+    """A vision tower returning the pooled embedding and the patch (or feature-map cell) tokens.
+
+    `VisionEncoder(config)` builds the class of `config.backend`: `OpenClipVisionEncoder`, `TorchvisionEncoder` or
+    `HFVisionEncoder`. Each builds its `tower` (`_build`), runs it on normalised pixels (`encode`) and fills it from
+    pretrained weights (`load_backbone`); what they share (pixel normalisation, which blocks train, per-block states
+    for side adapters, frozen BatchNorm statistics) lives here.
+    """
+
+    def __new__(cls, config: VisionEncoderConfig | None = None, *args, **kwargs):
+        if cls is VisionEncoder and config is not None:  # (copies and unpickling pass no config: cls is concrete)
+            cls = VISION_ENCODERS[config.backend]
+        return super().__new__(cls)
 
     def __init__(self, config: VisionEncoderConfig):
         super().__init__()
         self.config = config
-        if config.backend == "torchvision":
-            import torchvision
-
-            self.tower = torchvision.models.get_model(config.tower["arch"], weights=None)
-            if config.tower["arch"] in RESNETS:
-                self.tower.fc = nn.Identity()  # only the convolutional trunk is used
-            else:
-                self.tower.classifier = nn.Identity()
-            self.family = f"torchvision_{config.tower['arch']}"
-            self.tower.eval()  # a one-image probe of the trunk's width (BatchNorm refuses it in training mode)
-            with torch.no_grad():
-                channels = self._feature_map(torch.zeros(1, 3, 32, 32)).shape[1]
-            self.tower.train()
-            self.hidden_size = self.token_size = channels
-        elif config.backend == "hf":
-            from transformers import AutoConfig, AutoModel
-
-            settings = dict(config.tower)
-            if settings["model_type"] == "vit_mae":
-                settings["mask_ratio"] = 0.0  # an encoder of every patch, not MAE's pretraining task
-            hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
-            extra = {"add_pooling_layer": False} if hf_config.model_type == "vit" else {}
-            self.tower = AutoModel.from_config(hf_config, **extra)
-            self.family = f"hf_{hf_config.model_type}"
-            width = getattr(hf_config, "hidden_size", None) or hf_config.hidden_sizes[-1]  # ConvNeXt: per stage
-            self.hidden_size = self.token_size = width
-        else:
-            from open_clip.model import CLIPVisionCfg, _build_vision_tower
-            from open_clip.transformer import VisionTransformer
-
-            tower_config = CLIPVisionCfg(**config.tower, image_size=config.image_size, output_tokens=True)
-            self.tower = _build_vision_tower(config.embed_dim, tower_config)
-            is_vit = isinstance(self.tower, VisionTransformer)
-            self.family = "open_clip_vit" if is_vit else f"open_clip_{type(self.tower).__name__}"
-            self.hidden_size = config.embed_dim
-            self.token_size = tower_config.width if is_vit else config.embed_dim
+        self.tower: nn.Module
+        self.family: str
+        self.hidden_size: int  # the pooled vector's width
+        self.token_size: int  # a token's width
+        self._build(config)
         self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def _build(self, config: VisionEncoderConfig) -> None:
+        """Sets `tower`, `family`, `hidden_size` and `token_size`."""
+        raise NotImplementedError
+
+    def encode(self, pixels: torch.Tensor) -> EncoderOutput:
+        """The tower's output for normalised pixels `(N, 3, H, W)`."""
+        raise NotImplementedError
+
+    def load_backbone(self, path: str) -> None:
+        """Fills the tower from pretrained weights at `path`."""
+        raise NotImplementedError
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -190,62 +182,9 @@ class VisionEncoder(nn.Module):
         set_finetuning(self.tower, self.family, regime, top_k)
 
     def gradient_checkpointing_enable(self) -> None:
-        """Recomputes each block's activations in the backward pass (transformer towers; CNNs are left as they
-        are, with a warning)."""
-        if self.config.backend == "hf":
-            enable_activation_checkpointing(self.tower)
-        elif hasattr(self.tower, "set_grad_checkpointing") and self.family == "open_clip_vit":
-            self.tower.set_grad_checkpointing(True)
-        else:
-            logger.warning("gradient checkpointing is not supported by the %s vision tower; ignored", self.family)
-
-    def load_backbone(self, path: str) -> None:
-        """Fills the tower from a local weights file: an open_clip checkpoint (full model with `visual.*` keys, or
-        the tower alone) or a torchvision classifier state dict (its classifier head is dropped); for the hf
-        backend, from a Hugging Face model name or folder."""
-        from safetensors.torch import load_file
-
-        if self.config.backend == "hf":
-            extra = {"add_pooling_layer": False} if self.family == "hf_vit" else {}
-            extra |= {"mask_ratio": 0.0} if self.family == "hf_vit_mae" else {}
-            pretrained = quiet_from_pretrained(type(self.tower), path, **extra)
-            self.tower.load_state_dict(pretrained.state_dict(), strict=True)
-            return
-        state = load_file(path) if path.endswith(".safetensors") else torch.load(path, weights_only=True)
-        state = state.get("state_dict", state)
-        if any(k.startswith("visual.") for k in state):
-            state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-        if self.config.backend == "torchvision":
-            head = "fc." if self.config.tower["arch"] in RESNETS else "classifier."
-            state = {k: v for k, v in state.items() if not k.startswith(head)}
-        self.tower.load_state_dict(state, strict=True)
-
-    def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """A torchvision CNN's last feature map, `(N, C, h, w)`: its `features`, or a ResNet's stem and stages."""
-        tower = self.tower
-        if self.config.tower["arch"] not in RESNETS:
-            return tower.features(pixels)
-        x = tower.maxpool(tower.relu(tower.bn1(tower.conv1(pixels))))
-        return tower.layer4(tower.layer3(tower.layer2(tower.layer1(x))))
-
-    def _hf_forward(self, pixels: torch.Tensor) -> EncoderOutput:
-        """A Hugging Face tower's tokens and pooled vector, by family: ViT and CLIP read out their [CLS] (CLIP after
-        its post-layernorm), Swin, BEiT and ConvNeXt their own pooler (the mean of the tokens), ViT-MAE the mean of
-        its patches (its [CLS] is not trained to summarise); ConvNeXt's feature map cells are its tokens."""
-        if self.family == "hf_vit_mae":  # ascending noise: MAE's shuffle keeps every patch in its own place
-            patches = self.tower.embeddings.patch_embeddings.num_patches
-            noise = torch.arange(patches, device=pixels.device, dtype=pixels.dtype).expand(len(pixels), patches)
-            tokens = self.tower(pixel_values=pixels, noise=noise).last_hidden_state  # (N, 1 + P, H)
-            pooled = tokens[:, 1:].mean(1)
-        else:
-            output = self.tower(pixel_values=pixels)
-            tokens = output.last_hidden_state  # (N, L, H); ConvNeXt: (N, C, h, w)
-            if tokens.dim() == 4:
-                tokens = tokens.flatten(2).transpose(1, 2)
-            pooled = getattr(output, "pooler_output", None)
-            pooled = tokens[:, 0] if pooled is None else pooled
-        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return EncoderOutput(pooled, tokens, mask)
+        """Recomputes each block's activations in the backward pass (transformer towers override this; CNNs are
+        left as they are, with a warning)."""
+        logger.warning("gradient checkpointing is not supported by the %s vision tower; ignored", self.family)
 
     def encode_layers(self, pixel_values: torch.Tensor) -> tuple[EncoderOutput, list[torch.Tensor]]:
         """`forward`'s output and, from the same pass, the pooled output of each block of the tower's stack
@@ -270,17 +209,136 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
         pixels = (pixel_values.to(self.mean.dtype) - self.mean) / self.std  # uint8 (N, 3, H, W) -> normalised
-        if self.config.backend == "torchvision":
-            cells = self._feature_map(pixels)  # (N, C, h, w)
-            tokens = cells.flatten(2).transpose(1, 2)  # (N, h*w, C)
-            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-            return EncoderOutput(tokens.mean(1), tokens, mask)
-        if self.config.backend == "hf":
-            return self._hf_forward(pixels)
+        return self.encode(pixels)
+
+
+def _all_tokens(pooled: torch.Tensor, tokens: torch.Tensor) -> EncoderOutput:
+    """An output whose every token is real (no padding in images)."""
+    return EncoderOutput(pooled, tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+
+
+class OpenClipVisionEncoder(VisionEncoder):
+    """An open_clip vision tower (a ViT, a ResNet, or a timm model), built from its `CLIPVisionCfg`."""
+
+    def _build(self, config: VisionEncoderConfig) -> None:
+        from open_clip.model import CLIPVisionCfg, _build_vision_tower
+        from open_clip.transformer import VisionTransformer
+
+        tower_config = CLIPVisionCfg(**config.tower, image_size=config.image_size, output_tokens=True)
+        self.tower = _build_vision_tower(config.embed_dim, tower_config)
+        is_vit = isinstance(self.tower, VisionTransformer)
+        self.family = "open_clip_vit" if is_vit else f"open_clip_{type(self.tower).__name__}"
+        self.hidden_size = config.embed_dim
+        self.token_size = tower_config.width if is_vit else config.embed_dim
+
+    def encode(self, pixels: torch.Tensor) -> EncoderOutput:
         output = self.tower(pixels)
         if isinstance(output, tuple):  # ViT towers: pooled (N, E) and patch tokens (N, P, W)
-            pooled, tokens = output
-        else:  # ResNet and timm towers give the pooled vector only: it is their single token
-            pooled, tokens = output, output[:, None]
-        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return EncoderOutput(pooled, tokens, mask)
+            return _all_tokens(*output)
+        return _all_tokens(output, output[:, None])  # ResNet and timm towers: the pooled vector is their one token
+
+    def gradient_checkpointing_enable(self) -> None:
+        if self.family == "open_clip_vit":
+            self.tower.set_grad_checkpointing(True)
+        else:
+            super().gradient_checkpointing_enable()
+
+    def load_backbone(self, path: str) -> None:
+        """From an open_clip checkpoint: the full model (`visual.*` keys) or the tower alone."""
+        self.tower.load_state_dict(_read_weights(path), strict=True)
+
+
+class TorchvisionEncoder(VisionEncoder):
+    """A torchvision CNN's convolutional trunk (ResNet-18..152, MobileNetV2, ...): the cells of its last feature map
+    are the tokens, their mean the pooled vector."""
+
+    def _build(self, config: VisionEncoderConfig) -> None:
+        import torchvision
+
+        self.tower = torchvision.models.get_model(config.tower["arch"], weights=None)
+        if config.tower["arch"] in RESNETS:
+            self.tower.fc = nn.Identity()  # only the convolutional trunk is used
+        else:
+            self.tower.classifier = nn.Identity()
+        self.family = f"torchvision_{config.tower['arch']}"
+        self.tower.eval()  # a one-image probe of the trunk's width (BatchNorm refuses it in training mode)
+        with torch.no_grad():
+            channels = self._feature_map(torch.zeros(1, 3, 32, 32)).shape[1]
+        self.tower.train()
+        self.hidden_size = self.token_size = channels
+
+    def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The last feature map, `(N, C, h, w)`: the CNN's `features`, or a ResNet's stem and stages."""
+        tower = self.tower
+        if self.config.tower["arch"] not in RESNETS:
+            return tower.features(pixels)
+        x = tower.maxpool(tower.relu(tower.bn1(tower.conv1(pixels))))
+        return tower.layer4(tower.layer3(tower.layer2(tower.layer1(x))))
+
+    def encode(self, pixels: torch.Tensor) -> EncoderOutput:
+        tokens = self._feature_map(pixels).flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, h*w, C)
+        return _all_tokens(tokens.mean(1), tokens)
+
+    def load_backbone(self, path: str) -> None:
+        """From a torchvision classifier's state dict (its classifier head is dropped)."""
+        head = "fc." if self.config.tower["arch"] in RESNETS else "classifier."
+        state = {k: v for k, v in _read_weights(path).items() if not k.startswith(head)}
+        self.tower.load_state_dict(state, strict=True)
+
+
+class HFVisionEncoder(VisionEncoder):
+    """A Hugging Face vision model (ViT, CLIP, Swin, BEiT, ViT-MAE, ConvNeXt) from its config's settings."""
+
+    def _build(self, config: VisionEncoderConfig) -> None:
+        from transformers import AutoConfig, AutoModel
+
+        settings = dict(config.tower)
+        if settings["model_type"] == "vit_mae":
+            settings["mask_ratio"] = 0.0  # an encoder of every patch, not MAE's pretraining task
+        hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+        extra = {"add_pooling_layer": False} if hf_config.model_type == "vit" else {}
+        self.tower = AutoModel.from_config(hf_config, **extra)
+        self.family = f"hf_{hf_config.model_type}"
+        width = getattr(hf_config, "hidden_size", None) or hf_config.hidden_sizes[-1]  # ConvNeXt: per stage
+        self.hidden_size = self.token_size = width
+
+    def encode(self, pixels: torch.Tensor) -> EncoderOutput:
+        """Tokens and pooled vector by family: ViT and CLIP read out their [CLS] (CLIP after its post-layernorm),
+        Swin, BEiT and ConvNeXt their own pooler (the mean of the tokens), ViT-MAE the mean of its patches (its
+        [CLS] is not trained to summarise); ConvNeXt's feature map cells are its tokens."""
+        if self.family == "hf_vit_mae":  # ascending noise: MAE's shuffle keeps every patch in its own place
+            patches = self.tower.embeddings.patch_embeddings.num_patches
+            noise = torch.arange(patches, device=pixels.device, dtype=pixels.dtype).expand(len(pixels), patches)
+            tokens = self.tower(pixel_values=pixels, noise=noise).last_hidden_state  # (N, 1 + P, H)
+            return _all_tokens(tokens[:, 1:].mean(1), tokens)
+        output = self.tower(pixel_values=pixels)
+        tokens = output.last_hidden_state  # (N, L, H); ConvNeXt: (N, C, h, w)
+        if tokens.dim() == 4:
+            tokens = tokens.flatten(2).transpose(1, 2)
+        pooled = getattr(output, "pooler_output", None)
+        return _all_tokens(tokens[:, 0] if pooled is None else pooled, tokens)
+
+    def gradient_checkpointing_enable(self) -> None:
+        enable_activation_checkpointing(self.tower)
+
+    def load_backbone(self, path: str) -> None:
+        """From a Hugging Face model name or folder."""
+        extra = {"add_pooling_layer": False} if self.family == "hf_vit" else {}
+        extra |= {"mask_ratio": 0.0} if self.family == "hf_vit_mae" else {}
+        pretrained = quiet_from_pretrained(type(self.tower), path, **extra)
+        self.tower.load_state_dict(pretrained.state_dict(), strict=True)
+
+
+def _read_weights(path: str) -> dict[str, torch.Tensor]:
+    """A local weights file (`.safetensors`, or a torch file read without code): the tower's part of a full open_clip
+    model (`visual.*`), or the whole state dict."""
+    from safetensors.torch import load_file
+
+    state = load_file(path) if path.endswith(".safetensors") else torch.load(path, weights_only=True)
+    state = state.get("state_dict", state)
+    if any(k.startswith("visual.") for k in state):
+        state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    return state
+
+
+VISION_ENCODERS = {"open_clip": OpenClipVisionEncoder, "torchvision": TorchvisionEncoder, "hf": HFVisionEncoder}
