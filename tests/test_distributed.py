@@ -39,6 +39,7 @@ import json, shutil, sys
 import torch
 from accelerate import Accelerator
 from mmsr_peft import MMSRModel, cache
+from mmsr_peft.data import image_files
 from mmsr_peft.domains import build_corpus, load_domain
 from mmsr_peft.evaluation import evaluate_exclusions
 from mmsr_peft.training import precompute_frozen_states
@@ -53,6 +54,18 @@ inputs = precompute_frozen_states(model, raw)  # one process's work, for compari
 tokenised = model.processor(corpus.catalog.records(range(len(corpus.catalog))), accelerator=accelerator)
 fields = ("item_index", "input_ids", "attention_mask", "has_text", "pixel_values", "has_image")
 same_inputs = all(torch.equal(getattr(tokenised, name), getattr(raw, name)) for name in fields)
+# the images through the decoded-image cache, shared out: count the images each process decodes and the cache writes
+decoded, image_writes = [], []
+decode, save_images = image_files.load_image, image_files.atomic_save_tensors
+image_files.load_image = lambda path, size: (decoded.append(path), decode(path, size))[1]
+image_files.atomic_save_tensors = lambda path, tensors: (image_writes.append(path), save_images(path, tensors))[1]
+records = corpus.catalog.records(range(len(corpus.catalog)))
+cached = model.processor(records, image_cache_dir=f"{cache_dir}-images", accelerator=accelerator)
+same_inputs &= all(torch.equal(getattr(cached, name), getattr(raw, name)) for name in ("pixel_values", "has_image"))
+accelerator.wait_for_everyone()  # the main process has written the cache: a second pass decodes nothing
+again = model.processor(records, image_cache_dir=f"{cache_dir}-images", accelerator=accelerator)
+same_inputs &= torch.equal(again.pixel_values, raw.pixel_values)
+images = {"decoded": len(decoded), "writes": len(image_writes), "with_image": int(raw.has_image.sum())}
 
 # the frozen encoders' outputs, shared out: count the items each process encodes and the cache files it writes
 encoded, writes, tower = [], [], model.item_tower
@@ -83,7 +96,7 @@ with open(f"{out}.rank{accelerator.process_index}", "w") as file:
     distinct = sum(len({bytes(d.tolist()) for d in cache.content_digests(raw, kind)}) for kind in ("text", "image"))
     file.write(json.dumps({
         "encoded": sum(encoded), "writes": len(writes), "same": same, "distinct": distinct,
-        "same_inputs": same_inputs, "split": split,
+        "same_inputs": same_inputs, "split": split, "images": images,
     }))
 sharded = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False, accelerator=accelerator)
 alone = evaluate_exclusions(model, inputs, corpus.test, batch_size=7, progress=False)
@@ -113,6 +126,11 @@ def test_two_processes_encode_and_evaluate_each_their_share_with_the_results_of_
     assert ranks[0]["encoded"] + ranks[1]["encoded"] == ranks[0]["distinct"]  # each distinct content once in all
     assert 0 < ranks[1]["encoded"] <= ranks[0]["encoded"] <= ranks[1]["encoded"] + 2  # halves: 2 kinds split in two
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    # images: each process decoded its half, all got them all, the main process alone wrote the image cache, and a
+    # second pass read every image from it
+    images = [rank["images"] for rank in ranks]
+    assert images[0]["decoded"] + images[1]["decoded"] == images[0]["with_image"] > 0
+    assert images[1]["decoded"] > 0 and [image["writes"] for image in images] == [1, 0]
     for rank in ranks:  # per-process cache folders that disagree: both processes stop with the reason
         assert "every machine of the run shares" in rank["split"], rank["split"]
     sharded, alone = result["sharded"], result["alone"]

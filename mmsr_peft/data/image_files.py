@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from ..files import atomic_save_tensors, read_tensors
+from ..sharding import Shards
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class ImageCache:
 
     `images-<side>px.safetensors` in `folder` holds, for every image seen at that side, the sha256 of the file's
     bytes and its `(3, side, side)` uint8 pixels. A file whose bytes changed has another digest and is decoded
-    again; a damaged cache file is ignored and rewritten; writes are atomic (temporary file + rename).
+    again; a damaged cache file is ignored and rewritten; writes are atomic (temporary file + rename). Under
+    Accelerate, the processes share the work out and the main process alone writes.
 
     Args:
         folder (`str` or `os.PathLike`): where the files live (the same folder as a `FeatureCache` is fine).
@@ -60,18 +62,25 @@ class ImageCache:
     def path(self, side: int) -> Path:
         return self.folder / f"images-{side}px.safetensors"
 
-    def load(self, paths: list[str | None], side: int, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(N, 3, side, side)` uint8 pixels and `(N,)` has-image flags for `paths` (None: the item has no image)."""
+    def load(
+        self, paths: list[str | None], side: int, progress: bool = False, shards: Shards | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(N, 3, side, side)` uint8 pixels and `(N,)` has-image flags for `paths` (None: the item has no image).
+        With `shards` of several processes, each reads (or decodes) its share of the images and every process
+        gets them all; the main process alone writes the new ones to the cache."""
         from tqdm.auto import tqdm
 
+        shards = shards or Shards()
         path = self.path(side)
         stored = read_tensors(path)
         rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
-        pixels = torch.zeros(len(paths), 3, side, side, dtype=torch.uint8)
-        has_image = torch.zeros(len(paths), dtype=torch.bool)
-        digests = torch.zeros(len(paths), DIGEST_BYTES, dtype=torch.uint8)
-        new = {}  # digest -> index of the first item with that image, for images not in the cache
-        for i, image in enumerate(tqdm(paths, desc="images", disable=not progress, leave=False)):
+        first, last = shards.range(len(paths))
+        pixels = torch.zeros(last - first, 3, side, side, dtype=torch.uint8)
+        has_image = torch.zeros(last - first, dtype=torch.bool)
+        digests = torch.zeros(last - first, DIGEST_BYTES, dtype=torch.uint8)
+        decoded = {}  # digest -> the share's row of the first item with that image, for images not in the cache
+        share = paths[first:last]
+        for i, image in enumerate(tqdm(share, desc="images", disable=not progress or not shards.is_main, leave=False)):
             if not image:
                 continue
             try:
@@ -82,16 +91,22 @@ class ImageCache:
             has_image[i] = True
             if digest in rows:
                 pixels[i] = stored["pixels"][rows[digest]]
-            elif digest in new:
-                pixels[i] = pixels[new[digest]]
+            elif digest in decoded:
+                pixels[i] = pixels[decoded[digest]]
             else:
                 pixels[i] = load_image(image, side)
-                new[digest] = i
+                decoded[digest] = i
+        pixels, has_image, digests = (shards.gather(t, len(paths)) for t in (pixels, has_image, digests))
+        new = {}  # over all shares: digest -> the first item with that image, for images not in the cache
+        for i in torch.nonzero(has_image).flatten().tolist():
+            digest = digests[i].numpy().tobytes()
+            if digest not in rows:
+                new.setdefault(digest, i)
         self.last_hits, self.last_misses = int(has_image.sum()) - len(new), len(new)
         logger.info("image cache %s: %d images cached, %d decoded", path.name, self.last_hits, self.last_misses)
-        if new:
-            first = torch.tensor(list(new.values()), dtype=torch.long)
-            tensors = {"digests": digests[first], "pixels": pixels[first]}
+        if new and shards.is_main:
+            first_items = torch.tensor(list(new.values()), dtype=torch.long)
+            tensors = {"digests": digests[first_items], "pixels": pixels[first_items]}
             if stored is not None:
                 tensors = {name: torch.cat([value, stored[name]]) for name, value in tensors.items()}
             atomic_save_tensors(path, tensors)

@@ -91,28 +91,37 @@ class ItemProcessor:
     ) -> ItemInputs:
         """`ItemInputs` of `records`. With `image_cache_dir`, decoded and resized images are read from (and added
         to) an on-disk `ImageCache` (`mmsr_peft.data.image_files`) there instead of being decoded again. With an
-        `accelerator` of several processes, each tokenises its share of the texts and every process gets them all
-        (the same tensors as one process alone)."""
+        `accelerator` of several processes, each tokenises its share of the texts and decodes its share of the
+        images, and every process gets them all (the same tensors as one process alone)."""
         item_ids = [r["item_id"] for r in records]
         inputs = ItemInputs(
             item_index=torch.tensor([self._vocab_index.get(i, -1) for i in item_ids], dtype=torch.long)
         )
+        shards = Shards(accelerator)
         if self.tokenizer is not None:
             texts = [r.get("text") or "" for r in records]
-            inputs.input_ids, inputs.attention_mask = self._tokenize(texts, Shards(accelerator))
+            inputs.input_ids, inputs.attention_mask = self._tokenize(texts, shards)
             inputs.has_text = torch.tensor([bool(t.strip()) for t in texts])
+        paths = [record.get("image") for record in records]
         if self.image_size is not None and image_cache_dir is not None:
-            paths = [record.get("image") for record in records]
-            inputs.pixel_values, inputs.has_image = ImageCache(image_cache_dir).load(paths, self.image_size, progress)
+            cache = ImageCache(image_cache_dir)
+            inputs.pixel_values, inputs.has_image = cache.load(paths, self.image_size, progress, shards)
         elif self.image_size is not None:
-            pixels = torch.zeros(len(records), 3, self.image_size, self.image_size, dtype=torch.uint8)
-            has_image = torch.zeros(len(records), dtype=torch.bool)
-            for i, record in enumerate(tqdm(records, desc="images", disable=not progress, leave=False)):
-                if record.get("image"):
-                    pixels[i] = load_image(record["image"], self.image_size)
-                    has_image[i] = True
-            inputs.pixel_values, inputs.has_image = pixels, has_image
+            inputs.pixel_values, inputs.has_image = self._load_images(paths, shards, progress)
         return inputs
+
+    def _load_images(
+        self, paths: list[str | None], shards: Shards, progress: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels and has-image flags of `paths`, this process decoding its share."""
+        first, last = shards.range(len(paths))
+        pixels = torch.zeros(last - first, 3, self.image_size, self.image_size, dtype=torch.uint8)
+        has_image = torch.zeros(last - first, dtype=torch.bool)
+        share = paths[first:last]
+        for i, image in enumerate(tqdm(share, desc="images", disable=not progress or not shards.is_main, leave=False)):
+            if image:
+                pixels[i], has_image[i] = load_image(image, self.image_size), True
+        return shards.gather(pixels, len(paths)), shards.gather(has_image, len(paths))
 
     def _tokenize(self, texts: list[str], shards: Shards) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask of `texts`, `(N, max_length)` each, this process tokenising its share."""
