@@ -43,8 +43,9 @@ class MMSRConfig(ConfigMixin):
     """Architecture of an MMSR model (run arguments such as learning rate or data live elsewhere).
 
     Args:
-        item_tower (`str`): how items are embedded: `"multimodal"` (text + image, fused), `"text"`, `"image"`, or `"id"`
-            (a learned embedding per item id: the ID-based baseline, which cannot rank unseen items).
+        item_tower (`str`): how items are embedded: `"multimodal"` (text + image, fused; `"modal"` before, still
+            read), `"text"`, `"image"`, or `"id"` (a learned embedding per item id: the ID-based baseline, which
+            cannot rank unseen items).
         hidden_size (`int`): width D of item and user embeddings.
         text (`TextEncoderConfig`, *optional*): the text encoder (needed by `multimodal` and `text`).
         vision (`VisionEncoderConfig`, *optional*): the vision encoder (needed by `multimodal` and `image`).
