@@ -40,15 +40,14 @@ BASELINES = {
 }
 
 
-@dataclass
-class DataArguments:
-    """Where the training data comes from."""
+@dataclass(kw_only=True)
+class SplitArguments:
+    """Where a run's processed domains are and how they are split: shared by pretraining (`DataArguments`) and
+    adaptation (`AdaptArguments`)."""
 
-    domains: list[str] = field(
-        default_factory=lambda: ["food", "home", "movies"], metadata={"help": "Source domains to pretrain on."}
-    )
     data_source: str = field(
-        default="synthetic", metadata={"help": f"Where processed domains come from, one of: {', '.join(SOURCES)}."}
+        default="synthetic",
+        metadata={"help": f"Where the processed domains come from, one of: {', '.join(SOURCES)}."},
     )
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
     cold_start_fraction: float = field(
@@ -71,6 +70,15 @@ class DataArguments:
             raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
         if not 0 < self.train_user_fraction <= 1:
             raise ValueError(f"--train_user_fraction must be in (0, 1], got {self.train_user_fraction}")
+
+
+@dataclass
+class DataArguments(SplitArguments):
+    """Which domains to pretrain on, and how they are split."""
+
+    domains: list[str] = field(
+        default_factory=lambda: ["food", "home", "movies"], metadata={"help": "Source domains to pretrain on."}
+    )
 
 
 @dataclass
@@ -311,8 +319,8 @@ DEPRECATED_LORA_FLAGS = {
 
 
 @dataclass
-class AdaptArguments:
-    """What to adapt, to which domain, and how."""
+class AdaptArguments(SplitArguments):
+    """What to adapt, to which domain (its data and split: `SplitArguments`), and how."""
 
     deprecated_flags: ClassVar[dict[str, tuple[str, str]]] = DEPRECATED_LORA_FLAGS  # read by `parse_args`
 
@@ -324,25 +332,6 @@ class AdaptArguments:
     )
     base: str = field(default="outputs/pretrain", metadata={"help": "Base model: local folder or Hub repo id."})
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of --base."})
-    data_source: str = field(
-        default="synthetic",
-        metadata={"help": f"Where the target's processed data comes from, one of: {', '.join(SOURCES)}."},
-    )
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Root of processed domain folders."})
-    cold_start_fraction: float = field(
-        default=0.0,
-        metadata={
-            "help": "Share of the target's items held out of training and histories (seeded by --seed); evaluation "
-            "then reports warm and cold targets separately. 0: no cold-start split."
-        },
-    )
-    train_user_fraction: float = field(
-        default=1.0,
-        metadata={
-            "help": "Share of the users whose sequences train (seeded by --seed; smaller shares are subsets of larger "
-            "ones): a point of a data-efficiency curve. Every user is evaluated."
-        },
-    )
     components: list[str] | None = field(
         default=None,
         metadata={
@@ -392,10 +381,7 @@ class AdaptArguments:
             domain_folder(self.target, self.data_source, self.data_dir)
         except DataError as err:
             raise ValueError(f"--target {self.target!r}: {err}") from None
-        if not 0 <= self.cold_start_fraction < 1:
-            raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
-        if not 0 < self.train_user_fraction <= 1:
-            raise ValueError(f"--train_user_fraction must be in (0, 1], got {self.train_user_fraction}")
+        super().__post_init__()
         unknown = sorted(set(self.components or []) - set(COMPONENTS))
         if unknown:
             raise ValueError(f"unknown --components {unknown}; valid components: {', '.join(COMPONENTS)}")

@@ -128,11 +128,17 @@ def test_adapt_with_cold_start_reports_warm_and_cold_targets(base_dir, data_dir,
     assert json.loads((out / "metrics.json").read_text())["data"]["office"]["cold_items"] > 0
 
 
-def test_adapt_refuses_a_cold_start_fraction_out_of_range(capsys):
-    from mmsr_peft.cli import adapt_main
+@pytest.mark.parametrize("command", ["adapt", "pretrain"])
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [("cold_start_fraction", "1.5", "in [0, 1), got 1.5"), ("train_user_fraction", "0", "in (0, 1], got 0.0")],
+)
+def test_both_commands_refuse_split_fractions_out_of_range(command, flag, value, expected, capsys):
+    from mmsr_peft import cli
 
-    assert adapt_main(["--target", "office", "--cold_start_fraction", "1.5"]) != 0
-    assert "--cold_start_fraction must be in [0, 1), got 1.5" in capsys.readouterr().err
+    target = ["--target", "office"] if command == "adapt" else []
+    assert getattr(cli, f"{command}_main")([*target, f"--{flag}", value]) != 0
+    assert f"--{flag} must be {expected}" in capsys.readouterr().err
 
 
 def test_a_share_of_the_users_trains_and_every_user_is_evaluated(data_dir):
