@@ -345,10 +345,9 @@ class Trainer:
         accelerator.log({"train/steps_per_second": (state.step - first_step) / max(seconds, 1e-9)}, step=state.step)
 
     def training_step(self, batch, item_table: torch.Tensor | None = None) -> float:
-        """One optimizer step on a batch of `self.collator` (moved to the accelerator's device), as every step
+        """One optimizer step on a batch of `self.collator` on the accelerator's device, as every step
         of `train` runs: forward under the run's autocast, backward, gradient clipping, optimizer and scheduler
         steps. `item_table`: `negative_table()`'s embeddings with `--negative_table`. Returns the loss."""
-        batch = batch.to(self.accelerator.device)  # the prepared loader's batches are there already
         with self.accelerator.autocast():
             loss = self.ddp_model(**vars(batch), item_table=item_table).loss
         self.accelerator.backward(loss)

@@ -238,7 +238,7 @@ def adaptation_step(
         times = []
         for step in range(steps + 1):
             rows = np.arange(step * 64, (step + 1) * 64) % len(corpus.train)  # office has fewer than steps x 64
-            batch = trainer.collator([corpus.train[i] for i in rows])
+            batch = trainer.collator([corpus.train[i] for i in rows]).to(trainer.accelerator.device)
             began = time.perf_counter()
             trainer.training_step(batch, table)
             if step:  # the first step allocates; it is not timed
