@@ -24,10 +24,11 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.image_files import ImageCache  # noqa: F401 (importable from here, its home before data.image_files)
+from .data.image_files import ImageCache, digest_keys  # noqa: F401 (ImageCache: importable here, its old home)
 from .data.processing import ItemInputs
 from .encoders import EncoderOutput, LayerStates
 from .files import atomic_save_tensors, read_tensors
@@ -56,16 +57,14 @@ def content_digests(inputs: ItemInputs, kind: str) -> torch.Tensor:
         parts = (inputs.pixel_values, inputs.has_image)
     else:
         raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
-    digests = torch.empty(len(inputs), DIGEST_BYTES, dtype=torch.uint8)
     if not len(inputs):  # an empty share of a sharded catalog
-        return digests
-    rows = [part.reshape(len(inputs), -1).cpu().contiguous() for part in parts]
-    for i in range(len(inputs)):
-        digest = hashlib.sha256()
-        for row in rows:
-            digest.update(row[i].numpy().tobytes())
-        digests[i] = torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
-    return digests
+        return torch.empty(0, DIGEST_BYTES, dtype=torch.uint8)
+    # each item's bytes, part after part, in one row: the digest of a row is that of its parts fed in turn
+    rows = np.concatenate(
+        [part.reshape(len(inputs), -1).cpu().contiguous().view(torch.uint8).numpy() for part in parts], axis=1
+    )
+    digests = b"".join(hashlib.sha256(row).digest() for row in rows)
+    return torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(len(inputs), DIGEST_BYTES)
 
 
 class FeatureCache:
@@ -97,7 +96,7 @@ class FeatureCache:
         start, stop = shards.range(len(inputs))
         own = content_digests(inputs.select(torch.arange(start, stop)), kind.partition("_")[0])
         digests = shards.gather(own, len(inputs))  # of what the text or image encoder reads
-        keys = [bytes(d.tolist()) for d in digests]
+        keys = digest_keys(digests)
         position, first = {}, []  # items with identical content (e.g. no text) are encoded once
         for i, key in enumerate(keys):
             if key not in position:
@@ -107,7 +106,7 @@ class FeatureCache:
         first = torch.tensor(first, dtype=torch.long)
         expand = torch.tensor([position[key] for key in keys], dtype=torch.long)
         stored = read_tensors(path)
-        rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
+        rows = {key: i for i, key in enumerate(digest_keys(stored["digests"]))} if stored else {}
         found = [rows.get(key) for key in distinct]
         missing = [i for i, row in enumerate(found) if row is None]
         if shards.count > 1 and not shards.all_equal(_fingerprint(missing)):

@@ -209,6 +209,7 @@ def test_chunked_ranks_equal_unchunked_ranks_with_ties_and_history():
     targets = torch.randint(0, 50, (16,))
     histories = torch.randint(-1, 50, (16, 6))
     histories[0, 2] = targets[0]  # a target in its history is a miss
+    histories[1] = torch.tensor([7, 7, 7, 60, -5, 3])  # an item repeated excludes it once; other domains' rows: none
     scores = users @ items.T
     expected = target_ranks(scores, targets, history_mask(histories, 0, 50))
     # exact: integer-valued embeddings make every dot product exact in float32, whatever the kernel or chunking

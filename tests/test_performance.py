@@ -322,3 +322,41 @@ def test_training_with_a_negative_table(data_dir, tmp_path):
         losses[flag] = [h["train_loss"] for h in json.loads((out / "metrics.json").read_text())["history"]]
     assert len(losses["true"]) == 2 and all(math.isfinite(loss) for loss in losses["true"])
     assert losses["true"][0] != losses["false"][0]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_processor_tokenizes_exactly_as_the_tokenizer_does(side):
+    from transformers import AutoTokenizer
+
+    from mmsr_peft.builder import minilm_path
+    from mmsr_peft.data.processing import ItemProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.padding_side = tokenizer.truncation_side = side
+    texts = ["", "   ", "Toy Story (1995) Animation|Children's|Comedy", "é" * 40, "a b c " * 20, "中文 テキスト"]
+    records = [{"item_id": str(i), "text": text} for i, text in enumerate(texts)]
+    for max_length in (4, 16):
+        settings = tokenizer.backend_tokenizer.padding, tokenizer.backend_tokenizer.truncation
+        inputs = ItemProcessor(tokenizer, max_length=max_length)(records)
+        # the processor pads and truncates a copy: the user's tokenizer keeps its own settings
+        assert (tokenizer.backend_tokenizer.padding, tokenizer.backend_tokenizer.truncation) == settings
+        expected = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        assert torch.equal(inputs.input_ids, expected["input_ids"])
+        assert torch.equal(inputs.attention_mask, expected["attention_mask"])
+
+
+def test_content_digests_are_the_sha256_of_what_the_encoder_reads(catalog, tmp_path):  # noqa: F811
+    import hashlib
+
+    from mmsr_peft.cache import content_digests
+
+    inputs = tiny().processor(catalog.records(range(len(catalog))))
+    # the format of the cache files on disk: a change would make every cached item a miss
+    for kind, parts in (
+        ("text", (inputs.input_ids, inputs.attention_mask, inputs.has_text)),
+        ("image", (inputs.pixel_values, inputs.has_image)),
+    ):
+        digests = content_digests(inputs, kind)
+        for i in (0, len(catalog) - 1):
+            expected = hashlib.sha256(b"".join(part[i].numpy().tobytes() for part in parts)).digest()
+            assert bytes(digests[i].tolist()) == expected

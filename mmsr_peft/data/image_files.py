@@ -22,6 +22,11 @@ MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused before their pixels a
 DIGEST_BYTES = hashlib.sha256().digest_size
 
 
+def digest_keys(digests: torch.Tensor) -> list[bytes]:
+    """The rows of an `(N, 32)` uint8 tensor of sha256 digests as `bytes`, to look items up by."""
+    return np.ascontiguousarray(digests.numpy()).view(f"V{DIGEST_BYTES}").ravel().tolist()
+
+
 def load_image(path: str, size: int) -> torch.Tensor:
     """Decodes an image file to a `(3, size, size)` uint8 tensor: RGB, shorter side resized, centre-cropped."""
     try:
@@ -73,7 +78,7 @@ class ImageCache:
         shards = shards or Shards()
         path = self.path(side)
         stored = read_tensors(path)
-        rows = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])} if stored else {}
+        rows = {key: i for i, key in enumerate(digest_keys(stored["digests"]))} if stored else {}
         first, last = shards.range(len(paths))
         pixels = torch.zeros(last - first, 3, side, side, dtype=torch.uint8)
         has_image = torch.zeros(last - first, dtype=torch.bool)
@@ -98,10 +103,10 @@ class ImageCache:
                 decoded[digest] = i
         pixels, has_image, digests = (shards.gather(t, len(paths)) for t in (pixels, has_image, digests))
         new = {}  # over all shares: digest -> the first item with that image, for images not in the cache
+        keys = digest_keys(digests)
         for i in torch.nonzero(has_image).flatten().tolist():
-            digest = digests[i].numpy().tobytes()
-            if digest not in rows:
-                new.setdefault(digest, i)
+            if keys[i] not in rows:
+                new.setdefault(keys[i], i)
         self.last_hits, self.last_misses = int(has_image.sum()) - len(new), len(new)
         logger.info("image cache %s: %d images cached, %d decoded", path.name, self.last_hits, self.last_misses)
         if new and shards.is_main:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -85,6 +87,7 @@ class ItemProcessor:
         self.image_size = image_size
         self.item_vocab = list(item_vocab) if item_vocab is not None else None
         self._vocab_index = {item_id: i for i, item_id in enumerate(self.item_vocab or [])}
+        self._backend_key = self._backend_copy = None  # see `_backend`
 
     def __call__(
         self, records: list[dict], progress: bool = False, image_cache_dir=None, accelerator=None
@@ -126,7 +129,13 @@ class ItemProcessor:
     def _tokenize(self, texts: list[str], shards: Shards) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask of `texts`, `(N, max_length)` each, this process tokenising its share."""
         first, last = shards.range(len(texts))
-        if first < last:
+        if first == last:  # an empty share still joins the gather
+            ids = mask = torch.zeros(0, self.max_length, dtype=torch.long)
+        elif self._backend() is not None:
+            encodings = self._backend().encode_batch(texts[first:last])
+            ids = torch.from_numpy(np.array([e.ids for e in encodings], dtype=np.int64))
+            mask = torch.from_numpy(np.array([e.attention_mask for e in encodings], dtype=np.int64))
+        else:
             encoded = self.tokenizer(
                 texts[first:last],
                 padding="max_length",
@@ -135,9 +144,29 @@ class ItemProcessor:
                 return_tensors="pt",
             )
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
-        else:  # an empty share still joins the gather
-            ids = mask = torch.zeros(0, self.max_length, dtype=torch.long)
         return shards.gather(ids, len(texts)), shards.gather(mask, len(texts))
+
+    def _backend(self):
+        """A fast tokenizer's Rust tokenizer, set to pad and truncate to `max_length` as `self.tokenizer(...,
+        padding="max_length", truncation=True)` does, or None for a slow tokenizer (or one without a padding token). Called directly, it gives the
+        same ids without transformers' conversion of every item's encoding to Python lists, which costs as much
+        as the tokenizing itself on large catalogs. A copy, so the user's tokenizer keeps its settings."""
+        tokenizer = self.tokenizer
+        if not getattr(tokenizer, "is_fast", False) or tokenizer.pad_token is None:  # the tokenizer's own error
+            return None
+        key = (id(tokenizer.backend_tokenizer), self.max_length, tokenizer.padding_side, tokenizer.truncation_side)
+        if self._backend_key != key:
+            backend = copy.deepcopy(tokenizer.backend_tokenizer)
+            backend.enable_truncation(self.max_length, direction=tokenizer.truncation_side)
+            backend.enable_padding(
+                length=self.max_length,
+                direction=tokenizer.padding_side,
+                pad_id=tokenizer.pad_token_id,
+                pad_type_id=tokenizer.pad_token_type_id,
+                pad_token=tokenizer.pad_token,
+            )
+            self._backend_key, self._backend_copy = key, backend
+        return self._backend_copy
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
