@@ -69,8 +69,9 @@ def content_digests(inputs: ItemInputs, kind: str) -> torch.Tensor:
 
 class FeatureCache:
     """The cache folder. `encode(kind, encoder, run, inputs)` returns the encoder's outputs for `inputs`, reading
-    the rows it has and computing (then storing) the others. Kinds `text`, `image`, `text_pooled` and `image_pooled`
-    hold `EncoderOutput`s, `text_layers` and `image_layers` hold `LayerStates`.
+    the rows it has and computing (then storing) the others; `encode_together` does so for several kinds that one
+    pass of the encoder gives (its output and its per-layer states). Kinds `text`, `image`, `text_pooled` and
+    `image_pooled` hold `EncoderOutput`s, `text_layers` and `image_layers` hold `LayerStates`.
 
     Args:
         folder (`str` or `os.PathLike`): where the files live; created when first written.
@@ -86,15 +87,29 @@ class FeatureCache:
 
     def encode(
         self, kind: str, encoder: torch.nn.Module, run, inputs: ItemInputs, batch_size: int, accelerator=None
-    ) -> EncoderOutput:
+    ) -> EncoderOutput | LayerStates:
         """`run(inputs)` is the encoder's forward on an `ItemInputs` batch (e.g. `ItemTower.encode_text`); with
         `accelerator`, its processes share the encoding and its main process writes the file."""
-        path = self.path(kind, encoder)
-        output_type = LayerStates if kind.endswith("_layers") else EncoderOutput
-        names = _fields(output_type)
+        return self.encode_together((kind,), encoder, lambda items: (run(items),), inputs, batch_size, accelerator)[0]
+
+    def encode_together(
+        self,
+        kinds: tuple[str, ...],
+        encoder: torch.nn.Module,
+        run,
+        inputs: ItemInputs,
+        batch_size: int,
+        accelerator=None,
+    ) -> tuple:
+        """`encode` for several kinds of output of one pass of the encoder (e.g. `("text", "text_layers")`: its
+        output and its per-layer states), `run` giving one per kind: an item missing from any of their files runs
+        through the encoder once for all of them."""
+        modality = {kind.partition("_")[0] for kind in kinds}
+        if len(modality) != 1:
+            raise ValueError(f"kinds of one encoder's outputs share its modality, got {kinds}")
         shards = Shards(accelerator)  # each process hashes its share of the items
         start, stop = shards.range(len(inputs))
-        own = content_digests(inputs.select(torch.arange(start, stop)), kind.partition("_")[0])
+        own = content_digests(inputs.select(torch.arange(start, stop)), modality.pop())
         digests = shards.gather(own, len(inputs))  # of what the text or image encoder reads
         keys = digest_keys(digests)
         position, first = {}, []  # items with identical content (e.g. no text) are encoded once
@@ -105,29 +120,49 @@ class FeatureCache:
         distinct = [keys[i] for i in first]
         first = torch.tensor(first, dtype=torch.long)
         expand = torch.tensor([position[key] for key in keys], dtype=torch.long)
-        stored = read_tensors(path)
-        rows = {key: i for i, key in enumerate(digest_keys(stored["digests"]))} if stored else {}
-        found = [rows.get(key) for key in distinct]
-        missing = [i for i, row in enumerate(found) if row is None]
+        paths = [self.path(kind, encoder) for kind in kinds]
+        stored = [read_tensors(path) for path in paths]
+        found = []  # per kind: each distinct item's row in that kind's file, or None
+        for tensors in stored:
+            rows = {key: i for i, key in enumerate(digest_keys(tensors["digests"]))} if tensors else {}
+            found.append([rows.get(key) for key in distinct])
+        missing = [i for i in range(len(distinct)) if any(rows[i] is None for rows in found)]
         if shards.count > 1 and not shards.all_equal(_fingerprint(missing)):
             # the processes would share out different items and wait on each other for ever
             raise ValueError(
-                f"feature cache {path}: the processes of this run do not find the same items in it (this one finds "
-                f"{len(distinct) - len(missing)} of {len(distinct)}); --feature_cache_dir must be one folder that "
-                "every machine of the run shares (or none), and not written by another run meanwhile"
+                f"feature cache {paths[0]}: the processes of this run do not find the same items in it (this one "
+                f"finds {len(distinct) - len(missing)} of {len(distinct)}); --feature_cache_dir must be one folder "
+                "that every machine of the run shares (or none), and not written by another run meanwhile"
             )
-        self.last_hits = sum(found[i] is not None for i in expand.tolist())
+        cached = torch.ones(len(distinct), dtype=torch.bool)
+        cached[missing] = False
+        self.last_hits = int(cached[expand].sum())
         self.last_misses = len(keys) - self.last_hits
-        logger.info("feature cache %s: %d items cached, %d to encode", path.name, self.last_hits, self.last_misses)
-        outputs = {}
+        logger.info(
+            "feature cache %s: %d items cached, %d to encode",
+            ", ".join(path.name for path in paths),
+            self.last_hits,
+            self.last_misses,
+        )
+        computed = (None,) * len(kinds)
         if missing:
-            missing_items = inputs.select(first[missing])
-            computed = encode_catalog(run, encoder, missing_items, batch_size, f"encode {kind}", accelerator)
-        for name in names:
-            outputs[name] = _gather(stored, found, missing, name, getattr(computed, name) if missing else None)
-        if missing and shards.is_main:
-            self._write(path, stored, digests[first], found, outputs)
-        return output_type(*(outputs[name][expand] for name in names))
+            desc = f"encode {' and '.join(kinds)}"
+            computed = encode_catalog(run, encoder, inputs.select(first[missing]), batch_size, desc, accelerator)
+        where = {item: j for j, item in enumerate(missing)}  # row of each encoded item in `computed`
+        results = []
+        for kind, path, tensors, rows, output in zip(kinds, paths, stored, found, computed, strict=True):
+            output_type = LayerStates if kind.endswith("_layers") else EncoderOutput
+            lacking = [i for i in missing if rows[i] is None]  # missing from this kind's file
+            if lacking and len(lacking) < len(missing):  # the pass also encoded items that this file has
+                output = output.select(torch.tensor([where[i] for i in lacking], dtype=torch.long))
+            outputs = {
+                name: _gather(tensors, rows, lacking, name, getattr(output, name) if lacking else None)
+                for name in _fields(output_type)
+            }
+            if lacking and shards.is_main:
+                self._write(path, tensors, digests[first], rows, outputs)
+            results.append(output_type(*(outputs[name][expand] for name in _fields(output_type))))
+        return tuple(results)
 
     def _write(self, path: Path, stored, digests, found, outputs) -> None:
         """Stores the current items plus the previously cached items this catalog did not use."""
@@ -157,35 +192,39 @@ def _gather(stored, found, missing, name, computed) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_catalog(
-    run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode", accelerator=None
-) -> EncoderOutput | LayerStates:
-    """`run` (an encoder's forward on `ItemInputs`, giving an `EncoderOutput` or `LayerStates`) over `inputs` in
-    batches, in eval mode, gathered on the CPU; with `accelerator`, each process encodes a contiguous share and every
-    process gets the whole, in order."""
+def encode_catalog(run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode", accelerator=None):
+    """`run` (an encoder's forward on `ItemInputs`, giving an `EncoderOutput` or `LayerStates`, or a tuple of them
+    from one pass) over `inputs` in batches, in eval mode, gathered on the CPU: what `run` gives, for all of
+    `inputs`. With `accelerator`, each process encodes a contiguous share and every process gets the whole, in
+    order."""
     shards = Shards(accelerator)
     first, last = shards.range(len(inputs))
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
+    together = False  # whether `run` gives a tuple
+
+    def encode(rows: torch.Tensor) -> tuple:
+        nonlocal together
+        output = run(inputs.select(rows).to(device))
+        together = isinstance(output, tuple)
+        return tuple(part.to("cpu") for part in (output if isinstance(output, tuple) else (output,)))
+
     chunks = [
-        run(inputs.select(torch.arange(i, min(i + batch_size, last))).to(device)).to("cpu")
+        encode(torch.arange(i, min(i + batch_size, last)))
         for i in tqdm(range(first, last, batch_size), desc=desc, leave=False, disable=not shards.is_main)
     ]
+    if not chunks:  # a process whose share is empty still joins the gather: no rows, with the shapes `run` gives
+        chunks = [tuple(part.select(torch.arange(0)) for part in encode(torch.arange(1)))]
     encoder.train(was_training)
-    if shards.count == 1:
-        return type(chunks[0]).cat(chunks)
-    own = type(chunks[0]).cat(chunks) if chunks else _empty_like(run, encoder, inputs, device)
-    names = _fields(own)
-    return type(own)(*(shards.gather(getattr(own, name), len(inputs)) for name in names))
+    own = tuple(type(parts[0]).cat(list(parts)) for parts in zip(*chunks, strict=True))
+    if shards.count > 1:
+        own = tuple(
+            type(part)(*(shards.gather(getattr(part, name), len(inputs)) for name in _fields(part))) for part in own
+        )
+    return own if together else own[0]
 
 
 def _fields(output) -> list[str]:
     """The tensors an `EncoderOutput` or `LayerStates` (class or instance) is made of, in constructor order."""
     return [f.name for f in dataclasses.fields(output)]
-
-
-def _empty_like(run, encoder, inputs: ItemInputs, device):
-    """No rows, with the shapes `run` gives (a process whose share is empty still joins the gather)."""
-    probe = run(inputs.select(torch.arange(1)).to(device)).to("cpu")
-    return probe.select(torch.arange(0))

@@ -3,8 +3,9 @@ al., SIGIR 2024), that reads the encoders' pooled state after every layer and ad
 embedding.
 
 Nothing back-propagates through the encoders. With frozen encoders their per-layer states are computed once for a
-catalog (and kept in the feature cache, see `mmsr_peft.training.precompute_frozen_states`), so a training step
-never runs an encoder: it costs the side network, the fusion and the sequence encoder, forward and backward.
+catalog, in the same pass as the encoders' outputs (and kept in the feature cache, see
+`mmsr_peft.training.precompute_frozen_states`), so a training step never runs an encoder: it costs the side
+network, the fusion and the sequence encoder, forward and backward.
 
 The network has one chain per modality (intra-modal) and one across them (inter-modal). A chain walks the layers
 bottom up; at each layer a learned gate mixes the chain's state with that layer's projected state, and a residual

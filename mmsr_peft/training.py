@@ -150,42 +150,48 @@ def precompute_frozen_states(
     for kind, encoder, run in (("text", tower.text, tower.encode_text), ("image", tower.vision, tower.encode_image)):
         if encoder is None or any(p.requires_grad for p in encoder.parameters()):
             continue
-        name, encode = (kind, run) if reads_tokens else (f"{kind}_pooled", pooled_only(run))
+        kinds = (kind if reads_tokens else f"{kind}_pooled",)
+        if len(tower.side_adapters):  # the side adapters read the per-layer states: from the same pass
+            kinds += (f"{kind}_layers",)
+        encode = _frozen_outputs(tower, kind, run, reads_tokens, layers=len(kinds) == 2)
         if cache is not None:
-            output = cache.encode(name, encoder, encode, catalog_inputs, batch_size, accelerator)
+            outputs = cache.encode_together(kinds, encoder, encode, catalog_inputs, batch_size, accelerator)
         else:
-            output = encode_catalog(encode, encoder, catalog_inputs, batch_size, f"encode {kind}", accelerator)
-        states[f"{kind}_states"] = output
-        if len(tower.side_adapters):
-            states[f"{kind}_layers"] = _layer_states(
-                tower, kind, encoder, catalog_inputs, batch_size, cache, accelerator
-            )
+            outputs = encode_catalog(encode, encoder, catalog_inputs, batch_size, f"encode {kind}", accelerator)
+        states[f"{kind}_states"] = outputs[0]
+        if len(outputs) == 2:
+            states[f"{kind}_layers"] = outputs[1]
         dropped.update(dict.fromkeys(("input_ids", "attention_mask") if kind == "text" else ("pixel_values",)))
     return replace(catalog_inputs, **dropped, **states) if states else catalog_inputs
 
 
-def pooled_only(run):
-    """`run` (an encoder's forward on items) keeping only the pooled vectors, as a one-token output `(N, 1, H)`."""
+def _frozen_outputs(tower, kind: str, run, tokens: bool, layers: bool):
+    """What `precompute_frozen_states` keeps of the `kind` encoder, as a forward on items giving a tuple: its output
+    (with the token states if `tokens`, else the pooled vector alone), then, if `layers`, its per-layer states."""
 
-    def encode(items: ItemInputs) -> EncoderOutput:
-        pooled = run(items).pooled
-        return EncoderOutput(
-            pooled, pooled[:, None], torch.ones(len(pooled), 1, dtype=torch.bool, device=pooled.device)
-        )
+    def encode(items: ItemInputs) -> tuple:
+        if not layers:
+            output = run(items)
+            return (output if tokens else pooled_output(output),)
+        output, states = tower.encode_layers(items, kind)
+        return (output if tokens else pooled_output(output), states)
 
     return encode
 
 
-def _layer_states(tower, kind: str, encoder, catalog_inputs: ItemInputs, batch_size: int, cache, accelerator):
-    """The per-layer states of the `kind` encoder over the catalog, from the feature cache when it has them."""
-    from .cache import encode_catalog
+def pooled_output(output: EncoderOutput) -> EncoderOutput:
+    """An encoder's pooled vectors alone, as a one-token output `(N, 1, H)`."""
+    pooled = output.pooled
+    return EncoderOutput(pooled, pooled[:, None], torch.ones(len(pooled), 1, dtype=torch.bool, device=pooled.device))
 
-    def run(items):
-        return tower.encode_layers(items, kind)[1]
 
-    if cache is not None:
-        return cache.encode(f"{kind}_layers", encoder, run, catalog_inputs, batch_size, accelerator)
-    return encode_catalog(run, encoder, catalog_inputs, batch_size, f"encode {kind} layers", accelerator)
+def pooled_only(run):
+    """`run` (an encoder's forward on items) keeping only the pooled vectors (`pooled_output`)."""
+
+    def encode(items: ItemInputs) -> EncoderOutput:
+        return pooled_output(run(items))
+
+    return encode
 
 
 def train(*args, **kwargs) -> TrainState:

@@ -20,7 +20,7 @@ from mmsr_peft.cli import adapt_main, publish_main
 from mmsr_peft.encoders import TextEncoder, TextEncoderConfig, VisionEncoder, VisionEncoderConfig
 from mmsr_peft.errors import CheckpointError
 from mmsr_peft.side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE, SideAdapterConfig, aligned_layers
-from mmsr_peft.training import TrainingArguments, precompute_frozen_states
+from mmsr_peft.training import TrainingArguments, pooled_only, pooled_output, precompute_frozen_states
 
 
 def with_side(name="side", seed=0, **config) -> MMSRModel:
@@ -60,6 +60,36 @@ def test_cached_layer_states_equal_the_live_encoders(catalog, tmp_path):  # noqa
             expected = tower.encode_layers(inputs, modality)[1].states
             torch.testing.assert_close(getattr(states, f"{modality}_layers").states, expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(model.embed_catalog(states), live, rtol=1e-5, atol=1e-5)
+    # one pass of each encoder gives its output and its layer states; a warm cache, none; a lost file, one again
+    text_items, image_items = [], []
+    tower.text.backbone.register_forward_hook(
+        lambda module, args, kwargs, output: text_items.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
+    tower.vision.register_forward_hook(lambda module, args, output: image_items.append(len(args[0])))
+    precompute_frozen_states(model, inputs, batch_size=5, cache_dir=tmp_path / "counted")
+    assert sum(text_items) == sum(image_items) == len(inputs)
+    text_items.clear()
+    pooled = next((tmp_path / "counted").glob("text_pooled-*"))
+    written = pooled.read_bytes()
+    next((tmp_path / "counted").glob("text_layers-*")).unlink()
+    again = precompute_frozen_states(model, inputs, batch_size=5, cache_dir=tmp_path / "counted")
+    assert sum(text_items) == len(inputs) and sum(image_items) == len(inputs)
+    assert pooled.read_bytes() == written  # a file that had every item is not written again
+    torch.testing.assert_close(again.text_layers.states, states.text_layers.states, rtol=1e-5, atol=1e-5)
+    # one file holds half of the items, the other none: the pass encodes all, each file takes what it lacks
+    partial = FeatureCache(tmp_path / "partial")
+    partial.encode("text_pooled", tower.text, pooled_only(tower.encode_text), inputs.select(torch.arange(6)), 5)
+
+    def both(items):
+        output, layers = tower.encode_layers(items, "text")
+        return pooled_output(output), layers
+
+    pooled, layers = partial.encode_together(("text_pooled", "text_layers"), tower.text, both, inputs, 5)
+    assert (partial.last_hits, partial.last_misses) == (0, len(inputs))
+    torch.testing.assert_close(pooled.pooled, states.text_states.pooled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layers.states, states.text_layers.states, rtol=1e-5, atol=1e-5)
+    partial.encode("text_pooled", tower.text, pooled_only(tower.encode_text), inputs, 5)
+    assert partial.last_misses == 0
     cache = FeatureCache(tmp_path / "cache")
     run = lambda items: tower.encode_layers(items, "text")[1]  # noqa: E731
     cache.encode("text_layers", tower.text, run, inputs, 5)
