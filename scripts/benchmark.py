@@ -515,7 +515,8 @@ def main(argv=None) -> int:
         latest = {"machine": earlier["machine"], "load_average": earlier["results"]["load_average"]}
         runs.append({**latest, "sections": [n for n in kept if not any(n in run["sections"] for run in runs)]})
         results = {**earlier["results"], **results, "earlier_runs": [run for run in runs if run["sections"]]}
-        command = f"{earlier['command']}` then `{command}"
+        steps = [step for step in earlier["command"].split("` then `") if step != command]  # one of each command
+        command = "` then `".join([*steps, command])
         args.sections = [*kept, *args.sections]
     info = machine()
     where = f"{info['cpu']}, {info['cores']} cores visible, torch {info['torch']} with {info['torch_threads']} threads"

@@ -91,3 +91,7 @@ def test_performance_benchmark_sections_write_tables(tmp_path):
     updated_text = (out / "benchmark.md").read_text()
     assert "| 500 | 20 |" in updated_text and "## Items encoded per step" in updated_text
     assert "Sections not measured again by the last command: unique on " in updated_text
+    subprocess.run(
+        [sys.executable, str(SCRIPTS / "benchmark.py"), *again, "--update"], check=True, capture_output=True
+    )
+    assert json.loads((out / "benchmark.json").read_text())["command"] == updated["command"]  # named once

@@ -21,6 +21,7 @@ from mmsr_peft.evaluation import (
     random_baseline,
     random_metrics,
     rank_metrics,
+    ranking_chunk_size,
     target_ranks,
 )
 
@@ -216,6 +217,9 @@ def test_chunked_ranks_equal_unchunked_ranks_with_ties_and_history():
     for chunk_size in (1, 7, 50, 1000):
         assert torch.equal(chunked_ranks(users, items, targets, histories, chunk_size), expected)
     assert chunked_ranks(users, items, targets, histories, 7)[0] == MISS
+    assert torch.equal(chunked_ranks(users, items, targets, histories), expected)  # the default chunking
+    # on a CPU, about 2^18 scores a chunk and catalogs up to 4,096 items in one piece
+    assert [ranking_chunk_size(torch.zeros(n, 8)) for n in (1, 16, 256, 4096)] == [2**18, 2**14, 4096, 4096]
     assert torch.equal(chunked_ranks(users, items, targets, None, 7), target_ranks(scores, targets))
     # several exclusions from one scoring of the catalog: each the same as alone
     recent = histories[:, -2:]

@@ -148,9 +148,10 @@ class ItemProcessor:
 
     def _backend(self):
         """A fast tokenizer's Rust tokenizer, set to pad and truncate to `max_length` as `self.tokenizer(...,
-        padding="max_length", truncation=True)` does, or None for a slow tokenizer (or one without a padding token). Called directly, it gives the
-        same ids without transformers' conversion of every item's encoding to Python lists, which costs as much
-        as the tokenizing itself on large catalogs. A copy, so the user's tokenizer keeps its settings."""
+        padding="max_length", truncation=True)` does, or None for a slow tokenizer (or one without a padding
+        token). Called directly, it gives the same ids without transformers' conversion of every item's encoding to
+        Python lists, which costs as much as the tokenizing itself on large catalogs. A copy, so the user's
+        tokenizer keeps its settings."""
         tokenizer = self.tokenizer
         if not getattr(tokenizer, "is_fast", False) or tokenizer.pad_token is None:  # the tokenizer's own error
             return None
