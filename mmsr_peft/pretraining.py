@@ -58,12 +58,14 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
         )
         model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
         records = corpus.catalog.records(range(len(corpus.catalog)))
+        encoding = time.perf_counter()
         catalog_inputs = model.processor(
             records, progress=True, image_cache_dir=args.feature_cache_dir, accelerator=accelerator
         )
         catalog_inputs = precompute_frozen_states(
             model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir, accelerator
         )
+        encode_s = time.perf_counter() - encoding  # tokenising, hashing and encoding the catalog
         accelerator.print(describe_data(corpus.stats))
         accelerator.print(
             f"pretraining on {', '.join(corpus.stats)}: {len(corpus.catalog)} items, {len(corpus.train)} training "
@@ -94,7 +96,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             summary["test_by_popularity"] = popularity
             summary["total_parameters"] = sum(p.numel() for p in model.parameters())
             summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            summary["runtime"].update(prepare_s=round(prepare_s, 3), test_s=round(test_s, 3))
+            summary["runtime"].update(
+                prepare_s=round(prepare_s, 3), encode_s=round(encode_s, 3), test_s=round(test_s, 3)
+            )
             write_run_outputs(args.output_dir, summary, (model_args, data_args, args), state, card="base")
             print(f"\nTest, per source domain ({'; '.join(corpus.stats)}):\n{table}\n")
             print(f"Base model written to {args.output_dir}")

@@ -33,7 +33,8 @@ def test_pretrain_writes_a_loadable_base_with_card_metrics_and_run_args(base_dir
     assert metrics["epochs_run"] == len(metrics["history"]) and 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
     assert metrics["stopped_by"] == ("ceiling" if metrics["epochs_run"] == run_args["num_epochs"] else "patience")
     runtime = metrics["runtime"]  # where the time went (wall seconds), like transformers' train_runtime
-    assert set(runtime) == {"prepare_s", "train_s", "valid_s", "test_s", "steps", "steps_per_second"}
+    assert set(runtime) == {"prepare_s", "encode_s", "train_s", "valid_s", "test_s", "steps", "steps_per_second"}
+    assert runtime["encode_s"] < runtime["prepare_s"]  # the catalog's part of the preparation
     assert runtime["steps"] == metrics["history"][-1]["step"] and all(runtime[k] > 0 for k in runtime)
     assert runtime["steps_per_second"] == pytest.approx(runtime["steps"] / runtime["train_s"], rel=1e-2)
     # the secondary columns: fewer items excluded, so every target has as many competitors or more

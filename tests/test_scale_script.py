@@ -71,6 +71,7 @@ def test_large_catalog_training_script_runs_pretraining_and_reports_its_runtime(
             (tmp_path / "work" / "runs" / f"{row['items']}-items-1-processes" / "metrics.json").read_text()
         )
         assert row["runtime"] == metrics["runtime"] and row["runtime"]["steps"] >= 1 and row["peak_rss_mib"] > 100
+        assert 0 < row["runtime"]["encode_s"] < row["runtime"]["prepare_s"]  # the catalog's part of the preparation
         assert 0 < payload["generated"][str(row["items"])]["items_interacted"] <= row["items"]
     table = (tmp_path / "results" / "scale_training.md").read_text()
     assert "\n| 300 | " in table and "\n| 600 | " in table and "Growth from 300 to 600 items (2x the catalog)" in table
