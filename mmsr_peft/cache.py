@@ -28,15 +28,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.image_files import ImageCache, digest_keys  # noqa: F401 (ImageCache: importable here, its old home)
+from .data.image_files import DIGEST_BYTES, ImageCache, digest_keys  # noqa: F401 (ImageCache: its old home)
 from .data.processing import ItemInputs
 from .encoders import EncoderOutput, LayerStates
 from .files import atomic_save_tensors, read_tensors
 from .sharding import Shards
 
 logger = logging.getLogger(__name__)
-
-DIGEST_BYTES = 32
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -192,23 +190,18 @@ def _gather(stored, found, missing, name, computed) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_catalog(run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode", accelerator=None):
-    """`run` (an encoder's forward on `ItemInputs`, giving an `EncoderOutput` or `LayerStates`, or a tuple of them
-    from one pass) over `inputs` in batches, in eval mode, gathered on the CPU: what `run` gives, for all of
-    `inputs`. With `accelerator`, each process encodes a contiguous share and every process gets the whole, in
-    order."""
+def encode_catalog(run, encoder, inputs: ItemInputs, batch_size: int, desc: str = "encode", accelerator=None) -> tuple:
+    """`run` (an encoder's forward on `ItemInputs`, giving a tuple of `EncoderOutput`s or `LayerStates` from one
+    pass) over `inputs` in batches, in eval mode, gathered on the CPU: the tuple, for all of `inputs`. With
+    `accelerator`, each process encodes a contiguous share and every process gets the whole, in order."""
     shards = Shards(accelerator)
     first, last = shards.range(len(inputs))
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
-    together = False  # whether `run` gives a tuple
 
     def encode(rows: torch.Tensor) -> tuple:
-        nonlocal together
-        output = run(inputs.select(rows).to(device))
-        together = isinstance(output, tuple)
-        return tuple(part.to("cpu") for part in (output if isinstance(output, tuple) else (output,)))
+        return tuple(part.to("cpu") for part in run(inputs.select(rows).to(device)))
 
     chunks = [
         encode(torch.arange(i, min(i + batch_size, last)))
@@ -222,7 +215,7 @@ def encode_catalog(run, encoder, inputs: ItemInputs, batch_size: int, desc: str 
         own = tuple(
             type(part)(*(shards.gather(getattr(part, name), len(inputs)) for name in _fields(part))) for part in own
         )
-    return own if together else own[0]
+    return own
 
 
 def _fields(output) -> list[str]:

@@ -14,7 +14,7 @@ from .data.processing import ItemInputs
 from .sharding import Shards
 
 DEFAULT_KS = (10, 20)
-DEFAULT_CHUNK_SIZE = 65536  # items scored at once: (users per batch x chunk) floats in memory
+DEFAULT_CHUNK_SIZE = 65536  # items scored at once by top-k, and by ranking on a GPU: (users x chunk) floats
 CPU_CHUNK_SCORES = 2**18  # scores per ranking chunk on a CPU (1 MiB of float32, see `ranking_chunk_size`)
 MISS = 2**62  # rank given to a target that is not among the candidates
 PROTOCOL = (
@@ -249,9 +249,9 @@ def evaluate(
     history.
 
     Catalog embeddings are computed once; each batch of users is scored with one matrix multiply per chunk of
-    `chunk_size` items (by default `ranking_chunk_size`), so memory stays bounded for any catalog size. With an `accelerator` of several processes,
-    each process embeds its share of the catalog and ranks its share of the users, and every process returns the
-    metrics of all of them.
+    `chunk_size` items (by default `ranking_chunk_size`), so memory stays bounded for any catalog size. With an
+    `accelerator` of several processes, each process embeds its share of the catalog and ranks its share of the
+    users, and every process returns the metrics of all of them.
     """
     results = evaluate_exclusions(
         model, catalog_inputs, eval_sets, (exclude,), ks, batch_size, progress, chunk_size, accelerator

@@ -129,10 +129,11 @@ class ItemProcessor:
     def _tokenize(self, texts: list[str], shards: Shards) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask of `texts`, `(N, max_length)` each, this process tokenising its share."""
         first, last = shards.range(len(texts))
+        backend = self._backend()
         if first == last:  # an empty share still joins the gather
             ids = mask = torch.zeros(0, self.max_length, dtype=torch.long)
-        elif self._backend() is not None:
-            encodings = self._backend().encode_batch(texts[first:last])
+        elif backend is not None:
+            encodings = backend.encode_batch(texts[first:last])
             ids = torch.from_numpy(np.array([e.ids for e in encodings], dtype=np.int64))
             mask = torch.from_numpy(np.array([e.attention_mask for e in encodings], dtype=np.int64))
         else:
