@@ -17,6 +17,19 @@ from .errors import CheckpointError
 COMPLETE_MARKER = "complete"  # written last into each saved training state
 
 
+def saved_states(output_dir: str | Path) -> list[Path]:
+    """The training states a run saved under `output_dir/checkpoints`, oldest first (complete or not)."""
+    saved = Path(output_dir, "checkpoints").glob("checkpoint_*")
+    return sorted(saved, key=lambda folder: int(folder.name.split("_")[1]))
+
+
+def last_complete_state(output_dir: str | Path) -> Path | None:
+    """The newest training state under `output_dir/checkpoints` that was written whole (None if there is none):
+    the one `--resume` continues from."""
+    complete = [folder for folder in saved_states(output_dir) if (folder / COMPLETE_MARKER).is_file()]
+    return complete[-1] if complete else None
+
+
 class TrainState:
     """Progress saved beside Accelerate's state: counters and history as JSON (`trainer_state.json`), the best
     weights as safetensors (`best_weights.safetensors`). Nothing of ours is a pickle, so resuming from a folder

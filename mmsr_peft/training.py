@@ -17,7 +17,7 @@ from .data.collate import TrainCollator
 from .data.processing import ItemInputs
 from .encoders import EncoderOutput
 from .evaluation import EvalSet, evaluate
-from .train_state import COMPLETE_MARKER, TrainState, check_training_state
+from .train_state import COMPLETE_MARKER, TrainState, check_training_state, last_complete_state, saved_states
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -293,27 +293,25 @@ class Trainer:
         """With `--resume`, the last complete training state under `output_dir/checkpoints` (checked first);
         either way, Accelerate numbers the states it saves after the ones on disk."""
         args, accelerator, state = self.args, self.accelerator, self.state
-        saved = sorted(
-            Path(args.output_dir, "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1])
-        )
+        saved = saved_states(args.output_dir)
         if args.resume:
-            complete = [folder for folder in saved if (folder / COMPLETE_MARKER).is_file()]
-            if not complete:
+            last = last_complete_state(args.output_dir)
+            if last is None:
                 raise FileNotFoundError(f"--resume: no complete training state under {args.output_dir}/checkpoints")
-            check_training_state(complete[-1], accelerator.process_index)
-            state.load(complete[-1])
-            state.check_weights({**dict(self.model.named_buffers()), **self.trainable}, complete[-1])
+            check_training_state(last, accelerator.process_index)
+            state.load(last)
+            state.check_weights({**dict(self.model.named_buffers()), **self.trainable}, last)
             try:
-                accelerator.load_state(str(complete[-1]))
+                accelerator.load_state(str(last))
             except Exception as err:  # noqa: BLE001 (a damaged file of the state: a sentence, not a traceback)
                 from .errors import CheckpointError
 
                 detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 raise CheckpointError(
-                    f"{complete[-1]}: the training state cannot be loaded ({detail[:300]}); a file of it is damaged: "
+                    f"{last}: the training state cannot be loaded ({detail[:300]}); a file of it is damaged: "
                     "delete this checkpoint folder to resume from the one before, or start again without --resume"
                 ) from None
-            accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {complete[-1]}")
+            accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {last}")
         # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
         accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
 

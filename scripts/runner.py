@@ -68,16 +68,18 @@ def relative(value) -> str:
     return text
 
 
-def execute(command: list[str], log: Path, threads: int = 1, env: dict | None = None, check: bool = True) -> dict:
-    """Runs `command` with `threads` torch/OpenMP threads (and the variables of `env`), stdout and stderr into `log`;
-    returns its wall time and peak resident memory. With `check`, raises `RuntimeError` naming the log's last line
-    when it fails (multi-process CPU runs may abort at exit after all their work: pass `check=False` and judge them by
-    what they wrote)."""
+def execute(
+    command: list[str], log: Path, threads: int = 1, env: dict | None = None, check: bool = True, append: bool = False
+) -> dict:
+    """Runs `command` with `threads` torch/OpenMP threads (and the variables of `env`), stdout and stderr into `log`
+    (after what it holds, with `append`); returns its wall time and peak resident memory. With `check`, raises
+    `RuntimeError` naming the log's last line when it fails (multi-process CPU runs may abort at exit after all their
+    work: pass `check=False` and judge them by what they wrote)."""
     threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}
     env = {**os.environ, **threads_env, **(env or {})}
     log.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    with open(log, "w") as out:
+    with open(log, "a" if append else "w") as out:
         try:
             process = subprocess.Popen([str(part) for part in command], stdout=out, stderr=subprocess.STDOUT, env=env)
         except OSError as err:  # the program is missing (an environment not built yet) or not executable

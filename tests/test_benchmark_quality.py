@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testing_utils import KILLABLE_PRETRAINING, run_until
+
+from mmsr_peft.parsing import parse_args
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 TINY_PLAN = {
@@ -68,6 +71,25 @@ def benchmark():
     yield module
     del sys.modules[spec.name]
     sys.path.remove(str(SCRIPTS))
+
+
+def write_record(records: Path, row: str, split: str, seed: int, ndcg: float, **extra) -> None:
+    """A run's record with every test metric and its validation NDCG@10 at `ndcg`: best epoch 2 of 3, stopped by
+    patience."""
+    metrics = {m: ndcg for m in ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")}
+    record = {"row": row, "split": split, "seed": seed, "test": {"all": metrics}, "test_window": metrics}
+    record.update(test_none=metrics, wall_s=60.0, best_epoch=2, epochs_run=3, stopped_by="patience")
+    path = records / row / f"{split}-seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**record, "valid_ndcg_at_10": ndcg, **extra}))
+
+
+def report_of(benchmark, tmp_path: Path, plan: dict) -> str:
+    """The report that `--report_only` writes for `plan` from the records under `tmp_path/records`."""
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    argv = ["--plan", str(tmp_path / "plan.yaml"), "--records_dir", str(tmp_path / "records"), "--report_only"]
+    assert benchmark.main([*argv, "--output_dir", str(tmp_path / "results")]) == 0
+    return (tmp_path / "results" / f"{plan['name']}.md").read_text()
 
 
 @pytest.mark.slow
@@ -137,6 +159,48 @@ def test_runs_are_processes_with_records_resumable_and_reproducible(benchmark, d
     assert "re-run identical" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_a_run_whose_sitting_ended_goes_on_from_its_last_training_state(benchmark, data_dir, tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({**TINY_PLAN, "rows": {"id": TINY_PLAN["rows"]["id"]}}))
+
+    def argv(name: str) -> list[str]:
+        folders = {folder: str(tmp_path / name / folder) for folder in ("records", "work", "results")}
+        return [
+            *("--plan", str(plan), "--data_dir", str(data_dir), "--splits", "main", "--jobs", "1"),
+            *("--records_dir", folders["records"], "--work_dir", folders["work"], "--output_dir", folders["results"]),
+        ]
+
+    assert benchmark.main(argv("straight")) == 0
+    # a sitting that ended mid-run: the run's own command, killed after its second training state was written but
+    # before it was marked complete, so the last complete state is epoch 1's
+    (args,) = parse_args([benchmark.QualityArguments], argv("resumed"))
+    bench, run = benchmark.Benchmark(args), benchmark.Run("id", "main", 0)
+    out = bench.folder(run)
+    out.parent.mkdir(parents=True)
+    command = [str(part) for part in bench.command(run, out)]
+    assert command[0].endswith("mmsr-pretrain")
+    run_until(KILLABLE_PRETRAINING, ["2", *command[1:]], "SAVED", out.parent / "main-seed0.log")
+    first_sitting = (out.parent / "main-seed0.log").read_text()
+    capsys.readouterr()
+
+    assert benchmark.main(argv("resumed")) == 0
+    assert "id/main-seed0: going on from the training state of epoch 1" in capsys.readouterr().out
+    straight, resumed = (
+        json.loads((tmp_path / name / "records" / "id" / "main-seed0.json").read_text())
+        for name in ("straight", "resumed")
+    )
+    assert resumed["resumed_at_epoch"] == 1 and "resumed_at_epoch" not in straight
+    assert "--resume" not in resumed["command"] and "--overwrite_output_dir" in resumed["command"]  # one sitting's
+    assert resumed["epochs_run"] == straight["epochs_run"] and resumed["best_epoch"] == straight["best_epoch"]
+    assert resumed["valid_curve"] == pytest.approx(straight["valid_curve"], abs=1e-6)
+    for target, metrics in straight["test"].items():
+        assert resumed["test"][target] == pytest.approx(metrics, abs=1e-6), target
+    log = (out.parent / "main-seed0.log").read_text()
+    assert log.startswith(first_sitting) and "resumed at epoch 1" in log[len(first_sitting) :]
+    assert not (out / "checkpoints").exists()  # a finished run keeps its model, not its training states
+
+
 def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goal(benchmark, tmp_path):
     plan = {
         "name": "tiny_curve",
@@ -151,31 +215,55 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
             "frozen": {"group": "adapted", "label": "adapted", "command": "adapt", "init": "scratch", "args": {}},
         },
     }
-    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
 
     def record(row, split, seed, ndcg, zero_shot=None):
-        metrics = {m: ndcg for m in ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")}
-        out = {"row": row, "split": split, "seed": seed, "test": {"all": metrics}, "test_window": metrics}
-        out.update(test_none=metrics, wall_s=60.0, best_epoch=2, epochs_run=3, stopped_by="patience")
-        out.update(valid_ndcg_at_10=ndcg, **({"zero_shot": {"ndcg@10": zero_shot}} if zero_shot else {}))
-        path = tmp_path / "records" / row / f"{split}-seed{seed}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out))
+        write_record(
+            tmp_path / "records",
+            row,
+            split,
+            seed,
+            ndcg,
+            **({"zero_shot": {"ndcg@10": zero_shot}} if zero_shot else {}),
+        )
 
     for seed in (0, 1):  # adapted: 1.5x scratch with 10 % of the users, 0.9x with all of them
         record("scratch", "f10", seed, 0.04 + 0.002 * seed)
         record("frozen", "f10", seed, 0.06 + 0.003 * seed, zero_shot=0.02)
         record("scratch", "f100", seed, 0.10)
         record("frozen", "f100", seed, 0.09, zero_shot=0.02)
-    argv = ["--plan", str(tmp_path / "plan.yaml"), "--records_dir", str(tmp_path / "records"), "--report_only"]
-    assert benchmark.main([*argv, "--output_dir", str(tmp_path / "results")]) == 0
-    report = (tmp_path / "results" / "tiny_curve.md").read_text()
+    report = report_of(benchmark, tmp_path, plan)
     assert "| row | 10 % of users | 100 % of users |" in report
     assert "| adapted | 0.0615 ± 0.0021 | 0.0900 ± 0.0000 |" in report
     assert "| zero-shot: the source base as it is | 0.0200 ± 0.0000 | 0.0200 ± 0.0000 |" in report
     assert "10 % of users: adapted 0.0615 / from scratch 0.0410 = **1.50x** (goal >= 1.2x: met)" in report
     assert "100 % of users: adapted 0.0900 / from scratch 0.1000 = **0.90x** (goal >= 1.0x: missed)" in report
     assert (tmp_path / "results" / "tiny_curve_curve.png").stat().st_size > 1000
+
+
+def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tuning(benchmark, tmp_path):
+    adapt = {"group": "fine-tuned", "command": "adapt", "init": "frozen"}
+    plan = {
+        "name": "tiny_goals",
+        "title": "tiny goals",
+        "data": {"domains": ["food"], "data_source": "synthetic"},
+        "seeds": [0],
+        "splits": {"main": {}},
+        "training": {"num_epochs": 200, "patience": 10},
+        "rows": {
+            "id": {"group": "id", "label": "ID", "command": "pretrain", "args": {"item_tower": "id"}},
+            "frozen": {"group": "text+image", "label": "frozen", "command": "pretrain", "args": {}},
+            "lora": {**adapt, "label": "LoRA", "args": {"method": "lora"}},
+            "full": {**adapt, "label": "full", "args": {"method": "full"}},
+        },
+    }
+    for row, ndcg in (("id", 0.08), ("frozen", 0.10), ("lora", 0.11), ("full", 0.1125)):
+        write_record(tmp_path / "records", row, "main", 0, ndcg)
+    report = report_of(benchmark, tmp_path, plan)
+    # a fine-tuned row is a text + image model: the best one by validation, here full fine-tuning
+    assert "row (by validation NDCG@10) full (0.1125, 1 seed) / the stronger ID baseline ID (0.0800, 1 seed)" in report
+    assert "- LoRA (0.1100, 1 seed) / its start frozen (0.1000, 1 seed) = 1.100x (goal > 1x: met)" in report
+    assert "- full (0.1125, 1 seed) / its start frozen (0.1000, 1 seed) = 1.125x\n" in report
+    assert "- LoRA (0.1100, 1 seed) / full (0.1125, 1 seed) = **0.978x** (goal >= 0.97x: met)" in report
 
 
 def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path):
@@ -208,12 +296,7 @@ def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path)
     assert list(plan["rows"]) == ["ours", "paper"] and plan["title"] == "parent" and "extends" not in plan
 
     for row, seed, ndcg in (("ours", 0, 0.10), ("paper", 0, 0.08), ("ours", 1, 0.20)):  # compared on seed 0 only
-        metrics = {m: ndcg for m in ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")}
-        out = {"row": row, "split": "main", "seed": seed, "test": {"all": metrics}, "test_window": metrics}
-        out.update(test_none=metrics, wall_s=60.0, best_epoch=2, epochs_run=3, stopped_by="patience")
-        path = tmp_path / "records" / row / f"main-seed{seed}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**out, "valid_ndcg_at_10": ndcg}))
+        write_record(tmp_path / "records", row, "main", seed, ndcg)
     page = tmp_path / "page.md"  # a docs page holding a copy of the report's table, refilled by --fill_docs
     page.write_text("Intro.\n<!-- results table: filled from x -->\n| stale |\n<!-- end of results table -->\nEnd.\n")
     argv = ["--plan", str(tmp_path / "child.yaml"), "--records_dir", str(tmp_path / "records"), "--report_only"]

@@ -10,7 +10,6 @@ import logging
 import os
 import pickle
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 import torch
 from conftest import HUB, TINY_MODEL_FLAGS, TINY_TRAIN_FLAGS, tiny_pretrain_argv
 from safetensors.torch import load_file
+from testing_utils import KILLABLE_PRETRAINING, run_until
 
 from mmsr_peft import MMSRModel
 from mmsr_peft.cli import pretrain_main, publish_main
@@ -28,25 +28,6 @@ from mmsr_peft.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES_MODULE = ROOT / "mmsr_peft" / "files.py"
-
-
-def run_until(script: str, args: list[str], marker: str, log: Path, env: dict | None = None) -> None:
-    """Runs `python -c script args`, waits until it prints `marker`, then kills it with SIGKILL."""
-    with open(log, "w") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
-        )
-        watchdog = threading.Timer(300, child.kill)
-        watchdog.start()
-        try:
-            seen = any(line.strip() == marker for line in child.stdout)  # stops reading at the marker
-            assert seen, f"the child ended before {marker!r}:\n{log.read_text()[-3000:]}"
-            child.send_signal(signal.SIGKILL)
-            assert child.wait() == -signal.SIGKILL
-        finally:
-            watchdog.cancel()
-            child.kill()
-            child.stdout.close()
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -166,27 +147,6 @@ def test_folder_swap_is_one_step_for_a_concurrent_reader(tmp_path):
 
 
 # ------------------------------------------------------------------ exact resume after SIGKILL
-
-# Pretraining that hangs (to be killed) right after its N-th training state is saved.
-KILLABLE_PRETRAINING = """
-import sys, time
-from accelerate import Accelerator
-from mmsr_peft.cli import pretrain_main
-
-stop_after, saves = int(sys.argv[1]), []
-save_state = Accelerator.save_state
-
-def save_then_hang(self, *args, **kwargs):
-    result = save_state(self, *args, **kwargs)
-    saves.append(result)
-    if len(saves) == stop_after:
-        print("SAVED", flush=True)
-        time.sleep(600)
-    return result
-
-Accelerator.save_state = save_then_hang
-sys.exit(pretrain_main(sys.argv[2:]))
-"""
 
 
 @pytest.fixture(scope="module")

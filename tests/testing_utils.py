@@ -1,4 +1,5 @@
-"""Comparisons that hold on any CPU, and a free local port for the tests that start servers or processes.
+"""Comparisons that hold on any CPU, a free local port for the tests that start servers or processes, and a child
+process killed at a chosen moment (`run_until`; `KILLABLE_PRETRAINING` hangs after its N-th training state).
 
 torch's BLAS picks other kernels on other CPUs (an Intel Xeon, an AMD EPYC), so two different computations of the
 same float32 numbers (a chunked matmul and a full one, a peft wrapper and the plain module, another batch
@@ -8,7 +9,12 @@ The same computation run twice on identical inputs is still bit-exact: such test
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import torch
 
@@ -63,3 +69,44 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# Pretraining that hangs (to be killed) right after its N-th training state is saved.
+KILLABLE_PRETRAINING = """
+import sys, time
+from accelerate import Accelerator
+from mmsr_peft.cli import pretrain_main
+
+stop_after, saves = int(sys.argv[1]), []
+save_state = Accelerator.save_state
+
+def save_then_hang(self, *args, **kwargs):
+    result = save_state(self, *args, **kwargs)
+    saves.append(result)
+    if len(saves) == stop_after:
+        print("SAVED", flush=True)
+        time.sleep(600)
+    return result
+
+Accelerator.save_state = save_then_hang
+sys.exit(pretrain_main(sys.argv[2:]))
+"""
+
+
+def run_until(script: str, args: list[str], marker: str, log: Path, env: dict | None = None) -> None:
+    """Runs `python -c script args`, waits until it prints `marker`, then kills it with SIGKILL."""
+    with open(log, "w") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+        )
+        watchdog = threading.Timer(300, child.kill)
+        watchdog.start()
+        try:
+            seen = any(line.strip() == marker for line in child.stdout)  # stops reading at the marker
+            assert seen, f"the child ended before {marker!r}:\n{log.read_text()[-3000:]}"
+            child.send_signal(signal.SIGKILL)
+            assert child.wait() == -signal.SIGKILL
+        finally:
+            watchdog.cancel()
+            child.kill()
+            child.stdout.close()
