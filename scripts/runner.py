@@ -9,6 +9,7 @@ reported and the others go on; an interrupt cancels the runs not started yet.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import multiprocessing
@@ -20,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -91,6 +93,50 @@ def execute(
         lines = log.read_text(errors="replace").strip().splitlines() or [f"exit status {process.returncode}"]
         raise RuntimeError(f"{shlex.join(relative(c) for c in command)} failed: {lines[-1][:500]} (log: {log})")
     return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
+
+
+class LiveHeapPeak:
+    """Samples, every `interval` seconds while the block runs, the memory that this process's allocator holds for
+    live objects (glibc's `mallinfo2`: chunks in use plus blocks mapped on their own) and keeps the peak in MiB
+    (`peak_mib`; `start_mib` on entering). Unlike the peak resident set, it leaves out memory that was freed but that
+    the allocator keeps for reuse. Both stay None where `mallinfo2` is missing (not Linux with glibc >= 2.33); a
+    spike shorter than `interval` can be missed."""
+
+    class _Info(ctypes.Structure):  # glibc's `struct mallinfo2`, every field (it is returned by value)
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        ]
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.start_mib, self.peak_mib = interval, None, None
+        self._stop = threading.Event()
+        try:
+            self._mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+            self._mallinfo2.restype = self._Info
+        except (OSError, AttributeError):
+            self._mallinfo2 = None
+
+    def in_use_mib(self) -> float:
+        info = self._mallinfo2()
+        return (info.uordblks + info.hblkhd) / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mib = max(self.peak_mib, self.in_use_mib())
+
+    def __enter__(self):
+        if self._mallinfo2 is not None:
+            self.start_mib = self.peak_mib = self.in_use_mib()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._mallinfo2 is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mib = max(self.peak_mib, self.in_use_mib())
 
 
 def in_fresh_process(function, *args):
