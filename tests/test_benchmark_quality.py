@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testing_utils import KILLABLE_PRETRAINING, run_until
+from testing_utils import KILLABLE_RUN, run_until
 
 from mmsr_peft.parsing import parse_args
 
@@ -161,44 +161,49 @@ def test_runs_are_processes_with_records_resumable_and_reproducible(benchmark, d
 
 @pytest.mark.slow
 def test_a_run_whose_sitting_ended_goes_on_from_its_last_training_state(benchmark, data_dir, tmp_path, capsys):
+    """An adapt row (LoRA from the `text` row's model), killed mid-run and run again, ends as an uninterrupted run."""
+    rows = {row: TINY_PLAN["rows"][row] for row in ("text", "text_lora")}
+    training = {**TINY_PLAN["training"], "patience": 3}  # all 3 epochs: a training state at the end of each
     plan = tmp_path / "plan.yaml"
-    plan.write_text(yaml.safe_dump({**TINY_PLAN, "rows": {"id": TINY_PLAN["rows"]["id"]}}))
+    plan.write_text(yaml.safe_dump({**TINY_PLAN, "rows": rows, "training": training}))
 
     def argv(name: str) -> list[str]:
-        folders = {folder: str(tmp_path / name / folder) for folder in ("records", "work", "results")}
+        folders = {folder: str(tmp_path / name / folder) for folder in ("records", "work", "results", "cache")}
         return [
             *("--plan", str(plan), "--data_dir", str(data_dir), "--splits", "main", "--jobs", "1"),
             *("--records_dir", folders["records"], "--work_dir", folders["work"], "--output_dir", folders["results"]),
+            *("--feature_cache_dir", folders["cache"]),
         ]
 
     assert benchmark.main(argv("straight")) == 0
-    # a sitting that ended mid-run: the run's own command, killed after its second training state was written but
-    # before it was marked complete, so the last complete state is epoch 1's
+    # a sitting that ended mid-run: the LoRA run's own command, killed after its second training state was written
+    # but before it was marked complete, so the last complete state is epoch 1's
+    assert benchmark.main([*argv("resumed"), "--rows", "text"]) == 0
     (args,) = parse_args([benchmark.QualityArguments], argv("resumed"))
-    bench, run = benchmark.Benchmark(args), benchmark.Run("id", "main", 0)
+    bench, run = benchmark.Benchmark(args), benchmark.Run("text_lora", "main", 0)
     out = bench.folder(run)
     out.parent.mkdir(parents=True)
     command = [str(part) for part in bench.command(run, out)]
-    assert command[0].endswith("mmsr-pretrain")
-    run_until(KILLABLE_PRETRAINING, ["2", *command[1:]], "SAVED", out.parent / "main-seed0.log")
+    assert command[0].endswith("mmsr-adapt")
+    run_until(KILLABLE_RUN, ["2", "adapt_main", *command[1:]], "SAVED", out.parent / "main-seed0.log")
     first_sitting = (out.parent / "main-seed0.log").read_text()
     capsys.readouterr()
 
     assert benchmark.main(argv("resumed")) == 0
-    assert "id/main-seed0: going on from the training state of epoch 1" in capsys.readouterr().out
+    assert "text_lora/main-seed0: going on from the training state of epoch 1" in capsys.readouterr().out
     straight, resumed = (
-        json.loads((tmp_path / name / "records" / "id" / "main-seed0.json").read_text())
+        json.loads((tmp_path / name / "records" / "text_lora" / "main-seed0.json").read_text())
         for name in ("straight", "resumed")
     )
     assert resumed["resumed_at_epoch"] == 1 and "resumed_at_epoch" not in straight
     assert "--resume" not in resumed["command"] and "--overwrite_output_dir" in resumed["command"]  # one sitting's
-    assert resumed["epochs_run"] == straight["epochs_run"] and resumed["best_epoch"] == straight["best_epoch"]
-    assert resumed["valid_curve"] == pytest.approx(straight["valid_curve"], abs=1e-6)
+    assert resumed["epochs_run"] == straight["epochs_run"] == 3 and resumed["best_epoch"] == straight["best_epoch"]
+    assert resumed["valid_curve"] == pytest.approx(straight["valid_curve"], abs=1e-6)  # epoch 0 (the start) too
     for target, metrics in straight["test"].items():
         assert resumed["test"][target] == pytest.approx(metrics, abs=1e-6), target
     log = (out.parent / "main-seed0.log").read_text()
     assert log.startswith(first_sitting) and "resumed at epoch 1" in log[len(first_sitting) :]
-    assert not (out / "checkpoints").exists()  # a finished run keeps its model, not its training states
+    assert not (out / "checkpoints").exists()  # a finished run keeps its adapter, not its training states
 
 
 def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goal(benchmark, tmp_path):

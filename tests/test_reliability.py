@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import HUB, TINY_MODEL_FLAGS, TINY_TRAIN_FLAGS, tiny_pretrain_argv
 from safetensors.torch import load_file
-from testing_utils import KILLABLE_PRETRAINING, run_until
+from testing_utils import KILLABLE_RUN, run_until
 
 from mmsr_peft import MMSRModel
 from mmsr_peft.cli import pretrain_main, publish_main
@@ -157,7 +157,9 @@ def interrupted(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     argv = tiny_pretrain_argv(data_dir, "--num_epochs", "2", "--save_steps", "2", "--save_total_limit", "2")
     assert pretrain_main([*argv, "--output_dir", str(root / "straight")]) == 0
-    run_until(KILLABLE_PRETRAINING, ["4", *argv, "--output_dir", str(root / "killed")], "SAVED", root / "killed.log")
+    run_until(
+        KILLABLE_RUN, ["4", "pretrain_main", *argv, "--output_dir", str(root / "killed")], "SAVED", root / "killed.log"
+    )
     shutil.copytree(root / "killed", root / "boundary")
     shutil.rmtree(root / "boundary" / "checkpoints" / "checkpoint_3")
     shutil.copytree(root / "boundary", root / "pristine")  # tests that resume `boundary` change it

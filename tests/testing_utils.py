@@ -1,5 +1,5 @@
 """Comparisons that hold on any CPU, a free local port for the tests that start servers or processes, and a child
-process killed at a chosen moment (`run_until`; `KILLABLE_PRETRAINING` hangs after its N-th training state).
+process killed at a chosen moment (`run_until`; `KILLABLE_RUN` hangs after its N-th training state).
 
 torch's BLAS picks other kernels on other CPUs (an Intel Xeon, an AMD EPYC), so two different computations of the
 same float32 numbers (a chunked matmul and a full one, a peft wrapper and the plain module, another batch
@@ -71,13 +71,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-# Pretraining that hangs (to be killed) right after its N-th training state is saved.
-KILLABLE_PRETRAINING = """
+# A run (`pretrain_main` or `adapt_main` of mmsr_peft.cli, then its flags) that hangs, to be killed, right after its
+# N-th training state is saved: `python -c KILLABLE_RUN N pretrain_main FLAGS...`.
+KILLABLE_RUN = """
 import sys, time
 from accelerate import Accelerator
-from mmsr_peft.cli import pretrain_main
+from mmsr_peft import cli
 
-stop_after, saves = int(sys.argv[1]), []
+stop_after, main, saves = int(sys.argv[1]), getattr(cli, sys.argv[2]), []
 save_state = Accelerator.save_state
 
 def save_then_hang(self, *args, **kwargs):
@@ -89,7 +90,7 @@ def save_then_hang(self, *args, **kwargs):
     return result
 
 Accelerator.save_state = save_then_hang
-sys.exit(pretrain_main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
