@@ -26,6 +26,7 @@ validation NDCG@10, under an epoch ceiling that is reported when hit. Requires t
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -439,14 +440,16 @@ def targets(plan: dict, records: dict) -> list[str]:
             ratio = test(row) / test(spec["init"])
             goal = f" (goal > 1x: {'met' if ratio > 1 else 'missed'})" if spec["args"]["method"] == "lora" else ""
             lines.append(f"- {described(row)} / its start {described(spec['init'])} = {ratio:.3f}x{goal}")
-    for lora, spec in tuned.items():  # LoRA against full fine-tuning from the same start
-        for full in (row for row, other in tuned.items() if other["args"]["method"] == "full"):
-            if spec["args"]["method"] == "lora" and tuned[full]["init"] == spec["init"]:
-                ratio = test(lora) / test(full)
-                lines.append(
-                    f"- {described(lora)} / {described(full)} = **{ratio:.3f}x** (goal >= 0.97x: "
-                    f"{'met' if ratio >= 0.97 else 'missed'})"
-                )
+    lora_rows, full_rows = (
+        [row for row, spec in tuned.items() if spec["args"]["method"] == m] for m in ("lora", "full")
+    )
+    for lora, full in itertools.product(lora_rows, full_rows):
+        if tuned[lora]["init"] == tuned[full]["init"]:  # LoRA against full fine-tuning from the same start
+            ratio = test(lora) / test(full)
+            lines.append(
+                f"- {described(lora)} / {described(full)} = **{ratio:.3f}x** (goal >= 0.97x: "
+                f"{'met' if ratio >= 0.97 else 'missed'})"
+            )
     if len(lines) == 2:
         lines.append("- not measured yet: the rows the goals compare have no runs")
     return [*lines, "", *cold_targets(plan, records)]
