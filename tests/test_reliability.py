@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from testing_utils import KILLABLE_RUN, run_until
 
 from mmsr_peft import MMSRModel
-from mmsr_peft.cli import pretrain_main, publish_main
+from mmsr_peft.cli import adapt_main, pretrain_main, publish_main
 from mmsr_peft.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,6 +230,27 @@ class RunsCode:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_side_adapter_run_killed_mid_run_resumes_exactly(base_dir, data_dir, tmp_path):
+    """A side adapter trains on the frozen encoders' precomputed layer states: resumed, it ends as uninterrupted."""
+    argv = ["--target", "office", "--data_dir", str(data_dir), "--base", str(base_dir), "--method", "side"]
+    argv += ["--modules_to_save", "sequence_encoder", "--num_epochs", "3", "--patience", "3", *TINY_TRAIN_FLAGS]
+    argv += ["--save_steps", "1000000", "--evaluate_start", "true"]  # a training state at each epoch end
+    assert adapt_main([*argv, "--output_dir", str(tmp_path / "straight")]) == 0
+    killed = ["2", "adapt_main", *argv, "--output_dir", str(tmp_path / "killed")]  # after epoch 2's state, unmarked
+    run_until(KILLABLE_RUN, killed, "SAVED", tmp_path / "killed.log")
+    assert adapt_main([*argv, "--output_dir", str(tmp_path / "killed"), "--resume"]) == 0
+    straight, resumed = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("straight", "killed"))
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]  # epoch 0: the base, before training
+    for x, y in zip(straight["history"], resumed["history"], strict=True):
+        assert y == pytest.approx(x, abs=1e-6)
+    assert resumed["test"].keys() == straight["test"].keys()
+    for row, metrics in straight["test"].items():
+        assert resumed["test"][row] == pytest.approx(metrics, abs=1e-6), row
+    a, b = (load_file(tmp_path / name / "side_adapter_model.safetensors") for name in ("straight", "killed"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
 
 
 @pytest.mark.slow
