@@ -326,17 +326,17 @@ def run(args) -> dict:
     return results
 
 
-def held(row: dict) -> str:
-    """The memory that training holds for live objects (its live-heap peak above the level before the steps)."""
-    return "-" if row.get("live_peak_mib") is None else f"{row['live_peak_mib'] - row['live_loaded_mib']:.0f}"
+def held_mib(row: dict) -> float | None:
+    """The memory that training holds for live objects (its live-heap peak above the level before the steps); None
+    for a row measured before the live heap was."""
+    return None if row.get("live_peak_mib") is None else row["live_peak_mib"] - row["live_loaded_mib"]
 
 
 def held_ratio(a: dict, b: dict) -> str:
-    """`"memory held by training 0.69x, "` for rows `a` over `b` (nothing when either was measured without it)."""
-    if "-" in (held(a), held(b)):
+    """`"memory held by training 0.65x, "` for rows `a` over `b` (nothing when either was measured without it)."""
+    if held_mib(a) is None or held_mib(b) is None:
         return ""
-    ratio = (a["live_peak_mib"] - a["live_loaded_mib"]) / (b["live_peak_mib"] - b["live_loaded_mib"])
-    return f"memory held by training {ratio:.2f}x, "
+    return f"memory held by training {held_mib(a) / held_mib(b):.2f}x, "
 
 
 def report(results: dict, args, command: str, where: str) -> str:
@@ -444,7 +444,7 @@ def report(results: dict, args, command: str, where: str) -> str:
             row = results.get(key)
             if row is None:
                 continue
-            share = row["trainable_parameters"] / row["base_parameters"]
+            share, held = row["trainable_parameters"] / row["base_parameters"], held_mib(row)
             kind = "base checkpoint" if key.startswith("full") else "adapter"
             epoch = None
             if "steps_per_epoch" in row:  # and the negative table's rebuild, once an epoch
@@ -452,7 +452,8 @@ def report(results: dict, args, command: str, where: str) -> str:
             lines.append(
                 f"| {label} | {fmt(row['step_s'], 3)} | {'-' if epoch is None else f'{epoch:.1f}'} | "
                 f"{row['peak_rss_mib']:.0f} | {row['loaded_rss_mib']:.0f} | "
-                f"{row['peak_rss_mib'] - row['loaded_rss_mib']:.0f} | {held(row)} | {row['trainable_parameters']:,} "
+                f"{row['peak_rss_mib'] - row['loaded_rss_mib']:.0f} | {'-' if held is None else f'{held:.0f}'} | "
+                f"{row['trainable_parameters']:,} "
                 f"({min(share, 1):.2%}) | {kind} {row['weights_bytes'] / 2**20:.2f} MiB | "
                 f"{row.get('prepare_s', 0):.1f} |"
             )
