@@ -412,15 +412,16 @@ def targets(plan: dict, records: dict) -> list[str]:
     """The ratios of the issue's goals on the standard split, from the rows that have runs (mean test NDCG@10)."""
     main = {row: runs["main"] for row, runs in records.items() if runs.get("main")}
 
-    def test(row: str) -> float:
-        return mean_std([r["test"]["all"]["ndcg@10"] for r in main[row].values()])[0]
+    def test(row: str, seeds=None) -> float:
+        """Mean test NDCG@10 of `row` over `seeds` (default: every seed it has)."""
+        return mean_std([r["test"]["all"]["ndcg@10"] for s, r in main[row].items() if seeds is None or s in seeds])[0]
 
     def valid(row: str) -> float:
         return mean_std([r["valid_ndcg_at_10"] for r in main[row].values()])[0]
 
-    def described(row: str) -> str:
-        seeds = len(main[row])
-        return f"{plan['rows'][row]['label']} ({test(row):.4f}, {seeds} seed{'s' * (seeds != 1)})"
+    def described(row: str, seeds=None) -> str:
+        count = len(main[row]) if seeds is None else len(seeds)
+        return f"{plan['rows'][row]['label']} ({test(row, seeds):.4f}, {count} seed{'s' * (count != 1)})"
 
     group = {row: plan["rows"][row].get("group") for row in main}
     ids = [row for row in main if group[row] == "id"]
@@ -437,17 +438,21 @@ def targets(plan: dict, records: dict) -> list[str]:
     tuned = {row: plan["rows"][row] for row in main if group[row] == "fine-tuned"}
     for row, spec in tuned.items():
         if spec["init"] in main:
-            ratio = test(row) / test(spec["init"])
+            seeds = sorted(set(main[row]) & set(main[spec["init"]]))
+            ratio = test(row, seeds) / test(spec["init"], seeds)
             goal = f" (goal > 1x: {'met' if ratio > 1 else 'missed'})" if spec["args"]["method"] == "lora" else ""
-            lines.append(f"- {described(row)} / its start {described(spec['init'])} = {ratio:.3f}x{goal}")
+            lines.append(
+                f"- {described(row, seeds)} / its start {described(spec['init'], seeds)} = {ratio:.3f}x{goal}"
+            )
     lora_rows, full_rows = (
         [row for row, spec in tuned.items() if spec["args"]["method"] == m] for m in ("lora", "full")
     )
     for lora, full in itertools.product(lora_rows, full_rows):
         if tuned[lora]["init"] == tuned[full]["init"]:  # LoRA against full fine-tuning from the same start
-            ratio = test(lora) / test(full)
+            seeds = sorted(set(main[lora]) & set(main[full]))
+            ratio = test(lora, seeds) / test(full, seeds)
             lines.append(
-                f"- {described(lora)} / {described(full)} = **{ratio:.3f}x** (goal >= 0.97x: "
+                f"- {described(lora, seeds)} / {described(full, seeds)} = **{ratio:.3f}x** (goal >= 0.97x: "
                 f"{'met' if ratio >= 0.97 else 'missed'})"
             )
     if len(lines) == 2:

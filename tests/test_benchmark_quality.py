@@ -263,6 +263,8 @@ def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tu
     }
     for row, ndcg in (("id", 0.08), ("frozen", 0.10), ("lora", 0.11), ("full", 0.1125)):
         write_record(tmp_path / "records", row, "main", 0, ndcg)
+    # a seed the fine-tuned rows do not have yet: they are compared with their start on the seeds they share
+    write_record(tmp_path / "records", "frozen", "main", 1, 0.20, valid_ndcg_at_10=0.05)
     report = report_of(benchmark, tmp_path, plan)
     # a fine-tuned row is a text + image model: the best one by validation, here full fine-tuning
     assert "row (by validation NDCG@10) full (0.1125, 1 seed) / the stronger ID baseline ID (0.0800, 1 seed)" in report
