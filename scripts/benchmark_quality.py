@@ -286,11 +286,12 @@ def earlier_sittings(out: Path) -> dict | None:
     again)."""
     from mmsr_peft.train_state import TrainState, last_complete_state
 
-    state = last_complete_state(out)
-    if state is None:
+    folder = last_complete_state(out)
+    if folder is None:
         return None
-    saved = json.loads((state / TrainState.FILE).read_text())
-    return {"epoch": saved["epoch"], "seconds": sum(saved.get("seconds", {}).values())}
+    state = TrainState()
+    state.load(folder)  # the library's reader: a damaged state is an error naming its file and field
+    return {"epoch": state.epoch, "seconds": sum(state.seconds.values())}
 
 
 def read_metrics(path: Path) -> dict:
@@ -423,6 +424,12 @@ def targets(plan: dict, records: dict) -> list[str]:
         count = len(main[row]) if seeds is None else len(seeds)
         return f"{plan['rows'][row]['label']} ({test(row, seeds):.4f}, {count} seed{'s' * (count != 1)})"
 
+    def paired(a: str, b: str, before_b: str = "") -> tuple[float, str]:
+        """`a` / `b` on the seeds both rows have (a fine-tuned row may not have all of its start's yet), and
+        `"A (mean, n seeds) / <before_b>B (mean, n seeds)"` on those seeds."""
+        seeds = sorted(set(main[a]) & set(main[b]))
+        return test(a, seeds) / test(b, seeds), f"{described(a, seeds)} / {before_b}{described(b, seeds)}"
+
     group = {row: plan["rows"][row].get("group") for row in main}
     ids = [row for row in main if group[row] == "id"]
     content = [row for row in main if group[row] in ("text+image", "fine-tuned")]  # fine-tuned: from text + image
@@ -438,23 +445,16 @@ def targets(plan: dict, records: dict) -> list[str]:
     tuned = {row: plan["rows"][row] for row in main if group[row] == "fine-tuned"}
     for row, spec in tuned.items():
         if spec["init"] in main:
-            seeds = sorted(set(main[row]) & set(main[spec["init"]]))
-            ratio = test(row, seeds) / test(spec["init"], seeds)
+            ratio, rows = paired(row, spec["init"], before_b="its start ")
             goal = f" (goal > 1x: {'met' if ratio > 1 else 'missed'})" if spec["args"]["method"] == "lora" else ""
-            lines.append(
-                f"- {described(row, seeds)} / its start {described(spec['init'], seeds)} = {ratio:.3f}x{goal}"
-            )
+            lines.append(f"- {rows} = {ratio:.3f}x{goal}")
     lora_rows, full_rows = (
         [row for row, spec in tuned.items() if spec["args"]["method"] == m] for m in ("lora", "full")
     )
     for lora, full in itertools.product(lora_rows, full_rows):
         if tuned[lora]["init"] == tuned[full]["init"]:  # LoRA against full fine-tuning from the same start
-            seeds = sorted(set(main[lora]) & set(main[full]))
-            ratio = test(lora, seeds) / test(full, seeds)
-            lines.append(
-                f"- {described(lora, seeds)} / {described(full, seeds)} = **{ratio:.3f}x** (goal >= 0.97x: "
-                f"{'met' if ratio >= 0.97 else 'missed'})"
-            )
+            ratio, rows = paired(lora, full)
+            lines.append(f"- {rows} = **{ratio:.3f}x** (goal >= 0.97x: {'met' if ratio >= 0.97 else 'missed'})")
     if len(lines) == 2:
         lines.append("- not measured yet: the rows the goals compare have no runs")
     return [*lines, "", *cold_targets(plan, records)]
