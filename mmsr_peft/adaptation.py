@@ -150,6 +150,7 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         adapt_args.cold_start_fraction,
         args.seed,
         adapt_args.train_user_fraction,
+        adapt_args.train_stride,
     )
     accelerator.print(describe_data(corpus.stats))
     records = corpus.catalog.records(range(len(corpus.catalog)))
@@ -186,6 +187,7 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         accelerator,
         on_best=lambda m, valid: _save(m, args.output_dir, adapt_args, {"metrics": {"valid": valid["all"]}}),
         candidates=corpus.negative_candidates(),
+        train_skip=corpus.train_skip,
     )
     adapted, popularity, protocols = evaluate_report(
         model, catalog_inputs, corpus.test, args.eval_batch_size, accelerator

@@ -32,6 +32,7 @@ METHODS = {
 }
 ADAPTER_METHODS = ("lora", "side")  # methods that write an adapter; the others write a model
 OPTIMIZERS = ("adamw", "adamw8bit")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
 BASELINES = {
     "popularity": "items ranked by their number of training interactions (ties count against the target)",
     "knn_text": "cosine between each item's frozen text-encoder vector and the mean vector of the user's history",
@@ -64,12 +65,23 @@ class SplitArguments:
             "ones): a point of a data-efficiency curve. Every user is evaluated."
         },
     )
+    train_stride: int | None = field(
+        default=None,
+        metadata={
+            "help": "How far apart the training windows of a user longer than max_len + 1 end, from 1 to max_len "
+            "(default max_len: consecutive windows). Each window trains only its last N targets, so every target "
+            "is trained once with at least max_len - N + 1 items of history where the user has them; 1 gives every "
+            "target the full max_len (RecBole's prefix augmentation) at about max_len / N times the sequences."
+        },
+    )
 
     def __post_init__(self):
         if not 0 <= self.cold_start_fraction < 1:
             raise ValueError(f"--cold_start_fraction must be in [0, 1), got {self.cold_start_fraction}")
         if not 0 < self.train_user_fraction <= 1:
             raise ValueError(f"--train_user_fraction must be in (0, 1], got {self.train_user_fraction}")
+        if self.train_stride is not None and self.train_stride < 1:
+            raise ValueError(f"--train_stride must be >= 1 (and <= --max_len), got {self.train_stride}")
 
 
 @dataclass
@@ -251,6 +263,29 @@ class TrainingArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute encoder activations in the backward pass to save memory."}
     )
+    pad_items_to_multiple_of: int = field(
+        default=0,
+        metadata={
+            "help": "sampled_softmax / bce: pad each step's distinct items with masked copies to a multiple of N "
+            "(the encoders' share and, with --negative_table, the table's share) and every sequence to the full "
+            "window (max_len + 1), so steps take a few shapes instead of a new one each: GPU kernels, the memory "
+            "allocator and --torch_compile see repeats. The loss is unchanged; 0: off."
+        },
+    )
+    torch_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "Compile the training forward and backward with torch.compile (evaluation stays eager). "
+            "`accelerate launch --dynamo_backend` does the same and wins when both are given."
+        },
+    )
+    torch_compile_backend: str = field(
+        default="inductor", metadata={"help": "torch.compile backend with --torch_compile: inductor, aot_eager, ..."}
+    )
+    torch_compile_mode: str | None = field(
+        default=None,
+        metadata={"help": f"torch.compile mode with --torch_compile: {', '.join(COMPILE_MODES)} (default: default)."},
+    )
     report_to: list[str] = field(
         default_factory=lambda: ["auto"],
         metadata={
@@ -284,6 +319,20 @@ class TrainingArguments:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             raise ValueError(f"--mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.pad_items_to_multiple_of < 0:
+            raise ValueError(f"--pad_items_to_multiple_of must be >= 0 (0: off), got {self.pad_items_to_multiple_of}")
+        if self.torch_compile:
+            from torch._dynamo import list_backends
+
+            backends = list_backends(exclude_tags=())
+            if self.torch_compile_backend not in backends:
+                raise ValueError(
+                    f"--torch_compile_backend {self.torch_compile_backend!r}: unknown; one of {', '.join(backends)}"
+                )
+            if self.torch_compile_mode not in (None, *COMPILE_MODES):
+                raise ValueError(
+                    f"--torch_compile_mode {self.torch_compile_mode!r}: unknown; one of {', '.join(COMPILE_MODES)}"
+                )
         if self.optim not in OPTIMIZERS:
             raise ValueError(f"unknown --optim {self.optim!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
         if self.optim == "adamw8bit":

@@ -136,6 +136,7 @@ class Corpus:
     test: list[EvalSet]
     stats: dict
     cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    train_skip: np.ndarray | None = None  # per training sequence, its first targets that are context only
 
     def negative_candidates(self) -> np.ndarray | None:
         """The catalog indices training may draw as negatives: all but the cold items (None: the whole catalog)."""
@@ -150,20 +151,23 @@ def build_corpus(
     cold_start_fraction: float = 0.0,
     seed: int = 0,
     train_user_fraction: float = 1.0,
+    train_stride: int | None = None,
 ) -> Corpus:
     """Joins `domains` and splits each by leave-one-out. With `cold_start_fraction`, that share of each domain's
     items (drawn with `seed`) is held out of all training data and histories; evaluation then reports warm and
     cold targets separately (see `Split.leave_one_out`). With `train_user_fraction` < 1, only that share of each
-    domain's users (drawn with `seed`, `choose_train_users`) trains; every user is evaluated."""
+    domain's users (drawn with `seed`, `choose_train_users`) trains; every user is evaluated. `train_stride`: how
+    far apart a long user's training windows end (`Split.leave_one_out`'s `stride`; default `max_len`)."""
     catalog = Catalog.concat([d.catalog for d in domains])
-    train, valid, test, stats, cold_items, offset = [], [], [], {}, [], 0
+    train, skip, valid, test, stats, cold_items, offset = [], [], [], [], {}, [], 0
     for domain in domains:
         cold = choose_cold_items(domain.sequences, cold_start_fraction, seed) if cold_start_fraction else None
         users = len(domain.sequences)
         trains = choose_train_users(users, train_user_fraction, seed) if train_user_fraction < 1 else None
-        split = Split.leave_one_out(domain.sequences, max_len, cold, trains)
+        split = Split.leave_one_out(domain.sequences, max_len, cold, trains, train_stride)
         item_range = (offset, offset + len(domain.catalog))
         train.extend(seq + offset for seq in split.train)
+        skip.append(split.train_skip)
         if cold is not None:
             cold_items.append(cold + offset)
         counts = split.train_counts(len(domain.catalog))
@@ -188,7 +192,8 @@ def build_corpus(
         }
         offset += len(domain.catalog)
     cold_items = np.concatenate(cold_items) if cold_items else np.zeros(0, dtype=np.int64)
-    return Corpus(catalog, train, valid, test, stats, cold_items)
+    skip = np.concatenate(skip) if skip else np.zeros(0, dtype=np.int64)
+    return Corpus(catalog, train, valid, test, stats, cold_items, skip if skip.any() else None)
 
 
 def describe_data(stats: dict) -> str:

@@ -55,11 +55,14 @@ class ItemTower(nn.Module):
             return text, image
         return _dropped(text, self.config.feature_dropout), _dropped(image, self.config.feature_dropout)
 
-    def alignment_loss(self, items: ItemInputs) -> torch.Tensor:
+    def alignment_loss(self, items: ItemInputs, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Image-text contrastive loss of the items that have both modalities (ALBEF's ITC): each item's text must
-        pick its own image among the batch's, and back."""
+        pick its own image among the batch's, and back. `keep` (`(N,)` bools): the items that take part (None:
+        all; rows that only pad a batch to a steady size do not)."""
         text, image = self.encode_text(items), self.encode_image(items)
         both = items.has_text & items.has_image
+        if keep is not None:
+            both = both & keep
         if int(both.sum()) < 2:
             return text.pooled.sum() * 0.0
         t = F.normalize(self.itc_text(text.pooled[both]), dim=-1)

@@ -18,17 +18,25 @@ LOSSES = ("sampled_softmax", "full_ce", "bce")
 
 
 def softmax_loss(
-    states: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, temperature: float, logq: torch.Tensor | None
+    states: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    logq: torch.Tensor | None,
+    candidate_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each position's target among all `items`.
 
     Args:
         states: `(B, T, D)`; items: `(N, D)`; targets: `(B, T)` rows of `items`, -1 to ignore;
-        logq: `(N,)` log probability that each candidate is among the step's candidates (None: no correction).
+        logq: `(N,)` log probability that each candidate is among the step's candidates (None: no correction);
+        candidate_mask: `(N,)`, False for rows that only pad `items` to a steady size (never candidates).
     """
     logits = states @ items.T / temperature  # (B, T, N)
     if logq is not None:
         logits = logits - logq
+    if candidate_mask is not None:
+        logits = logits.masked_fill(~candidate_mask, float("-inf"))
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
 
 

@@ -111,6 +111,7 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         catalog_rows: torch.Tensor | None = None,
         from_table: torch.Tensor | None = None,
         item_table: torch.Tensor | None = None,
+        candidate_mask: torch.Tensor | None = None,
     ) -> MMSROutput:
         """Next-item prediction at every position (a `TrainBatch` holds these arguments).
 
@@ -123,16 +124,20 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             catalog_rows, from_table, item_table: with a negative table (`--negative_table`), the items where
                 `from_table` is True are not encoded: their embeddings are rows `catalog_rows` of `item_table`
                 (`(catalog size, D)`, from `embed_catalog`, no gradient).
+            candidate_mask (`torch.BoolTensor` of shape `(N,)`, *optional*): False for the items that only pad the
+                batch to a steady size (`--pad_items_to_multiple_of`): encoded, never scored.
         """
         table = item_table is not None and from_table is not None and bool(from_table.any())
+        scored = candidate_mask  # of the items the item tower encodes, for the alignment loss
         if table:  # the batch's own items go through the item tower; the negatives that are only negatives do not
             encoded, looked_up = torch.nonzero(~from_table).squeeze(1), torch.nonzero(from_table).squeeze(1)
             items = items.select(encoded)
+            scored = None if candidate_mask is None else candidate_mask[encoded]
         alignment = None
         if targets is not None and self.config.itc_weight > 0:
             tower = self.item_tower
             items = items.with_states(tower.encode_text(items), tower.encode_image(items))  # encode once for both
-            alignment = tower.alignment_loss(items)
+            alignment = tower.alignment_loss(items, scored)
         item_embeddings = self.embed_items(items)  # (N, D)
         if table:
             rows = item_table[catalog_rows[looked_up]].to(item_embeddings.dtype)
@@ -145,7 +150,9 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
                 raise ValueError("the bce loss needs one negative per position (`negatives`)")
             loss = bce_loss(sequence_output, item_embeddings, targets, negatives, self.config.temperature)
         elif targets is not None:
-            loss = softmax_loss(sequence_output, item_embeddings, targets, self.config.temperature, logq)
+            loss = softmax_loss(
+                sequence_output, item_embeddings, targets, self.config.temperature, logq, candidate_mask
+            )
         if alignment is not None:
             loss = loss + self.config.itc_weight * alignment
         return MMSROutput(loss, item_embeddings, sequence_output)

@@ -54,7 +54,12 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
         prepare_synthetic(data_args, accelerator)
         domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
         corpus = build_corpus(
-            domains, model_args.max_len, data_args.cold_start_fraction, args.seed, data_args.train_user_fraction
+            domains,
+            model_args.max_len,
+            data_args.cold_start_fraction,
+            args.seed,
+            data_args.train_user_fraction,
+            data_args.train_stride,
         )
         model = build_model(model_args, item_vocab=corpus.catalog.item_ids)
         records = corpus.catalog.records(range(len(corpus.catalog)))
@@ -81,6 +86,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             accelerator,
             on_best=lambda m, _: m.save_pretrained(args.output_dir),
             candidates=corpus.negative_candidates(),
+            train_skip=corpus.train_skip,
         )
         tested = time.perf_counter()
         results, popularity, protocols = evaluate_report(

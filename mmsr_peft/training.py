@@ -209,7 +209,8 @@ class Trainer:
     with `--resume`, and stops early after `patience` epochs without improvement. Pass `catalog_inputs` through
     `precompute_frozen_states` first (the caller also evaluates with them) so frozen encoders run once, not at
     every step. `candidates` (catalog indices) restricts the negatives to those items
-    (`Corpus.negative_candidates`: everything but the cold-start items).
+    (`Corpus.negative_candidates`: everything but the cold-start items). `train_skip` (`Corpus.train_skip`): per
+    training sequence, its first targets that are context only (overlapping windows, `--train_stride`).
     """
 
     def __init__(
@@ -222,7 +223,9 @@ class Trainer:
         accelerator,
         on_best=None,
         candidates=None,
+        train_skip=None,
     ):
+        from accelerate.utils import is_compiled_module
         from transformers import get_linear_schedule_with_warmup
 
         if not train_sequences:
@@ -239,9 +242,14 @@ class Trainer:
             seed=args.seed + accelerator.process_index,
             candidates=candidates,
             negative_table=args.negative_table,
+            pad_to_multiple_of=args.pad_items_to_multiple_of,
+            sequence_length=model.config.sequence.max_len + 1,
+        )
+        samples = (
+            train_sequences if train_skip is None else list(zip(train_sequences, train_skip.tolist(), strict=True))
         )
         loader = torch.utils.data.DataLoader(
-            train_sequences,
+            samples,
             batch_size=args.batch_size,
             shuffle=True,
             collate_fn=self.collator,
@@ -262,6 +270,12 @@ class Trainer:
         self.ddp_model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
             model, optimizer, loader, scheduler
         )
+        # what `prepare` left in the model: the same tensors under DDP, sharded ones under FSDP
+        self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        if args.torch_compile and not is_compiled_module(self.ddp_model):  # `--dynamo_backend` compiled it already
+            self.ddp_model = torch.compile(
+                self.ddp_model, backend=args.torch_compile_backend, mode=args.torch_compile_mode
+            )
         self.state = TrainState()
 
     def train(self) -> TrainState:

@@ -7,8 +7,12 @@ movies; 1,200 items), batches built exactly as in training (each distinct item o
     python scripts/benchmark_throughput.py                                   # all configurations, fp32 + bf16
     python scripts/benchmark_throughput.py --configs demo --steps 5          # quick CPU check
     python scripts/benchmark_throughput.py --text_model path/to/minilm      # tokenizer/config folder to use
+    python scripts/benchmark_throughput.py --configs lora full --precisions bf16 \
+        --pad_items_to_multiple_of 64 --torch_compile --profile             # steady shapes, compiled, profiled
 
-Prints a Markdown table and writes it, with the raw timings, to `<output_dir>/throughput.{md,json}`.
+Prints a Markdown table and writes it, with the raw timings, to `<output_dir>/throughput.{md,json}`; with
+`--profile`, also the torch profiler's busiest operators over each configuration's timed steps
+(`<output_dir>/profile-<config>-<precision>.txt`).
 """
 
 from __future__ import annotations
@@ -89,6 +93,9 @@ def measure(name: str, precision: str, data_dir: str, args) -> dict:
             num_negatives=args.num_negatives,
             learning_rate=1e-4,
             mixed_precision=mixed_precision,
+            pad_items_to_multiple_of=args.pad_items_to_multiple_of,
+            torch_compile=args.torch_compile,
+            torch_compile_backend=args.torch_compile_backend,
         )
         generator = torch.Generator().manual_seed(0)
         order = torch.randperm(len(corpus.train), generator=generator).tolist()
@@ -96,7 +103,11 @@ def measure(name: str, precision: str, data_dir: str, args) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         model.train()
+        profiler = None
         for step in range(args.warmup + args.steps):
+            if step == args.warmup and args.profile:
+                profiler = torch.profiler.profile(activities=_activities(device), record_shapes=True)
+                profiler.__enter__()
             start = (step * args.batch_size) % max(1, len(order) - args.batch_size)
             batch = trainer.collator([corpus.train[i] for i in order[start : start + args.batch_size]]).to(device)
             _synchronize(device)
@@ -106,11 +117,21 @@ def measure(name: str, precision: str, data_dir: str, args) -> dict:
             if step >= args.warmup:
                 times.append(time.perf_counter() - began)
                 items.append(len(batch.items))
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+            sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+            report = profiler.key_averages().table(sort_by=sort_by, row_limit=40)
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            Path(args.output_dir, f"profile-{name}-{precision}.txt").write_text(report + "\n")
     median = statistics.median(times)
+    deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
     return {
         "step_s_median": median,
         "step_s_min": min(times),
+        "step_s_p10": deciles[0],
+        "step_s_p90": deciles[-1],
         "step_s_max": max(times),
+        "step_s": times,
         "sequences_per_s": args.batch_size / median,
         "items_encoded_per_step": statistics.mean(items),
         "items_per_s": statistics.mean(items) / median,
@@ -120,6 +141,13 @@ def measure(name: str, precision: str, data_dir: str, args) -> dict:
     }
 
 
+def _activities(device) -> list:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return activities
+
+
 def _synchronize(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -127,15 +155,16 @@ def _synchronize(device) -> None:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| config | encoders | precision | step (s), median [min, max] | sequences/s | items encoded/step | items/s | "
-        "peak GPU mem (GiB) | trainable / total params |",
+        "| config | encoders | precision | step (s), median [p10, p90] (min, max) | sequences/s | items encoded/step | "
+        "items/s | peak GPU mem (GiB) | trainable / total params |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         memory = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
         lines.append(
             f"| {r['config']} | {CONFIGS[r['config']][3]} | {r['precision']} | {r['step_s_median']:.3f} "
-            f"[{r['step_s_min']:.3f}, {r['step_s_max']:.3f}] | {r['sequences_per_s']:.1f} | "
+            f"[{r['step_s_p10']:.3f}, {r['step_s_p90']:.3f}] ({r['step_s_min']:.3f}, {r['step_s_max']:.3f}) | "
+            f"{r['sequences_per_s']:.1f} | "
             f"{r['items_encoded_per_step']:.0f} | {r['items_per_s']:.0f} | {memory} | "
             f"{r['trainable_parameters']:,} / {r['parameters']:,} |"
         )
@@ -152,6 +181,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="Timed steps per configuration.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first.")
     parser.add_argument("--output_dir", default="results", help="Where throughput.md/json go.")
+    parser.add_argument(
+        "--pad_items_to_multiple_of", type=int, default=0, help="The training flag: steady step shapes (0: off)."
+    )
+    parser.add_argument("--torch_compile", action="store_true", help="The training flag: torch.compile the step.")
+    parser.add_argument("--torch_compile_backend", default="inductor", help="With --torch_compile.")
+    parser.add_argument("--profile", action="store_true", help="Also write the torch profiler's table per config.")
     args = parser.parse_args(argv)
     if args.text_model is None:
         from mmsr_peft.builder import minilm_path
@@ -172,6 +207,10 @@ def main(argv=None) -> int:
         f"of up to 50 items + {args.num_negatives} negatives; median of {args.steps} steps after {args.warmup} "
         "warm-up steps; encoders with random weights (throughput only)."
     )
+    if args.pad_items_to_multiple_of:
+        header += f" Each step's items padded to a multiple of {args.pad_items_to_multiple_of}."
+    if args.torch_compile:
+        header += f" Steps compiled with torch.compile ({args.torch_compile_backend})."
     text = f"{header}\n\n{table(rows)}\n"
     print("\n" + text)
     out = Path(args.output_dir)

@@ -168,7 +168,7 @@ def library_trainer(model, corpus, catalog_inputs, output_dir: str, **training):
 
     args = TrainingArguments(output_dir=output_dir, report_to=["none"], **training)
     accelerator = make_accelerator(args, model.config.item_tower, model.config.fusion.type)
-    return Trainer(model, corpus.train, catalog_inputs, corpus.valid, args, accelerator)
+    return Trainer(model, corpus.train, catalog_inputs, corpus.valid, args, accelerator, train_skip=corpus.train_skip)
 
 
 def write_json(path: Path, value) -> None:

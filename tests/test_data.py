@@ -308,6 +308,64 @@ def test_leave_one_out_windows_cover_every_transition_once(max_len):
         assert history.tolist() == seq[:-1][-max_len:].tolist()
 
 
+@pytest.mark.parametrize("max_len, stride", [(4, 1), (4, 2), (5, 3), (8, 8), (1, 1)])
+def test_overlapping_windows_train_every_target_once_with_more_history(max_len, stride):
+    """`stride` < max_len: windows end `stride` items apart and train only their last `stride` targets, so each
+    target is trained once, with at least max_len - stride + 1 items before it (or all the user has)."""
+    rng = np.random.default_rng(max_len * 10 + stride)
+    for length in range(3, 30):
+        seq = rng.permutation(100)[:length]
+        split = Split.leave_one_out(Sequences(["u"], [seq]), max_len, stride=stride)
+        trained = {}  # target position in seq -> the history it is trained with
+        for window, skip in zip(split.train, split.train_skip, strict=True):
+            assert 2 <= len(window) <= max_len + 1 and 0 <= skip < len(window) - 1
+            start = int(np.flatnonzero(seq == window[0])[0])  # a user's items are distinct
+            for j in range(1 + skip, len(window)):
+                assert start + j not in trained  # once
+                trained[start + j] = window[:j].tolist()
+        assert sorted(trained) == list(range(1, length - 2))  # every training target, never a held-out one
+        for position, history in trained.items():
+            assert history == seq[position - len(history) : position].tolist()  # the items just before it
+            assert len(history) >= min(position, max_len - stride + 1)
+        if stride == max_len:  # the default: consecutive windows sharing one item, nothing skipped
+            default = Split.leave_one_out(Sequences(["u"], [seq]), max_len)
+            assert [w.tolist() for w in split.train] == [w.tolist() for w in default.train]
+            assert not split.train_skip.any()
+    with pytest.raises(ValueError, match=rf"training stride must be in \[1, max_len = {max_len}\], got {max_len + 1}"):
+        Split.leave_one_out(Sequences(["u"], [seq]), max_len, stride=max_len + 1)
+
+
+def test_train_stride_reaches_pretraining(data_dir, tmp_path):
+    """`--train_stride 1` with `--max_len 3`: a window for each training target past the first window, which
+    holds a user's first 4 training items."""
+    import json
+
+    from conftest import tiny_pretrain_argv
+
+    from mmsr_peft.cli import pretrain_main
+
+    sequences = {}
+    for stride in ("3", "1"):
+        out = tmp_path / stride
+        argv = tiny_pretrain_argv(data_dir, "--max_len", "3", "--train_stride", stride, "--num_epochs", "1")
+        assert pretrain_main([*argv, "--output_dir", str(out)]) == 0
+        sequences[stride] = json.loads((out / "metrics.json").read_text())["data"]["food"]["train_sequences"]
+    domain = load_domain("food", data_dir=str(data_dir))
+    training_items = [len(seq) - 2 for seq in domain.sequences.items]
+    assert sequences["1"] == sum(max(1, n - 3) for n in training_items) > sequences["3"]
+
+
+def test_the_collator_trains_no_target_of_a_windows_context():
+    catalog = _catalog_inputs(12)
+    sequences = [np.array([0, 1, 2, 3, 4]), np.array([5, 6, 7])]
+    plain = TrainCollator(catalog, num_negatives=0)(sequences)
+    skipped = TrainCollator(catalog, num_negatives=0)(list(zip(sequences, [2, 0], strict=True)))
+    assert torch.equal(skipped.inputs, plain.inputs)  # the context is still read
+    expected = plain.targets.clone()
+    expected[0, :2] = -1
+    assert torch.equal(skipped.targets, expected)
+
+
 def test_leave_one_out_rejects_bad_arguments():
     sequences = Sequences(["u"], [np.array([0, 1, 2])])
     with pytest.raises(ValueError, match="max_len"):

@@ -1,6 +1,7 @@
 """The speed-ups change nothing but speed: the feature cache, encoding each distinct item once, chunked ranking."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -322,6 +323,103 @@ def test_training_with_a_negative_table(data_dir, tmp_path):
         losses[flag] = [h["train_loss"] for h in json.loads((out / "metrics.json").read_text())["history"]]
     assert len(losses["true"]) == 2 and all(math.isfinite(loss) for loss in losses["true"])
     assert losses["true"][0] != losses["false"][0]
+
+
+@pytest.mark.parametrize(
+    "loss, negative_table, itc_weight",
+    [
+        ("sampled_softmax", False, 0.0),
+        ("sampled_softmax", False, 0.5),
+        ("bce", False, 0.0),
+        ("sampled_softmax", True, 0.0),
+    ],
+)
+def test_padding_the_items_to_a_steady_size_changes_no_loss_or_gradient(loss, negative_table, itc_weight, catalog):  # noqa: F811
+    """`--pad_items_to_multiple_of`: sequences padded to the full window, distinct items to a multiple of 8 (the
+    encoders' and the table's share each); the padding is encoded and never scored."""
+    model = tiny(itc_weight=itc_weight).requires_grad_(True)  # eval mode: no dropout, so both runs are comparable
+    model.config.loss = loss
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    counts = np.arange(1, len(catalog) + 1)  # a logQ correction that differs by item
+    sequences = [np.array([0, 1, 2, 3]), np.array([4, 5, 6]), np.array([2, 7, 8, 9, 10])]
+    window = model.config.sequence.max_len + 1
+
+    def collate(multiple):
+        collator = TrainCollator(
+            inputs,
+            loss,
+            num_negatives=3,
+            item_counts=counts,
+            seed=0,
+            negative_table=negative_table,
+            pad_to_multiple_of=multiple,
+            sequence_length=window,
+        )
+        return collator(sequences)
+
+    plain, padded = collate(0), collate(8)
+    assert plain.inputs.shape[1] == 4 and padded.inputs.shape[1] == window - 1
+    assert len(padded.items) > len(plain.items) and int(padded.candidate_mask.sum()) == len(plain.items)
+    if negative_table:
+        assert int((~padded.from_table).sum()) % 8 == 0 and int(padded.from_table.sum()) % 8 == 0
+    else:
+        assert len(padded.items) % 8 == 0
+    table = model.embed_catalog(inputs) if negative_table else None
+    results = []
+    for batch in (plain, padded):
+        model.zero_grad()
+        output = model(**vars(batch), item_table=table)
+        output.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((output.loss.detach(), grads))
+    (loss_plain, grads_plain), (loss_padded, grads_padded) = results
+    # other shapes, so other matmul blockings: equal up to float32 rounding
+    torch.testing.assert_close(loss_padded, loss_plain, rtol=1e-5, atol=1e-6)
+    assert grads_plain.keys() == grads_padded.keys() and any("text.backbone" in n for n in grads_plain)
+    for name in grads_plain:
+        torch.testing.assert_close(grads_padded[name], grads_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_torch_compile_trains_as_eager_does(data_dir, tmp_path):
+    """`--torch_compile` (here with the `aot_eager` backend, which needs no C++ compiler) compiles the training
+    step the Trainer runs and gives the eager losses; padding keeps the shapes of its graphs few."""
+    import json
+
+    from conftest import tiny_pretrain_argv
+    from torch._dynamo.utils import counters
+
+    from mmsr_peft.cli import pretrain_main
+
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "1", "--text_finetune", "full", "--dropout", "0")
+    argv += ["--pad_items_to_multiple_of", "16"]
+    losses = {}
+    for name, extra in {
+        "eager": [],
+        "compiled": ["--torch_compile", "true", "--torch_compile_backend", "aot_eager"],
+    }.items():
+        counters.clear()
+        assert pretrain_main([*argv, *extra, "--output_dir", str(tmp_path / name)]) == 0
+        losses[name] = [h["train_loss"] for h in json.loads((tmp_path / name / "metrics.json").read_text())["history"]]
+        assert (sum(counters["stats"].values()) > 0) == (name == "compiled")  # dynamo ran only when asked
+    torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"pad_items_to_multiple_of": -8}, "--pad_items_to_multiple_of must be >= 0 (0: off), got -8"),
+        ({"torch_compile": True, "torch_compile_backend": "fastest"}, "--torch_compile_backend 'fastest': unknown"),
+        (
+            {"torch_compile": True, "torch_compile_mode": "turbo"},
+            "--torch_compile_mode 'turbo': unknown; one of default",
+        ),
+    ],
+)
+def test_bad_compile_and_padding_flags_are_refused(flags, message):
+    from mmsr_peft.arguments import TrainingArguments
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainingArguments(**flags)
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

@@ -12,9 +12,9 @@ import torch
 from .processing import ItemInputs
 
 
-def pad_histories(histories: list[np.ndarray]) -> torch.Tensor:
-    """Right-pads index sequences with -1 into a `(B, T)` LongTensor (T = longest sequence)."""
-    length = max(1, max(len(h) for h in histories))
+def pad_histories(histories: list[np.ndarray], length: int = 1) -> torch.Tensor:
+    """Right-pads index sequences with -1 into a `(B, T)` LongTensor (T: the longest sequence, at least `length`)."""
+    length = max(length, max(len(h) for h in histories))
     out = torch.full((len(histories), length), -1, dtype=torch.long)
     for row, history in enumerate(histories):
         out[row, : len(history)] = torch.as_tensor(history, dtype=torch.long)
@@ -36,6 +36,8 @@ class TrainBatch:
             negative table).
         from_table (`torch.BoolTensor` of shape `(N,)`, *optional*): True for the items that are only sampled
             negatives, which a negative table scores instead of the encoders.
+        candidate_mask (`torch.BoolTensor` of shape `(N,)`, *optional*): False for the rows that only pad `items`
+            to a steady size (`pad_to_multiple_of`); they are encoded but never scored.
     """
 
     items: ItemInputs
@@ -45,6 +47,7 @@ class TrainBatch:
     logq: torch.Tensor | None = None
     catalog_rows: torch.Tensor | None = None
     from_table: torch.Tensor | None = None
+    candidate_mask: torch.Tensor | None = None
 
     def to(self, device) -> TrainBatch:
         return TrainBatch(*(None if v is None else v.to(device) for v in self.__dict__.values()))
@@ -58,11 +61,19 @@ class TrainCollator:
     `item_counts`, the items' frequencies in the training data; no correction without them); `full_ce` makes the
     whole catalog the candidates; `bce` draws one uniform negative per position.
 
+    A training sample is a sequence, or a `(sequence, skip)` pair whose first `skip` targets are context only
+    (`Split.train_skip`): their positions get no target.
+
     `candidates` (catalog indices, *optional*) restricts negatives (and `full_ce`'s softmax) to those items: with a
     cold-start split, the cold items must never enter training, not even as negatives.
 
     With `negative_table`, each batch also says which items are only sampled negatives (`from_table`) and where
     each item is in the catalog (`catalog_rows`), so the model can score those from a table of embeddings.
+
+    With `pad_to_multiple_of`, every step has one of a few shapes instead of a new one (GPU kernels and the memory
+    allocator, `torch.compile`): the sequences are padded to `sequence_length` and the distinct items that go
+    through the encoders to a multiple of `pad_to_multiple_of`, with copies of the first item that
+    `candidate_mask` leaves out of the loss. The loss is the unpadded one.
     """
 
     def __init__(
@@ -74,10 +85,16 @@ class TrainCollator:
         seed=0,
         candidates=None,
         negative_table: bool = False,
+        pad_to_multiple_of: int = 0,
+        sequence_length: int = 1,
     ):
+        if pad_to_multiple_of < 0:
+            raise ValueError(f"pad_to_multiple_of must be >= 0 (0: no padding), got {pad_to_multiple_of}")
         if negative_table and loss == "full_ce":
             raise ValueError("a negative table scores sampled negatives; the full_ce loss samples none")
         self.negative_table = negative_table
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.sequence_length = sequence_length if pad_to_multiple_of else 1
         self.catalog_inputs = catalog_inputs
         self.loss = loss
         self.num_negatives = num_negatives
@@ -104,8 +121,18 @@ class TrainCollator:
             counts = torch.as_tensor(item_counts, dtype=torch.float64)
             self.item_share = counts / counts.sum()
 
-    def __call__(self, sequences: list[np.ndarray]) -> TrainBatch:
-        padded = pad_histories(sequences)  # (B, T + 1)
+    def __call__(self, samples: list) -> TrainBatch:
+        if not samples or not isinstance(samples[0], tuple):
+            return self._collate(samples)
+        sequences, skips = zip(*samples, strict=True)
+        batch = self._collate(list(sequences))
+        batch.targets = batch.targets.clone()  # a view of the inputs' tensor, shifted by one
+        for row, skip in enumerate(skips):
+            batch.targets[row, :skip] = -1  # context only: the window before trains these targets
+        return batch
+
+    def _collate(self, sequences: list[np.ndarray]) -> TrainBatch:
+        padded = pad_histories(sequences, self.sequence_length)  # (B, T + 1)
         valid = padded >= 0
         num_items = len(self.catalog_inputs)
         if self.candidates is not None:
@@ -122,7 +149,9 @@ class TrainCollator:
         rng = np.random.default_rng([*np.atleast_1d(self.seed), self.batch_index])
         self.batch_index += 1
         pool = num_items if self.candidates is None else len(self.candidates)
-        extra = torch.as_tensor(rng.integers(0, pool, padded.shape if self.loss == "bce" else self.num_negatives))
+        # bce: a negative per position of the sequences as they come (the same draws with or without padding)
+        drawn = (len(sequences), max(1, max(len(s) for s in sequences)))
+        extra = torch.as_tensor(rng.integers(0, pool, drawn if self.loss == "bce" else self.num_negatives))
         if self.candidates is not None:
             extra = self.candidates[extra]
         unique, inverse = torch.unique(torch.cat([padded[valid], extra.flatten()]), return_inverse=True)
@@ -134,10 +163,39 @@ class TrainCollator:
             batch.from_table = torch.ones(len(unique), dtype=torch.bool)
             batch.from_table[inverse[: int(valid.sum())]] = False  # the batch's own items go through the encoders
         if self.loss == "bce":
-            batch.negatives = inverse[int(valid.sum()) :].view(padded.shape)[:, 1:]
+            negatives = inverse[int(valid.sum()) :].view(drawn)[:, 1:]
+            batch.negatives = torch.nn.functional.pad(negatives, (0, padded.shape[1] - drawn[1]))  # no targets there
         elif self.item_share is not None:
             batch.logq = log_inclusion(self.item_share[unique], int(valid.sum()), self.num_negatives, pool).float()
+        if self.pad_to_multiple_of:
+            multiple = self.pad_to_multiple_of
+            if self.negative_table:  # the encoders' share and the table's share each get a steady size
+                own = int((~batch.from_table).sum())
+                batch = pad_items(batch, unique, -own % multiple, -(len(unique) - own) % multiple)
+            else:
+                batch = pad_items(batch, unique, -len(unique) % multiple)
         return batch
+
+
+def pad_items(batch: TrainBatch, unique: torch.Tensor, encoded: int, looked_up: int = 0) -> TrainBatch:
+    """`batch` with more rows in `items`, copies of its first item that are never scored (`candidate_mask` is False
+    there): `encoded` that go through the encoders, then `looked_up` that a negative table scores (`from_table`).
+    `unique`: the catalog rows of `batch.items`."""
+    size, count = len(unique), encoded + looked_up
+    index = torch.cat([torch.arange(size), torch.zeros(count, dtype=torch.long)])
+    from_table = None
+    if batch.from_table is not None:
+        from_table = torch.cat([batch.from_table, torch.arange(count) >= encoded])
+    return TrainBatch(
+        items=batch.items.select(index),
+        inputs=batch.inputs,
+        targets=batch.targets,
+        negatives=batch.negatives,
+        logq=None if batch.logq is None else batch.logq[index],
+        catalog_rows=None if batch.catalog_rows is None else unique[index],
+        from_table=from_table,
+        candidate_mask=torch.arange(size + count) < size,
+    )
 
 
 def log_inclusion(share: torch.Tensor, positions: int, num_negatives: int, pool: int) -> torch.Tensor:

@@ -346,7 +346,11 @@ def _export_split(sequences: Sequences, item_ids: list[str], max_len: int, folde
             # the user's own split, by the same code as the models' (the user's rows come out together)
             split = Split.leave_one_out(Sequences([user_id], [items]), max_len)
             cases = {
-                "train": [(window[:j], window[j]) for window in split.train for j in range(1, len(window))],
+                "train": [
+                    (window[:j], window[j])
+                    for window, skip in zip(split.train, split.train_skip, strict=True)
+                    for j in range(1 + skip, len(window))
+                ],
                 "valid": [(split.valid_histories[0], split.valid_targets[0])],
                 "test": [(split.test_histories[0], split.test_targets[0])],
             }

@@ -123,8 +123,11 @@ class Split:
 
     Attributes:
         train (`list[np.ndarray]`): training sequences, each at most `max_len + 1` items (inputs + shifted targets).
-            A user longer than that is cut into consecutive windows sharing one item, so every training
-            transition is used exactly once.
+            A user longer than that is cut into windows whose ends are `stride` items apart (by default consecutive
+            windows sharing one item), and every training transition is trained exactly once.
+        train_skip (`np.ndarray` of int): per training sequence, how many of its first targets are context only
+            (the window before, which ends with them, trains them with more history); zeros unless `stride` <
+            `max_len`.
         valid_histories / test_histories (`list[np.ndarray]`): the last `max_len` items before each target (what
             the model reads).
         valid_known / test_known (`list[np.ndarray]`): every item before each target, cold items included (the
@@ -148,6 +151,7 @@ class Split:
     valid_cold: np.ndarray | None = None
     test_cold: np.ndarray | None = None
     train_users: np.ndarray | None = None
+    train_skip: np.ndarray | None = None
 
     @classmethod
     def leave_one_out(
@@ -156,6 +160,7 @@ class Split:
         max_len: int = 50,
         cold_items: np.ndarray | None = None,
         train_users: np.ndarray | None = None,
+        stride: int | None = None,
     ) -> Split:
         """The split of `sequences`.
 
@@ -165,14 +170,23 @@ class Split:
                 rank them; they remain validation and test targets, marked in `valid_cold` / `test_cold`.
             train_users (`np.ndarray` of bool, *optional*): per user, whether their sequence trains (a
                 data-efficiency run trains on a share of the users); every user is evaluated either way.
+            stride (`int`, *optional*): how far apart the ends of a long user's training windows are, from 1 to
+                `max_len` (the default). Each window trains only the targets the next one does not, its last
+                `stride`, so every target but a user's first `max_len - stride` is trained with at least
+                `max_len - stride + 1` items before it, at about `max_len / stride` times the sequences.
         """
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        stride = max_len if stride is None else stride
+        if not 1 <= stride <= max_len:
+            raise ValueError(f"the training stride must be in [1, max_len = {max_len}], got {stride}")
         cold = np.zeros(0, dtype=np.int64) if cold_items is None else np.asarray(cold_items, dtype=np.int64)
-        train, valid_k, valid_t, test_k, test_t = [], [], [], [], []
+        train, skip, valid_k, valid_t, test_k, test_t = [], [], [], [], [], []
         for user, seq in enumerate(sequences.items):
             if train_users is None or train_users[user]:
-                train.extend(_windows(_without(seq[:-2], cold), max_len + 1))
+                for window, context in _windows(_without(seq[:-2], cold), max_len + 1, stride):
+                    train.append(window)
+                    skip.append(context)
             valid_k.append(seq[:-2])  # cold items included: the user consumed them, they are no candidates
             valid_t.append(seq[-2])
             test_k.append(seq[:-1])
@@ -187,6 +201,7 @@ class Split:
             valid_known=valid_k,
             test_known=test_k,
             train_users=train_users,
+            train_skip=np.asarray(skip, dtype=np.int64),
         )
         if cold_items is not None:
             split.cold_items = cold
@@ -217,15 +232,19 @@ def _without(items: np.ndarray, cold: np.ndarray) -> np.ndarray:
     return items[~np.isin(items, cold)] if len(cold) else items
 
 
-def _windows(seq: np.ndarray, size: int) -> list[np.ndarray]:
-    """Cuts `seq` from its end into windows of `size` items overlapping by one; windows of < 2 items are dropped."""
+def _windows(seq: np.ndarray, size: int, stride: int) -> list[tuple[np.ndarray, int]]:
+    """Cuts `seq` from its end into windows of at most `size` items whose ends are `stride` items apart
+    (`stride = size - 1`: consecutive windows sharing one item). Returns `(window, skip)` pairs, oldest first: each
+    window trains its last `stride` targets, the first window all those left, and `skip` is how many of a window's
+    first targets are context only. Windows of < 2 items are dropped."""
     windows, end = [], len(seq)
     while end >= 2:
         start = max(0, end - size)
-        windows.append(seq[start:end])
-        end = start + 1
+        first = 1 if start == 0 else end - stride  # the first target the window trains, as a position of `seq`
+        windows.append((seq[start:end], first - start - 1))
         if start == 0:
             break
+        end -= stride
     return windows[::-1]
 
 
