@@ -331,7 +331,10 @@ def test_overlapping_windows_train_every_target_once_with_more_history(max_len, 
             default = Split.leave_one_out(Sequences(["u"], [seq]), max_len)
             assert [w.tolist() for w in split.train] == [w.tolist() for w in default.train]
             assert not split.train_skip.any()
-    with pytest.raises(ValueError, match=rf"training stride must be in \[1, max_len = {max_len}\], got {max_len + 1}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"training stride \(--train_stride\) must be in \[1, max_len = {max_len}\], got {max_len + 1}",
+    ):
         Split.leave_one_out(Sequences(["u"], [seq]), max_len, stride=max_len + 1)
 
 

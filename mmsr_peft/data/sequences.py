@@ -171,15 +171,16 @@ class Split:
             train_users (`np.ndarray` of bool, *optional*): per user, whether their sequence trains (a
                 data-efficiency run trains on a share of the users); every user is evaluated either way.
             stride (`int`, *optional*): how far apart the ends of a long user's training windows are, from 1 to
-                `max_len` (the default). Each window trains only the targets the next one does not, its last
-                `stride`, so every target but a user's first `max_len - stride` is trained with at least
-                `max_len - stride + 1` items before it, at about `max_len / stride` times the sequences.
+                `max_len` (the default). Each window trains only its last `stride` targets (the window before it
+                trains the others, with more history), so a target at position j of the user's training items is
+                trained once, with at least min(j, `max_len - stride + 1`) items before it, at about
+                `max_len / stride` times the sequences.
         """
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         stride = max_len if stride is None else stride
         if not 1 <= stride <= max_len:
-            raise ValueError(f"the training stride must be in [1, max_len = {max_len}], got {stride}")
+            raise ValueError(f"the training stride (--train_stride) must be in [1, max_len = {max_len}], got {stride}")
         cold = np.zeros(0, dtype=np.int64) if cold_items is None else np.asarray(cold_items, dtype=np.int64)
         train, skip, valid_k, valid_t, test_k, test_t = [], [], [], [], [], []
         for user, seq in enumerate(sequences.items):
