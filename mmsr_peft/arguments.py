@@ -263,6 +263,14 @@ class TrainingArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute encoder activations in the backward pass to save memory."}
     )
+    encoder_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dropout inside the text and vision encoders while they train (default: their own, e.g. MiniLM's "
+            "0.1). A model trained on frozen, cached features never met it: 0 keeps its fine-tuning from starting on "
+            "noisier features than it was trained on."
+        },
+    )
     pad_items_to_multiple_of: int = field(
         default=0,
         metadata={
@@ -319,6 +327,8 @@ class TrainingArguments:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             raise ValueError(f"--mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.encoder_dropout is not None and not 0 <= self.encoder_dropout < 1:
+            raise ValueError(f"--encoder_dropout must be in [0, 1), got {self.encoder_dropout}")
         if self.pad_items_to_multiple_of < 0:
             raise ValueError(f"--pad_items_to_multiple_of must be >= 0 (0: off), got {self.pad_items_to_multiple_of}")
         if self.torch_compile:

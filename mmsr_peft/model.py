@@ -78,6 +78,19 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             if encoder is not None:
                 encoder.gradient_checkpointing_enable()
 
+    def set_encoder_dropout(self, p: float) -> None:
+        """Sets the dropout inside the text and vision encoders (every `nn.Dropout` of their backbones, which
+        Hugging Face attention also reads its probability from) to `p` for this run; the saved config keeps the
+        encoders' own. Fine-tuning a model trained on frozen, cached features meets the encoders' dropout for the
+        first time: `p = 0` spares the layers above it that shift."""
+        if not 0 <= p < 1:
+            raise ValueError(f"encoder dropout must be in [0, 1), got {p}")
+        for encoder in (self.item_tower.text, self.item_tower.vision):
+            if encoder is not None:
+                for module in encoder.modules():
+                    if isinstance(module, nn.Dropout):
+                        module.p = p
+
     def _scoring(self, vectors: torch.Tensor) -> torch.Tensor:
         """`vectors` as they enter a score: L2-normalised under cosine similarity, unchanged under dot."""
         return F.normalize(vectors, dim=-1) if self.config.similarity == "cosine" else vectors

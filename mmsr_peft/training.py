@@ -257,6 +257,8 @@ class Trainer:
         )
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if args.encoder_dropout is not None:
+            model.set_encoder_dropout(args.encoder_dropout)
         self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         optimizer = make_optimizer(self.trainable, args)
         processes = accelerator.num_processes

@@ -1,7 +1,10 @@
 """Fine-tuning regimes per encoder: frozen (cached), top_k (only the top blocks train), full."""
 
+import numpy as np
 import pytest
 import torch
+from test_model import catalog  # noqa: F401  (a fixture)
+from test_model import tiny as tiny_model
 
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.data.processing import ItemInputs
@@ -122,6 +125,25 @@ def test_every_text_family_gets_lora_targets_and_top_k(backbone):
     model.item_tower.text.set_finetuning("top_k", 1)
     trainable = [n for n, p in model.item_tower.text.named_parameters() if p.requires_grad]
     assert trainable and not [n for n in trainable if ".0." in n or "embeddings" in n]
+
+
+def test_encoder_dropout_zero_makes_training_encoders_read_as_in_evaluation(catalog, tmp_path):  # noqa: F811
+    """`--encoder_dropout 0`: a trainable encoder in training mode gives its evaluation outputs (the features a
+    model trained on cached ones knows); the saved config keeps the encoder's own dropout."""
+    from mmsr_peft.training import Trainer, TrainingArguments, make_accelerator
+
+    model = tiny_model(text_finetune="full")  # in eval mode
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    expected = model.embed_items(inputs)
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(model.embed_items(inputs), expected)  # tiny-bert's own dropout (0.1)
+    args = TrainingArguments(output_dir=str(tmp_path), encoder_dropout=0.0, report_to=["none"])
+    Trainer(model, [np.arange(4)], inputs, [], args, make_accelerator(args, "multimodal", "concat"))
+    torch.testing.assert_close(model.embed_items(inputs), expected, rtol=0, atol=0)  # the same kernels, no mask
+    assert model.item_tower.text.backbone.config.hidden_dropout_prob == 0.1  # what save_pretrained writes
+    with pytest.raises(ValueError, match=r"--encoder_dropout must be in \[0, 1\), got 1.0"):
+        TrainingArguments(encoder_dropout=1.0)
 
 
 def test_each_encoder_can_train_at_its_own_learning_rate():
