@@ -452,8 +452,14 @@ def targets(plan: dict, records: dict) -> list[str]:
     lora_rows, full_rows = (
         [row for row, spec in tuned.items() if spec["args"]["method"] == m] for m in ("lora", "full")
     )
+    method_flags = {"method", "components", "modules_to_save", "text_learning_rate", "vision_learning_rate"}
+
+    def recipe(spec: dict) -> tuple:
+        """What a LoRA row and a full fine-tuning row must share to be compared: the start and every other flag."""
+        return spec["init"], sorted((k, str(v)) for k, v in spec["args"].items() if k not in method_flags)
+
     for lora, full in itertools.product(lora_rows, full_rows):
-        if tuned[lora]["init"] == tuned[full]["init"]:  # LoRA against full fine-tuning from the same start
+        if recipe(tuned[lora]) == recipe(tuned[full]):  # LoRA against full fine-tuning, same start and recipe
             ratio, rows = paired(lora, full)
             lines.append(f"- {rows} = **{ratio:.3f}x** (goal >= 0.97x: {'met' if ratio >= 0.97 else 'missed'})")
     if len(lines) == 2:
