@@ -259,9 +259,11 @@ def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tu
             "frozen": {"group": "text+image", "label": "frozen", "command": "pretrain", "args": {}},
             "lora": {**adapt, "label": "LoRA", "args": {"method": "lora"}},
             "full": {**adapt, "label": "full", "args": {"method": "full"}},
+            # another recipe: compared with its start, not with the LoRA row of the first recipe
+            "full_calm": {**adapt, "label": "full calm", "args": {"method": "full", "encoder_dropout": 0.0}},
         },
     }
-    for row, ndcg in (("id", 0.08), ("frozen", 0.10), ("lora", 0.11), ("full", 0.1125)):
+    for row, ndcg in (("id", 0.08), ("frozen", 0.10), ("lora", 0.11), ("full", 0.1125), ("full_calm", 0.105)):
         write_record(tmp_path / "records", row, "main", 0, ndcg)
     # a seed the fine-tuned rows do not have yet: they are compared with their start on the seeds they share
     write_record(tmp_path / "records", "frozen", "main", 1, 0.20, valid_ndcg_at_10=0.05)
@@ -271,6 +273,8 @@ def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tu
     assert "- LoRA (0.1100, 1 seed) / its start frozen (0.1000, 1 seed) = 1.100x (goal > 1x: met)" in report
     assert "- full (0.1125, 1 seed) / its start frozen (0.1000, 1 seed) = 1.125x\n" in report
     assert "- LoRA (0.1100, 1 seed) / full (0.1125, 1 seed) = **0.978x** (goal >= 0.97x: met)" in report
+    assert "- full calm (0.1050, 1 seed) / its start frozen (0.1000, 1 seed) = 1.050x\n" in report
+    assert "/ full calm" not in report
 
 
 def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path):
