@@ -178,21 +178,25 @@ class Benchmark:
             settings = {"seed": run.seed, "max_len": plan["model"]["max_len"], "output": out / "report.json"}
             settings["device"] = "cuda" if torch.cuda.is_available() else "cpu"
             script = REPO / "scripts" / "recbole_sasrec.py"
-            return [self.args.recbole_python, script, self.recbole_export(), *as_flags(settings | spec["args"])]
+            args = dict(spec["args"])
+            export = self.recbole_export(args.pop("train_stride", None))  # the split's; RecBole's flags the rest
+            return [self.args.recbole_python, script, export, *as_flags(settings | args)]
         raise SystemExit(f"{self.args.plan}: row {run.row}: unknown command {spec['command']!r}")
 
-    def recbole_export(self) -> Path:
-        """The domain as RecBole atomic files of exactly our split (written once)."""
+    def recbole_export(self, train_stride: int | None = None) -> Path:
+        """The domain as RecBole atomic files of exactly our split, with `train_stride`'s training windows (each
+        export written once)."""
         from mmsr_peft.data.recbole import export_recbole
         from mmsr_peft.domains import load_domain
 
         (name,) = self.plan["data"]["domains"]
-        export = self.work_dir / "recbole" / name
+        export = self.work_dir / ("recbole" if train_stride is None else f"recbole-stride{train_stride}") / name
         with self.export_lock:  # RecBole's seeds start side by side: one writes the export, the others wait
             if (export / "mmsr_export.json").is_file():
                 return export
             domain = load_domain(name, self.plan["data"]["data_source"], self.args.data_dir)
-            export_recbole(domain.folder, export, max_len=self.plan["model"]["max_len"], overwrite=True)
+            max_len = self.plan["model"]["max_len"]
+            export_recbole(domain.folder, export, max_len=max_len, overwrite=True, train_stride=train_stride)
         return export
 
     def folder(self, run: Run) -> Path:

@@ -74,6 +74,27 @@ def test_benchmark_files_hold_exactly_our_split(data_dir, tmp_path):
     assert config["MAX_ITEM_LIST_LENGTH"] == 4 and config["benchmark_filename"] == ["train", "valid", "test"]
 
 
+def test_a_stride_one_export_gives_every_training_target_its_last_max_len_items(data_dir, tmp_path):
+    """`--train_stride 1`: RecBole's own augmentation, every target once with the max_len items before it."""
+    domain = load_folder(data_dir / "synthetic" / "food")
+    out = tmp_path / "food"
+    assert data_main(["recbole-export", str(domain.folder), str(out), "--max_len", "4", "--train_stride", "1"]) in (
+        0,
+        None,
+    )
+    ids = domain.catalog.item_ids
+    header, lines = rows(out / "food.train.inter")
+    train = [(r["user_id"], r["item_id_list"].split(" "), r["item_id"]) for r in lines]
+    expected = [
+        (user, [ids[i] for i in seq[max(0, j - 4) : j]], ids[seq[j]])
+        for user, seq in zip(domain.sequences.user_ids, domain.sequences.items, strict=True)
+        for j in range(1, len(seq) - 2)
+    ]
+    assert sorted(train) == sorted(expected)
+    manifest = json.loads((out / "mmsr_export.json").read_text())
+    assert manifest["split"]["train_stride"] == 1 and manifest["split"]["rows"]["train"] == len(expected)
+
+
 def test_text_with_tabs_newlines_and_quotes_survives_both_readers(tmp_path):
     texts = ["a\ttab and a\nnewline", '"Quoted" at the start', 'inner "quote"', "", "plain"]
     items = {"item_id": ["i1", "i2", "i3", "i4", "i5"], "text": texts, "image": [None] * 4 + [None]}

@@ -248,6 +248,7 @@ def export_recbole(
     name: str | None = None,
     max_len: int = 50,
     overwrite: bool = False,
+    train_stride: int | None = None,
 ) -> dict:
     """Writes a processed domain and its leave-one-out split as RecBole atomic and benchmark files (see the
     module docstring), replacing `out_dir` as a whole. Returns the export manifest (also in `mmsr_export.json`).
@@ -258,10 +259,12 @@ def export_recbole(
         name: the files' stem; defaults to `out_dir`'s name (RecBole requires the two to be equal).
         max_len: history length of the split (`Split.leave_one_out`): histories are the last `max_len` items.
         overwrite: replace an existing `out_dir`.
+        train_stride: the split's training windows (`Split.leave_one_out`'s `stride`, default `max_len`); 1 gives
+            every training target its last `max_len` items, as RecBole's own prefix augmentation does.
 
-    The benchmark files hold exactly `Split.leave_one_out(sequences, max_len)`: `valid`/`test` one row per user
-    (history -> target); `train` one row per training transition, each item of each training window predicted
-    from the window's items before it, as our models train on them.
+    The benchmark files hold exactly `Split.leave_one_out(sequences, max_len, stride=train_stride)`:
+    `valid`/`test` one row per user (history -> target); `train` one row per training transition, each trained
+    item of each training window predicted from the window's items before it, as our models train on them.
     """
     from ..domains import load_folder
     from ..evaluation import PROTOCOL
@@ -278,11 +281,17 @@ def export_recbole(
         else:
             (tmp / "images").rmdir()
         _export_interactions(domain_folder / "interactions.parquet", tmp / f"{name}.inter")
-        rows = _export_split(domain.sequences, domain.catalog.item_ids, max_len, tmp, name)
+        rows = _export_split(domain.sequences, domain.catalog.item_ids, max_len, tmp, name, train_stride)
         manifest = {
             "name": name,
             "domain": domain.manifest,
-            "split": {"method": "leave_one_out", "max_len": max_len, "rows": rows, **domain.sequences.stats},
+            "split": {
+                "method": "leave_one_out",
+                "max_len": max_len,
+                "train_stride": train_stride or max_len,
+                "rows": rows,
+                **domain.sequences.stats,
+            },
             "protocol": PROTOCOL,
             "recbole_config": {
                 "data_path": str(out_dir.resolve().parent),
@@ -334,7 +343,9 @@ def _export_interactions(path: Path, out: Path) -> None:
                 row += 1
 
 
-def _export_split(sequences: Sequences, item_ids: list[str], max_len: int, folder: Path, name: str) -> dict:
+def _export_split(
+    sequences: Sequences, item_ids: list[str], max_len: int, folder: Path, name: str, stride: int | None
+) -> dict:
     """Writes the three benchmark files; returns their row counts."""
     counts = dict.fromkeys(SPLITS, 0)
     handles = {split: open(folder / f"{name}.{split}.inter", "w", newline="", encoding="utf-8") for split in SPLITS}
@@ -344,7 +355,7 @@ def _export_split(sequences: Sequences, item_ids: list[str], max_len: int, folde
             writer.writerow(BENCHMARK_HEADER)
         for user_id, items in zip(sequences.user_ids, sequences.items, strict=True):
             # the user's own split, by the same code as the models' (the user's rows come out together)
-            split = Split.leave_one_out(Sequences([user_id], [items]), max_len)
+            split = Split.leave_one_out(Sequences([user_id], [items]), max_len, stride=stride)
             cases = {
                 "train": [
                     (window[:j], window[j])
@@ -403,11 +414,20 @@ def add_command(commands) -> None:
     parser.add_argument("out_dir", help="Folder to write (replaced as a whole); RecBole's data_path/dataset.")
     parser.add_argument("--name", default=None, help="The files' stem; default: OUT_DIR's name (RecBole needs that).")
     parser.add_argument("--max_len", type=int, default=50, help="History length of the leave-one-out split.")
+    parser.add_argument(
+        "--train_stride",
+        type=int,
+        default=None,
+        help="Training windows every N items (as the models' --train_stride; default max_len); 1: every target with "
+        "its last max_len items, RecBole's own augmentation.",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing OUT_DIR.")
     parser.set_defaults(handler=_run_export)
 
 
 def _run_export(args) -> None:
-    manifest = export_recbole(args.domain_folder, args.out_dir, args.name, args.max_len, args.overwrite)
+    manifest = export_recbole(
+        args.domain_folder, args.out_dir, args.name, args.max_len, args.overwrite, args.train_stride
+    )
     rows = ", ".join(f"{split} {count}" for split, count in manifest["split"]["rows"].items())
     print(f"wrote {args.out_dir} (benchmark rows: {rows}; RecBole: {json.dumps(manifest['recbole_config'])})")
