@@ -263,6 +263,14 @@ class TrainingArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute encoder activations in the backward pass to save memory."}
     )
+    feed_forward_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute the encoders' 4x-wide feed-forward activations in the backward pass instead of keeping "
+            "them (Hugging Face BERT-like and ViT-like encoders, open_clip ViTs): less activation memory than "
+            "without, less recomputation than --gradient_checkpointing."
+        },
+    )
     encoder_dropout: float | None = field(
         default=None,
         metadata={

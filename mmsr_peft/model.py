@@ -78,6 +78,17 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             if encoder is not None:
                 encoder.gradient_checkpointing_enable()
 
+    def feed_forward_checkpointing_enable(self) -> int:
+        """Recomputes the 4x-wide feed-forward activations of the text and vision encoders in the backward pass
+        (`checkpoint_feed_forward`): a lighter form of gradient checkpointing. Returns the blocks it applies to."""
+        from .encoders.common import checkpoint_feed_forward
+
+        return sum(
+            checkpoint_feed_forward(encoder)
+            for encoder in (self.item_tower.text, self.item_tower.vision)
+            if encoder is not None
+        )
+
     def set_encoder_dropout(self, p: float) -> None:
         """Sets the dropout inside the text and vision encoders (every `nn.Dropout` of their backbones, which
         Hugging Face attention also reads its probability from) to `p` for this run; the saved config keeps the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import replace
@@ -18,6 +19,8 @@ from .data.processing import ItemInputs
 from .encoders import EncoderOutput
 from .evaluation import EvalSet, evaluate
 from .train_state import COMPLETE_MARKER, TrainState, check_training_state, last_complete_state, saved_states
+
+logger = logging.getLogger(__name__)
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -257,6 +260,8 @@ class Trainer:
         )
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if args.feed_forward_checkpointing and not model.feed_forward_checkpointing_enable():
+            logger.warning("--feed_forward_checkpointing: no encoder of this model has a feed-forward block it knows")
         if args.encoder_dropout is not None:
             model.set_encoder_dropout(args.encoder_dropout)
         self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}

@@ -198,6 +198,48 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(catalog):  # n
         torch.testing.assert_close(checkpointed_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def _saved_bytes(model, batch) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of one forward."""
+    storages = {}
+
+    def keep(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(**vars(batch))
+    return sum(storages.values())
+
+
+def test_feed_forward_checkpointing_keeps_less_and_changes_no_gradient(catalog):  # noqa: F811
+    """Under LoRA on both encoders (tiny-bert and an open_clip ViT): the feed-forward expansions are recomputed,
+    not kept; the loss, the gradients and the state-dict keys stay the same."""
+    from peft import LoraConfig
+
+    from mmsr_peft.lora import lora_target_modules
+
+    model = tiny()
+    model.add_adapter(LoraConfig(r=4, target_modules=lora_target_modules(model)), "default")
+    model.train()
+    batch = TrainCollator(model.processor(catalog.records(range(len(catalog)))), num_negatives=4, seed=0)(
+        [np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7, 8, 9])]
+    )
+    keys, kept = list(model.state_dict()), _saved_bytes(model, batch)
+    loss, grads = _loss_and_grads(model, batch)
+    blocks = model.feed_forward_checkpointing_enable()
+    layers = model.item_tower.text.backbone.config.num_hidden_layers + len(
+        model.item_tower.vision.tower.transformer.resblocks
+    )
+    assert blocks == layers and model.feed_forward_checkpointing_enable() == 0  # every block once
+    assert list(model.state_dict()) == keys
+    assert _saved_bytes(model, batch) < 0.9 * kept
+    checkpointed_loss, checkpointed_grads = _loss_and_grads(model, batch)
+    torch.testing.assert_close(checkpointed_loss, loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == checkpointed_grads.keys() and any("lora_" in n for n in grads)
+    for name in grads:
+        torch.testing.assert_close(checkpointed_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_bf16_autocast_trains_on_cpu(data_dir, tmp_path):
     from accelerate.state import AcceleratorState
     from conftest import tiny_pretrain_argv

@@ -147,6 +147,38 @@ def enable_activation_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def checkpoint_feed_forward(module: nn.Module) -> int:
+    """Recomputes the wide half of every transformer feed-forward block inside `module` in the backward pass instead
+    of storing it: Hugging Face `*Intermediate` modules (BERT-like text encoders, ViT, BEiT, ...: the expansion and
+    its activation) and open_clip's `mlp` (`c_fc` + GELU). That activation is 4x the hidden width, and under LoRA
+    its output is what a frozen layer still stores (for the activation's gradient). The state-dict keys do not
+    change. Returns how many blocks were wrapped."""
+    from torch.utils.checkpoint import checkpoint
+
+    def recomputed(forward):
+        def run(hidden_states, *args, **kwargs):
+            if not (torch.is_grad_enabled() and hidden_states.requires_grad):
+                return forward(hidden_states, *args, **kwargs)
+            return checkpoint(forward, hidden_states, *args, use_reentrant=False, **kwargs)
+
+        return run
+
+    wrapped = 0
+    for name, block in module.named_modules():
+        if getattr(block, "_feed_forward_checkpointed", False):
+            continue
+        if type(block).__name__.endswith("Intermediate"):
+            block.forward = recomputed(block.forward)
+        elif name.endswith("mlp") and isinstance(block, nn.Sequential) and hasattr(block, "c_fc"):
+            expand = recomputed(lambda x, block=block: block.gelu(block.c_fc(x)))
+            block.forward = lambda x, block=block, expand=expand: block.c_proj(expand(x))
+        else:
+            continue
+        block._feed_forward_checkpointed = True
+        wrapped += 1
+    return wrapped
+
+
 def quiet_from_pretrained(model_class, name_or_path: str, **kwargs):
     """`model_class.from_pretrained` without transformers' load report, which lists the pooler we leave out as
     unexpected keys (the strict `load_state_dict` that follows is the check that matters), and without its
