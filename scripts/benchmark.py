@@ -190,15 +190,24 @@ def resident_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+# the lighter-activation settings of the adaptation rows `*_lean` (TrainingArguments fields)
+LEAN = {"encoder_dropout": 0.0, "feed_forward_checkpointing": True}
+
+
 def adaptation_step(
-    method: str, data_dir: str, steps: int, checkpointing: bool = False, negative_table: bool = False
+    method: str,
+    data_dir: str,
+    steps: int,
+    checkpointing: bool = False,
+    negative_table: bool = False,
+    training: dict | None = None,
 ) -> dict:
     """Step time, memory and sizes of one adaptation method (`lora`, `side` or `full`) on the default CPU model
     (synthetic office). Memory: the resident size once model and catalog are loaded, and the peak during training
     (the difference is what training itself costs: activations, gradients, optimizer states). A side adapter's
     frozen encoders run once over the catalog before training (`prepare_s`; a later run reads the feature cache).
     With `negative_table`, sampled negatives are scored from a table of the catalog's embeddings, rebuilt once an
-    epoch (`table_s`), instead of going through the encoders."""
+    epoch (`table_s`), instead of going through the encoders. `training`: more `TrainingArguments` fields."""
     from peft import LoraConfig
 
     from mmsr_peft.adapters import is_adapter_key
@@ -229,6 +238,7 @@ def adaptation_step(
             num_negatives=256,
             negative_table=negative_table,
             gradient_checkpointing=checkpointing,
+            **(training or {}),
         )
         began = time.perf_counter()
         table = trainer.negative_table() if negative_table else None
@@ -317,6 +327,10 @@ def run(args) -> dict:
             for method in ("lora", "full"):  # negatives from a table: only the batch's own items are encoded
                 key = f"{method}_table"
                 results[key] = in_fresh_process(adaptation_step, method, data_dir, args.steps, False, True)
+                print(f"{key}:", json.dumps(results[key]["step_s"]), flush=True)
+            for method in ("lora", "full"):  # the lighter activations: no encoder dropout, feed-forward recomputed
+                key = f"{method}_lean"
+                results[key] = in_fresh_process(adaptation_step, method, data_dir, args.steps, training=LEAN)
                 print(f"{key}:", json.dumps(results[key]["step_s"]), flush=True)
     if "catalog" in args.sections:
         results["catalog"] = []
@@ -440,6 +454,8 @@ def report(results: dict, args, command: str, where: str) -> str:
             ("full_table", "full + negative table"),
             ("lora_checkpointing", "LoRA + gradient checkpointing"),
             ("full_checkpointing", "full + gradient checkpointing"),
+            ("lora_lean", "LoRA, encoder dropout 0 + feed-forward checkpointing"),
+            ("full_lean", "full, encoder dropout 0 + feed-forward checkpointing"),
         ):
             row = results.get(key)
             if row is None:
@@ -458,11 +474,12 @@ def report(results: dict, args, command: str, where: str) -> str:
                 f"{row.get('prepare_s', 0):.1f} |"
             )
         lines.append("")
-        for suffix, setting in (("", "without"), ("_checkpointing", "with")):
+        settings = (("", "without gradient checkpointing"), ("_checkpointing", "with gradient checkpointing"))
+        for suffix, setting in (*settings, ("_lean", "encoder dropout 0 + feed-forward checkpointing")):
             lora, full = results.get("lora" + suffix), results.get("full" + suffix)
             if lora and full:
                 lines.append(
-                    f"- {setting} gradient checkpointing, LoRA / full: peak memory "
+                    f"- {setting}, LoRA / full: peak memory "
                     f"{lora['peak_rss_mib'] / full['peak_rss_mib']:.2f}x (target <= 0.6x), training memory "
                     f"{(lora['peak_rss_mib'] - lora['loaded_rss_mib']) / (full['peak_rss_mib'] - full['loaded_rss_mib']):.2f}x, "
                     f"{held_ratio(lora, full)}step time {lora['step_s']['median'] / full['step_s']['median']:.2f}x"
