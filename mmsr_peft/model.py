@@ -92,8 +92,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
     def set_encoder_dropout(self, p: float) -> None:
         """Sets the dropout inside the text and vision encoders (every `nn.Dropout` of their backbones, which
         Hugging Face attention also reads its probability from) to `p` for this run; the saved config keeps the
-        encoders' own. Fine-tuning a model trained on frozen, cached features meets the encoders' dropout for the
-        first time: `p = 0` spares the layers above it that shift."""
+        encoders' own. A model trained on frozen, cached features never saw the encoders' dropout; with `p = 0`,
+        fine-tuning feeds the layers above the encoders the kind of features they were trained on."""
         if not 0 <= p < 1:
             raise ValueError(f"encoder dropout must be in [0, 1), got {p}")
         for encoder in (self.item_tower.text, self.item_tower.vision):
