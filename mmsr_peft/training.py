@@ -106,6 +106,20 @@ def make_accelerator(args: TrainingArguments, item_tower: str, fusion: str):
     )
 
 
+def check_compilable(model) -> None:
+    """`--torch_compile` cannot trace peft's LoRA on `nn.MultiheadAttention` (open_clip ViTs, attention fusions,
+    SASRec): it swaps the attention's weight parameters at every forward. Refused up front, naming the layers."""
+    from peft.tuners.lora.layer import MultiheadAttention
+
+    swapped = [name for name, module in model.named_modules() if isinstance(module, MultiheadAttention)]
+    if swapped:
+        raise ValueError(
+            f"--torch_compile: LoRA on nn.MultiheadAttention cannot be compiled (peft swaps its weights at every "
+            f"forward), here {len(swapped)} layers such as {swapped[0]!r}; leave those components out of LoRA "
+            "(e.g. --components text fusion) or train without --torch_compile"
+        )
+
+
 def tracked_config(model, args: TrainingArguments) -> dict:
     """The run's settings as trackers take them (TensorBoard's hparams: flat, scalars or strings): the training
     arguments and the model's config, nested keys joined by `/`."""
@@ -279,6 +293,8 @@ class Trainer:
         )
         # what `prepare` left in the model: the same tensors under DDP, sharded ones under FSDP
         self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        if args.torch_compile:
+            check_compilable(model)
         if args.torch_compile and not is_compiled_module(self.ddp_model):  # `--dynamo_backend` compiled it already
             self.ddp_model = torch.compile(
                 self.ddp_model, backend=args.torch_compile_backend, mode=args.torch_compile_mode

@@ -446,6 +446,24 @@ def test_torch_compile_trains_as_eager_does(data_dir, tmp_path):
     torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-5, atol=1e-6)
 
 
+def test_torch_compile_refuses_lora_on_multihead_attention(catalog, tmp_path):  # noqa: F811
+    """peft swaps LoRA'd `nn.MultiheadAttention` weights at every forward, which dynamo cannot trace: a clear
+    error up front, naming a layer and what to do, instead of a compiler traceback at the first step."""
+    from peft import LoraConfig
+
+    from mmsr_peft.lora import lora_target_modules
+    from mmsr_peft.training import Trainer, TrainingArguments, make_accelerator
+
+    model = tiny()
+    model.add_adapter(LoraConfig(r=4, target_modules=lora_target_modules(model, ["vision"])), "default")
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    args = TrainingArguments(output_dir=str(tmp_path), torch_compile=True, report_to=["none"])
+    with pytest.raises(
+        ValueError, match=r"--torch_compile: LoRA on nn.MultiheadAttention .* 'item_tower.vision.tower"
+    ):
+        Trainer(model, [np.arange(4)], inputs, [], args, make_accelerator(args, "multimodal", "concat"))
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
