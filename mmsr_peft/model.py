@@ -72,22 +72,21 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         self.name_or_path: str | None = None
         self.base_fingerprint: str | None = None  # sha256 of the model.safetensors it was loaded from / saved to
 
+    def _encoders(self) -> list[nn.Module]:
+        """The text and vision encoders this model has."""
+        return [e for e in (self.item_tower.text, self.item_tower.vision) if e is not None]
+
     def gradient_checkpointing_enable(self) -> None:
         """Gradient checkpointing in the text and vision encoders: less activation memory, one more forward."""
-        for encoder in (self.item_tower.text, self.item_tower.vision):
-            if encoder is not None:
-                encoder.gradient_checkpointing_enable()
+        for encoder in self._encoders():
+            encoder.gradient_checkpointing_enable()
 
     def feed_forward_checkpointing_enable(self) -> int:
         """Recomputes the 4x-wide feed-forward activations of the text and vision encoders in the backward pass
         (`checkpoint_feed_forward`): a lighter form of gradient checkpointing. Returns the blocks it applies to."""
         from .encoders.common import checkpoint_feed_forward
 
-        return sum(
-            checkpoint_feed_forward(encoder)
-            for encoder in (self.item_tower.text, self.item_tower.vision)
-            if encoder is not None
-        )
+        return sum(checkpoint_feed_forward(encoder) for encoder in self._encoders())
 
     def set_encoder_dropout(self, p: float) -> None:
         """Sets the dropout inside the text and vision encoders (every `nn.Dropout` of their backbones, which
@@ -96,11 +95,10 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         fine-tuning feeds the layers above the encoders the kind of features they were trained on."""
         if not 0 <= p < 1:
             raise ValueError(f"encoder dropout must be in [0, 1), got {p}")
-        for encoder in (self.item_tower.text, self.item_tower.vision):
-            if encoder is not None:
-                for module in encoder.modules():
-                    if isinstance(module, nn.Dropout):
-                        module.p = p
+        for encoder in self._encoders():
+            for module in encoder.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = p
 
     def _scoring(self, vectors: torch.Tensor) -> torch.Tensor:
         """`vectors` as they enter a score: L2-normalised under cosine similarity, unchanged under dot."""

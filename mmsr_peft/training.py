@@ -295,10 +295,10 @@ class Trainer:
         self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if args.torch_compile:
             check_compilable(model)
-        if args.torch_compile and not is_compiled_module(self.ddp_model):  # `--dynamo_backend` compiled it already
-            self.ddp_model = torch.compile(
-                self.ddp_model, backend=args.torch_compile_backend, mode=args.torch_compile_mode
-            )
+            if not is_compiled_module(self.ddp_model):  # `accelerate launch --dynamo_backend` compiled it already
+                self.ddp_model = torch.compile(
+                    self.ddp_model, backend=args.torch_compile_backend, mode=args.torch_compile_mode
+                )
         self.state = TrainState()
 
     def train(self) -> TrainState:

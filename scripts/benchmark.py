@@ -190,24 +190,29 @@ def resident_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-# the lighter-activation settings of the adaptation rows `*_lean` (TrainingArguments fields)
-LEAN = {"encoder_dropout": 0.0, "feed_forward_checkpointing": True}
+# The adaptation rows' training settings (TrainingArguments fields) by key suffix: as they are, with gradient
+# checkpointing, with sampled negatives scored from a table, and with the lighter activations (no encoder dropout,
+# feed-forward recomputed). The side adapter runs no encoder backward: only the first.
+ADAPTATION_SETTINGS = {
+    "": {},
+    "_checkpointing": {"gradient_checkpointing": True},
+    "_table": {"negative_table": True},
+    "_lean": {"encoder_dropout": 0.0, "feed_forward_checkpointing": True},
+}
 
 
 def adaptation_step(
     method: str,
     data_dir: str,
     steps: int,
-    checkpointing: bool = False,
-    negative_table: bool = False,
     training: dict | None = None,
 ) -> dict:
     """Step time, memory and sizes of one adaptation method (`lora`, `side` or `full`) on the default CPU model
     (synthetic office). Memory: the resident size once model and catalog are loaded, and the peak during training
     (the difference is what training itself costs: activations, gradients, optimizer states). A side adapter's
     frozen encoders run once over the catalog before training (`prepare_s`; a later run reads the feature cache).
-    With `negative_table`, sampled negatives are scored from a table of the catalog's embeddings, rebuilt once an
-    epoch (`table_s`), instead of going through the encoders. `training`: more `TrainingArguments` fields."""
+    `training`: `TrainingArguments` fields; with `negative_table`, sampled negatives are scored from a table of the
+    catalog's embeddings, rebuilt once an epoch (`table_s`), instead of going through the encoders."""
     from peft import LoraConfig
 
     from mmsr_peft.adapters import is_adapter_key
@@ -236,12 +241,10 @@ def adaptation_step(
             output_dir,
             learning_rate=1e-4,
             num_negatives=256,
-            negative_table=negative_table,
-            gradient_checkpointing=checkpointing,
             **(training or {}),
         )
         began = time.perf_counter()
-        table = trainer.negative_table() if negative_table else None
+        table = trainer.negative_table() if trainer.args.negative_table else None
         table_s = time.perf_counter() - began
         loaded_mib = resident_mib()
         model.train()
@@ -320,18 +323,12 @@ def run(args) -> dict:
         if "lora" in args.sections:
             generate_world(Path(data_dir) / "synthetic", ["office"], SyntheticWorldConfig(seed=0))
             for method in ("lora", "side", "full"):
-                for checkpointing in (False, True) if method != "side" else (False,):  # side: no encoder backward
-                    key = method + ("_checkpointing" if checkpointing else "")
-                    results[key] = in_fresh_process(adaptation_step, method, data_dir, args.steps, checkpointing)
+                for suffix, training in ADAPTATION_SETTINGS.items():
+                    if method == "side" and suffix:
+                        continue
+                    key = method + suffix
+                    results[key] = in_fresh_process(adaptation_step, method, data_dir, args.steps, training)
                     print(f"{key}:", json.dumps(results[key]["step_s"]), flush=True)
-            for method in ("lora", "full"):  # negatives from a table: only the batch's own items are encoded
-                key = f"{method}_table"
-                results[key] = in_fresh_process(adaptation_step, method, data_dir, args.steps, False, True)
-                print(f"{key}:", json.dumps(results[key]["step_s"]), flush=True)
-            for method in ("lora", "full"):  # the lighter activations: no encoder dropout, feed-forward recomputed
-                key = f"{method}_lean"
-                results[key] = in_fresh_process(adaptation_step, method, data_dir, args.steps, training=LEAN)
-                print(f"{key}:", json.dumps(results[key]["step_s"]), flush=True)
     if "catalog" in args.sections:
         results["catalog"] = []
         for num_items in args.catalog_sizes:
