@@ -553,7 +553,7 @@ def curve_section(bench: Benchmark, records: dict) -> list[str]:
         return []
     share = {split: plan["splits"][split].get("train_user_fraction", 1.0) for split in splits}
     curves, cells = {}, {}
-    zero_shot = {split: {} for split in splits}
+    zero_shot = {}  # per base (an `init` row), per split, per seed
     for row, spec in plan["rows"].items():
         runs = {split: records.get(row, {}).get(split, {}) for split in splits}
         if not any(runs.values()):
@@ -564,11 +564,12 @@ def curve_section(bench: Benchmark, records: dict) -> list[str]:
         for split in splits:
             for seed, record in runs[split].items():
                 if "zero_shot" in record:
-                    zero_shot[split][seed] = record["zero_shot"]["ndcg@10"]
-    if any(zero_shot.values()):
-        label = "zero-shot: the source base as it is"
-        curves[label] = [(share[split], *mean_std(list(zero_shot[split].values()))) for split in splits]
-        cells[label] = [cell(list(zero_shot[split].values())) for split in splits]
+                    base_runs = zero_shot.setdefault(spec["init"], {split: {} for split in splits})
+                    base_runs[split][seed] = record["zero_shot"]["ndcg@10"]
+    for init, base_runs in zero_shot.items():
+        label = f"zero-shot: {plan['rows'][init]['label']}, as it is"
+        curves[label] = [(share[split], *mean_std(list(base_runs[split].values()))) for split in splits]
+        cells[label] = [cell(list(base_runs[split].values())) for split in splits]
     if not cells:
         return []
     header = "| row | " + " | ".join(f"{100 * share[split]:g} % of users" for split in splits) + " |"
