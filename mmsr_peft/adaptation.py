@@ -189,9 +189,8 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         candidates=corpus.negative_candidates(),
         train_skip=corpus.train_skip,
     )
-    adapted, popularity, protocols = evaluate_report(
-        model, catalog_inputs, corpus.test, args.eval_batch_size, accelerator
-    )
+    report = evaluate_report(model, catalog_inputs, corpus.test, args.eval_batch_size, accelerator)
+    adapted = report.main
     results[row] = adapted["all"]
     by_target.update(_warm_and_cold(row, adapted, domain.name))
     share = {name: {"trainable": "-"} for name in results}
@@ -206,13 +205,15 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         summary = {"test": results, "trainable_parameters": trainable, "total_parameters": total}
         summary.update(training_record(state, args), data=corpus.stats, trainable_column=share)
         summary["test_adapted"] = adapted  # per domain, warm and cold targets (the table's row is its "all")
-        summary["test_other_exclusions"] = protocols
-        summary["test_by_popularity"] = popularity
+        summary["test_other_exclusions"] = report.other_exclusions
+        summary["test_by_popularity"] = report.by_popularity
         if by_target:
             summary["test_by_target"] = by_target
             table += f"\n\nCold start: {len(corpus.cold_items)} items held out of training.\n{format_table(by_target)}"
         card = "adapter" if adapt_args.method in ADAPTER_METHODS else "base"
-        write_run_outputs(args.output_dir, summary, (adapt_args, args), state, card, base_model=str(adapt_args.base))
+        write_run_outputs(
+            args.output_dir, summary, (adapt_args, args), state, card, str(adapt_args.base), report.ranks
+        )
         kind = "synthetic" if domain.synthetic else adapt_args.data_source
         print(
             f"\nTarget {adapt_args.target} ({kind}), test split. Protocol: full ranking, leave-one-out, "

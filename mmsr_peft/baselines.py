@@ -97,18 +97,19 @@ def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args:
     )
     print(describe_data(corpus.stats))
     ranker = build_baseline(args.baseline, corpus, model_args, args.feature_cache_dir)
-    results, popularity, protocols = evaluate_report(ranker, None, corpus.test, args.eval_batch_size)
+    report = evaluate_report(ranker, None, corpus.test, args.eval_batch_size)
+    results = report.main
     results["random"] = random_baseline(corpus.test)
     summary = {
         "baseline": args.baseline,
         "description": BASELINES[args.baseline],
         "test": results,
-        "test_other_exclusions": protocols,
-        "test_by_popularity": popularity,
+        "test_other_exclusions": report.other_exclusions,
+        "test_by_popularity": report.by_popularity,
         "data": corpus.stats,
         "trainable_parameters": 0,
         "wall_s": time.perf_counter() - began,
     }
-    write_run_outputs(args.output_dir, summary, (args, model_args, data_args))
+    write_run_outputs(args.output_dir, summary, (args, model_args, data_args), test_ranks=report.ranks)
     print(f"\n{args.baseline} ({BASELINES[args.baseline]}), test split:\n{format_table(results)}\n")
     return summary

@@ -50,6 +50,13 @@ def baseline_main(argv=None) -> int:
     return _run(run_baseline, argv, (BaselineArguments, ModelArguments, DataArguments), baseline_main.__doc__)
 
 
+def evaluate_main(argv=None) -> int:
+    """`mmsr-evaluate`: a saved model (with an adapter) on the test split of processed domains, as its run did."""
+    from .model_evaluation import EvaluateArguments, evaluate_model
+
+    return _run(evaluate_model, argv, (EvaluateArguments,), evaluate_main.__doc__)
+
+
 def recommend_main(argv=None) -> int:
     """`mmsr-recommend`: top-k recommendations for a file of histories (JSONL or CSV in, JSONL out)."""
     from .batch import RecommendArguments, recommend_file

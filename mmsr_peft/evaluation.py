@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +33,13 @@ EXCLUSIONS = {
 # Lower edges of the popularity buckets a target is reported in, by its number of training interactions.
 POPULARITY_EDGES = (0, 1, 10, 100, 1000)
 COLD_SHELF = "cold, among cold items"  # cold targets ranked against the cold items only: a "new arrivals" shelf
+# a case's value of each metric from the 0-based rank of its target, when that rank is under the cut-off K
+CASE_METRICS = {
+    "hr": lambda ranks: np.ones_like(ranks),
+    "ndcg": lambda ranks: 1.0 / np.log2(ranks + 2.0),
+    "mrr": lambda ranks: 1.0 / (ranks + 1.0),
+}
+RANKS_FILE = "test_ranks.npy"  # a run's main-protocol rank of each test case (`EvaluationReport.ranks`)
 
 
 @dataclass
@@ -73,14 +81,7 @@ class EvalSet:
 
 def rank_metrics(ranks: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
     """Mean HR@K, NDCG@K and MRR@K from 0-based ranks of the target (0 = ranked first)."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    metrics = {}
-    for k in ks:
-        hit = ranks < k
-        metrics[f"hr@{k}"] = float(hit.mean())
-        metrics[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
-        metrics[f"mrr@{k}"] = float(np.where(hit, 1.0 / (ranks + 1.0), 0.0).mean())
-    return metrics
+    return {f"{name}@{k}": float(case_metric(ranks, f"{name}@{k}").mean()) for k in ks for name in CASE_METRICS}
 
 
 def random_metrics(num_candidates: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
@@ -259,7 +260,6 @@ def evaluate(
     return results[exclude]
 
 
-@torch.no_grad()
 def evaluate_exclusions(
     model,
     catalog_inputs: ItemInputs,
@@ -274,6 +274,16 @@ def evaluate_exclusions(
     """`{exclude: evaluate(..., exclude=exclude)}` for each of `excludes` (the main protocol and the secondary
     columns of a results table), from one pass: the catalog is embedded and each user encoded once (with an
     `accelerator` of several processes: each process its share, see `evaluate`)."""
+    results, _ = _ranked(model, catalog_inputs, eval_sets, excludes, ks, batch_size, progress, chunk_size, accelerator)
+    return results
+
+
+@torch.no_grad()
+def _ranked(
+    model, catalog_inputs, eval_sets, excludes, ks, batch_size, progress, chunk_size, accelerator
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, np.ndarray]]:
+    """`evaluate_exclusions`' metrics, and under each exclusion the 0-based rank of every case (the sets' cases end
+    to end, in order; `MISS` for a target that is not among its candidates)."""
     was_training = model.training
     model.eval()
     shards = Shards(accelerator)
@@ -324,10 +334,11 @@ def evaluate_exclusions(
             if shelf is not None and eval_set.cold.any():
                 cold_ranks = shards.gather(_cat_ranks(shelf_ranks[exclude]), len(eval_set.targets)).numpy()
                 results[exclude][f"{eval_set.name} {COLD_SHELF}"] = rank_metrics(cold_ranks[eval_set.cold], ks)
+    case_ranks = {exclude: np.concatenate(all_ranks[exclude]) for exclude in excludes}
     for exclude in excludes:
-        results[exclude]["all"] = rank_metrics(np.concatenate(all_ranks[exclude]), ks)
+        results[exclude]["all"] = rank_metrics(case_ranks[exclude], ks)
     model.train(was_training)
-    return results
+    return results, case_ranks
 
 
 def _cat_ranks(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -378,17 +389,75 @@ def _set_metrics(eval_set: EvalSet, ranks: np.ndarray, ks) -> dict[str, dict[str
     return metrics
 
 
-def evaluate_report(
-    model, catalog_inputs, eval_sets, batch_size: int = 256, accelerator=None
-) -> tuple[dict, dict, dict]:
-    """What a run reports on its test split, from one `evaluate_exclusions` pass: `(main, by_popularity,
-    other_exclusions)`. `main` is the main protocol's rows for the results table; `by_popularity` its
-    `"<name> popularity <bucket>"` rows, which `metrics.json` keeps apart (`test_by_popularity`); `other_exclusions`
-    the secondary columns (`test_other_exclusions`)."""
-    other = evaluate_exclusions(model, catalog_inputs, eval_sets, batch_size=batch_size, accelerator=accelerator)
+class EvaluationReport(NamedTuple):
+    """What a run reports on its test split (`evaluate_report`).
+
+    Attributes:
+        main (`dict`): the main protocol's rows for the results table.
+        by_popularity (`dict`): its `"<name> popularity <bucket>"` rows, which `metrics.json` keeps apart
+            (`test_by_popularity`).
+        other_exclusions (`dict`): the secondary columns (`test_other_exclusions`).
+        ranks (`np.ndarray`): the main protocol's 0-based rank of every case, the sets' cases end to end
+            (`MISS`: the target was not a candidate), written to `RANKS_FILE` for paired comparisons
+            (`paired_bootstrap`).
+    """
+
+    main: dict
+    by_popularity: dict
+    other_exclusions: dict
+    ranks: np.ndarray
+
+
+def evaluate_report(model, catalog_inputs, eval_sets, batch_size: int = 256, accelerator=None) -> EvaluationReport:
+    """What a run reports on its test split, from one `evaluate_exclusions` pass (see `EvaluationReport`)."""
+    other, ranks = _ranked(
+        model, catalog_inputs, eval_sets, tuple(EXCLUSIONS), DEFAULT_KS, batch_size, True, None, accelerator
+    )
     main = other.pop("history")
     by_popularity = {key: main.pop(key) for key in [key for key in main if " popularity " in key]}
-    return main, by_popularity, other
+    return EvaluationReport(main, by_popularity, other, ranks["history"])
+
+
+def case_metric(ranks: np.ndarray, metric: str = "ndcg@10") -> np.ndarray:
+    """Each case's value of `metric` ("hr@K", "ndcg@K" or "mrr@K") from its 0-based rank (`rank_metrics` is their
+    mean)."""
+    name, _, k = metric.partition("@")
+    if name not in CASE_METRICS or not k.isdigit():
+        raise ValueError(f"unknown metric {metric!r}; expected hr@K, ndcg@K or mrr@K")
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < int(k), CASE_METRICS[name](ranks), 0.0)
+
+
+def paired_bootstrap(
+    ranks_a, ranks_b, metric: str = "ndcg@10", samples: int = 10000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """Compares two models on the same test cases from their ranks (`RANKS_FILE`: `(cases,)`, or `(runs, cases)`
+    for several seeds of each, a case then counting its mean over them): the mean of `metric` of each, their ratio
+    and difference, and percentile bootstrap intervals of both. The bootstrap resamples cases with replacement (the
+    users are what varies between evaluations), and both models are scored on the same resample, so what a case's
+    difficulty gives both cancels out."""
+    a, b = case_metric(ranks_a, metric), case_metric(ranks_b, metric)
+    if a.shape != b.shape or a.ndim not in (1, 2) or not a.size:
+        raise ValueError(f"paired comparison needs the same cases on both sides: {a.shape} against {b.shape}")
+    if a.ndim == 2:  # (runs, cases): each case's mean over the runs
+        a, b = a.mean(0), b.mean(0)
+    rng, mean_a, mean_b = np.random.default_rng(seed), np.empty(samples), np.empty(samples)
+    for first in range(0, samples, 256):  # (256, cases) indices at a time: bounded memory for any number of cases
+        picks = rng.integers(0, len(a), size=(min(256, samples - first), len(a)))
+        mean_a[first : first + len(picks)], mean_b[first : first + len(picks)] = a[picks].mean(1), b[picks].mean(1)
+    tail = 100 * (1 - confidence) / 2
+    ratios = mean_a / np.where(mean_b > 0, mean_b, np.nan)
+    return {
+        "cases": len(a),
+        "a": float(a.mean()),
+        "b": float(b.mean()),
+        "ratio": float(a.mean() / b.mean()) if b.mean() > 0 else math.nan,
+        "ratio_low": float(np.nanpercentile(ratios, tail)),
+        "ratio_high": float(np.nanpercentile(ratios, 100 - tail)),
+        "difference": float(a.mean() - b.mean()),
+        "difference_low": float(np.percentile(mean_a - mean_b, tail)),
+        "difference_high": float(np.percentile(mean_a - mean_b, 100 - tail)),
+    }
 
 
 def random_baseline(eval_sets: list[EvalSet], ks=DEFAULT_KS, exclude: str = "history") -> dict[str, float]:

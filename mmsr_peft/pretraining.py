@@ -89,23 +89,23 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             train_skip=corpus.train_skip,
         )
         tested = time.perf_counter()
-        results, popularity, protocols = evaluate_report(
-            model, catalog_inputs, corpus.test, args.eval_batch_size, accelerator
-        )
+        report = evaluate_report(model, catalog_inputs, corpus.test, args.eval_batch_size, accelerator)
+        results = report.main
         test_s = time.perf_counter() - tested
         results["random"] = random_baseline(corpus.test)
         table = format_table(results)
         if accelerator.is_main_process:
             model.save_pretrained(args.output_dir)
             summary = {"test": results, **training_record(state, args), "data": corpus.stats}
-            summary["test_other_exclusions"] = protocols
-            summary["test_by_popularity"] = popularity
+            summary["test_other_exclusions"] = report.other_exclusions
+            summary["test_by_popularity"] = report.by_popularity
             summary["total_parameters"] = sum(p.numel() for p in model.parameters())
             summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             summary["runtime"].update(
                 prepare_s=round(prepare_s, 3), encode_s=round(encode_s, 3), test_s=round(test_s, 3)
             )
-            write_run_outputs(args.output_dir, summary, (model_args, data_args, args), state, card="base")
+            arguments = (model_args, data_args, args)
+            write_run_outputs(args.output_dir, summary, arguments, state, card="base", test_ranks=report.ranks)
             print(f"\nTest, per source domain ({'; '.join(corpus.stats)}):\n{table}\n")
             print(f"Base model written to {args.output_dir}")
         accelerator.wait_for_everyone()

@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -171,11 +172,18 @@ def library_trainer(model, corpus, catalog_inputs, output_dir: str, **training):
     return Trainer(model, corpus.train, catalog_inputs, corpus.valid, args, accelerator, train_skip=corpus.train_skip)
 
 
+INTEGER_LIST = re.compile(r"\[\s+(-?\d+(?:,\s+-?\d+)*)\s+\]")  # as json.dumps(indent=2) writes one
+
+
 def write_json(path: Path, value) -> None:
-    """Writes `value` as JSON atomically (a reader sees the old file or the whole new one)."""
+    """Writes `value` as JSON atomically (a reader sees the old file or the whole new one), a list of integers on one
+    line (a record's test ranks: one per user)."""
     from mmsr_peft.files import atomic_write_text
 
-    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+    text = INTEGER_LIST.sub(
+        lambda match: "[" + ", ".join(match[1].replace(",", " ").split()) + "]", json.dumps(value, indent=2)
+    )
+    atomic_write_text(path, text + "\n")
 
 
 def run_all(runs: list[Run], record_path: Callable[[Run], Path], do: Callable[[Run], dict], jobs: int) -> list[str]:

@@ -53,6 +53,8 @@ def test_mmsr_baseline_writes_metrics_like_a_trained_run(baseline, data_dir, tmp
     if baseline == "popularity":  # cold items have no training interaction: never above a warm one
         assert metrics["test"]["food cold"]["hr@10"] == 0.0
     assert json.loads((out / "run_args.json").read_text())["baseline"] == baseline
+    ranks = np.load(out / metrics["test_ranks"])  # every test case's rank: the "all" row, case by case
+    assert rank_metrics(ranks) == pytest.approx(metrics["test"]["all"])
 
 
 def test_unknown_baseline_lists_the_valid_ones(capsys):

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from testing_utils import KILLABLE_RUN, run_until
@@ -158,6 +159,21 @@ def test_runs_are_processes_with_records_resumable_and_reproducible(benchmark, d
     assert benchmark.main([*argv, "--verify", "id/main-seed0"]) == 0
     assert "re-run identical" in capsys.readouterr().out
 
+    # a record keeps every test case's rank; --add_ranks gives them to a record without (the run's saved model
+    # evaluated again, with its adapter; a baseline run again), checking the model's test NDCG@10 against the record
+    ranks = {}
+    for row in ("id", "text_lora", "popularity"):
+        path = records / row / "main-seed0.json"
+        record = json.loads(path.read_text())
+        ranks[row] = record.pop("test_ranks")
+        assert len(ranks[row]) == 50  # the food domain's users
+        path.write_text(json.dumps(record))
+    assert benchmark.main([*argv, "--add_ranks", "--splits", "main", "--seeds", "0"]) == 0
+    assert capsys.readouterr().out.count("ranks of 50 test cases added") == 3  # the others kept theirs
+    for row in ranks:
+        again = json.loads((records / row / "main-seed0.json").read_text())["test_ranks"]
+        assert sum(a == b for a, b in zip(again, ranks[row], strict=True)) >= 48  # a float tie may break otherwise
+
 
 @pytest.mark.slow
 def test_a_run_whose_sitting_ended_goes_on_from_its_last_training_state(benchmark, data_dir, tmp_path, capsys):
@@ -279,6 +295,43 @@ def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tu
     assert "- LoRA (0.1100, 1 seed) / full (0.1125, 1 seed) = **0.978x** (goal >= 0.97x: met)" in report
     assert "- full calm (0.1050, 1 seed) / its start frozen (0.1000, 1 seed) = 1.050x\n" in report
     assert "/ full calm" not in report
+
+
+def test_goals_of_rows_whose_records_keep_their_ranks_get_a_paired_interval(benchmark, tmp_path):
+    adapt = {"group": "fine-tuned", "command": "adapt", "init": "frozen"}
+    plan = {
+        "name": "tiny_paired",
+        "title": "tiny paired",
+        "data": {"domains": ["food"], "data_source": "synthetic"},
+        "seeds": [0, 1],
+        "splits": {"main": {}},
+        "training": {"num_epochs": 200, "patience": 10},
+        "rows": {
+            "recbole": {"group": "id", "label": "RecBole", "command": "recbole", "args": {}},
+            "id": {"group": "id", "label": "ID", "command": "pretrain", "args": {"item_tower": "id"}},
+            "frozen": {"group": "text+image", "label": "frozen", "command": "pretrain", "args": {}},
+            "lora": {**adapt, "label": "LoRA", "args": {"method": "lora"}},
+            "full": {**adapt, "label": "full", "args": {"method": "full"}},
+        },
+    }
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        write_record(tmp_path / "records", "recbole", "main", seed, 0.08)  # the stronger ID baseline, no ranks
+        write_record(tmp_path / "records", "id", "main", seed, 0.05, test_ranks=rng.integers(0, 60, 400).tolist())
+        start = rng.integers(0, 30, size=400)
+        better = np.maximum(start - 2 * (rng.random(400) < 0.5), 0)  # two places higher for half of the users
+        write_record(tmp_path / "records", "frozen", "main", seed, 0.10, test_ranks=start.tolist())
+        write_record(tmp_path / "records", "lora", "main", seed, 0.11, test_ranks=better.tolist())
+        write_record(tmp_path / "records", "full", "main", seed, 0.105)  # no ranks: no interval
+    report = report_of(benchmark, tmp_path, plan)
+    line = next(line for line in report.splitlines() if line.startswith("- LoRA (0.1100, 2 seeds) / its start"))
+    low, high = (float(x) for x in line.split(" = 1.100x [")[1].split("]")[0].split(", "))
+    assert 1 < low < high and "(paired bootstrap, 400 users) (goal > 1x: met)" in line
+    assert "- full (0.1050, 2 seeds) / its start frozen (0.1000, 2 seeds) = 1.050x\n" in report
+    assert "the stronger ID baseline RecBole (0.0800, 2 seeds) = **1.375x** (goal" in report  # RecBole: no interval
+    # the best row against our ID row instead, with an interval: ranks of 0-59 against 0-29, far better
+    assert "- the same row / ID (0.0500, 2 seeds) = 2.200x [" in report
+    assert "Intervals: 95 % paired bootstrap of the ratio" in report
 
 
 def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path):

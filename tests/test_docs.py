@@ -21,6 +21,7 @@ CONSOLE_COMMANDS = {
     "mmsr-pretrain": "pretrain",
     "mmsr-adapt": "adapt",
     "mmsr-baseline": "baseline",
+    "mmsr-evaluate": "evaluate",
     "mmsr-publish": "publish",
     "mmsr-recommend": "recommend",
     "mmsr-data": "data",
@@ -103,6 +104,10 @@ def parse(kind: str, argv: list[str]):
         from mmsr_peft.builder import ModelArguments
 
         return parse_args((BaselineArguments, ModelArguments, DataArguments), argv)
+    if kind == "evaluate":
+        from mmsr_peft.model_evaluation import EvaluateArguments
+
+        return parse_args((EvaluateArguments,), argv)
     if kind == "publish":
         from mmsr_peft.hub import PublishArguments
 

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_TRAIN_FLAGS, tiny_pretrain_argv
@@ -13,7 +14,8 @@ from testing_utils import assert_topk_agree
 
 from mmsr_peft import MMSRModel, load_domain
 from mmsr_peft.adaptation import AdaptArguments, adapt
-from mmsr_peft.cli import adapt_main
+from mmsr_peft.cli import adapt_main, evaluate_main
+from mmsr_peft.evaluation import rank_metrics
 from mmsr_peft.training import TrainingArguments
 
 
@@ -41,6 +43,10 @@ def test_pretrain_writes_a_loadable_base_with_card_metrics_and_run_args(base_dir
     other = metrics["test_other_exclusions"]
     assert set(other) == {"window", "none"}
     assert other["none"]["all"]["hr@20"] <= other["window"]["all"]["hr@20"] <= metrics["test"]["all"]["hr@20"]
+    # every test case's rank, the table's "all" row case by case (for paired comparisons of two runs)
+    ranks = np.load(base_dir / metrics["test_ranks"])
+    assert len(ranks) == sum(domain["users_kept"] for domain in metrics["data"].values())
+    assert rank_metrics(ranks) == pytest.approx(metrics["test"]["all"])
     card = (base_dir / "README.md").read_text()
     assert "library_name: mmsr_peft" in card and "synthetic" in card and "| all |" in card
     assert "More Information Needed" not in card
@@ -59,6 +65,8 @@ def test_mmsr_adapt_main_prints_table_and_writes_peft_adapter(base_dir, data_dir
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["peft_type"] == "LORA" and adapter_config["base_model_name_or_path"] == str(base_dir)
     assert "base_model:" in (out / "README.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert rank_metrics(np.load(out / metrics["test_ranks"])) == pytest.approx(metrics["test_adapted"]["all"])
 
 
 def test_new_process_loads_base_and_adapter_and_recommends_identically(base_dir, data_dir, tmp_path):
@@ -262,3 +270,41 @@ def test_max_steps_stops_a_run_in_the_steps_asked_and_evaluates_there(data_dir, 
     states = sorted((tmp_path / "run" / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
     assert json.loads((states[-1] / "trainer_state.json").read_text())["step"] == 6
     assert pretrain_main([*tiny_pretrain_argv(data_dir, "--max_steps", "0"), "--output_dir", str(tmp_path / "x")]) == 2
+
+
+def same_ranks(a: Path, b: Path) -> float:
+    """The share of test cases ranked the same in two runs' `test_ranks.npy` (a float tie may break either way)."""
+    return float(np.mean(np.load(a / "test_ranks.npy") == np.load(b / "test_ranks.npy")))
+
+
+def test_mmsr_evaluate_gives_a_saved_run_its_own_test_numbers_back(base_dir, data_dir, tmp_path, capsys):
+    # the base, on its pretraining domains and seed (the run evaluated it in memory, this from its folder)
+    out = tmp_path / "base_again"
+    argv = ["--model", str(base_dir), "--domains", "food", "home", "movies", "--data_dir", str(data_dir)]
+    assert evaluate_main([*argv, "--seed", "0", "--output_dir", str(out)]) == 0
+    trained, again = (json.loads((folder / "metrics.json").read_text()) for folder in (base_dir, out))
+    assert again["test"]["all"] == pytest.approx(trained["test"]["all"], abs=1e-3)
+    for exclude in ("window", "none"):
+        assert again["test_other_exclusions"][exclude]["all"] == pytest.approx(
+            trained["test_other_exclusions"][exclude]["all"], abs=1e-3
+        )
+    assert same_ranks(out, base_dir) >= 0.97
+    assert "Protocol: leave-one-out" in capsys.readouterr().out
+    # an adapter, on its target with a cold-start split (the seed draws the cold items)
+    adapter = tmp_path / "office"
+    split = ["--data_dir", str(data_dir), "--cold_start_fraction", "0.2"]
+    adapt_argv = ["--target", "office", "--base", str(base_dir), "--output_dir", str(adapter), *split]
+    assert adapt_main([*adapt_argv, *TINY_TRAIN_FLAGS, "--max_steps", "2"]) == 0
+    out = tmp_path / "adapter_again"
+    argv = ["--model", str(base_dir), "--adapter", str(adapter), "--domains", "office", "--seed", "0", *split]
+    assert evaluate_main([*argv, "--output_dir", str(out)]) == 0
+    trained, again = (json.loads((folder / "metrics.json").read_text()) for folder in (adapter, out))
+    assert {"office warm", "office cold"} <= set(again["test"])
+    for key in ("all", "office warm", "office cold"):
+        assert again["test"][key] == pytest.approx(trained["test_adapted"][key], abs=1e-3), key
+    assert same_ranks(out, adapter) >= 0.97
+    # it never writes over the run it reads, nor over earlier results unless told to
+    assert evaluate_main([*argv, "--output_dir", str(adapter)]) == 2
+    assert evaluate_main([*argv, "--output_dir", str(out)]) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    assert evaluate_main([*argv, "--output_dir", str(out), "--overwrite_output_dir"]) == 0

@@ -10,6 +10,7 @@ from mmsr_peft.data.processing import ItemInputs
 from mmsr_peft.evaluation import (
     MISS,
     EvalSet,
+    case_metric,
     chunked_ranks,
     chunked_ranks_under,
     chunked_topk,
@@ -17,6 +18,7 @@ from mmsr_peft.evaluation import (
     evaluate_exclusions,
     format_table,
     history_mask,
+    paired_bootstrap,
     popularity_bucket,
     random_baseline,
     random_metrics,
@@ -371,3 +373,31 @@ def test_new_item_boost_adds_to_the_scores_of_items_without_training_interaction
     new, old = boosted["d popularity 0"], plain["d popularity 0"]
     assert new["mrr@10"] > old["mrr@10"]
     assert boosted["d popularity 1-9"]["mrr@10"] <= plain["d popularity 1-9"]["mrr@10"]
+
+
+def test_case_metrics_average_to_the_rank_metrics():
+    ranks = np.array([0, 1, 4, 9, 10, 19, 30, MISS])
+    for metric, value in rank_metrics(ranks, ks=(10, 20)).items():
+        assert case_metric(ranks, metric).mean() == pytest.approx(value)
+    assert case_metric(ranks, "ndcg@10")[:2] == pytest.approx([1.0, 1 / np.log2(3)])
+    with pytest.raises(ValueError, match="unknown metric 'recall@x'"):
+        case_metric(ranks, "recall@x")
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise_that_the_users_share():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 40, size=2000)  # the users' difficulty: shared by both models
+    better = np.maximum(base - (rng.random(2000) < 0.3), 0)  # one rank higher for 30 % of the cases
+    gain = paired_bootstrap(better, base, samples=2000)
+    assert gain["cases"] == 2000 and gain["ratio"] > 1
+    assert 1 < gain["ratio_low"] < gain["ratio"] < gain["ratio_high"]  # a small gain, and sure of it
+    assert 0 < gain["difference_low"] < gain["difference"] < gain["difference_high"]
+    assert gain["difference"] == pytest.approx(gain["a"] - gain["b"])
+    same = paired_bootstrap(base, base, samples=500)  # a model against itself: no difference at all
+    assert same["ratio_low"] == same["ratio_high"] == 1.0 and same["difference_high"] == 0.0
+    shuffled = paired_bootstrap(rng.permutation(base), base, samples=2000)  # same quality, unpaired cases
+    assert shuffled["ratio_low"] < 1 < shuffled["ratio_high"]
+    seeds = paired_bootstrap(np.stack([better, base]), np.stack([base, base]), samples=500)  # 2 runs of each
+    assert seeds["a"] == pytest.approx((gain["a"] + gain["b"]) / 2) and seeds["ratio_low"] > 1
+    with pytest.raises(ValueError, match="same cases on both sides"):
+        paired_bootstrap(base[:10], base[:9])
