@@ -374,6 +374,7 @@ def read_recbole(path: Path) -> dict:
         "valid_ndcg_at_10": report["valid_best"]["ndcg@10"],
         "valid_curve": report["valid_ndcg@10_per_epoch"],
         "hyper_parameters": report["hyper_parameters"],
+        **({"test_ranks": report["test_ranks"]} if "test_ranks" in report else {}),  # in our split's case order
     }
 
 

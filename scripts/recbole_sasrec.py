@@ -213,6 +213,9 @@ def run(recbole, args, folder: Path, name: str, export: dict, work: Path) -> dic
 
     eval_start, eval_cpu = time.perf_counter(), time.process_time()
     ranks = protocol_ranks(model, test_data, config["device"], known_before_test, user_field)
+    # the export writes one test row per user in our split's order: the ranks in that order pair with our runs'
+    user_ids = dataset.field2token_id[user_field]  # token -> RecBole's remapped id
+    test_users = [user_ids[token] for token in export_users(folder / f"{name}.test.inter")]
     eval_s, eval_cpu = time.perf_counter() - eval_start, time.process_time() - eval_cpu
     trainer.known = known_before_test.to(config["device"])
     masked = trainer.evaluate(test_data, load_best_model=False)  # RecBole's evaluator, known items excluded
@@ -262,6 +265,7 @@ def run(recbole, args, folder: Path, name: str, export: dict, work: Path) -> dic
         "valid_best": {"protocol": "ours, ties by torch.topk", "ndcg@10": float(trainer.best_valid_score)},
         "valid_ndcg@10_per_epoch": trainer.valid_scores,
         "test": {"protocol": PROTOCOL, **rank_metrics(ranks["test"])},
+        "test_ranks": in_order(ranks["users"], ranks["test"], test_users),
         **{key: {"protocol": text, **rank_metrics(ranks[key])} for key, text in SECONDARY_PROTOCOLS.items()},
         "test_recbole": {"protocol": RECBOLE_PROTOCOL, **recbole_metrics(native)},
         "test_recbole_history_excluded": {
@@ -345,16 +349,18 @@ def make_trainer(recbole, config, model, user_field: str):
 
 def protocol_ranks(model, eval_data, device, known, user_field: str) -> dict:
     """0-based rank of each target from SASRec's full-sort scores under our main protocol (`test`: the user's
-    `known` items excluded) and the secondary ones (only the history the model reads excluded; nothing excluded)."""
+    `known` items excluded) and the secondary ones (only the history the model reads excluded; nothing excluded), and
+    the user of each row (`users`: RecBole's ids)."""
     import numpy as np
     import torch
 
     model.eval()
     known = known.to(device)
-    ranks = {"test": [], "test_last_max_len": [], "test_unmasked": []}
+    ranks = {"test": [], "test_last_max_len": [], "test_unmasked": [], "users": []}
     with torch.no_grad():
         for interaction, _, _, targets in eval_data:
             interaction, targets = interaction.to(device), targets.to(device)
+            ranks["users"].append(interaction[user_field].cpu().numpy())
             scores = model.full_sort_predict(interaction)  # (B, N + 1): column 0 is padding
             read = torch.zeros_like(scores, dtype=torch.bool)
             read.scatter_(1, interaction[model.ITEM_SEQ], True)  # the history the model reads (and padding 0)
@@ -369,6 +375,23 @@ def protocol_ranks(model, eval_data, device, known, user_field: str) -> dict:
             for key, exclude in masks.items():
                 ranks[key].append(target_ranks(scores, targets, exclude).cpu().numpy())
     return {key: np.concatenate(parts) for key, parts in ranks.items()}
+
+
+def export_users(path: Path) -> list[str]:
+    """The user of each row of an exported `.inter` file (its first column), in the file's order."""
+    with open(path, encoding="utf-8") as handle:
+        next(handle)  # the header
+        return [line.split("\t", 1)[0] for line in handle if line.strip()]
+
+
+def in_order(users, ranks, order) -> list[int]:
+    """`ranks` (one per evaluated row, whose user is in `users`) as the list of the ranks of the users of `order`;
+    a user of `order` that RecBole did not evaluate is an error."""
+    by_user = {int(user): int(rank) for user, rank in zip(users, ranks, strict=True)}
+    missing = [user for user in order if int(user) not in by_user]
+    if missing:
+        raise RuntimeError(f"RecBole evaluated no test row of {len(missing)} exported users (e.g. id {missing[0]})")
+    return [by_user[int(user)] for user in order]
 
 
 def target_ranks(scores, targets, exclude):

@@ -213,3 +213,13 @@ def test_recbole_sasrec_script_refuses_the_project_environment(data_dir, tmp_pat
     assert script.main([str(tmp_path / "arts"), "--epochs", "1"]) == 2
     assert "make recbole-venv" in capsys.readouterr().err
     assert script.main([str(tmp_path)]) == 2 and "mmsr-data recbole-export" in capsys.readouterr().err
+    # its test ranks come out in the export's row order (our split's), whatever order RecBole evaluated them in
+    users = script.export_users(tmp_path / "arts" / "arts.test.inter")
+    header, test_rows = rows(tmp_path / "arts" / "arts.test.inter")
+    assert users == [row[header[0][0]] for row in test_rows] and len(users) > 10
+    ids = {token: 1 + number for number, token in enumerate(reversed(users))}  # RecBole's own numbering
+    evaluated = [ids[u] for u in users[::2]] + [ids[u] for u in users[1::2]]  # its batches: another order
+    ranks = [10 * ids[u] for u in users[::2]] + [10 * ids[u] for u in users[1::2]]
+    assert script.in_order(evaluated, ranks, [ids[u] for u in users]) == [10 * ids[u] for u in users]
+    with pytest.raises(RuntimeError, match="no test row of 1 exported users"):
+        script.in_order(evaluated[1:], ranks[1:], [ids[u] for u in users])
