@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from .adapters import adapter_config_file
 from .arguments import SplitArguments
 from .domains import build_corpus, describe_data, load_domain
 from .evaluation import PROTOCOL, evaluate_report, format_table, random_baseline
@@ -52,6 +54,11 @@ def evaluate_model(args: EvaluateArguments) -> dict:
     from .model import MMSRModel
     from .training import precompute_frozen_states
 
+    if Path(args.model).is_dir() and adapter_config_file(Path(args.model)) is not None:
+        raise ValueError(
+            f"--model {args.model} is an adapter folder: pass the base it was trained on as --model and this folder "
+            "as --adapter"
+        )
     protected = {"--model": args.model, **({"--adapter": args.adapter} if args.adapter else {})}
     check_output_dir(args.output_dir, protected, args.overwrite_output_dir)
     with claim_output_dir(args.output_dir, overwrite=args.overwrite_output_dir):

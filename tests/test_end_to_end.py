@@ -303,6 +303,10 @@ def test_mmsr_evaluate_gives_a_saved_run_its_own_test_numbers_back(base_dir, dat
     for key in ("all", "office warm", "office cold"):
         assert again["test"][key] == pytest.approx(trained["test_adapted"][key], abs=1e-3), key
     assert same_ranks(out, adapter) >= 0.97
+    # an adapter folder passed as the model is refused with what to pass instead
+    assert evaluate_main(["--model", str(adapter), "--domains", "office", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "is an adapter folder: pass the base it was trained on as --model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything is written
     # it never writes over the run it reads, nor over earlier results unless told to
     assert evaluate_main([*argv, "--output_dir", str(adapter)]) == 2
     assert evaluate_main([*argv, "--output_dir", str(out)]) == 2
