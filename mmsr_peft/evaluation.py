@@ -81,6 +81,7 @@ class EvalSet:
 
 def rank_metrics(ranks: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
     """Mean HR@K, NDCG@K and MRR@K from 0-based ranks of the target (0 = ranked first)."""
+    ranks = np.asarray(ranks, dtype=np.float64)  # once, not once per metric
     return {f"{name}@{k}": float(case_metric(ranks, f"{name}@{k}").mean()) for k in ks for name in CASE_METRICS}
 
 

@@ -247,6 +247,8 @@ class Trainer:
 
         if not train_sequences:
             raise ValueError("no training sequences: every user has fewer than 3 interactions before the held-out two")
+        if args.torch_compile:
+            check_compilable(model)
         self.model, self.catalog_inputs, self.eval_sets = model, catalog_inputs, eval_sets
         self.args, self.accelerator, self.on_best = args, accelerator, on_best
         counts = np.bincount(np.concatenate(train_sequences), minlength=len(catalog_inputs))
@@ -293,12 +295,10 @@ class Trainer:
         )
         # what `prepare` left in the model: the same tensors under DDP, sharded ones under FSDP
         self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-        if args.torch_compile:
-            check_compilable(model)
-            if not is_compiled_module(self.ddp_model):  # `accelerate launch --dynamo_backend` compiled it already
-                self.ddp_model = torch.compile(
-                    self.ddp_model, backend=args.torch_compile_backend, mode=args.torch_compile_mode
-                )
+        if args.torch_compile and not is_compiled_module(self.ddp_model):  # `--dynamo_backend` compiled it already
+            self.ddp_model = torch.compile(
+                self.ddp_model, backend=args.torch_compile_backend, mode=args.torch_compile_mode
+            )
         self.state = TrainState()
 
     def train(self) -> TrainState:

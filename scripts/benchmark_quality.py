@@ -496,7 +496,10 @@ def targets(plan: dict, records: dict) -> list[str]:
         return test(a, seeds) / test(b, seeds), f"{described(a, seeds)} / {before_b}{described(b, seeds)}"
 
     def interval(a: str, b: str) -> str:
-        return paired_interval(main[a], main[b], sorted(set(main[a]) & set(main[b])))
+        return paired_interval(main[a], main[b])
+
+    def keeps_ranks(row: str) -> bool:
+        return all("test_ranks" in run for run in main[row].values())
 
     group = {row: plan["rows"][row].get("group") for row in main}
     complete = [row for row in main if len(main[row]) >= len(plan["seeds"])]  # a row with fewer seeds: not yet
@@ -506,14 +509,14 @@ def targets(plan: dict, records: dict) -> list[str]:
     if ids and content:
         strongest = max(ids, key=test)  # the stronger ID baseline: chosen on test, which favours the baseline
         best = max(content, key=valid)  # our row: chosen on validation
-        ratio = test(best) / test(strongest)
+        ratio, headline = test(best) / test(strongest), interval(best, strongest)
         lines.append(
             f"- best text + image row (by validation NDCG@10) {described(best)} / the stronger ID baseline "
-            f"{described(strongest)} = **{ratio:.3f}x**{interval(best, strongest)} (goal >= 1.25x: "
+            f"{described(strongest)} = **{ratio:.3f}x**{headline} (goal >= 1.25x: "
             f"{'met' if ratio >= 1.25 else 'missed'})"
         )
-        ranked = [row for row in ids if row != strongest and interval(best, row)]  # ID rows with test ranks
-        if not interval(best, strongest) and ranked:  # RecBole's records keep none: the strongest of ours instead
+        ranked = [row for row in ids if row != strongest and keeps_ranks(row)]
+        if not headline and keeps_ranks(best) and ranked:  # RecBole's records keep none: the strongest of ours
             ours = max(ranked, key=test)
             lines.append(
                 f"- the same row / {described(ours)} = {test(best) / test(ours):.3f}x{interval(best, ours)} (the "
@@ -553,13 +556,13 @@ PAIRED_NOTE = (
 )
 
 
-def paired_interval(runs_a: dict, runs_b: dict, seeds: list[int]) -> str:
-    """`" [low, high] (paired bootstrap, N users)"`, the 95 % interval of the NDCG@10 ratio of the runs of `seeds`
-    of two rows, when all of them keep their test ranks; else `""`."""
-    runs = [runs_a[seed] for seed in seeds] + [runs_b[seed] for seed in seeds]
-    if not seeds or any("test_ranks" not in run for run in runs):
+def paired_interval(runs_a: dict, runs_b: dict) -> str:
+    """`" [low, high] (paired bootstrap, N users)"`, the 95 % interval of the NDCG@10 ratio of two rows' runs
+    (`{seed: record}`) on the seeds both have, when all of those keep their test ranks; else `""`."""
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if not seeds or any("test_ranks" not in runs[seed] for runs in (runs_a, runs_b) for seed in seeds):
         return ""
-    a, b = (np.array([run["test_ranks"] for run in side]) for side in (runs[: len(seeds)], runs[len(seeds) :]))
+    a, b = (np.array([runs[seed]["test_ranks"] for seed in seeds]) for runs in (runs_a, runs_b))
     result = paired_bootstrap(a, b)
     return f" [{result['ratio_low']:.3f}, {result['ratio_high']:.3f}] (paired bootstrap, {result['cases']} users)"
 
@@ -630,8 +633,7 @@ def transfer_targets(plan: dict, records: dict) -> list[str]:
         ours, scratch = mean(runs[best["adapted"]], "test"), mean(runs[best["scratch"]], "test")
         goal = 1.2 if share <= 0.1 else 1.0 if share == 1.0 else None
         verdict = f" (goal >= {goal}x: {'met' if ours / scratch >= goal else 'missed'})" if goal else ""
-        both = sorted(set(runs[best["adapted"]]) & set(runs[best["scratch"]]))
-        interval = paired_interval(runs[best["adapted"]], runs[best["scratch"]], both)
+        interval = paired_interval(runs[best["adapted"]], runs[best["scratch"]])
         lines.append(
             f"- {100 * share:g} % of users: {plan['rows'][best['adapted']]['label']} {ours:.4f} / "
             f"{plan['rows'][best['scratch']]['label']} {scratch:.4f} = **{ours / scratch:.2f}x**{interval}{verdict}"

@@ -265,24 +265,33 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
     assert (tmp_path / "results" / "tiny_curve_curve.png").stat().st_size > 1000
 
 
-def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tuning(benchmark, tmp_path):
-    adapt = {"group": "fine-tuned", "command": "adapt", "init": "frozen"}
-    plan = {
-        "name": "tiny_goals",
-        "title": "tiny goals",
+FINE_TUNED = {"group": "fine-tuned", "command": "adapt", "init": "frozen"}
+
+
+def goals_plan(name: str, seeds: list[int], **rows) -> dict:
+    """A quality plan of the rows the goals compare: an ID SASRec, a frozen text + image start, LoRA and full
+    fine-tuning from it, and `rows`."""
+    return {
+        "name": name,
+        "title": name,
         "data": {"domains": ["food"], "data_source": "synthetic"},
-        "seeds": [0],
+        "seeds": seeds,
         "splits": {"main": {}},
         "training": {"num_epochs": 200, "patience": 10},
         "rows": {
             "id": {"group": "id", "label": "ID", "command": "pretrain", "args": {"item_tower": "id"}},
             "frozen": {"group": "text+image", "label": "frozen", "command": "pretrain", "args": {}},
-            "lora": {**adapt, "label": "LoRA", "args": {"method": "lora"}},
-            "full": {**adapt, "label": "full", "args": {"method": "full"}},
-            # another recipe: compared with its start, not with the LoRA row of the first recipe
-            "full_calm": {**adapt, "label": "full calm", "args": {"method": "full", "encoder_dropout": 0.0}},
+            "lora": {**FINE_TUNED, "label": "LoRA", "args": {"method": "lora"}},
+            "full": {**FINE_TUNED, "label": "full", "args": {"method": "full"}},
+            **rows,
         },
     }
+
+
+def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tuning(benchmark, tmp_path):
+    # another recipe: compared with its start, not with the LoRA row of the first recipe
+    calm = {**FINE_TUNED, "label": "full calm", "args": {"method": "full", "encoder_dropout": 0.0}}
+    plan = goals_plan("tiny_goals", [0], full_calm=calm)
     for row, ndcg in (("id", 0.08), ("frozen", 0.10), ("lora", 0.11), ("full", 0.1125), ("full_calm", 0.105)):
         write_record(tmp_path / "records", row, "main", 0, ndcg)
     # a seed the fine-tuned rows do not have yet: they are compared with their start on the seeds they share
@@ -298,22 +307,8 @@ def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tu
 
 
 def test_goals_of_rows_whose_records_keep_their_ranks_get_a_paired_interval(benchmark, tmp_path):
-    adapt = {"group": "fine-tuned", "command": "adapt", "init": "frozen"}
-    plan = {
-        "name": "tiny_paired",
-        "title": "tiny paired",
-        "data": {"domains": ["food"], "data_source": "synthetic"},
-        "seeds": [0, 1],
-        "splits": {"main": {}},
-        "training": {"num_epochs": 200, "patience": 10},
-        "rows": {
-            "recbole": {"group": "id", "label": "RecBole", "command": "recbole", "args": {}},
-            "id": {"group": "id", "label": "ID", "command": "pretrain", "args": {"item_tower": "id"}},
-            "frozen": {"group": "text+image", "label": "frozen", "command": "pretrain", "args": {}},
-            "lora": {**adapt, "label": "LoRA", "args": {"method": "lora"}},
-            "full": {**adapt, "label": "full", "args": {"method": "full"}},
-        },
-    }
+    recbole = {"group": "id", "label": "RecBole", "command": "recbole", "args": {}}
+    plan = goals_plan("tiny_paired", [0, 1], recbole=recbole)
     rng = np.random.default_rng(0)
     for seed in (0, 1):
         write_record(tmp_path / "records", "recbole", "main", seed, 0.08)  # the stronger ID baseline, no ranks
