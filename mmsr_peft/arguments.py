@@ -32,6 +32,7 @@ METHODS = {
 }
 ADAPTER_METHODS = ("lora", "side")  # methods that write an adapter; the others write a model
 OPTIMIZERS = ("adamw", "adamw8bit")
+LR_SCHEDULERS = ("linear", "cosine", "constant", "reduce_lr_on_plateau")  # each after --warmup_ratio's warm-up
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
 BASELINES = {
     "popularity": "items ranked by their number of training interactions (ties count against the target)",
@@ -223,6 +224,21 @@ class TrainingArguments:
         metadata={"help": "Optimizer: 'adamw' (torch) or 'adamw8bit' (bitsandbytes, 8-bit optimizer states)."},
     )
     warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the steps with linear warm-up."})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={
+            "help": "The learning rate after the warm-up: 'linear' (down to 0 at the last step of --num_epochs), "
+            "'cosine' (half a cosine down to 0), 'constant', or 'reduce_lr_on_plateau' (constant, multiplied by "
+            "--lr_plateau_factor after every --lr_plateau_patience evaluations without a better validation NDCG@10)."
+        },
+    )
+    lr_plateau_patience: int = field(
+        default=2,
+        metadata={"help": "reduce_lr_on_plateau: evaluations without improvement before each reduction."},
+    )
+    lr_plateau_factor: float = field(
+        default=0.5, metadata={"help": "reduce_lr_on_plateau: what each reduction multiplies the learning rate by."}
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
     num_negatives: int = field(
         default=256, metadata={"help": "Catalog items sampled per step as extra negatives (sampled_softmax loss)."}
@@ -351,6 +367,15 @@ class TrainingArguments:
                 raise ValueError(
                     f"--torch_compile_mode {self.torch_compile_mode!r}: unknown; one of {', '.join(COMPILE_MODES)}"
                 )
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            raise ValueError(
+                f"unknown --lr_scheduler_type {self.lr_scheduler_type!r}; one of {', '.join(LR_SCHEDULERS)}"
+            )
+        if self.lr_plateau_patience < 1 or not 0 < self.lr_plateau_factor < 1:
+            raise ValueError(
+                f"--lr_plateau_patience must be >= 1 and --lr_plateau_factor in (0, 1), got "
+                f"{self.lr_plateau_patience} and {self.lr_plateau_factor}"
+            )
         if self.optim not in OPTIMIZERS:
             raise ValueError(f"unknown --optim {self.optim!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
         if self.optim == "adamw8bit":

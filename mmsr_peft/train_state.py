@@ -45,6 +45,7 @@ class TrainState:
         self.history: list[dict] = []
         self.loss_sum, self.loss_steps = 0.0, 0  # the current epoch's training loss so far (its mean is logged)
         self.seconds = {"train": 0.0, "valid": 0.0}  # wall time in training steps and in validation, resumes included
+        self.lr_scale = 1.0  # what --lr_scheduler_type reduce_lr_on_plateau has multiplied the learning rate by
 
     def epoch_loss(self) -> float | None:
         """The mean training loss of the epoch's steps (None before any, as for the starting model)."""
@@ -56,9 +57,8 @@ class TrainState:
         counters = {name: getattr(self, name) for name in self.COUNTERS}
         best = None if math.isinf(self.best_metric) else self.best_metric
         loss = {"loss_sum": self.loss_sum, "loss_steps": self.loss_steps}
-        text = json.dumps(
-            {**counters, **loss, "best_metric": best, "seconds": self.seconds, "history": self.history}, indent=1
-        )
+        rest = {"best_metric": best, "lr_scale": self.lr_scale, "seconds": self.seconds, "history": self.history}
+        text = json.dumps({**counters, **loss, **rest}, indent=1)
         atomic_save_tensors(folder / self.WEIGHTS, self.best_weights)
         atomic_write_text(folder / self.FILE, text + "\n")
 
@@ -98,6 +98,10 @@ class TrainState:
         if not isinstance(seconds, dict) or not all(isinstance(seconds.get(k), (int, float)) for k in self.seconds):
             raise CheckpointError(f"{path}: field 'seconds' is {seconds!r}, expected {{'train': s, 'valid': s}}")
         self.seconds = {key: float(seconds[key]) for key in self.seconds}
+        lr_scale = saved.get("lr_scale", 1.0)  # absent before reduce_lr_on_plateau
+        if not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) or not 0 < lr_scale <= 1:
+            raise CheckpointError(f"{path}: field 'lr_scale' is {lr_scale!r}, expected a number in (0, 1]")
+        self.lr_scale = float(lr_scale)
         try:
             self.best_weights = load_file(str(folder / self.WEIGHTS))
         except Exception as err:  # missing, truncated or not safetensors: SafetensorError, OSError, ...

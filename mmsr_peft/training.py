@@ -56,6 +56,25 @@ def make_optimizer(named: dict[str, torch.nn.Parameter], args: TrainingArguments
     return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
 
 
+def learning_rate_factor(kind: str, warmup: int, total: int, state: TrainState):
+    """The multiplier of the peak learning rate at each scheduler step, for `torch.optim.lr_scheduler.LambdaLR`:
+    a linear warm-up over `warmup` steps, then `kind` (`--lr_scheduler_type`) until step `total`. For
+    `reduce_lr_on_plateau` the multiplier after the warm-up is `state.lr_scale`, which the trainer lowers at the
+    end of an epoch (and which is saved and resumed with the rest of the training state)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        if kind == "linear":
+            return 1.0 - progress
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return state.lr_scale if kind == "reduce_lr_on_plateau" else 1.0
+
+    return factor
+
+
 def trackers(report_to: list[str]) -> list[str]:
     """The Accelerate trackers `--report_to` names: `auto` is TensorBoard when it is installed, else none; `none`
     is none; `all` is every tracker installed; a named tracker that is not installed is an error."""
@@ -243,7 +262,6 @@ class Trainer:
         train_skip=None,
     ):
         from accelerate.utils import is_compiled_module
-        from transformers import get_linear_schedule_with_warmup
 
         if not train_sequences:
             raise ValueError("no training sequences: every user has fewer than 3 interactions before the held-out two")
@@ -286,10 +304,11 @@ class Trainer:
         self.total_steps = args.num_epochs * math.ceil(len(train_sequences) / (args.batch_size * processes))
         if args.max_steps > 0:
             self.total_steps = min(self.total_steps, args.max_steps)
+        self.state = TrainState()
         # Accelerate steps a prepared scheduler once per process at every optimizer step: count in those units.
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, int(args.warmup_ratio * self.total_steps) * processes, self.total_steps * processes
-        )
+        warmup = int(args.warmup_ratio * self.total_steps) * processes
+        factor = learning_rate_factor(args.lr_scheduler_type, warmup, self.total_steps * processes, self.state)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         self.ddp_model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
             model, optimizer, loader, scheduler
         )
@@ -299,7 +318,6 @@ class Trainer:
             self.ddp_model = torch.compile(
                 self.ddp_model, backend=args.torch_compile_backend, mode=args.torch_compile_mode
             )
-        self.state = TrainState()
 
     def train(self) -> TrainState:
         """Runs the epochs (from the saved state with `--resume`) and leaves the best weights in the model."""
@@ -453,3 +471,15 @@ class Trainer:
                 self.on_best(self.model, metrics)
         else:
             state.stale += 1
+            self._reduce_on_plateau()
+
+    def _reduce_on_plateau(self) -> None:
+        """`--lr_scheduler_type reduce_lr_on_plateau`: after every `--lr_plateau_patience` evaluations in a row
+        without improvement, the learning rate is multiplied by `--lr_plateau_factor` from the next step on."""
+        args, state = self.args, self.state
+        if args.lr_scheduler_type != "reduce_lr_on_plateau" or state.stale % args.lr_plateau_patience:
+            return
+        state.lr_scale *= args.lr_plateau_factor
+        for group in self.optimizer.param_groups:  # the scheduler's next step gives the same: base rate x factor
+            group["lr"] *= args.lr_plateau_factor
+        self.accelerator.print(f"learning rate x{args.lr_plateau_factor:g} (now x{state.lr_scale:g} of the peak)")

@@ -170,6 +170,61 @@ def test_each_encoder_can_train_at_its_own_learning_rate():
     assert len(groups[1]["params"]) == sum("item_tower.text." in n for n in named) > 0
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_learning_rate_schedules_are_transformers_after_the_warm_up(kind):
+    import transformers
+
+    from mmsr_peft.training import TrainState, learning_rate_factor
+
+    factor = learning_rate_factor(kind, 10, 100, TrainState())
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    reference = {
+        "linear": transformers.get_linear_schedule_with_warmup(optimizer, 10, 100),
+        "cosine": transformers.get_cosine_schedule_with_warmup(optimizer, 10, 100),
+        "constant": transformers.get_constant_schedule_with_warmup(optimizer, 10),
+    }[kind]
+    expected = [reference.lr_lambdas[0](step) for step in range(101)]
+    assert [factor(step) for step in range(101)] == pytest.approx(expected, abs=1e-12)
+    assert factor(5) == 0.5 and factor(10) == 1.0
+
+
+def test_reduce_lr_on_plateau_lowers_the_rate_after_epochs_without_improvement(base_dir, data_dir, tmp_path):
+    import json
+
+    from conftest import TINY_TRAIN_FLAGS
+
+    from mmsr_peft.cli import adapt_main
+    from mmsr_peft.training import TrainingArguments
+
+    out = tmp_path / "office"
+    argv = ["--target", "office", "--base", str(base_dir), "--data_dir", str(data_dir), "--output_dir", str(out)]
+    argv += [*TINY_TRAIN_FLAGS, "--num_epochs", "4", "--patience", "4", "--warmup_ratio", "0"]
+    argv += [
+        "--lr_scheduler_type",
+        "reduce_lr_on_plateau",
+        "--lr_plateau_patience",
+        "1",
+        "--lr_plateau_factor",
+        "0.25",
+    ]
+    # a rate that wrecks the adapter: the start (epoch 0) stays best, and every epoch after it lowers the rate
+    argv += ["--evaluate_start", "true", "--learning_rate", "50"]
+    assert adapt_main(argv) == 0
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    best, expected = history[0]["valid_ndcg@10"], 50.0
+    for entry in history[1:]:
+        assert entry["learning_rate"] == pytest.approx(expected, rel=1e-9), history
+        expected *= 1.0 if entry["valid_ndcg@10"] > best else 0.25
+        best = max(best, entry["valid_ndcg@10"])
+    assert expected < 50.0  # at least one reduction happened
+    state = sorted((out / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
+    assert json.loads((state / "trainer_state.json").read_text())["lr_scale"] == pytest.approx(expected / 50.0)
+    with pytest.raises(ValueError, match="--lr_plateau_factor in \\(0, 1\\), got 1 and 1.5"):
+        TrainingArguments(lr_plateau_patience=1, lr_plateau_factor=1.5)
+    with pytest.raises(ValueError, match="unknown --lr_scheduler_type 'step'; one of linear, cosine"):
+        TrainingArguments(lr_scheduler_type="step")
+
+
 def test_the_starting_weights_stay_a_candidate_when_no_epoch_beats_them(base_dir, data_dir, tmp_path):
     import json
 

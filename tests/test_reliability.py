@@ -264,12 +264,14 @@ def test_resume_never_runs_a_pickle_and_refuses_forged_states(interrupted, tmp_p
     _assert_same_run(root / "straight", forged)
 
     exploit = pickle.dumps(RunsCode(ran))
+    saved = json.loads((root / "pristine" / "checkpoints" / "checkpoint_2" / "trainer_state.json").read_text())
     cases = [  # (file of the newest state, its forged content, what the refusal says)
         ("custom_checkpoint_0.pkl", exploit, "pickles that this mmsr_peft never writes"),  # Accelerate unpickles it
         ("random_states_0.pkl", exploit, "not a random-state file written by Accelerate"),
         ("random_states_0.pkl", None, "field 'numpy_random_seed' is not a random-number generator state"),
         ("trainer_state.json", b'{"step": "6"}', "field 'step' is '6', expected an integer"),
         ("trainer_state.json", b"[]", "expected a JSON object, got list"),
+        ("trainer_state.json", json.dumps(saved | {"lr_scale": 2}).encode(), "'lr_scale' is 2, expected a number in"),
         ("best_weights.safetensors", b"\x00" * 12, "unreadable"),
         ("random_states_0.pkl", torch_bytes([1, 2, 3]), "(a list)"),
         ("model.safetensors", None, "the training state cannot be loaded"),  # None below: truncated to half
