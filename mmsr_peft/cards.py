@@ -116,7 +116,8 @@ def base_card(folder: str | Path, repo_id: str) -> str:
         curves=(folder / CURVES_FILE).is_file(),
         synthetic=synthetic,
         training=f"{run_args['num_epochs']} epochs at most, batch {run_args['batch_size']}, AdamW lr "
-        f"{run_args['learning_rate']}, {run_args['num_negatives']} sampled negatives per step",
+        f"{run_args['learning_rate']} ({run_args.get('lr_scheduler_type', 'linear')} schedule), "
+        f"{run_args['num_negatives']} sampled negatives per step",
         example_domain=next(iter(data)),
     )
 

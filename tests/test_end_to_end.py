@@ -49,6 +49,7 @@ def test_pretrain_writes_a_loadable_base_with_card_metrics_and_run_args(base_dir
     assert rank_metrics(ranks) == pytest.approx(metrics["test"]["all"])
     card = (base_dir / "README.md").read_text()
     assert "library_name: mmsr_peft" in card and "synthetic" in card and "| all |" in card
+    assert "AdamW lr 0.003 (linear schedule)" in card
     assert "More Information Needed" not in card
     model = MMSRModel.from_pretrained(base_dir)
     assert model.config.item_tower == "multimodal"
