@@ -291,8 +291,10 @@ def goals_plan(name: str, seeds: list[int], **rows) -> dict:
 def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tuning(benchmark, tmp_path):
     # another recipe: compared with its start, not with the LoRA row of the first recipe
     calm = {**FINE_TUNED, "label": "full calm", "args": {"method": "full", "encoder_dropout": 0.0}}
-    plan = goals_plan("tiny_goals", [0], full_calm=calm)
-    for row, ndcg in (("id", 0.08), ("frozen", 0.10), ("lora", 0.11), ("full", 0.1125), ("full_calm", 0.105)):
+    control = {**FINE_TUNED, "label": "trained on", "args": {"method": "frozen"}}  # the adapters' control
+    plan = goals_plan("tiny_goals", [0], full_calm=calm, continued=control)
+    rows = ("id", 0.08), ("frozen", 0.10), ("lora", 0.11), ("full", 0.1125), ("full_calm", 0.105), ("continued", 0.1)
+    for row, ndcg in rows:
         write_record(tmp_path / "records", row, "main", 0, ndcg)
     # a seed the fine-tuned rows do not have yet: they are compared with their start on the seeds they share
     write_record(tmp_path / "records", "frozen", "main", 1, 0.20, valid_ndcg_at_10=0.05)
@@ -304,6 +306,13 @@ def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tu
     assert "- LoRA (0.1100, 1 seed) / full (0.1125, 1 seed) = **0.978x** (goal >= 0.97x: met)" in report
     assert "- full calm (0.1050, 1 seed) / its start frozen (0.1000, 1 seed) = 1.050x\n" in report
     assert "/ full calm" not in report
+    assert (
+        "- LoRA (0.1100, 1 seed) / the same start trained on with frozen encoders, trained on (0.1000, 1 seed) = "
+        "1.100x\n" in report
+    )
+    assert "- full calm (0.1050, 1 seed) / the same start trained on with frozen encoders, trained on" in report
+    assert "- trained on (0.1000, 1 seed) / its start frozen (0.1000, 1 seed) = 1.000x\n" in report
+    assert "- trained on (0.1000, 1 seed) / the same start trained on" not in report
 
 
 def test_goals_of_rows_whose_records_keep_their_ranks_get_a_paired_interval(benchmark, tmp_path):
