@@ -528,10 +528,15 @@ def targets(plan: dict, records: dict) -> list[str]:
             ratio, rows = paired(row, spec["init"], before_b="its start ")
             goal = f" (goal > 1x: {'met' if ratio > 1 else 'missed'})" if spec["args"]["method"] == "lora" else ""
             lines.append(f"- {rows} = {ratio:.3f}x{interval(row, spec['init'])}{goal}")
-    # a `frozen` row from a start is the control for the adapters from it: the same parts trained on, no encoder
-    controls = {spec["init"]: row for row, spec in tuned.items() if spec["args"]["method"] == "frozen"}
+
+    # a `frozen` row from a start is the control for the adapters from it that keep the start as a candidate as it
+    # does (or not): the same parts trained on, no encoder
+    def control_key(spec: dict) -> tuple:
+        return spec["init"], bool(spec["args"].get("evaluate_start"))
+
+    controls = {control_key(spec): row for row, spec in tuned.items() if spec["args"]["method"] == "frozen"}
     for row, spec in tuned.items():
-        control = controls.get(spec["init"])
+        control = controls.get(control_key(spec))
         if control and control != row:
             ratio, rows = paired(row, control, before_b="the same start trained on with frozen encoders, ")
             lines.append(f"- {rows} = {ratio:.3f}x{interval(row, control)}")

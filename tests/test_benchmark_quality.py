@@ -292,9 +292,13 @@ def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tu
     # another recipe: compared with its start, not with the LoRA row of the first recipe
     calm = {**FINE_TUNED, "label": "full calm", "args": {"method": "full", "encoder_dropout": 0.0}}
     control = {**FINE_TUNED, "label": "trained on", "args": {"method": "frozen"}}  # the adapters' control
-    plan = goals_plan("tiny_goals", [0], full_calm=calm, continued=control)
+    # the same two keeping the start as a candidate: compared with each other only
+    kept = {**FINE_TUNED, "label": "LoRA kept", "args": {"method": "lora", "evaluate_start": True}}
+    control_kept = {**FINE_TUNED, "label": "trained on kept", "args": {"method": "frozen", "evaluate_start": True}}
+    rows = {"full_calm": calm, "continued": control, "lora_kept": kept, "continued_kept": control_kept}
+    plan = goals_plan("tiny_goals", [0], **rows)
     rows = ("id", 0.08), ("frozen", 0.10), ("lora", 0.11), ("full", 0.1125), ("full_calm", 0.105), ("continued", 0.1)
-    for row, ndcg in rows:
+    for row, ndcg in (*rows, ("lora_kept", 0.1), ("continued_kept", 0.1)):
         write_record(tmp_path / "records", row, "main", 0, ndcg)
     # a seed the fine-tuned rows do not have yet: they are compared with their start on the seeds they share
     write_record(tmp_path / "records", "frozen", "main", 1, 0.20, valid_ndcg_at_10=0.05)
@@ -313,6 +317,8 @@ def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tu
     assert "- full calm (0.1050, 1 seed) / the same start trained on with frozen encoders, trained on" in report
     assert "- trained on (0.1000, 1 seed) / its start frozen (0.1000, 1 seed) = 1.000x\n" in report
     assert "- trained on (0.1000, 1 seed) / the same start trained on" not in report
+    assert "- LoRA kept (0.1000, 1 seed) / the same start trained on with frozen encoders, trained on kept" in report
+    assert "- LoRA (0.1100, 1 seed) / the same start trained on with frozen encoders, trained on kept" not in report
 
 
 def test_goals_of_rows_whose_records_keep_their_ranks_get_a_paired_interval(benchmark, tmp_path):
