@@ -7,6 +7,7 @@ NDCG@10). Epoch 0, when present, is the starting model (`--evaluate_start`): it 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -18,10 +19,16 @@ PANEL_WIDTH, HEIGHT, MARGIN = 460, 340, (62, 20, 40, 50)  # margins: left, right
 
 
 def _panel(draw, x0: int, title: str, series: dict[str, list[tuple[float, float]]], best_epoch: int) -> None:
-    """One chart at horizontal offset `x0`: a line per series, axes with their ranges, a dashed best-epoch line."""
+    """One chart at horizontal offset `x0`: a line per series, axes with their ranges, a dashed best-epoch line.
+    Values that are not finite (a run whose loss diverged) are left out and their epochs named above the chart."""
     left, right, top, bottom = MARGIN
-    points = [p for line in series.values() for p in line]
     draw.text((x0 + left, 12), title, fill="black")
+    skipped = sorted({int(x) for line in series.values() for x, y in line if not math.isfinite(y)})
+    if skipped:
+        epochs = ", ".join(map(str, skipped[:8])) + (", ..." if len(skipped) > 8 else "")
+        draw.text((x0 + left, 24), f"not finite at epoch {epochs}", fill=(200, 40, 40))
+    series = {label: [(x, y) for x, y in line if math.isfinite(y)] for label, line in series.items()}
+    points = [p for line in series.values() for p in line]
     if not points:
         draw.text((x0 + left, HEIGHT // 2), "nothing recorded", fill="black")
         return

@@ -40,6 +40,23 @@ def test_a_run_reports_to_tensorboard_and_draws_its_curves(data_dir, tmp_path):
     assert "(training_curves.png)" in (out / "README.md").read_text()  # the card shows it
 
 
+def test_curves_of_a_run_whose_loss_diverged_leave_the_values_out_and_name_their_epochs(tmp_path):
+    from mmsr_peft.plots import plot_training_curves
+
+    def history(loss_2: float) -> list[dict]:
+        epochs = [{"epoch": 0, "valid_ndcg@10": 0.08, "valid_hr@10": 0.2}]
+        epochs += [{"epoch": 1, "train_loss": 4.0, "valid_ndcg@10": 0.09, "valid_hr@10": 0.21}]
+        return [*epochs, {"epoch": 2, "train_loss": loss_2, "valid_ndcg@10": 0.0, "valid_hr@10": 0.0}]
+
+    def red(pixel: tuple) -> bool:  # the note's colour (200, 40, 40), whatever the font's antialiasing does to it
+        return pixel[0] >= 150 and max(pixel[1:]) <= 90
+
+    for loss_2, noted in ((float("nan"), True), (float("inf"), True), (3.5, False)):
+        path = plot_training_curves(history(loss_2), 1, tmp_path / f"curves-{loss_2}.png")
+        with Image.open(path) as image:
+            assert any(map(red, image.convert("RGB").getdata())) == noted, loss_2
+
+
 def test_report_to_resolves_auto_none_all_and_refuses_unknown_or_missing_trackers():
     from accelerate.tracking import get_available_trackers
 
