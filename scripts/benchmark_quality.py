@@ -635,8 +635,12 @@ def transfer_targets(plan: dict, records: dict) -> list[str]:
     for split in plan["curve"]["splits"]:
         runs = {row: records.get(row, {}).get(split, {}) for row in plan["rows"]}
         best = {}  # per group, the row with the best mean validation NDCG@10 (the same rule on both sides)
-        for group in ("adapted", "scratch"):
-            rows = [row for row, r in runs.items() if r and plan["rows"][row].get("group") == group]
+        for group in ("adapted", "scratch"):  # among the rows with every seed (a row with fewer: not yet)
+            rows = [
+                row
+                for row, r in runs.items()
+                if len(r) >= len(plan["seeds"]) and plan["rows"][row].get("group") == group
+            ]
             if rows:
                 best[group] = max(rows, key=lambda row: mean(runs[row], "valid_ndcg_at_10"))
         if len(best) < 2:

@@ -236,6 +236,7 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
             "frozen": {"group": "adapted", "label": "adapted", "command": "adapt", "init": "scratch", "args": {}},
             "other": {"group": "source", "label": "other base", "command": "pretrain", "args": {}},
             "from_other": {"group": "adapted", "label": "from other", "command": "adapt", "init": "other", "args": {}},
+            "lora": {"group": "adapted", "label": "LoRA", "command": "adapt", "init": "scratch", "args": {}},
         },
     }
 
@@ -255,12 +256,15 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
         record("scratch", "f100", seed, 0.10)
         record("frozen", "f100", seed, 0.09, zero_shot=0.02)
         record("from_other", "f10", seed, 0.03, zero_shot=0.01 + 0.002 * seed)  # a second base, one share only
+    # one seed of two: in the curve, not yet a candidate for the goal (its validation is the best)
+    write_record(tmp_path / "records", "lora", "f10", 0, 0.2, valid_ndcg_at_10=0.5)
     report = report_of(benchmark, tmp_path, plan)
     assert "| row | 10 % of users | 100 % of users |" in report
     assert "| adapted | 0.0615 ± 0.0021 | 0.0900 ± 0.0000 |" in report
     assert "| zero-shot: from scratch, as it is | 0.0200 ± 0.0000 | 0.0200 ± 0.0000 |" in report
     assert "| zero-shot: other base, as it is | 0.0110 ± 0.0014 | - |" in report  # each base's own seeds
     assert "10 % of users: adapted 0.0615 / from scratch 0.0410 = **1.50x** (goal >= 1.2x: met)" in report
+    assert "| LoRA | 0.2000 | - |" in report and "LoRA 0.2000 /" not in report
     assert "100 % of users: adapted 0.0900 / from scratch 0.1000 = **0.90x** (goal >= 1.0x: missed)" in report
     assert (tmp_path / "results" / "tiny_curve_curve.png").stat().st_size > 1000
 
