@@ -299,10 +299,10 @@ def test_the_goals_compare_fine_tuning_with_its_start_and_lora_with_full_fine_tu
     # the same two keeping the start as a candidate: compared with each other only
     kept = {**FINE_TUNED, "label": "LoRA kept", "args": {"method": "lora", "evaluate_start": True}}
     control_kept = {**FINE_TUNED, "label": "trained on kept", "args": {"method": "frozen", "evaluate_start": True}}
-    rows = {"full_calm": calm, "continued": control, "lora_kept": kept, "continued_kept": control_kept}
-    plan = goals_plan("tiny_goals", [0], **rows)
-    rows = ("id", 0.08), ("frozen", 0.10), ("lora", 0.11), ("full", 0.1125), ("full_calm", 0.105), ("continued", 0.1)
-    for row, ndcg in (*rows, ("lora_kept", 0.1), ("continued_kept", 0.1)):
+    extra = {"full_calm": calm, "continued": control, "lora_kept": kept, "continued_kept": control_kept}
+    plan = goals_plan("tiny_goals", [0], **extra)
+    scores = {"id": 0.08, "frozen": 0.10, "lora": 0.11, "full": 0.1125, "full_calm": 0.105, "continued": 0.1}
+    for row, ndcg in {**scores, "lora_kept": 0.1, "continued_kept": 0.1}.items():
         write_record(tmp_path / "records", row, "main", 0, ndcg)
     # a seed the fine-tuned rows do not have yet: they are compared with their start on the seeds they share
     write_record(tmp_path / "records", "frozen", "main", 1, 0.20, valid_ndcg_at_10=0.05)
