@@ -30,7 +30,8 @@ def lora_config(model: MMSRModel, adapt_args: AdaptArguments):
 
     settings = {c: s for c, s in adapt_args.lora_settings().items() if c in adapt_args.components}
     targets = {c: s["target_modules"] for c, s in settings.items() if s["target_modules"]}
-    patterns = lora_target_patterns(model, adapt_args.components, targets)
+    top_k = {c: s["top_k"] for c, s in settings.items()}
+    patterns = lora_target_patterns(model, adapt_args.components, targets, top_k)
     config = LoraConfig(
         r=adapt_args.lora_r,
         lora_alpha=adapt_args.lora_alpha,

@@ -17,7 +17,7 @@ from .domains import DEFAULT_DATA_DIR, DOMAINS, SOURCES, domain_folder
 from .encoders import TORCHVISION_CNNS, VISION_PRESETS
 from .errors import DataError
 from .fusion import CONDITIONS, FUSION_TYPES
-from .lora import COMPONENTS, DEFAULT_COMPONENTS, component_pattern
+from .lora import BLOCK_COMPONENTS, COMPONENTS, DEFAULT_COMPONENTS, component_pattern
 from .losses import LOSSES
 from .parsing import as_flags, parse_args  # noqa: F401 (they lived here: `from mmsr_peft.arguments import parse_args`)
 from .quantization import QUANTIZATIONS, require_bitsandbytes
@@ -437,6 +437,16 @@ class AdaptArguments(SplitArguments):
     rank_pattern: list[str] | None = _pattern("LoRA rank", "text=16 fusion=4")
     alpha_pattern: list[str] | None = _pattern("LoRA alpha", "text=32")
     dropout_pattern: list[str] | None = _pattern("Dropout on the LoRA input", "vision=0.1")
+    lora_top_k: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA only in the top N blocks of the text and vision encoders: the blocks below have nothing to "
+            "train and run without autograd (less activation memory, a shorter backward pass); 0: every block."
+        },
+    )
+    top_k_pattern: list[str] | None = _pattern(
+        "Blocks with LoRA, from the top, of the text or vision encoder", "text=2"
+    )
     target_modules: list[str] | None = _pattern(
         "Module names that get LoRA (comma-separated; default: the encoder family's, the fusion type's, SASRec's "
         "attention and feed-forward layers, GRU4Rec's output projection)",
@@ -496,6 +506,15 @@ class AdaptArguments(SplitArguments):
         self.rank_pattern = component_pattern("rank_pattern", self.rank_pattern, int)
         self.alpha_pattern = component_pattern("alpha_pattern", self.alpha_pattern, int)
         self.dropout_pattern = component_pattern("dropout_pattern", self.dropout_pattern, float)
+        self.top_k_pattern = component_pattern("top_k_pattern", self.top_k_pattern, int)
+        if self.lora_top_k < 0:
+            raise ValueError(f"--lora_top_k must be >= 0 (0: every block), got {self.lora_top_k}")
+        for component, top_k in self.top_k_pattern.items():
+            if component not in BLOCK_COMPONENTS or top_k < 0:
+                raise ValueError(
+                    f"--top_k_pattern {component}={top_k}: expected one of {', '.join(BLOCK_COMPONENTS)} and a number "
+                    "of blocks >= 0 (0: every block)"
+                )
         self.target_modules = component_pattern(
             "target_modules", self.target_modules, lambda value: [m for m in value.split(",") if m]
         )
@@ -521,6 +540,7 @@ class AdaptArguments(SplitArguments):
                 "lora_alpha": self.alpha_pattern.get(component, self.lora_alpha),
                 "lora_dropout": self.dropout_pattern.get(component, self.lora_dropout),
                 "target_modules": self.target_modules.get(component),
+                "top_k": self.top_k_pattern.get(component, self.lora_top_k if component in BLOCK_COMPONENTS else 0),
             }
             for component in COMPONENTS
         }

@@ -14,6 +14,7 @@ from pathlib import Path
 from .adapters import adapter_config_file
 from .configuration import item_tower_name
 from .evaluation import PROTOCOL, format_table
+from .lora import BLOCK_COMPONENTS
 from .plots import CURVES_FILE
 
 TEMPLATES = "mmsr_peft.model_cards"
@@ -151,6 +152,9 @@ def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None
         eval_results=_eval_results(_last_row(metrics), name, domain),
     )
     trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
+    top_k = {c: run_args.get("top_k_pattern", {}).get(c, run_args.get("lora_top_k", 0)) for c in BLOCK_COMPONENTS}
+    top = {k: "top block" if k == 1 else f"top {k} blocks" for k in top_k.values() if k}
+    components = [f"{c} (LoRA in its {top[top_k[c]]})" if top_k.get(c) else c for c in run_args["components"] or []]
     return _render(
         "adapter.md",
         card_data,
@@ -160,7 +164,7 @@ def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None
         domain=domain,
         side=side,
         width=adapter_config.get("width"),
-        components=", ".join(run_args["components"] or []),
+        components=", ".join(components),
         rank=adapter_config.get("r"),
         alpha=adapter_config.get("lora_alpha"),
         trainable=f"{trainable:,}",

@@ -7,8 +7,11 @@ import re
 
 from torch import nn
 
+from .encoders.common import TORCHVISION_CNNS, encoder_blocks
+
 COMPONENTS = ("text", "vision", "fusion", "sequence")
 DEFAULT_COMPONENTS = ("text", "vision", "fusion")  # what `mmsr-adapt` adapts unless --components says otherwise
+BLOCK_COMPONENTS = ("text", "vision")  # the encoders, whose stacks of blocks LoRA can leave out from the bottom
 
 # Modules LoRA adapts in each encoder family (regex on the module name inside the encoder).
 TEXT_TARGETS = {
@@ -33,6 +36,25 @@ VISION_TARGETS = {
     # ConvNeXt has no attention: its blocks' pointwise (linear) convolutions
     "hf_convnext": r"encoder\.stages\.\d+\.layers\.\d+\.(pwconv1|pwconv2)",
 }
+
+
+def convolution_targets(tower: nn.Module, family: str) -> str:
+    """The default targets of a torchvision CNN, whose blocks differ in layout along the stack (MobileNetV2's first
+    block has no expansion convolution, ResNets' first blocks of a stage a downsampling one): by name, every
+    convolution without groups and every linear layer in the stack of blocks. Depthwise convolutions are left out:
+    peft's LoRA on a grouped convolution needs a rank divisible by its groups and cannot be merged."""
+    blocks = {id(block) for block in encoder_blocks(tower, family, "LoRA")}
+    stack = [name for name, module in tower.named_modules() if id(module) in blocks]
+    names = [
+        name
+        for name, module in tower.named_modules()
+        if any(name.startswith(f"{block}.") for block in stack)
+        and (isinstance(module, nn.Conv2d) and module.groups == 1 or isinstance(module, nn.Linear))
+    ]
+    return f"({'|'.join(map(re.escape, names))})"
+
+
+VISION_TARGETS |= {f"torchvision_{arch}": convolution_targets for arch in TORCHVISION_CNNS}
 FUSION_TARGETS = {
     "sum": r"(text|image)\.proj",
     "concat": r"((text|image)\.proj|out_proj)",
@@ -100,19 +122,25 @@ def component_modules(model: nn.Module, components) -> list[nn.Module]:
 
 
 def lora_target_patterns(
-    model: nn.Module, components=None, target_modules: dict[str, list[str]] | None = None
+    model: nn.Module,
+    components=None,
+    target_modules: dict[str, list[str]] | None = None,
+    top_k: dict[str, int] | None = None,
 ) -> dict[str, str]:
     """One regex per component of `model` for peft's `target_modules`, `rank_pattern` and `alpha_pattern`.
 
     `components` default to every one the model has; each gets the default targets of its encoder family, or
     the module names in `target_modules[component]` (e.g. `{"vision": ["q_proj", "v_proj"]}`: modules of that
-    component whose name ends with one of them). Every pattern must match at least one module, and none a
+    component whose name ends with one of them). `top_k[component]` (text, vision; 0: every block) keeps an
+    encoder's LoRA in its top blocks: the blocks below then have nothing to train and run without autograd, which
+    saves their activations and their backward pass. Every pattern must match at least one module, and none a
     module peft would adapt without effect, so nothing is silently left without LoRA.
     """
     config = model.config
     present = model_components(model, COMPONENTS)
     components = model_components(model) if components is None else components
     target_modules = target_modules or {}
+    top_k = {component: k for component, k in (top_k or {}).items() if k}
     patterns = {}
     for component in components:
         if component not in COMPONENTS:
@@ -120,6 +148,8 @@ def lora_target_patterns(
         if component == "vision" and config.uses_vision and component not in present:
             family = model.item_tower.vision.family
             raise ValueError(f"no default LoRA targets for vision tower {family!r}; known: {sorted(VISION_TARGETS)}")
+        if component in top_k and component not in BLOCK_COMPONENTS:
+            raise ValueError(f"LoRA in the top blocks applies to {' and '.join(BLOCK_COMPONENTS)}, not {component!r}")
         if component == "sequence":
             prefix, family, table = r"sequence_encoder\.", config.sequence.type, SEQUENCE_TARGETS
         elif component not in present:
@@ -135,11 +165,15 @@ def lora_target_patterns(
         if target_modules.get(component):
             patterns[component] = prefix + rf"(.*\.)?({'|'.join(map(re.escape, target_modules[component]))})"
         elif family in table:
-            patterns[component] = prefix + table[family]
+            targets = table[family]
+            encoder = model.item_tower.vision.tower if component == "vision" else None  # (only CNNs' are callable)
+            patterns[component] = prefix + (targets(encoder, family) if callable(targets) else targets)
         else:
             raise ValueError(
                 f"no default LoRA targets for {component} encoder type {family!r}; known: {sorted(table)}"
             )
+        if component in top_k:
+            patterns[component] = _in_top_blocks(model, component, family, top_k[component]) + patterns[component]
     if not patterns:
         raise ValueError("no component to adapt: pass at least one of " + ", ".join(COMPONENTS))
     modules = dict(model.named_modules())
@@ -157,9 +191,24 @@ def lora_target_patterns(
     return patterns
 
 
-def lora_target_modules(model: nn.Module, components=None, target_modules=None) -> str:
+def _in_top_blocks(model: nn.Module, component: str, family: str, top_k: int) -> str:
+    """A lookahead that only names inside the top `top_k` blocks of `component`'s encoder pass."""
+    tower = model.item_tower
+    encoder = tower.text.backbone if component == "text" else tower.vision.tower
+    blocks = encoder_blocks(encoder, family, "LoRA in the top blocks")
+    if not 1 <= top_k <= len(blocks):
+        raise ValueError(
+            f"LoRA in the top {top_k} blocks of the {component} encoder: its {family!r} stack has {len(blocks)} "
+            f"blocks; expected 1 to {len(blocks)} (0: every block)"
+        )
+    names = {id(module): name for name, module in model.named_modules()}
+    top = [re.escape(names[id(block)]) for block in blocks[len(blocks) - top_k :]]
+    return rf"(?=({'|'.join(top)})\.)"
+
+
+def lora_target_modules(model: nn.Module, components=None, target_modules=None, top_k=None) -> str:
     """A regex for `LoraConfig(target_modules=...)` covering `components` of `model` (see `lora_target_patterns`)."""
-    return "|".join(f"({p})" for p in lora_target_patterns(model, components, target_modules).values())
+    return "|".join(f"({p})" for p in lora_target_patterns(model, components, target_modules, top_k).values())
 
 
 def keep_attention_weights_exact(model: nn.Module) -> None:

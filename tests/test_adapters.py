@@ -102,6 +102,9 @@ def test_rank_alpha_dropout_and_targets_per_component(flags, tmp_path):
         (["--rank_pattern", "audio=4"], "--rank_pattern audio=4: expected COMPONENT=VALUE"),
         (["--dropout_pattern", "text=high"], "--dropout_pattern text=high: invalid value 'high' for text"),
         (["--rank_pattern", "text=0"], "text LoRA: rank must be >= 1"),
+        (["--lora_top_k", "-1"], "--lora_top_k must be >= 0"),
+        (["--top_k_pattern", "fusion=1"], "--top_k_pattern fusion=1: expected one of text, vision"),
+        (["--lora_top_k", "3"], "the text encoder: its 'bert' stack has 2 blocks; expected 1 to 2"),
         (["--modules_to_save", "nothing"], "no module 'nothing'"),
         (["--quantize", "2bit"], "valid: 4bit, 8bit"),
         (["--method", "full", "--quantize", "4bit"], "needs --method lora"),
@@ -112,6 +115,32 @@ def test_bad_lora_settings_name_the_problem(argv, message):
     with pytest.raises(ValueError, match=message):
         adapt_args, _ = parse_args((AdaptArguments, TrainingArguments), ["--target", "office", *argv])
         prepare_method(tiny(), adapt_args)
+
+
+def test_lora_in_the_top_blocks_leaves_the_blocks_below_without_autograd(catalog, tmp_path):
+    adapt_args, _ = parse_args(
+        (AdaptArguments, TrainingArguments), ["--target", "office", "--lora_top_k", "1", "--top_k_pattern", "vision=2"]
+    )
+    model, _ = prepare_method(tiny(), adapt_args)
+    text, vision = lora_layers(model, "item_tower.text."), lora_layers(model, "item_tower.vision.")
+    assert text and all(n.startswith("item_tower.text.backbone.encoder.layer.1.") for n in text)
+    assert {n.split(".")[5] for n in vision} == {"0", "1"}  # micro-vit has two blocks: both
+    blocks = model.item_tower.text.backbone.encoder.layer
+    graph = {}
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(lambda module, args, output, i=i: graph.__setitem__(i, output[0].requires_grad))
+    inputs = model.processor(catalog.records(range(4)))
+    model.train()
+    model.item_tower.text(inputs.input_ids, inputs.attention_mask).pooled.sum().backward()
+    assert graph == {0: False, 1: True}  # nothing below the top block is recorded for the backward pass
+    assert all(layer.lora_A["office"].weight.grad is not None for layer in text.values())
+
+    model.save_adapter(tmp_path / "office", "office")
+    record = json.loads((tmp_path / "office" / "mmsr_adapter.json").read_text())["lora"]["components"]
+    assert (record["text"]["top_k"], record["vision"]["top_k"], record["fusion"]["top_k"]) == (1, 2, 0)
+    loaded = tiny()
+    loaded.load_adapter(tmp_path / "office")
+    assert lora_layers(loaded, "item_tower.").keys() == lora_layers(model, "item_tower.").keys()
 
 
 def test_only_lora_weights_and_declared_modules_to_save_train():

@@ -8,6 +8,7 @@ from copy import deepcopy
 
 import pytest
 import torch
+from testing_utils import assert_same_weights
 from transformers import AutoConfig, AutoModel
 
 from mmsr_peft import MMSRModel
@@ -92,6 +93,51 @@ def test_torchvision_resnet_is_a_vision_trunk_whose_top_stage_fine_tunes(arch, t
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, width), torch.zeros(1000)  # a classifier checkpoint
     torch.save(state, tmp_path / "resnet.pth")
     vision.load_backbone(str(tmp_path / "resnet.pth"))  # its classifier head is dropped, every other key loads
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet18", "efficientnet_b0"])
+def test_lora_on_a_torchvision_cnn_adapts_its_convolutions_and_leaves_the_base_and_its_statistics(arch, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
+    from mmsr_peft.adaptation import AdaptArguments, prepare_method
+    from mmsr_peft.adapters import base_state_dict
+
+    args = ModelArguments(vision_model=arch, text_model="tiny-bert", image_size=32, hidden_size=16)
+    model = build_model(args)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = {n: m.groups for n, m in model.item_tower.vision.tower.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    model, row = prepare_method(model, AdaptArguments(target="office"))
+    assert row == "LoRA (text+vision+fusion)"  # a CNN has default targets: none is silently left out
+    tower = model.item_tower.vision.tower
+    adapted = {n: m.get_base_layer() for n, m in tower.named_modules() if isinstance(m, LoraLayer)}
+    assert adapted and all(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in adapted.values())
+    # every convolution without groups (the stem's too: it is the stack's first block in all but ResNets), none of
+    # the depthwise ones
+    stem = {"conv1"} if arch == "resnet18" else set()
+    assert {n for n, g in groups.items() if g == 1} - stem == {
+        n for n, m in adapted.items() if isinstance(m, torch.nn.Conv2d)
+    }
+    assert any(g > 1 for g in groups.values()) == (arch != "resnet18")
+
+    model.train()  # BatchNorm in training mode would move the frozen base's running statistics
+    pixels = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    model.item_tower.vision(pixels).pooled.sum().backward()
+    assert all(
+        layer.lora_B["office"].weight.grad is not None for layer in tower.modules() if isinstance(layer, LoraLayer)
+    )
+    assert_same_weights(base_state_dict(model), base)
+    model.eval()
+    with torch.no_grad():
+        for layer in tower.modules():
+            if isinstance(layer, LoraLayer):
+                layer.lora_B["office"].weight.normal_()
+        expected = model.item_tower.vision(pixels).pooled
+    model.save_adapter(tmp_path / "office", "office")
+    loaded = build_model(args).eval()
+    loaded.load_state_dict(base)
+    loaded.load_adapter(tmp_path / "office")
+    with torch.no_grad():
+        assert torch.allclose(loaded.item_tower.vision(pixels).pooled, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(

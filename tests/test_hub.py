@@ -27,6 +27,7 @@ def published(base_dir, data_dir, tmp_path_factory):
     for target in ("office", "arts"):
         out = tmp_path_factory.mktemp(target)
         argv = ["--target", target, "--base", str(base_dir), "--data_dir", str(data_dir), "--output_dir", str(out)]
+        argv += ["--lora_top_k", "1"] if target == "arts" else []  # LoRA in the encoders' top blocks only
         assert adapt_main([*argv, *TINY_TRAIN_FLAGS, "--num_epochs", "1"]) == 0
         folders[target] = out
     repos = {"base": "org/mmsr-base", "office": "org/mmsr-lora-office", "arts": "org/mmsr-lora-arts"}
@@ -97,6 +98,7 @@ def test_published_cards_validate_and_hold_results_and_protocol(published):
         if kind != "base":
             assert card.data.base_model == repos["base"]
             assert f'load_adapter("{repo}"' in text and "| zero-shot base |" in text
+            assert ("Adapted components: text (LoRA in its top block)," in text) == (kind == "arts")
         assert "full ranking" in text and "leave-one-out" in text and "NDCG@10" in text
         assert f'from_pretrained("{repos["base"]}")' in text
         assert not [p for p in PLACEHOLDERS if p in text], kind
