@@ -153,8 +153,10 @@ def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None
     )
     trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
     top_k = {c: run_args.get("top_k_pattern", {}).get(c, run_args.get("lora_top_k", 0)) for c in BLOCK_COMPONENTS}
-    top = {k: "top block" if k == 1 else f"top {k} blocks" for k in top_k.values() if k}
-    components = [f"{c} (LoRA in its {top[top_k[c]]})" if top_k.get(c) else c for c in run_args["components"] or []]
+    components = [
+        f"{c} (LoRA in its top {'block' if top_k[c] == 1 else f'{top_k[c]} blocks'})" if top_k.get(c) else c
+        for c in run_args["components"] or []
+    ]
     return _render(
         "adapter.md",
         card_data,

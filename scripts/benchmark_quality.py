@@ -540,25 +540,36 @@ def targets(plan: dict, records: dict) -> list[str]:
         if control and control != row:
             ratio, rows = paired(row, control, before_b="the same start trained on with frozen encoders, ")
             lines.append(f"- {rows} = {ratio:.3f}x{interval(row, control)}")
-    lora_rows, full_rows = (
-        [row for row, spec in tuned.items() if spec["args"]["method"] == m] for m in ("lora", "full")
-    )
-    method_flags = {"method", "components", "modules_to_save", "text_learning_rate", "vision_learning_rate"}
-
-    def recipe(spec: dict) -> tuple:
-        """What a LoRA row and a full fine-tuning row must share to be compared: the start and every other flag."""
-        return spec["init"], sorted((k, str(v)) for k, v in spec["args"].items() if k not in method_flags)
-
-    for lora, full in itertools.product(lora_rows, full_rows):
-        if recipe(tuned[lora]) == recipe(tuned[full]):  # LoRA against full fine-tuning, same start and recipe
-            ratio, rows = paired(lora, full)
-            verdict = "met" if ratio >= 0.97 else "missed"
-            lines.append(f"- {rows} = **{ratio:.3f}x**{interval(lora, full)} (goal >= 0.97x: {verdict})")
+    for lora, full in lora_full_pairs(tuned):
+        ratio, rows = paired(lora, full)
+        verdict = "met" if ratio >= 0.97 else "missed"
+        lines.append(f"- {rows} = **{ratio:.3f}x**{interval(lora, full)} (goal >= 0.97x: {verdict})")
     if len(lines) == 2:
         lines.append("- not measured yet: the rows the goals compare have no runs")
     elif any("paired bootstrap" in line for line in lines):
         lines += ["", PAIRED_NOTE]
     return [*lines, "", *cold_targets(plan, records)]
+
+
+# what makes a row LoRA or full fine-tuning, and of which parts; every other flag is the recipe the two must share
+METHOD_FLAGS = {"method", "components", "modules_to_save", "text_learning_rate", "vision_learning_rate", "lora_top_k"}
+
+
+def lora_full_pairs(rows: dict) -> list[tuple[str, str]]:
+    """The (LoRA row, full fine-tuning row) pairs among `rows` (name: spec) that start from the same row with the
+    same recipe, so that their ratio compares the methods alone."""
+
+    def recipe(spec: dict) -> tuple:
+        return spec.get("init"), sorted((k, str(v)) for k, v in spec["args"].items() if k not in METHOD_FLAGS)
+
+    lora_rows, full_rows = (
+        [row for row, spec in rows.items() if spec["args"].get("method") == m] for m in ("lora", "full")
+    )
+    return [
+        (lora, full)
+        for lora, full in itertools.product(lora_rows, full_rows)
+        if recipe(rows[lora]) == recipe(rows[full])
+    ]
 
 
 PAIRED_NOTE = (
@@ -654,6 +665,20 @@ def transfer_targets(plan: dict, records: dict) -> list[str]:
             f"- {100 * share:g} % of users: {plan['rows'][best['adapted']]['label']} {ours:.4f} / "
             f"{plan['rows'][best['scratch']]['label']} {scratch:.4f} = **{ours / scratch:.2f}x**{interval}{verdict}"
         )
+    adapted = {row: spec for row, spec in plan["rows"].items() if spec.get("command") == "adapt"}
+    for lora, full in lora_full_pairs(adapted):  # on the seeds both have run
+        for split in plan["curve"]["splits"]:
+            runs = [records.get(row, {}).get(split, {}) for row in (lora, full)]
+            seeds = sorted(set(runs[0]) & set(runs[1]))
+            if not seeds:
+                continue
+            ratio = mean({s: runs[0][s] for s in seeds}, "test") / mean({s: runs[1][s] for s in seeds}, "test")
+            share = 100 * plan["splits"][split].get("train_user_fraction", 1.0)
+            lines.append(
+                f"- {share:g} % of users, {len(seeds)} seed{'s' * (len(seeds) > 1)}: {adapted[lora]['label']} / "
+                f"{adapted[full]['label']} = **{ratio:.3f}x**{paired_interval(*runs)} (goal >= 0.97x: "
+                f"{'met' if ratio >= 0.97 else 'missed'})"
+            )
     if any("paired bootstrap" in line for line in lines):
         lines += ["", PAIRED_NOTE]
     return [*lines, ""] if len(lines) > 2 else []

@@ -222,6 +222,10 @@ def test_a_run_whose_sitting_ended_goes_on_from_its_last_training_state(benchmar
     assert not (out / "checkpoints").exists()  # a finished run keeps its adapter, not its training states
 
 
+LORA = {"method": "lora", "modules_to_save": ["sequence_encoder"]}
+FULL = {"group": "adapted", "command": "adapt", "init": "scratch"}
+
+
 def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goal(benchmark, tmp_path):
     plan = {
         "name": "tiny_curve",
@@ -236,7 +240,10 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
             "frozen": {"group": "adapted", "label": "adapted", "command": "adapt", "init": "scratch", "args": {}},
             "other": {"group": "source", "label": "other base", "command": "pretrain", "args": {}},
             "from_other": {"group": "adapted", "label": "from other", "command": "adapt", "init": "other", "args": {}},
-            "lora": {"group": "adapted", "label": "LoRA", "command": "adapt", "init": "scratch", "args": {}},
+            "lora": {"group": "adapted", "label": "LoRA", "command": "adapt", "init": "scratch", "args": LORA},
+            # full fine-tuning of other parts from the same start: compared with LoRA; at another rate: not
+            "full": {**FULL, "label": "full", "args": {"method": "full", "components": ["text", "sequence"]}},
+            "full_slow": {**FULL, "label": "full slow", "args": {"method": "full", "learning_rate": 1e-5}},
         },
     }
 
@@ -258,6 +265,8 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
         record("from_other", "f10", seed, 0.03, zero_shot=0.01 + 0.002 * seed)  # a second base, one share only
     # one seed of two: in the curve, not yet a candidate for the goal (its validation is the best)
     write_record(tmp_path / "records", "lora", "f10", 0, 0.2, valid_ndcg_at_10=0.5)
+    for row, seed, ndcg in (("full", 0, 0.25), ("full_slow", 0, 0.2)):
+        write_record(tmp_path / "records", row, "f10", seed, ndcg)
     report = report_of(benchmark, tmp_path, plan)
     assert "| row | 10 % of users | 100 % of users |" in report
     assert "| adapted | 0.0615 ± 0.0021 | 0.0900 ± 0.0000 |" in report
@@ -265,6 +274,9 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
     assert "| zero-shot: other base, as it is | 0.0110 ± 0.0014 | - |" in report  # each base's own seeds
     assert "10 % of users: adapted 0.0615 / from scratch 0.0410 = **1.50x** (goal >= 1.2x: met)" in report
     assert "| LoRA | 0.2000 | - |" in report and "LoRA 0.2000 /" not in report
+    # LoRA against full fine-tuning on the seeds both have
+    assert "- 10 % of users, 1 seed: LoRA / full = **0.800x** (goal >= 0.97x: missed)" in report
+    assert "/ full slow" not in report and "100 % of users, 1 seed" not in report
     assert "100 % of users: adapted 0.0900 / from scratch 0.1000 = **0.90x** (goal >= 1.0x: missed)" in report
     assert (tmp_path / "results" / "tiny_curve_curve.png").stat().st_size > 1000
 
