@@ -11,10 +11,9 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
-from .adapters import adapter_config_file
+from .adapters import _adapter_record, adapter_config_file
 from .configuration import item_tower_name
 from .evaluation import PROTOCOL, format_table
-from .lora import BLOCK_COMPONENTS
 from .plots import CURVES_FILE
 
 TEMPLATES = "mmsr_peft.model_cards"
@@ -152,7 +151,8 @@ def adapter_card(folder: str | Path, repo_id: str, base_model: str | None = None
         eval_results=_eval_results(_last_row(metrics), name, domain),
     )
     trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
-    top_k = {c: run_args.get("top_k_pattern", {}).get(c, run_args.get("lora_top_k", 0)) for c in BLOCK_COMPONENTS}
+    settings = _adapter_record(folder).get("lora", {}).get("components", {})  # as the adapter was made
+    top_k = {c: s.get("top_k", 0) for c, s in settings.items()}
     components = [
         f"{c} (LoRA in its top {'block' if top_k[c] == 1 else f'{top_k[c]} blocks'})" if top_k.get(c) else c
         for c in run_args["components"] or []

@@ -38,13 +38,18 @@ VISION_TARGETS = {
 }
 
 
+def block_names(encoder: nn.Module, family: str, purpose: str) -> list[str]:
+    """The names inside `encoder` of its stack of blocks (`encoder_blocks`), bottom first."""
+    names = {id(module): name for name, module in encoder.named_modules()}
+    return [names[id(block)] for block in encoder_blocks(encoder, family, purpose)]
+
+
 def convolution_targets(tower: nn.Module, family: str) -> str:
     """The default targets of a torchvision CNN, whose blocks differ in layout along the stack (MobileNetV2's first
     block has no expansion convolution, ResNets' first blocks of a stage a downsampling one): by name, every
     convolution without groups and every linear layer in the stack of blocks. Depthwise convolutions are left out:
     peft's LoRA on a grouped convolution needs a rank divisible by its groups and cannot be merged."""
-    blocks = {id(block) for block in encoder_blocks(tower, family, "LoRA")}
-    stack = [name for name, module in tower.named_modules() if id(module) in blocks]
+    stack = block_names(tower, family, "LoRA")
     names = [
         name
         for name, module in tower.named_modules()
@@ -150,14 +155,17 @@ def lora_target_patterns(
             raise ValueError(f"no default LoRA targets for vision tower {family!r}; known: {sorted(VISION_TARGETS)}")
         if component in top_k and component not in BLOCK_COMPONENTS:
             raise ValueError(f"LoRA in the top blocks applies to {' and '.join(BLOCK_COMPONENTS)}, not {component!r}")
+        encoder = None  # the encoder's own module (text, vision): where its blocks and a CNN's targets are found
         if component == "sequence":
             prefix, family, table = r"sequence_encoder\.", config.sequence.type, SEQUENCE_TARGETS
         elif component not in present:
             raise ValueError(f"component {component!r} does not exist in an item_tower={config.item_tower!r} model")
         elif component == "text":
             prefix, family, table = r"item_tower\.text\.backbone\.", config.text.backbone["model_type"], TEXT_TARGETS
+            encoder = model.item_tower.text.backbone
         elif component == "vision":
             prefix, family, table = r"item_tower\.vision\.tower\.", model.item_tower.vision.family, VISION_TARGETS
+            encoder = model.item_tower.vision.tower
         elif config.item_tower == "multimodal":
             prefix, family, table = r"item_tower\.fusion\.", config.fusion.type, FUSION_TARGETS
         else:  # a single-modality tower's projection head plays the fusion part
@@ -165,15 +173,15 @@ def lora_target_patterns(
         if target_modules.get(component):
             patterns[component] = prefix + rf"(.*\.)?({'|'.join(map(re.escape, target_modules[component]))})"
         elif family in table:
-            targets = table[family]
-            encoder = model.item_tower.vision.tower if component == "vision" else None  # (only CNNs' are callable)
+            targets = table[family]  # a regex, or a function of the encoder (CNNs)
             patterns[component] = prefix + (targets(encoder, family) if callable(targets) else targets)
         else:
             raise ValueError(
                 f"no default LoRA targets for {component} encoder type {family!r}; known: {sorted(table)}"
             )
-        if component in top_k:
-            patterns[component] = _in_top_blocks(model, component, family, top_k[component]) + patterns[component]
+        if component in top_k:  # a lookahead: only names inside the top blocks pass
+            top = _top_blocks(encoder, family, top_k[component], component)
+            patterns[component] = rf"(?={prefix}({'|'.join(map(re.escape, top))})\.)" + patterns[component]
     if not patterns:
         raise ValueError("no component to adapt: pass at least one of " + ", ".join(COMPONENTS))
     modules = dict(model.named_modules())
@@ -191,19 +199,15 @@ def lora_target_patterns(
     return patterns
 
 
-def _in_top_blocks(model: nn.Module, component: str, family: str, top_k: int) -> str:
-    """A lookahead that only names inside the top `top_k` blocks of `component`'s encoder pass."""
-    tower = model.item_tower
-    encoder = tower.text.backbone if component == "text" else tower.vision.tower
-    blocks = encoder_blocks(encoder, family, "LoRA in the top blocks")
+def _top_blocks(encoder: nn.Module, family: str, top_k: int, component: str) -> list[str]:
+    """The names inside `encoder` of its top `top_k` blocks."""
+    blocks = block_names(encoder, family, "LoRA in the top blocks")
     if not 1 <= top_k <= len(blocks):
         raise ValueError(
             f"LoRA in the top {top_k} blocks of the {component} encoder: its {family!r} stack has {len(blocks)} "
             f"blocks; expected 1 to {len(blocks)} (0: every block)"
         )
-    names = {id(module): name for name, module in model.named_modules()}
-    top = [re.escape(names[id(block)]) for block in blocks[len(blocks) - top_k :]]
-    return rf"(?=({'|'.join(top)})\.)"
+    return blocks[len(blocks) - top_k :]
 
 
 def lora_target_modules(model: nn.Module, components=None, target_modules=None, top_k=None) -> str:
