@@ -177,7 +177,7 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = base_parameters + sum(p.numel() for n, p in model.named_parameters() if is_adapter_key(n))
     catalog_inputs = precompute_frozen_states(
-        model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir, accelerator
+        model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir, accelerator, args.cache_frozen_blocks
     )
     state = train(
         model,

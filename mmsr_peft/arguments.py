@@ -333,6 +333,15 @@ class TrainingArguments:
             "(see mmsr_peft.cache)."
         },
     )
+    cache_frozen_blocks: bool = field(
+        default=True,
+        metadata={
+            "help": "When only the top blocks of an encoder train (top_k fine-tuning, --lora_top_k), compute the "
+            "states entering its lowest trainable block once per run, in eval mode, and run only the blocks from "
+            "there on at every step and evaluation (BERT-like text encoders, torchvision CNNs). The frozen blocks "
+            "below then apply no dropout, as a frozen encoder's cached outputs do."
+        },
+    )
 
     def __post_init__(self):
         for name in ("num_epochs", "batch_size", "patience", "eval_batch_size", "save_steps"):

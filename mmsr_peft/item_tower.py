@@ -41,10 +41,18 @@ class ItemTower(nn.Module):
         self.active_side: str | None = None
 
     def encode_text(self, items: ItemInputs) -> EncoderOutput:
-        return items.text_states if items.text_states is not None else self.text(items.input_ids, items.attention_mask)
+        if items.text_states is not None:
+            return items.text_states
+        if items.text_blocks is not None:
+            return self.text.encode_from(items.text_blocks)
+        return self.text(items.input_ids, items.attention_mask)
 
     def encode_image(self, items: ItemInputs) -> EncoderOutput:
-        return items.image_states if items.image_states is not None else self.vision(items.pixel_values)
+        if items.image_states is not None:
+            return items.image_states
+        if items.image_blocks is not None:
+            return self.vision.encode_from(items.image_blocks)
+        return self.vision(items.pixel_values)
 
     def content(self, items: ItemInputs) -> tuple[EncoderOutput | None, EncoderOutput | None]:
         """What the heads read: the text and image encodings (None for a modality the tower does not use), with

@@ -68,7 +68,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
             records, progress=True, image_cache_dir=args.feature_cache_dir, accelerator=accelerator
         )
         catalog_inputs = precompute_frozen_states(
-            model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir, accelerator
+            model, catalog_inputs, args.eval_batch_size, args.feature_cache_dir, accelerator, args.cache_frozen_blocks
         )
         encode_s = time.perf_counter() - encoding  # tokenising, hashing and encoding the catalog
         accelerator.print(describe_data(corpus.stats))

@@ -160,8 +160,16 @@ def tracked_config(model, args: TrainingArguments) -> dict:
     return flat
 
 
+ENCODER_INPUTS = {"text": ("input_ids", "attention_mask"), "image": ("pixel_values",)}  # what each reads of items
+
+
 def precompute_frozen_states(
-    model, catalog_inputs: ItemInputs, batch_size: int = 256, cache_dir: str | None = None, accelerator=None
+    model,
+    catalog_inputs: ItemInputs,
+    batch_size: int = 256,
+    cache_dir: str | None = None,
+    accelerator=None,
+    frozen_blocks: bool = True,
 ) -> ItemInputs:
     """Runs each encoder that has no trainable parameter over the catalog once (eval mode) and attaches its
     outputs, so training steps and evaluations gather them instead of running the encoder again. With
@@ -175,6 +183,10 @@ def precompute_frozen_states(
     gather (MiniLM's 32 x 384 per item, about 1,000 items a step on MovieLens-100k), and held for a catalog of a
     million items they take tens of GB. A model with side adapters also gets each frozen encoder's per-layer
     states, which they read.
+
+    With `frozen_blocks`, an encoder whose lower blocks are frozen and whose top blocks train (top-k fine-tuning,
+    LoRA in the top blocks) gets the states entering its lowest trainable block (`BlockInputs`, computed in eval
+    mode, in memory for this run only: they depend on nothing that trains), and runs from that block on.
     """
     from .cache import FeatureCache, encode_catalog
     from .fusion import TOKEN_FUSIONS
@@ -184,7 +196,16 @@ def precompute_frozen_states(
     cache = FeatureCache(cache_dir) if cache_dir else None
     states, dropped = {}, {}
     for kind, encoder, run in (("text", tower.text, tower.encode_text), ("image", tower.vision, tower.encode_image)):
-        if encoder is None or any(p.requires_grad for p in encoder.parameters()):
+        if encoder is None:
+            continue
+        if any(p.requires_grad for p in encoder.parameters()):
+            start = encoder.first_cached_block() if frozen_blocks and not len(tower.side_adapters) else 0
+            if start:
+                encode = _block_inputs(encoder, kind, start)
+                desc = f"encode {kind} up to block {start}"
+                outputs = encode_catalog(encode, encoder, catalog_inputs, batch_size, desc, accelerator)
+                states[f"{kind}_blocks"] = outputs[0]
+                dropped.update(dict.fromkeys(ENCODER_INPUTS[kind]))
             continue
         kinds = (kind if reads_tokens else f"{kind}_pooled",)
         if len(tower.side_adapters):  # the side adapters read the per-layer states: from the same pass
@@ -197,8 +218,19 @@ def precompute_frozen_states(
         states[f"{kind}_states"] = outputs[0]
         if len(outputs) == 2:
             states[f"{kind}_layers"] = outputs[1]
-        dropped.update(dict.fromkeys(("input_ids", "attention_mask") if kind == "text" else ("pixel_values",)))
+        dropped.update(dict.fromkeys(ENCODER_INPUTS[kind]))
     return replace(catalog_inputs, **dropped, **states) if states else catalog_inputs
+
+
+def _block_inputs(encoder, kind: str, start: int):
+    """The states entering block `start` of the `kind` encoder, as a forward on items giving a one-tuple."""
+
+    def encode(items: ItemInputs) -> tuple:
+        if kind == "text":
+            return (encoder.block_inputs(items.input_ids, items.attention_mask, start),)
+        return (encoder.block_inputs(items.pixel_values, start),)
+
+    return encode
 
 
 def _frozen_outputs(tower, kind: str, run, tokens: bool, layers: bool):

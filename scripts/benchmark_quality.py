@@ -771,7 +771,8 @@ def finding_plans(bench: Benchmark, records: dict) -> dict:
 
 
 def finding_line(plans: dict, finding: dict) -> str | None:
-    """A finding's table line (None while its rows have no records); `plans` as `finding_plans` gives them."""
+    """A finding's table line (None while the rows it compares with have no records); `plans` as `finding_plans`
+    gives them."""
     if "first" not in finding:
         return f"| {finding['question']} | {finding['paper']} | {finding['not_measured']} | not measured |"
     split, part, metric = (finding.get(k, d) for k, d in (("split", "main"), ("part", "all"), ("metric", "ndcg@10")))
@@ -785,7 +786,7 @@ def finding_line(plans: dict, finding: dict) -> str | None:
 
     label, values = stats(finding["first"])
     if not values:
-        return None
+        return f"| {finding['question']} | {finding['paper']} | {label}: no run recorded yet | not measured yet |"
     mean, std = mean_std(values)
     measured, outcomes = [f"{label}: {cell(values)}"], []
     for other in finding["against"]:

@@ -473,7 +473,7 @@ def test_the_papers_findings_are_judged_on_this_plans_records_and_another_plans(
     assert lines["Q2"].endswith("| not shown (within noise) |")
     assert "vs ours: 0.1100 ± 0.0100 (worse, 0.45x)" in lines["Q3"] and lines["Q3"].endswith("| does not hold |")
     assert lines["Q4"] == "| Q4 | needs a GPU | the GPU rows wait | not measured |"
-    assert "Q5" not in lines  # no record of its first row: no line
+    assert lines["Q5"] == "| Q5 | never ran | unrun: no run recorded yet | not measured yet |"
     assert lines["Q7"].endswith("vs ours: 0.1100 ± 0.0100 (one seed, not judged, 0.18x) | not judged yet (one seed) |")
     assert "vs once: 0.0200 (one seed, not judged, 5.50x)" in lines["Q8"]
     assert lines["Q8"].endswith("(better, 1.83x) | holds where judged |")

@@ -32,6 +32,8 @@ class ItemInputs:
         text_states / image_states: precomputed outputs of a frozen encoder, used instead of running it.
         text_layers / image_layers: precomputed per-layer states of a frozen encoder (`LayerStates`), read by side
             adapters.
+        text_blocks / image_blocks: precomputed states entering the lowest trainable block of an encoder whose
+            lower blocks are frozen (`BlockInputs`): the encoder runs from that block on.
     """
 
     item_index: torch.Tensor
@@ -44,6 +46,8 @@ class ItemInputs:
     image_states: object | None = None
     text_layers: object | None = None
     image_layers: object | None = None
+    text_blocks: object | None = None
+    image_blocks: object | None = None
 
     def __len__(self) -> int:
         return len(self.item_index)

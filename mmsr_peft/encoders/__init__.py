@@ -9,9 +9,11 @@ from .common import (
     FINETUNE_REGIMES,
     RESNETS,
     TORCHVISION_CNNS,
+    BlockInputs,
     EncoderOutput,
     LayerStates,
     encoder_blocks,
+    first_trainable_block,
     quiet_from_pretrained,
     set_finetuning,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "TORCHVISION_CNNS",
     "VISION_BACKENDS",
     "VISION_PRESETS",
+    "BlockInputs",
     "EncoderOutput",
     "LayerStates",
     "TextEncoder",
@@ -48,6 +51,7 @@ __all__ = [
     "VisionEncoder",
     "VisionEncoderConfig",
     "encoder_blocks",
+    "first_trainable_block",
     "quiet_from_pretrained",
     "set_finetuning",
 ]

@@ -75,6 +75,23 @@ def encoder_blocks(module: nn.Module, family: str, purpose: str = "this") -> lis
     )
 
 
+def first_trainable_block(module: nn.Module, family: str) -> int:
+    """The lowest block of an encoder's stack (`encoder_blocks`) that has a trainable parameter, when nothing below
+    it trains (the embeddings, the stem, the blocks under it): the states entering that block are then the same at
+    every step and can be computed once (`BlockInputs`). 0 when there is nothing to gain: the encoder is frozen,
+    its bottom block trains, or something outside the stack and the modules after it trains."""
+    if family not in BLOCK_LAYOUT or not any(p.requires_grad for p in module.parameters()):
+        return 0
+    blocks = encoder_blocks(module, family)
+    start = next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())), 0)
+    above = {id(p) for block in blocks[start:] for p in block.parameters()}
+    for name in BLOCK_LAYOUT[family][1]:
+        part = _get_submodule(module, name)
+        above |= {id(p) for p in part.parameters()} if part is not None else set()
+    below_trains = any(p.requires_grad and id(p) not in above for p in module.parameters())
+    return 0 if below_trains else start
+
+
 def _get_submodule(module: nn.Module, path: str):
     return module.get_submodule(path) if _has_submodule(module, path) else None
 
@@ -110,6 +127,36 @@ class EncoderOutput:
     @classmethod
     def cat(cls, outputs: list[EncoderOutput]) -> EncoderOutput:
         return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("pooled", "tokens", "mask")))
+
+
+@dataclass
+class BlockInputs:
+    """What enters block `start` of an encoder's stack for each item, computed once by the frozen part below it
+    (`first_trainable_block`), so a training step runs the encoder from that block on.
+
+    Attributes:
+        states (`torch.FloatTensor`): `(N, L, H)` token states, or `(N, C, h, w)` feature maps.
+        mask (`torch.BoolTensor` of shape `(N, L)`): True on real tokens (feature maps: `(N, 1)`, all True).
+        start (`torch.LongTensor` of shape `(N,)`): the block the states enter (the same for every row).
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    start: torch.Tensor
+
+    @property
+    def block(self) -> int:
+        return int(self.start[0])
+
+    def select(self, index: torch.Tensor) -> BlockInputs:
+        return BlockInputs(self.states[index], self.mask[index], self.start[index])
+
+    def to(self, device) -> BlockInputs:
+        return BlockInputs(self.states.to(device), self.mask.to(device), self.start.to(device))
+
+    @classmethod
+    def cat(cls, outputs: list[BlockInputs]) -> BlockInputs:
+        return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("states", "mask", "start")))
 
 
 @dataclass

@@ -10,12 +10,32 @@ import torch
 from torch import nn
 
 from ..config import ConfigMixin
-from .common import EncoderOutput, enable_activation_checkpointing, quiet_from_pretrained, set_finetuning
+from .common import (
+    BlockInputs,
+    EncoderOutput,
+    enable_activation_checkpointing,
+    encoder_blocks,
+    first_trainable_block,
+    quiet_from_pretrained,
+    set_finetuning,
+)
 
 POOLINGS = ("mean", "cls")
 LENGTH_BUCKET = 64  # texts per backbone call when a batch is encoded in groups of similar length
 # Where the [CLS]-like token of a text encoder is: first (BERT and most), or last (XLNet appends its <cls>).
 CLS_LAST = ("xlnet",)
+# Families whose blocks can run on their own, from cached states (`TextEncoder.encode_from`): each block takes the
+# hidden states and the attention mask transformers builds for the whole model.
+FROM_BLOCK_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+
+
+def _bidirectional_mask():
+    """transformers' builder of an encoder's attention mask (5.x), or None where it has none (4.x)."""
+    try:
+        from transformers.masking_utils import create_bidirectional_mask
+    except ImportError:
+        return None
+    return create_bidirectional_mask
 
 
 def _no_pooler(hf_config) -> dict:
@@ -112,6 +132,37 @@ class TextEncoder(nn.Module):
         pooled = [self._pool(states, mask) for states in layers]
         return EncoderOutput(pooled[-1], layers[-1], mask), pooled
 
+    def first_cached_block(self) -> int:
+        """The block a training step can start from, its inputs computed once (`block_inputs`): the lowest block
+        that trains when nothing below it does (top-k fine-tuning, LoRA in the top blocks). 0, the whole encoder
+        runs: nothing to gain, or a family whose blocks cannot run on their own (`FROM_BLOCK_FAMILIES`, with
+        transformers 5)."""
+        family = self.config.backbone["model_type"]
+        if family not in FROM_BLOCK_FAMILIES or _bidirectional_mask() is None:
+            return 0
+        return first_trainable_block(self.backbone, family)
+
+    def block_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int) -> BlockInputs:
+        """The hidden states entering block `start` (`(N, L, H)`, zeros or junk on padding), to `encode_from`."""
+        states = self._run_backbone(input_ids, attention_mask, all_layers=True)[start]
+        block = torch.full((len(states),), start, dtype=torch.long, device=states.device)
+        return BlockInputs(states, attention_mask.bool(), block)
+
+    def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
+        """`forward`'s output from the states entering block `inputs.start`: only the blocks from there on run."""
+        blocks = encoder_blocks(self.backbone, self.config.backbone["model_type"])[inputs.block :]
+        build_mask = _bidirectional_mask()
+
+        def run(states, mask):
+            attention = build_mask(config=self.backbone.config, inputs_embeds=states, attention_mask=mask)
+            for block in blocks:
+                states = block(states, attention)
+                states = states[0] if isinstance(states, tuple) else states
+            return states[None]
+
+        states = self._by_length(run, inputs.states, inputs.mask.long())[-1]
+        return EncoderOutput(self._pool(states, inputs.mask), states, inputs.mask)
+
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "cls" and self.config.backbone["model_type"] in CLS_LAST:
             columns = torch.arange(mask.shape[1], device=mask.device)
@@ -125,25 +176,30 @@ class TextEncoder(nn.Module):
 
     def _run_backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False):
         """The backbone's hidden states, `(K, N, L, H)`: the last layer's alone (K = 1), or with `all_layers` the
-        embeddings' and every layer's. Right-padded texts are encoded in groups of `length_bucket` of similar
-        length, each cut after its longest text, so a batch of mostly short texts does not pay for its longest one
-        in every row; the padding positions come back as zeros (they are masked wherever states are read)."""
+        embeddings' and every layer's."""
 
         def run(ids, mask):
             out = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=all_layers)
             return torch.stack(out.hidden_states) if all_layers else out.last_hidden_state[None]
 
+        return self._by_length(run, input_ids, attention_mask)
+
+    def _by_length(self, run, inputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`run(inputs, attention_mask)` (`(K, N, L, H)` states of token ids or of hidden states `inputs`).
+        Right-padded texts are encoded in groups of `length_bucket` of similar length, each cut after its longest
+        text, so a batch of mostly short texts does not pay for its longest one in every row; the padding positions
+        come back as zeros (they are masked wherever states are read)."""
         lengths = attention_mask.sum(1)
         columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         right_padded = bool((attention_mask.bool() == (columns < lengths[:, None])).all())
-        if not self.length_bucket or len(input_ids) <= self.length_bucket or not right_padded:
-            return run(input_ids, attention_mask)
+        if not self.length_bucket or len(inputs) <= self.length_bucket or not right_padded:
+            return run(inputs, attention_mask)
         states = None
         for group in torch.argsort(lengths).split(self.length_bucket):
             length = max(1, int(lengths[group].max()))
-            hidden = run(input_ids[group, :length], attention_mask[group, :length])  # (K, G, length, H)
+            hidden = run(inputs[group, :length], attention_mask[group, :length])  # (K, G, length, H)
             if states is None:
-                states = hidden.new_zeros(len(hidden), len(input_ids), attention_mask.shape[1], hidden.shape[-1])
+                states = hidden.new_zeros(len(hidden), len(inputs), attention_mask.shape[1], hidden.shape[-1])
             layers = torch.arange(len(hidden), device=hidden.device)[:, None, None]
             states = states.index_put((layers, group[None, :, None], columns[None, None, :length]), hidden)
         return states

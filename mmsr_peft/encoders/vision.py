@@ -14,9 +14,11 @@ from ..config import ConfigMixin
 from .common import (
     RESNETS,
     TORCHVISION_CNNS,
+    BlockInputs,
     EncoderOutput,
     enable_activation_checkpointing,
     encoder_blocks,
+    first_trainable_block,
     quiet_from_pretrained,
     set_finetuning,
 )
@@ -181,6 +183,12 @@ class VisionEncoder(nn.Module):
         """`frozen`, `full`, or `top_k`: only the top `top_k` blocks (and the pooling/projection after them) train."""
         set_finetuning(self.tower, self.family, regime, top_k)
 
+    def first_cached_block(self) -> int:
+        """The block a training step can start from, its inputs computed once (`block_inputs`, then
+        `encode_from`): the lowest block that trains when nothing below it does. 0, the whole tower runs: nothing to
+        gain, or a tower whose blocks cannot run on their own (torchvision CNNs can; the others do not say so)."""
+        return 0
+
     def gradient_checkpointing_enable(self) -> None:
         """Recomputes each block's activations in the backward pass (transformer towers override this; CNNs are
         left as they are, with a warning)."""
@@ -208,8 +216,10 @@ class VisionEncoder(nn.Module):
         return output, pooled
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
-        pixels = (pixel_values.to(self.mean.dtype) - self.mean) / self.std  # uint8 (N, 3, H, W) -> normalised
-        return self.encode(pixels)
+        return self.encode(self._normalised(pixel_values))
+
+    def _normalised(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return (pixel_values.to(self.mean.dtype) - self.mean) / self.std  # uint8 (N, 3, H, W) -> normalised
 
 
 def _all_tokens(pooled: torch.Tensor, tokens: torch.Tensor) -> EncoderOutput:
@@ -267,16 +277,36 @@ class TorchvisionEncoder(VisionEncoder):
         self.tower.train()
         self.hidden_size = self.token_size = channels
 
-    def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The last feature map, `(N, C, h, w)`: the CNN's `features`, or a ResNet's stem and stages."""
+    def _feature_map(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The feature map `(N, C, h, w)` after the blocks `start` to `stop` of the stack (`encoder_blocks`: the
+        CNN's `features`, a ResNet's stages), from normalised pixels (`start` 0, a ResNet's stem first) or from the
+        map entering block `start`; by default the last map."""
         tower = self.tower
-        if self.config.tower["arch"] not in RESNETS:
-            return tower.features(pixels)
-        x = tower.maxpool(tower.relu(tower.bn1(tower.conv1(pixels))))
-        return tower.layer4(tower.layer3(tower.layer2(tower.layer1(x))))
+        if start == 0 and self.config.tower["arch"] in RESNETS:
+            x = tower.maxpool(tower.relu(tower.bn1(tower.conv1(x))))
+        for block in encoder_blocks(tower, self.family)[start:stop]:
+            x = block(x)
+        return x
 
     def encode(self, pixels: torch.Tensor) -> EncoderOutput:
-        tokens = self._feature_map(pixels).flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, h*w, C)
+        return self._output(self._feature_map(pixels))
+
+    def first_cached_block(self) -> int:
+        return first_trainable_block(self.tower, self.family)
+
+    def block_inputs(self, pixel_values: torch.Tensor, start: int) -> BlockInputs:
+        """The feature maps entering block `start`, to `encode_from`."""
+        maps = self._feature_map(self._normalised(pixel_values), stop=start)
+        every = torch.ones(len(maps), 1, dtype=torch.bool, device=maps.device)
+        return BlockInputs(maps, every, torch.full((len(maps),), start, dtype=torch.long, device=maps.device))
+
+    def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
+        """`forward`'s output from the feature maps entering block `inputs.start`: only the blocks from there run."""
+        return self._output(self._feature_map(inputs.states, start=inputs.block))
+
+    @staticmethod
+    def _output(feature_map: torch.Tensor) -> EncoderOutput:
+        tokens = feature_map.flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, h*w, C)
         return _all_tokens(tokens.mean(1), tokens)
 
     def load_backbone(self, path: str) -> None:
