@@ -1,6 +1,6 @@
 """Encoders whose lower blocks are frozen (top-k fine-tuning, LoRA in the top blocks) run from their lowest
 trainable block on states computed once (`BlockInputs`): the same outputs and gradients as the whole encoder, for
-BERT-like text encoders and torchvision CNNs, and a catalog prepared for training carries those states instead of
+BERT-like text encoders, torchvision CNNs and open_clip ViTs, and a catalog prepared for training carries those states instead of
 the raw inputs."""
 
 import pytest
@@ -83,8 +83,8 @@ def test_a_text_encoder_runs_from_its_lowest_trainable_block_as_the_whole_encode
     assert_same_encoding(encoder, lambda: encoder(ids, mask), lambda: encoder.encode_from(inputs))
 
 
-@pytest.mark.parametrize("arch, top_k", [("mobilenet_v2", 2), ("resnet18", 1)])
-def test_a_torchvision_cnn_runs_from_its_lowest_trainable_block_as_the_whole_tower_does(arch, top_k):
+@pytest.mark.parametrize("arch, top_k", [("mobilenet_v2", 2), ("resnet18", 1), ("tiny-vit", 1)])
+def test_a_vision_tower_runs_from_its_lowest_trainable_block_as_the_whole_tower_does(arch, top_k):
     args = ModelArguments(item_tower="image", vision_model=arch, image_size=32, hidden_size=16)
     args.vision_finetune, args.vision_top_k = "top_k", top_k
     vision = build_model(args).item_tower.vision
@@ -93,7 +93,7 @@ def test_a_torchvision_cnn_runs_from_its_lowest_trainable_block_as_the_whole_tow
     pixels = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         inputs = vision.eval().block_inputs(pixels, start)
-    assert inputs.states.dim() == 4 and inputs.block == start
+    assert inputs.states.dim() == (3 if arch == "tiny-vit" else 4) and inputs.block == start
     # BatchNorm of the trained blocks normalises by the batch in training mode: the same batch on both paths
     assert_same_encoding(vision, lambda: vision(pixels), lambda: vision.encode_from(inputs))
 

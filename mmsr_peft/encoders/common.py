@@ -86,8 +86,11 @@ def first_trainable_block(module: nn.Module, family: str) -> int:
     start = next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())), 0)
     above = {id(p) for block in blocks[start:] for p in block.parameters()}
     for name in BLOCK_LAYOUT[family][1]:
-        part = _get_submodule(module, name)
-        above |= {id(p) for p in part.parameters()} if part is not None else set()
+        part = getattr(module, name, None) if "." not in name else _get_submodule(module, name)
+        if isinstance(part, nn.Module):
+            above |= {id(p) for p in part.parameters()}
+        elif part is not None:  # a parameter (open_clip's `proj`)
+            above.add(id(part))
     below_trains = any(p.requires_grad and id(p) not in above for p in module.parameters())
     return 0 if below_trains else start
 

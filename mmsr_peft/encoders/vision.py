@@ -186,7 +186,7 @@ class VisionEncoder(nn.Module):
     def first_cached_block(self) -> int:
         """The block a training step can start from, its inputs computed once (`block_inputs`, then
         `encode_from`): the lowest block that trains when nothing below it does. 0, the whole tower runs: nothing to
-        gain, or a tower whose blocks cannot run on their own (torchvision CNNs can; the others do not say so)."""
+        gain, or a tower whose blocks cannot run on their own (torchvision CNNs and open_clip ViTs can)."""
         return 0
 
     def gradient_checkpointing_enable(self) -> None:
@@ -252,6 +252,34 @@ class OpenClipVisionEncoder(VisionEncoder):
             self.tower.set_grad_checkpointing(True)
         else:
             super().gradient_checkpointing_enable()
+
+    def first_cached_block(self) -> int:
+        """ViT towers whose embedding and pooling steps open_clip names (`_embeds`, `_pool`) run from a block."""
+        if self.family != "open_clip_vit" or not all(hasattr(self.tower, f) for f in ("_embeds", "_pool")):
+            return 0
+        return first_trainable_block(self.tower, self.family)
+
+    def block_inputs(self, pixel_values: torch.Tensor, start: int) -> BlockInputs:
+        """The token states entering block `start`, to `encode_from`."""
+        states = self._blocks(self.tower._embeds(self._normalised(pixel_values)), 0, start)
+        every = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        return BlockInputs(states, every, torch.full((len(states),), start, dtype=torch.long, device=states.device))
+
+    def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
+        """`forward`'s output from the token states entering block `inputs.start`: only the blocks from there run."""
+        pooled, tokens = self.tower._pool(self._blocks(inputs.states, inputs.block, None))
+        return _all_tokens(pooled if self.tower.proj is None else pooled @ self.tower.proj, tokens)
+
+    def _blocks(self, x: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+        """The tower's blocks `start` to `stop` on token states `(N, L, W)`, as its transformer runs them."""
+        from torch.utils.checkpoint import checkpoint
+
+        transformer = self.tower.transformer
+        x = x if transformer.batch_first else x.transpose(0, 1)
+        for block in transformer.resblocks[start:stop]:
+            recompute = transformer.grad_checkpointing and torch.is_grad_enabled()
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        return x if transformer.batch_first else x.transpose(0, 1)
 
     def load_backbone(self, path: str) -> None:
         """From an open_clip checkpoint: the full model (`visual.*` keys) or the tower alone."""
