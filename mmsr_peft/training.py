@@ -161,6 +161,9 @@ def tracked_config(model, args: TrainingArguments) -> dict:
 
 
 ENCODER_INPUTS = {"text": ("input_ids", "attention_mask"), "image": ("pixel_values",)}  # what each reads of items
+# Most memory the states entering an encoder's lowest trainable block may take for a catalog (`frozen_blocks`);
+# above it (MiniLM's: 48 KiB an item, so about 170,000 items) the encoder runs whole at every step.
+BLOCK_INPUTS_BUDGET = 8 * 2**30
 
 
 def precompute_frozen_states(
@@ -186,7 +189,8 @@ def precompute_frozen_states(
 
     With `frozen_blocks`, an encoder whose lower blocks are frozen and whose top blocks train (top-k fine-tuning,
     LoRA in the top blocks) gets the states entering its lowest trainable block (`BlockInputs`, computed in eval
-    mode, in memory for this run only: they depend on nothing that trains), and runs from that block on.
+    mode, in memory for this run only: they depend on nothing that trains), and runs from that block on, unless
+    they would take more than `BLOCK_INPUTS_BUDGET` bytes.
     """
     from .cache import FeatureCache, encode_catalog
     from .fusion import TOKEN_FUSIONS
@@ -200,12 +204,26 @@ def precompute_frozen_states(
             continue
         if any(p.requires_grad for p in encoder.parameters()):
             start = encoder.first_cached_block() if frozen_blocks and not len(tower.side_adapters) else 0
-            if start:
-                encode = _block_inputs(encoder, kind, start)
-                desc = f"encode {kind} up to block {start}"
-                outputs = encode_catalog(encode, encoder, catalog_inputs, batch_size, desc, accelerator)
-                states[f"{kind}_blocks"] = outputs[0]
-                dropped.update(dict.fromkeys(ENCODER_INPUTS[kind]))
+            if not start:
+                continue
+            encode = _block_inputs(encoder, kind, start)
+            (probe,) = encode_catalog(encode, encoder, catalog_inputs.select(torch.arange(1)), 1, "measure")
+            size = probe.states.nbytes * len(catalog_inputs)
+            if size > BLOCK_INPUTS_BUDGET:
+                logger.warning(
+                    "the states entering block %d of the %s encoder would take %.1f GiB for %d items (more than "
+                    "%.1f GiB): the encoder runs whole at every step",
+                    start,
+                    kind,
+                    size / 2**30,
+                    len(catalog_inputs),
+                    BLOCK_INPUTS_BUDGET / 2**30,
+                )
+                continue
+            desc = f"encode {kind} up to block {start}"
+            outputs = encode_catalog(encode, encoder, catalog_inputs, batch_size, desc, accelerator)
+            states[f"{kind}_blocks"] = outputs[0]
+            dropped.update(dict.fromkeys(ENCODER_INPUTS[kind]))
             continue
         kinds = (kind if reads_tokens else f"{kind}_pooled",)
         if len(tower.side_adapters):  # the side adapters read the per-layer states: from the same pass

@@ -3,6 +3,8 @@ trainable block on states computed once (`BlockInputs`): the same outputs and gr
 BERT-like text encoders, torchvision CNNs and open_clip ViTs, and a catalog prepared for training carries those states instead of
 the raw inputs."""
 
+import logging
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel
@@ -10,6 +12,7 @@ from transformers import AutoConfig, AutoModel
 from mmsr_peft.adaptation import AdaptArguments, prepare_method
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.encoders import TextEncoder, TextEncoderConfig, encoder_blocks
+from mmsr_peft import training
 from mmsr_peft.training import precompute_frozen_states
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64}
@@ -127,3 +130,19 @@ def test_a_catalog_prepared_for_lora_in_the_top_blocks_carries_the_top_blocks_in
     with torch.no_grad():
         expected = model.embed_catalog(whole, batch_size=32)
         assert torch.allclose(model.embed_catalog(prepared, batch_size=32), expected, atol=1e-5)
+
+
+def test_an_encoder_whose_top_block_inputs_exceed_the_memory_budget_runs_whole(monkeypatch, caplog):
+    args = ModelArguments(item_tower="text", text_model="tiny-bert", hidden_size=16)
+    model = build_model(args)
+    model.item_tower.text.set_finetuning("top_k", 1)
+    records = [{"item_id": f"i{i}", "text": "word " * (i % 7 + 1), "image": None} for i in range(10)]
+    catalog = model.processor(records)
+    per_item = catalog.attention_mask.shape[1] * model.item_tower.text.hidden_size * 4  # float32 states
+    monkeypatch.setattr(training, "BLOCK_INPUTS_BUDGET", per_item * 10)
+    assert precompute_frozen_states(model, catalog).text_blocks is not None  # exactly the budget: kept
+    monkeypatch.setattr(training, "BLOCK_INPUTS_BUDGET", per_item * 10 - 1)
+    with caplog.at_level(logging.WARNING, logger="mmsr_peft.training"):
+        prepared = precompute_frozen_states(model, catalog)
+    assert prepared.text_blocks is None and prepared.input_ids is not None
+    assert "for 10 items" in caplog.text and "runs whole at every step" in caplog.text
