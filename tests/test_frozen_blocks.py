@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
+from mmsr_peft import training
 from mmsr_peft.adaptation import AdaptArguments, prepare_method
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.encoders import TextEncoder, TextEncoderConfig, encoder_blocks
-from mmsr_peft import training
 from mmsr_peft.training import precompute_frozen_states
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64}
