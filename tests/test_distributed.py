@@ -15,12 +15,15 @@ from mmsr_peft import MMSRModel
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
 
 
-def test_two_process_ddp_pretraining_with_a_token_level_fusion(data_dir, tmp_path):
+def test_two_process_ddp_pretraining_with_a_token_level_fusion_and_the_encoders_top_blocks_training(
+    data_dir, tmp_path
+):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
     argv = tiny_pretrain_argv(data_dir, "--num_epochs", "2", "--fusion", "merge_attention")
-    argv += ["--output_dir", str(tmp_path / "ddp")]
+    # the top block of each encoder trains: the states entering it are encoded by both processes, a share each
+    argv += ["--text_finetune", "top_k", "--vision_finetune", "top_k", "--output_dir", str(tmp_path / "ddp")]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.run([*launch, str(RECIPE), *argv], env=env, capture_output=True, text=True, timeout=600)
     # Multi-process CPU runs sometimes abort at interpreter exit after all work is done (see ENVIRONMENT.md):
@@ -32,6 +35,7 @@ def test_two_process_ddp_pretraining_with_a_token_level_fusion(data_dir, tmp_pat
     # each process saw half of the sequences: 50 users / (16 per batch x 2 processes) = 2 steps per epoch
     assert metrics["history"][-1]["step"] == 4
     assert MMSRModel.from_pretrained(tmp_path / "ddp").config.fusion.type == "merge_attention"
+    assert "encode text up to block 1" in run.stderr and "encode image up to block 1" in run.stderr
 
 
 SHARDED_EVALUATION = """

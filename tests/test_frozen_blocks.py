@@ -3,6 +3,7 @@ trainable block on states computed once (`BlockInputs`): the same outputs and gr
 BERT-like text encoders, torchvision CNNs and open_clip ViTs, and a catalog prepared for training carries those states instead of
 the raw inputs."""
 
+import json
 import logging
 
 import pytest
@@ -146,3 +147,29 @@ def test_an_encoder_whose_top_block_inputs_exceed_the_memory_budget_runs_whole(m
         prepared = precompute_frozen_states(model, catalog)
     assert prepared.text_blocks is None and prepared.input_ids is not None
     assert "for 10 items" in caplog.text and "runs whole at every step" in caplog.text
+
+
+def test_pretraining_the_top_blocks_from_their_inputs_trains_as_running_the_whole_encoders(data_dir, tmp_path):
+    """Without dropout (the frozen blocks' dropout is the one difference), a run that computes the top blocks'
+    inputs once ends where a run through the whole encoders at every step ends."""
+    from conftest import tiny_pretrain_argv
+    from safetensors.torch import load_file
+
+    from mmsr_peft.cli import pretrain_main
+
+    runs = {}
+    for cached in ("true", "false"):
+        out = tmp_path / cached
+        argv = tiny_pretrain_argv(data_dir, "--num_epochs", "2", "--text_finetune", "top_k")
+        argv += ["--vision_finetune", "top_k", "--encoder_dropout", "0", "--cache_frozen_blocks", cached]
+        assert pretrain_main([*argv, "--output_dir", str(out), "--report_to", "none"]) == 0
+        runs[cached] = (load_file(out / "model.safetensors"), json.loads((out / "metrics.json").read_text()))
+    (cached, cached_metrics), (whole, whole_metrics) = runs["true"], runs["false"]
+    for epoch, expected in zip(cached_metrics["history"], whole_metrics["history"], strict=True):
+        assert epoch["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+        assert epoch["valid_ndcg@10"] == pytest.approx(expected["valid_ndcg@10"], abs=1e-6)
+    # An attention key bias has no gradient but float noise (softmax ignores a shift shared by every key), which
+    # AdamW's normalised step turns into up to a step of the learning rate (3e-3) either way: 2e-3 lets them differ.
+    assert cached.keys() == whole.keys()
+    for name, weight in whole.items():
+        torch.testing.assert_close(cached[name], weight, rtol=1e-4, atol=2e-3 if "in_proj_bias" in name else 1e-4)
