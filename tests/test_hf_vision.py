@@ -53,3 +53,18 @@ def test_hf_tower_has_lora_targets_and_top_k(hf_folder):
     trainable = {n for n, p in model.item_tower.vision.tower.named_parameters() if p.requires_grad}
     assert trainable and all(".1." in n or "layernorm" in n or "post_layernorm" in n for n in trainable)
     assert not any(".0." in n for n in trainable)
+
+
+def test_hf_tower_runs_from_its_lowest_trainable_block_as_the_whole_tower_does(hf_folder):
+    from test_frozen_blocks import assert_same_encoding
+
+    _, folder, _ = hf_folder
+    args = ModelArguments(item_tower="image", vision_model=f"hf:{folder}", image_size=32, hidden_size=16)
+    args.vision_finetune, args.vision_top_k = "top_k", 1
+    vision = build_model(args).item_tower.vision
+    assert vision.first_cached_block() == 1
+    pixels = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        inputs = vision.eval().block_inputs(pixels, 1)
+    assert inputs.states.shape == (3, 1 + 16, 32)
+    assert_same_encoding(vision, lambda: vision(pixels), lambda: vision.encode_from(inputs))

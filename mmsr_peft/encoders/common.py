@@ -56,7 +56,7 @@ def set_finetuning(module: nn.Module, family: str, regime: str, top_k: int = 1) 
     for block in blocks[len(blocks) - top_k :]:
         block.requires_grad_(True)
     for name in BLOCK_LAYOUT[family][1]:
-        part = getattr(module, name, None) if "." not in name else _get_submodule(module, name)
+        part = find_part(module, name)
         if part is not None:
             part.requires_grad_(True)
 
@@ -86,7 +86,7 @@ def first_trainable_block(module: nn.Module, family: str) -> int:
     start = next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())), 0)
     above = {id(p) for block in blocks[start:] for p in block.parameters()}
     for name in BLOCK_LAYOUT[family][1]:
-        part = getattr(module, name, None) if "." not in name else _get_submodule(module, name)
+        part = find_part(module, name)
         if isinstance(part, nn.Module):
             above |= {id(p) for p in part.parameters()}
         elif part is not None:  # a parameter (open_clip's `proj`)
@@ -95,8 +95,12 @@ def first_trainable_block(module: nn.Module, family: str) -> int:
     return 0 if below_trains else start
 
 
-def _get_submodule(module: nn.Module, path: str):
-    return module.get_submodule(path) if _has_submodule(module, path) else None
+def find_part(module: nn.Module, name: str) -> nn.Module | nn.Parameter | None:
+    """`module`'s part called `name` (an attribute, a parameter such as open_clip's `proj`, or a dotted submodule
+    path), None where it has none."""
+    if "." not in name:
+        return getattr(module, name, None)
+    return module.get_submodule(name) if _has_submodule(module, name) else None
 
 
 def _has_submodule(module: nn.Module, path: str) -> bool:

@@ -12,12 +12,14 @@ from torch import nn
 
 from ..config import ConfigMixin
 from .common import (
+    BLOCK_LAYOUT,
     RESNETS,
     TORCHVISION_CNNS,
     BlockInputs,
     EncoderOutput,
     enable_activation_checkpointing,
     encoder_blocks,
+    find_part,
     first_trainable_block,
     quiet_from_pretrained,
     set_finetuning,
@@ -39,6 +41,8 @@ VISION_PRESETS = {
 # Pixel normalisation of Hugging Face vision models by type (their image processors'); ImageNet's otherwise.
 HF_NORMALISATION = {"clip_vision_model": (OPENAI_MEAN, OPENAI_STD), "vit": ((0.5,) * 3, (0.5,) * 3)}
 HF_NORMALISATION["beit"] = HF_NORMALISATION["vit"]
+# Hugging Face vision families whose blocks run on their own from token states (`HFVisionEncoder.encode_from`)
+HF_FROM_BLOCK = ("hf_vit", "hf_clip_vision_model")
 
 
 @dataclass
@@ -186,7 +190,8 @@ class VisionEncoder(nn.Module):
     def first_cached_block(self) -> int:
         """The block a training step can start from, its inputs computed once (`block_inputs`, then
         `encode_from`): the lowest block that trains when nothing below it does. 0, the whole tower runs: nothing to
-        gain, or a tower whose blocks cannot run on their own (torchvision CNNs and open_clip ViTs can)."""
+        gain, or a tower whose blocks cannot run on their own (torchvision CNNs, open_clip ViTs and Hugging Face ViT
+        and CLIP vision towers can)."""
         return 0
 
     def gradient_checkpointing_enable(self) -> None:
@@ -378,6 +383,33 @@ class HFVisionEncoder(VisionEncoder):
 
     def gradient_checkpointing_enable(self) -> None:
         enable_activation_checkpointing(self.tower)
+
+    def first_cached_block(self) -> int:
+        """ViT and CLIP towers run from a block (their layers take token states alone); the others run whole."""
+        return first_trainable_block(self.tower, self.family) if self.family in HF_FROM_BLOCK else 0
+
+    def block_inputs(self, pixel_values: torch.Tensor, start: int) -> BlockInputs:
+        """The token states entering block `start` (the output of the block below it), to `encode_from`."""
+        output = self.tower(pixel_values=self._normalised(pixel_values), output_hidden_states=True)
+        states = output.hidden_states[start]
+        every = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        return BlockInputs(states, every, torch.full((len(states),), start, dtype=torch.long, device=states.device))
+
+    def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
+        """`forward`'s output from the token states entering block `inputs.start`: the blocks from there run, then
+        what the model does after its stack (ViT: the final layer norm, [CLS] read out; CLIP: [CLS] through its
+        post-layernorm)."""
+        states = inputs.states
+        for block in encoder_blocks(self.tower, self.family)[inputs.block :]:
+            states = block(states, None)
+            states = states[0] if isinstance(states, tuple) else states
+        after = next(
+            part for name in BLOCK_LAYOUT[self.family][1] if (part := find_part(self.tower, name)) is not None
+        )
+        if self.family == "hf_vit":
+            tokens = after(states)
+            return _all_tokens(tokens[:, 0], tokens)
+        return _all_tokens(after(states[:, 0]), states)
 
     def load_backbone(self, path: str) -> None:
         """From a Hugging Face model name or folder."""
