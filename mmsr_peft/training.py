@@ -220,6 +220,12 @@ def precompute_frozen_states(
                     BLOCK_INPUTS_BUDGET / 2**30,
                 )
                 continue
+            logger.info(
+                "the %s encoder runs from block %d on, the states entering it computed once (%.0f MiB)",
+                kind,
+                start,
+                size / 2**20,
+            )
             desc = f"encode {kind} up to block {start}"
             outputs = encode_catalog(encode, encoder, catalog_inputs, batch_size, desc, accelerator)
             states[f"{kind}_blocks"] = outputs[0]
