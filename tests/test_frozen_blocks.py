@@ -1,7 +1,7 @@
 """Encoders whose lower blocks are frozen (top-k fine-tuning, LoRA in the top blocks) run from their lowest
 trainable block on states computed once (`BlockInputs`): the same outputs and gradients as the whole encoder, for
-BERT-like text encoders, torchvision CNNs and open_clip ViTs, and a catalog prepared for training carries those states instead of
-the raw inputs."""
+BERT-like text encoders, torchvision CNNs and open_clip ViTs (Hugging Face ViT and CLIP: test_hf_vision.py), and a
+catalog prepared for training carries those states instead of the raw inputs."""
 
 import json
 import logging
