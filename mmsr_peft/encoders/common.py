@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -111,8 +112,26 @@ def _has_submodule(module: nn.Module, path: str) -> bool:
     return True
 
 
+Rows = TypeVar("Rows", bound="ItemRows")
+
+
+class ItemRows:
+    """`select`, `to` and `cat` for a dataclass of tensors whose first dimension is the item (encoder outputs and
+    what is computed once for them), so batches, devices and shards handle every kind alike."""
+
+    def select(self: Rows, index: torch.Tensor) -> Rows:
+        return type(self)(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def to(self: Rows, device) -> Rows:
+        return type(self)(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    @classmethod
+    def cat(cls: type[Rows], outputs: list[Rows]) -> Rows:
+        return cls(*(torch.cat([getattr(o, f.name) for o in outputs]) for f in fields(cls)))
+
+
 @dataclass
-class EncoderOutput:
+class EncoderOutput(ItemRows):
     """What an encoder gives the fusion module.
 
     Attributes:
@@ -125,19 +144,9 @@ class EncoderOutput:
     tokens: torch.Tensor
     mask: torch.Tensor
 
-    def select(self, index: torch.Tensor) -> EncoderOutput:
-        return EncoderOutput(self.pooled[index], self.tokens[index], self.mask[index])
-
-    def to(self, device) -> EncoderOutput:
-        return EncoderOutput(self.pooled.to(device), self.tokens.to(device), self.mask.to(device))
-
-    @classmethod
-    def cat(cls, outputs: list[EncoderOutput]) -> EncoderOutput:
-        return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("pooled", "tokens", "mask")))
-
 
 @dataclass
-class BlockInputs:
+class BlockInputs(ItemRows):
     """What enters block `start` of an encoder's stack for each item, computed once by the frozen part below it
     (`first_trainable_block`), so a training step runs the encoder from that block on.
 
@@ -151,23 +160,22 @@ class BlockInputs:
     mask: torch.Tensor
     start: torch.Tensor
 
+    @classmethod
+    def entering(cls, start: int, states: torch.Tensor, mask: torch.Tensor | None = None) -> BlockInputs:
+        """`states` entering block `start`, for every row; without `mask`, every token is real (a feature map's
+        mask is one True per row)."""
+        if mask is None:
+            width = states.shape[1] if states.dim() == 3 else 1
+            mask = torch.ones(len(states), width, dtype=torch.bool, device=states.device)
+        return cls(states, mask, torch.full((len(states),), start, dtype=torch.long, device=states.device))
+
     @property
     def block(self) -> int:
         return int(self.start[0])
 
-    def select(self, index: torch.Tensor) -> BlockInputs:
-        return BlockInputs(self.states[index], self.mask[index], self.start[index])
-
-    def to(self, device) -> BlockInputs:
-        return BlockInputs(self.states.to(device), self.mask.to(device), self.start.to(device))
-
-    @classmethod
-    def cat(cls, outputs: list[BlockInputs]) -> BlockInputs:
-        return cls(*(torch.cat([getattr(o, f) for o in outputs]) for f in ("states", "mask", "start")))
-
 
 @dataclass
-class LayerStates:
+class LayerStates(ItemRows):
     """An encoder's pooled state after each of its layers, side by side, for side adapters.
 
     Attributes:
@@ -176,16 +184,6 @@ class LayerStates:
     """
 
     states: torch.Tensor
-
-    def select(self, index: torch.Tensor) -> LayerStates:
-        return LayerStates(self.states[index])
-
-    def to(self, device) -> LayerStates:
-        return LayerStates(self.states.to(device))
-
-    @classmethod
-    def cat(cls, outputs: list[LayerStates]) -> LayerStates:
-        return cls(torch.cat([o.states for o in outputs]))
 
     @classmethod
     def from_layers(cls, layers: list[torch.Tensor]) -> LayerStates:

@@ -145,8 +145,7 @@ class TextEncoder(nn.Module):
     def block_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int) -> BlockInputs:
         """The hidden states entering block `start` (`(N, L, H)`, zeros or junk on padding), to `encode_from`."""
         states = self._run_backbone(input_ids, attention_mask, all_layers=True)[start]
-        block = torch.full((len(states),), start, dtype=torch.long, device=states.device)
-        return BlockInputs(states, attention_mask.bool(), block)
+        return BlockInputs.entering(start, states, attention_mask.bool())
 
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
         """`forward`'s output from the states entering block `inputs.start`: only the blocks from there on run."""

@@ -266,9 +266,7 @@ class OpenClipVisionEncoder(VisionEncoder):
 
     def block_inputs(self, pixel_values: torch.Tensor, start: int) -> BlockInputs:
         """The token states entering block `start`, to `encode_from`."""
-        states = self._blocks(self.tower._embeds(self._normalised(pixel_values)), 0, start)
-        every = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
-        return BlockInputs(states, every, torch.full((len(states),), start, dtype=torch.long, device=states.device))
+        return BlockInputs.entering(start, self._blocks(self.tower._embeds(self._normalised(pixel_values)), 0, start))
 
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
         """`forward`'s output from the token states entering block `inputs.start`: only the blocks from there run."""
@@ -329,9 +327,7 @@ class TorchvisionEncoder(VisionEncoder):
 
     def block_inputs(self, pixel_values: torch.Tensor, start: int) -> BlockInputs:
         """The feature maps entering block `start`, to `encode_from`."""
-        maps = self._feature_map(self._normalised(pixel_values), stop=start)
-        every = torch.ones(len(maps), 1, dtype=torch.bool, device=maps.device)
-        return BlockInputs(maps, every, torch.full((len(maps),), start, dtype=torch.long, device=maps.device))
+        return BlockInputs.entering(start, self._feature_map(self._normalised(pixel_values), stop=start))
 
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
         """`forward`'s output from the feature maps entering block `inputs.start`: only the blocks from there run."""
@@ -391,9 +387,7 @@ class HFVisionEncoder(VisionEncoder):
     def block_inputs(self, pixel_values: torch.Tensor, start: int) -> BlockInputs:
         """The token states entering block `start` (the output of the block below it), to `encode_from`."""
         output = self.tower(pixel_values=self._normalised(pixel_values), output_hidden_states=True)
-        states = output.hidden_states[start]
-        every = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
-        return BlockInputs(states, every, torch.full((len(states),), start, dtype=torch.long, device=states.device))
+        return BlockInputs.entering(start, output.hidden_states[start])
 
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
         """`forward`'s output from the token states entering block `inputs.start`: the blocks from there run, then
