@@ -84,6 +84,8 @@ def test_a_text_encoder_runs_from_its_lowest_trainable_block_as_the_whole_encode
     with torch.no_grad():
         inputs = encoder.eval().block_inputs(ids, mask, start)
     assert inputs.states.shape == (80, 12, encoder.hidden_size) and inputs.block == start
+    # the catalog keeps these for every item: not a view into the states of every layer
+    assert inputs.states.untyped_storage().nbytes() == inputs.states.nbytes
     assert_same_encoding(encoder, lambda: encoder(ids, mask), lambda: encoder.encode_from(inputs))
 
 

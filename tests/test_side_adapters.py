@@ -120,6 +120,8 @@ def test_text_layer_states_do_not_depend_on_the_padding():
         encoder.length_bucket = 0
         padded_output, padded = encoder.encode_layers(ids, mask)
     assert len(grouped) == 3  # the embeddings and two layers
+    for tokens in (output.tokens, padded_output.tokens):  # the last layer's alone, not a view into every layer's
+        assert tokens.untyped_storage().nbytes() == tokens.nbytes
     for a, b in zip(grouped, padded, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(output.pooled, padded_output.pooled, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigMixin
@@ -118,7 +119,7 @@ class TextEncoder(nn.Module):
         self.backbone.load_state_dict(pretrained.state_dict(), strict=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
-        states = self._run_backbone(input_ids, attention_mask)[-1]  # (N, L, H)
+        states = self._hidden_states(input_ids, attention_mask)  # (N, L, H)
         mask = attention_mask.bool()
         return EncoderOutput(self._pool(states, mask), states, mask)
 
@@ -127,10 +128,14 @@ class TextEncoder(nn.Module):
     ) -> tuple[EncoderOutput, list[torch.Tensor]]:
         """`forward`'s output and, from the same pass, the pooled state after the embeddings and after each layer
         (pooled like the output: mean over real tokens, or the classification token), `(N, H)` each."""
-        layers = self._run_backbone(input_ids, attention_mask, all_layers=True)  # (K, N, L, H)
+
+        def run(ids, mask):  # pooled in each length group: the token states of every layer are never all kept
+            hidden = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            return (hidden[-1], *(self._pool(states, mask.bool()) for states in hidden))
+
+        states, *pooled = self._by_length(run, input_ids, attention_mask)
         mask = attention_mask.bool()
-        pooled = [self._pool(states, mask) for states in layers]
-        return EncoderOutput(pooled[-1], layers[-1], mask), pooled
+        return EncoderOutput(pooled[-1], states, mask), pooled
 
     def first_cached_block(self) -> int:
         """The block a training step can start from, its inputs computed once (`block_inputs`): the lowest block
@@ -144,7 +149,7 @@ class TextEncoder(nn.Module):
 
     def block_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int) -> BlockInputs:
         """The hidden states entering block `start` (`(N, L, H)`, zeros or junk on padding), to `encode_from`."""
-        states = self._run_backbone(input_ids, attention_mask, all_layers=True)[start]
+        states = self._hidden_states(input_ids, attention_mask, start)
         return BlockInputs.entering(start, states, attention_mask.bool())
 
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
@@ -157,9 +162,9 @@ class TextEncoder(nn.Module):
             for block in blocks:
                 states = block(states, attention)
                 states = states[0] if isinstance(states, tuple) else states
-            return states[None]
+            return states
 
-        states = self._by_length(run, inputs.states, inputs.mask.long())[-1]
+        states = self._by_length(run, inputs.states, inputs.mask.long())
         return EncoderOutput(self._pool(states, inputs.mask), states, inputs.mask)
 
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -173,32 +178,39 @@ class TextEncoder(nn.Module):
         weights = mask.unsqueeze(-1).to(states.dtype)
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
-    def _run_backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False):
-        """The backbone's hidden states, `(K, N, L, H)`: the last layer's alone (K = 1), or with `all_layers` the
-        embeddings' and every layer's."""
+    def _hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """The backbone's hidden states `(N, L, H)` after its embeddings (`layer` 0), after its layer `layer`, or
+        after its last layer (-1)."""
 
         def run(ids, mask):
-            out = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=all_layers)
-            return torch.stack(out.hidden_states) if all_layers else out.last_hidden_state[None]
+            if layer == -1:
+                return self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+            return self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer]
 
         return self._by_length(run, input_ids, attention_mask)
 
-    def _by_length(self, run, inputs: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """`run(inputs, attention_mask)` (`(K, N, L, H)` states of token ids or of hidden states `inputs`).
-        Right-padded texts are encoded in groups of `length_bucket` of similar length, each cut after its longest
-        text, so a batch of mostly short texts does not pay for its longest one in every row; the padding positions
-        come back as zeros (they are masked wherever states are read)."""
+    def _by_length(self, run, inputs: torch.Tensor, attention_mask: torch.Tensor):
+        """`run(inputs, attention_mask)` on token ids or hidden states `inputs`, giving a tensor (or a tuple of
+        them) with a row per text: token states `(N, L, H)` or one vector per text `(N, W)`. Right-padded texts are
+        encoded in groups of `length_bucket` of similar length, each cut after its longest text, so a batch of
+        mostly short texts does not pay for its longest one in every row; token states come back padded with zeros
+        to the batch's length (the padding is masked wherever states are read)."""
         lengths = attention_mask.sum(1)
         columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         right_padded = bool((attention_mask.bool() == (columns < lengths[:, None])).all())
         if not self.length_bucket or len(inputs) <= self.length_bucket or not right_padded:
             return run(inputs, attention_mask)
-        states = None
-        for group in torch.argsort(lengths).split(self.length_bucket):
+        order = torch.argsort(lengths)
+        groups = []
+        for group in order.split(self.length_bucket):
             length = max(1, int(lengths[group].max()))
-            hidden = run(inputs[group, :length], attention_mask[group, :length])  # (K, G, length, H)
-            if states is None:
-                states = hidden.new_zeros(len(hidden), len(inputs), attention_mask.shape[1], hidden.shape[-1])
-            layers = torch.arange(len(hidden), device=hidden.device)[:, None, None]
-            states = states.index_put((layers, group[None, :, None], columns[None, None, :length]), hidden)
-        return states
+            groups.append(run(inputs[group, :length], attention_mask[group, :length]))
+        restore, width = torch.argsort(order), attention_mask.shape[1]
+
+        def joined(parts):  # the groups' rows back in the batch's order, token states padded to its length
+            padded = [F.pad(part, (0, 0, 0, width - part.shape[1])) if part.dim() == 3 else part for part in parts]
+            return torch.cat(padded)[restore]
+
+        if isinstance(groups[0], tuple):
+            return tuple(joined(parts) for parts in zip(*groups, strict=True))
+        return joined(groups)
