@@ -78,6 +78,25 @@ def test_hugging_face_vision_family_loads_encodes_fine_tunes_and_round_trips(mod
     assert torch.allclose(loaded.item_tower.vision(pixels).pooled, out.pooled, atol=1e-6)
 
 
+@pytest.mark.parametrize("model_type", sorted(VISION))
+def test_hugging_face_vision_family_runs_from_its_lowest_trainable_block_as_the_whole_tower_does(model_type, tmp_path):
+    from test_frozen_blocks import assert_same_encoding
+
+    saved(model_type, VISION[model_type], tmp_path / model_type)
+    args = ModelArguments(item_tower="image", vision_model=f"hf:{tmp_path / model_type}", image_size=32)
+    args.hidden_size, args.vision_finetune, args.vision_top_k = 16, "top_k", 1
+    vision = build_model(args).item_tower.vision
+    if model_type in ("swin", "beit"):  # their blocks need more than the states below them: the tower runs whole
+        assert vision.first_cached_block() == 0
+        return
+    assert vision.first_cached_block() == 1  # of two layers (ViT-MAE) or two stages (ConvNeXt)
+    pixels = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        inputs = vision.eval().block_inputs(pixels, 1)
+    assert inputs.states.shape == ((3, 17, 32) if model_type == "vit_mae" else (3, 8, 8, 8))
+    assert_same_encoding(vision, lambda: vision(pixels), lambda: vision.encode_from(inputs))
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_torchvision_resnet_is_a_vision_trunk_whose_top_stage_fine_tunes(arch, tmp_path):
     args = ModelArguments(item_tower="image", vision_model=arch, image_size=64, hidden_size=16)

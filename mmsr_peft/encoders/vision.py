@@ -41,8 +41,9 @@ VISION_PRESETS = {
 # Pixel normalisation of Hugging Face vision models by type (their image processors'); ImageNet's otherwise.
 HF_NORMALISATION = {"clip_vision_model": (OPENAI_MEAN, OPENAI_STD), "vit": ((0.5,) * 3, (0.5,) * 3)}
 HF_NORMALISATION["beit"] = HF_NORMALISATION["vit"]
-# Hugging Face vision families whose blocks run on their own from token states (`HFVisionEncoder.encode_from`)
-HF_FROM_BLOCK = ("hf_vit", "hf_clip_vision_model")
+# Hugging Face vision families whose blocks run on their own from the states below them (`HFVisionEncoder.encode_from`):
+# token states, ConvNeXt's feature maps. Swin's stages also need their grid size, BEiT's blocks a position bias.
+HF_FROM_BLOCK = ("hf_vit", "hf_clip_vision_model", "hf_vit_mae", "hf_convnext")
 
 
 @dataclass
@@ -365,44 +366,53 @@ class HFVisionEncoder(VisionEncoder):
         """Tokens and pooled vector by family: ViT and CLIP read out their [CLS] (CLIP after its post-layernorm),
         Swin, BEiT and ConvNeXt their own pooler (the mean of the tokens), ViT-MAE the mean of its patches (its
         [CLS] is not trained to summarise); ConvNeXt's feature map cells are its tokens."""
-        if self.family == "hf_vit_mae":  # ascending noise: MAE's shuffle keeps every patch in its own place
-            patches = self.tower.embeddings.patch_embeddings.num_patches
-            noise = torch.arange(patches, device=pixels.device, dtype=pixels.dtype).expand(len(pixels), patches)
-            tokens = self.tower(pixel_values=pixels, noise=noise).last_hidden_state  # (N, 1 + P, H)
+        output = self._run(pixels)
+        if self.family == "hf_vit_mae":
+            tokens = output.last_hidden_state  # (N, 1 + P, H)
             return _all_tokens(tokens[:, 1:].mean(1), tokens)
-        output = self.tower(pixel_values=pixels)
         tokens = output.last_hidden_state  # (N, L, H); ConvNeXt: (N, C, h, w)
         if tokens.dim() == 4:
             tokens = tokens.flatten(2).transpose(1, 2)
         pooled = getattr(output, "pooler_output", None)
         return _all_tokens(tokens[:, 0] if pooled is None else pooled, tokens)
 
+    def _run(self, pixels: torch.Tensor, **kwargs):
+        """The tower on normalised pixels; ViT-MAE with ascending noise: its shuffle keeps every patch in place."""
+        if self.family == "hf_vit_mae":
+            patches = self.tower.embeddings.patch_embeddings.num_patches
+            kwargs["noise"] = torch.arange(patches, device=pixels.device, dtype=pixels.dtype).expand(len(pixels), -1)
+        return self.tower(pixel_values=pixels, **kwargs)
+
     def gradient_checkpointing_enable(self) -> None:
         enable_activation_checkpointing(self.tower)
 
     def first_cached_block(self) -> int:
-        """ViT and CLIP towers run from a block (their layers take token states alone); the others run whole."""
+        """ViT, CLIP, ViT-MAE and ConvNeXt towers run from a block (`HF_FROM_BLOCK`); the others run whole."""
         return first_trainable_block(self.tower, self.family) if self.family in HF_FROM_BLOCK else 0
 
     def block_inputs(self, pixel_values: torch.Tensor, start: int) -> BlockInputs:
-        """The token states entering block `start` (the output of the block below it), to `encode_from`."""
-        output = self.tower(pixel_values=self._normalised(pixel_values), output_hidden_states=True)
+        """The token states (ConvNeXt: feature maps) entering block `start`, the output of the block below it, to
+        `encode_from`."""
+        output = self._run(self._normalised(pixel_values), output_hidden_states=True)
         return BlockInputs.entering(start, output.hidden_states[start])
 
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
         """`forward`'s output from the token states entering block `inputs.start`: the blocks from there run, then
-        what the model does after its stack (ViT: the final layer norm, [CLS] read out; CLIP: [CLS] through its
-        post-layernorm)."""
+        what the model does after its stack (ViT: the final layer norm, [CLS] read out; ViT-MAE: the final layer
+        norm, the mean of the patches; CLIP: [CLS] through its post-layernorm; ConvNeXt: the layer norm of the mean
+        cell)."""
         states = inputs.states
         for block in encoder_blocks(self.tower, self.family)[inputs.block :]:
-            states = block(states, None)
+            states = block(states) if self.family == "hf_convnext" else block(states, None)
             states = states[0] if isinstance(states, tuple) else states
         after = next(
             part for name in BLOCK_LAYOUT[self.family][1] if (part := find_part(self.tower, name)) is not None
         )
-        if self.family == "hf_vit":
+        if self.family == "hf_convnext":
+            return _all_tokens(after(states.mean((-2, -1))), states.flatten(2).transpose(1, 2))
+        if self.family in ("hf_vit", "hf_vit_mae"):
             tokens = after(states)
-            return _all_tokens(tokens[:, 0], tokens)
+            return _all_tokens(tokens[:, 1:].mean(1) if self.family == "hf_vit_mae" else tokens[:, 0], tokens)
         return _all_tokens(after(states[:, 0]), states)
 
     def load_backbone(self, path: str) -> None:
