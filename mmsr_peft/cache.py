@@ -200,8 +200,8 @@ def encode_catalog(run, encoder, inputs: ItemInputs, batch_size: int, desc: str 
     encoder.eval()
     device = next(encoder.parameters()).device
 
-    def encode(rows: torch.Tensor) -> tuple:
-        return tuple(part.to("cpu") for part in run(inputs.select(rows).to(device)))
+    def encode(rows: torch.Tensor) -> tuple:  # each batch's parts kept without the states they were read from
+        return tuple(part.to("cpu").compact() for part in run(inputs.select(rows).to(device)))
 
     chunks = [
         encode(torch.arange(i, min(i + batch_size, last)))

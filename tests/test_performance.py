@@ -81,6 +81,31 @@ def test_frozen_states_keep_only_what_the_fusion_reads(fusion, tokens, catalog):
         )  # the embeddings do not change, only what is carried
 
 
+def test_a_catalog_pass_keeps_no_batch_s_token_states_once_it_read_them(catalog):  # noqa: F811
+    """A [CLS] vector is a view into every token's state: kept as it is until the batches are joined, a catalog of a
+    million items would hold all of their token states at once."""
+    import weakref
+
+    from mmsr_peft.cache import encode_catalog
+    from mmsr_peft.encoders import EncoderOutput
+
+    model = tiny()
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    earlier = []
+
+    def run(items):
+        assert all(ref() is None for ref in earlier)  # the batches before this one kept nothing of their states
+        states = model.item_tower.text(items.input_ids, items.attention_mask).tokens
+        earlier.append(weakref.ref(states))  # a view of it keeps it alive (as its `_base`)
+        return (EncoderOutput(states[:, 0], states[:, :1], items.attention_mask[:, :1].bool()),)
+
+    with torch.no_grad():
+        (output,) = encode_catalog(run, model.item_tower.text, inputs, batch_size=4)
+        expected = model.item_tower.text(inputs.input_ids, inputs.attention_mask).tokens[:, 0]
+    assert len(earlier) == 3
+    torch.testing.assert_close(output.pooled, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_cache_is_recomputed_when_the_encoder_changes(catalog, tmp_path):  # noqa: F811
     model = frozen(tiny())
     inputs = model.processor(catalog.records(range(len(catalog))))

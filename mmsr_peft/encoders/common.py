@@ -129,6 +129,15 @@ class ItemRows:
     def cat(cls: type[Rows], outputs: list[Rows]) -> Rows:
         return cls(*(torch.cat([getattr(o, f.name) for o in outputs]) for f in fields(cls)))
 
+    def compact(self: Rows) -> Rows:
+        """The rows holding only their own memory: a field that is a view into a larger tensor (a [CLS] vector read
+        out of every token's state) is copied, so that keeping the rows does not keep the rest alive."""
+        return type(self)(*(_owned(getattr(self, f.name)) for f in fields(self)))
+
+
+def _owned(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.clone() if tensor.untyped_storage().nbytes() > tensor.nbytes else tensor
+
 
 @dataclass
 class EncoderOutput(ItemRows):
