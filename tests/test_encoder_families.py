@@ -78,22 +78,36 @@ def test_hugging_face_vision_family_loads_encodes_fine_tunes_and_round_trips(mod
     assert torch.allclose(loaded.item_tower.vision(pixels).pooled, out.pooled, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_type", sorted(VISION))
-def test_hugging_face_vision_family_runs_from_its_lowest_trainable_block_as_the_whole_tower_does(model_type, tmp_path):
+@pytest.mark.parametrize(
+    "model_type, extra",
+    [
+        *((model_type, {}) for model_type in sorted(VISION)),
+        ("beit", {"use_shared_relative_position_bias": True}),
+        ("beit", {"use_relative_position_bias": True, "use_mean_pooling": False}),
+    ],
+    ids=[*sorted(VISION), "beit-shared-bias", "beit-layer-bias"],
+)
+def test_hugging_face_vision_family_runs_from_its_lowest_trainable_block_as_the_whole_tower_does(
+    model_type, extra, tmp_path
+):
     from test_frozen_blocks import assert_same_encoding
 
-    saved(model_type, VISION[model_type], tmp_path / model_type)
+    saved(model_type, {**VISION[model_type], **extra}, tmp_path / model_type)
     args = ModelArguments(item_tower="image", vision_model=f"hf:{tmp_path / model_type}", image_size=32)
     args.hidden_size, args.vision_finetune, args.vision_top_k = 16, "top_k", 1
     vision = build_model(args).item_tower.vision
-    if model_type in ("swin", "beit"):  # their blocks need more than the states below them: the tower runs whole
+    with torch.no_grad():  # BEiT's position bias tables start at zero: make a bias left out show
+        for name, parameter in vision.tower.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                parameter.normal_()
+    if model_type == "swin":  # its stages need their grid size besides the states below them: it runs whole
         assert vision.first_cached_block() == 0
         return
-    assert vision.first_cached_block() == 1  # of two layers (ViT-MAE) or two stages (ConvNeXt)
+    assert vision.first_cached_block() == 1  # of two layers (ViT-MAE, BEiT) or two stages (ConvNeXt)
     pixels = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         inputs = vision.eval().block_inputs(pixels, 1)
-    assert inputs.states.shape == ((3, 17, 32) if model_type == "vit_mae" else (3, 8, 8, 8))
+    assert inputs.states.shape == ((3, 8, 8, 8) if model_type == "convnext" else (3, 17, 32))
     assert_same_encoding(vision, lambda: vision(pixels), lambda: vision.encode_from(inputs))
 
 

@@ -52,20 +52,27 @@ def assert_same_encoding(encoder, full_path, from_blocks) -> None:
     for module in encoder.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        if hasattr(module, "drop_prob"):  # stochastic depth (BEiT's, ConvNeXt's DropPath)
+            module.drop_prob = 0.0
     encoder.eval()
     with torch.no_grad():
         full, part = full_path(), from_blocks()
     mask = full.mask[..., None]
     assert torch.allclose(part.pooled, full.pooled, atol=1e-5)
     assert torch.allclose(part.tokens * mask, full.tokens * mask, atol=1e-5)
+    # a fixed projection of the pooled vectors: their squared norm (or sum) is constant after a final layer norm,
+    # which would leave every gradient at float noise
+    projection = torch.randn(full.pooled.shape[-1], 4, generator=torch.Generator().manual_seed(0))
     encoder.train()
-    full_path().pooled.square().sum().backward()
+    (full_path().pooled @ projection).square().sum().backward()
     expected = gradients(encoder)
-    from_blocks().pooled.square().sum().backward()
+    (from_blocks().pooled @ projection).square().sum().backward()
     actual = gradients(encoder)
     assert expected.keys() == actual.keys() and expected
-    for name, grad in expected.items():
-        assert torch.allclose(actual[name], grad, rtol=1e-4, atol=1e-6), name
+    for name, grad in expected.items():  # float noise is relative to the gradient's scale, not to each entry
+        scale = float(grad.abs().max())
+        assert scale > 0, name
+        assert torch.allclose(actual[name], grad, rtol=1e-4, atol=1e-5 * scale), name
 
 
 @pytest.mark.parametrize("model_type", ["bert", *sorted(TEXT)])

@@ -42,8 +42,9 @@ VISION_PRESETS = {
 HF_NORMALISATION = {"clip_vision_model": (OPENAI_MEAN, OPENAI_STD), "vit": ((0.5,) * 3, (0.5,) * 3)}
 HF_NORMALISATION["beit"] = HF_NORMALISATION["vit"]
 # Hugging Face vision families whose blocks run on their own from the states below them (`HFVisionEncoder.encode_from`):
-# token states, ConvNeXt's feature maps. Swin's stages also need their grid size, BEiT's blocks a position bias.
-HF_FROM_BLOCK = ("hf_vit", "hf_clip_vision_model", "hf_vit_mae", "hf_convnext")
+# token states (BEiT's with their position bias, transformers 5), ConvNeXt's feature maps. Swin's stages also need
+# their grid size: it runs whole.
+HF_FROM_BLOCK = ("hf_vit", "hf_clip_vision_model", "hf_vit_mae", "hf_beit", "hf_convnext")
 
 
 @dataclass
@@ -387,8 +388,11 @@ class HFVisionEncoder(VisionEncoder):
         enable_activation_checkpointing(self.tower)
 
     def first_cached_block(self) -> int:
-        """ViT, CLIP, ViT-MAE and ConvNeXt towers run from a block (`HF_FROM_BLOCK`); the others run whole."""
-        return first_trainable_block(self.tower, self.family) if self.family in HF_FROM_BLOCK else 0
+        """ViT, CLIP, ViT-MAE, BEiT and ConvNeXt towers run from a block (`HF_FROM_BLOCK`); the others run whole
+        (and BEiT before transformers 5, whose blocks took their position bias otherwise)."""
+        if self.family not in HF_FROM_BLOCK or (self.family == "hf_beit" and not hasattr(self.tower, "layers")):
+            return 0
+        return first_trainable_block(self.tower, self.family)
 
     def block_inputs(self, pixel_values: torch.Tensor, start: int) -> BlockInputs:
         """The token states (ConvNeXt: feature maps) entering block `start`, the output of the block below it, to
@@ -399,21 +403,39 @@ class HFVisionEncoder(VisionEncoder):
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
         """`forward`'s output from the token states entering block `inputs.start`: the blocks from there run, then
         what the model does after its stack (ViT: the final layer norm, [CLS] read out; ViT-MAE: the final layer
-        norm, the mean of the patches; CLIP: [CLS] through its post-layernorm; ConvNeXt: the layer norm of the mean
-        cell)."""
+        norm, the mean of the patches; BEiT: its layer norm and pooler; CLIP: [CLS] through its post-layernorm;
+        ConvNeXt: the layer norm of the mean cell)."""
         states = inputs.states
+        args, kwargs = self._block_arguments(states)
         for block in encoder_blocks(self.tower, self.family)[inputs.block :]:
-            states = block(states) if self.family == "hf_convnext" else block(states, None)
+            states = block(states, *args, **kwargs)
             states = states[0] if isinstance(states, tuple) else states
         after = next(
             part for name in BLOCK_LAYOUT[self.family][1] if (part := find_part(self.tower, name)) is not None
         )
         if self.family == "hf_convnext":
             return _all_tokens(after(states.mean((-2, -1))), states.flatten(2).transpose(1, 2))
+        if self.family == "hf_beit":
+            tokens = after(states)
+            return _all_tokens(tokens[:, 0] if self.tower.pooler is None else self.tower.pooler(tokens), tokens)
         if self.family in ("hf_vit", "hf_vit_mae"):
             tokens = after(states)
             return _all_tokens(tokens[:, 1:].mean(1) if self.family == "hf_vit_mae" else tokens[:, 0], tokens)
         return _all_tokens(after(states[:, 0]), states)
+
+    def _block_arguments(self, states: torch.Tensor) -> tuple[tuple, dict]:
+        """What each block of the stack takes besides the states, as the tower's own forward passes it: no
+        attention mask (every patch is real); BEiT's blocks its shared position bias and the image's resolution."""
+        if self.family == "hf_convnext":
+            return (), {}
+        if self.family != "hf_beit":
+            return (None,), {}
+        resolution = (self.config.image_size, self.config.image_size)
+        bias = None
+        if self.tower.shared_position_bias is not None:
+            window = tuple(side // self.tower.config.patch_size for side in resolution)
+            bias = self.tower.shared_position_bias(window, interpolate_pos_encoding=False, dim_size=states.shape[1])
+        return (), {"attention_mask": bias, "resolution": resolution}
 
     def load_backbone(self, path: str) -> None:
         """From a Hugging Face model name or folder."""
