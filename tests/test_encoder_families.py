@@ -100,14 +100,13 @@ def test_hugging_face_vision_family_runs_from_its_lowest_trainable_block_as_the_
         for name, parameter in vision.tower.named_parameters():
             if name.endswith("relative_position_bias_table"):
                 parameter.normal_()
-    if model_type == "swin":  # its stages need their grid size besides the states below them: it runs whole
-        assert vision.first_cached_block() == 0
-        return
-    assert vision.first_cached_block() == 1  # of two layers (ViT-MAE, BEiT) or two stages (ConvNeXt)
+    assert vision.first_cached_block() == 1  # of two layers (ViT-MAE, BEiT) or two stages (Swin, ConvNeXt)
     pixels = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         inputs = vision.eval().block_inputs(pixels, 1)
-    assert inputs.states.shape == ((3, 8, 8, 8) if model_type == "convnext" else (3, 17, 32))
+    # ConvNeXt: 8x8 cells of 8 channels; Swin: its 8x8 patch grid merged to 4x4 tokens of 32; [CLS] + 16 patches
+    shapes = {"convnext": (3, 8, 8, 8), "swin": (3, 16, 32)}
+    assert inputs.states.shape == shapes.get(model_type, (3, 17, 32))
     assert_same_encoding(vision, lambda: vision(pixels), lambda: vision.encode_from(inputs))
 
 

@@ -42,9 +42,8 @@ VISION_PRESETS = {
 HF_NORMALISATION = {"clip_vision_model": (OPENAI_MEAN, OPENAI_STD), "vit": ((0.5,) * 3, (0.5,) * 3)}
 HF_NORMALISATION["beit"] = HF_NORMALISATION["vit"]
 # Hugging Face vision families whose blocks run on their own from the states below them (`HFVisionEncoder.encode_from`):
-# token states (BEiT's with their position bias, transformers 5), ConvNeXt's feature maps. Swin's stages also need
-# their grid size: it runs whole.
-HF_FROM_BLOCK = ("hf_vit", "hf_clip_vision_model", "hf_vit_mae", "hf_beit", "hf_convnext")
+# token states (BEiT's with their position bias, transformers 5; Swin's with their patch grid), ConvNeXt's feature maps.
+HF_FROM_BLOCK = ("hf_vit", "hf_clip_vision_model", "hf_vit_mae", "hf_beit", "hf_swin", "hf_convnext")
 
 
 @dataclass
@@ -388,8 +387,8 @@ class HFVisionEncoder(VisionEncoder):
         enable_activation_checkpointing(self.tower)
 
     def first_cached_block(self) -> int:
-        """ViT, CLIP, ViT-MAE, BEiT and ConvNeXt towers run from a block (`HF_FROM_BLOCK`); the others run whole
-        (and BEiT before transformers 5, whose blocks took their position bias otherwise)."""
+        """Hugging Face towers run from a block (`HF_FROM_BLOCK`), BEiT's from transformers 5 on (its blocks took
+        their position bias otherwise before)."""
         if self.family not in HF_FROM_BLOCK or (self.family == "hf_beit" and not hasattr(self.tower, "layers")):
             return 0
         return first_trainable_block(self.tower, self.family)
@@ -397,18 +396,25 @@ class HFVisionEncoder(VisionEncoder):
     def block_inputs(self, pixel_values: torch.Tensor, start: int) -> BlockInputs:
         """The token states (ConvNeXt: feature maps) entering block `start`, the output of the block below it, to
         `encode_from`."""
-        output = self._run(self._normalised(pixel_values), output_hidden_states=True)
+        pixels = self._normalised(pixel_values)
+        if self.family == "hf_swin":  # its hidden states come out as feature maps: run its stages here
+            states, _ = self.tower.embeddings(pixels)
+            for index, block in enumerate(encoder_blocks(self.tower, self.family)[:start]):
+                states = block(states, *self._block_arguments(states, index)[0])[0]
+            return BlockInputs.entering(start, states)
+        output = self._run(pixels, output_hidden_states=True)
         return BlockInputs.entering(start, output.hidden_states[start])
 
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
         """`forward`'s output from the token states entering block `inputs.start`: the blocks from there run, then
         what the model does after its stack (ViT: the final layer norm, [CLS] read out; ViT-MAE: the final layer
-        norm, the mean of the patches; BEiT: its layer norm and pooler; CLIP: [CLS] through its post-layernorm;
-        ConvNeXt: the layer norm of the mean cell)."""
+        norm, the mean of the patches; BEiT and Swin: their layer norm and pooler; CLIP: [CLS] through its
+        post-layernorm; ConvNeXt: the layer norm of the mean cell)."""
         states = inputs.states
-        args, kwargs = self._block_arguments(states)
-        for block in encoder_blocks(self.tower, self.family)[inputs.block :]:
-            states = block(states, *args, **kwargs)
+        blocks = encoder_blocks(self.tower, self.family)
+        for index in range(inputs.block, len(blocks)):
+            args, kwargs = self._block_arguments(states, index)
+            states = blocks[index](states, *args, **kwargs)
             states = states[0] if isinstance(states, tuple) else states
         after = next(
             part for name in BLOCK_LAYOUT[self.family][1] if (part := find_part(self.tower, name)) is not None
@@ -418,16 +424,27 @@ class HFVisionEncoder(VisionEncoder):
         if self.family == "hf_beit":
             tokens = after(states)
             return _all_tokens(tokens[:, 0] if self.tower.pooler is None else self.tower.pooler(tokens), tokens)
+        if self.family == "hf_swin":
+            tokens = after(states)
+            pooler = self.tower.pooler
+            return _all_tokens(tokens[:, 0] if pooler is None else pooler(tokens.transpose(1, 2)).flatten(1), tokens)
         if self.family in ("hf_vit", "hf_vit_mae"):
             tokens = after(states)
             return _all_tokens(tokens[:, 1:].mean(1) if self.family == "hf_vit_mae" else tokens[:, 0], tokens)
         return _all_tokens(after(states[:, 0]), states)
 
-    def _block_arguments(self, states: torch.Tensor) -> tuple[tuple, dict]:
-        """What each block of the stack takes besides the states, as the tower's own forward passes it: no
-        attention mask (every patch is real); BEiT's blocks its shared position bias and the image's resolution."""
+    def _block_arguments(self, states: torch.Tensor, index: int) -> tuple[tuple, dict]:
+        """What block `index` of the stack takes besides the states, as the tower's own forward passes it: no
+        attention mask (every patch is real); BEiT's blocks its shared position bias and the image's resolution;
+        Swin's stages the patch grid entering them (halved, rounded up, after each stage that downsamples)."""
         if self.family == "hf_convnext":
             return (), {}
+        if self.family == "hf_swin":
+            height, width = self.tower.embeddings.patch_grid
+            for stage in encoder_blocks(self.tower, self.family)[:index]:
+                if stage.downsample is not None:
+                    height, width = (height + 1) // 2, (width + 1) // 2
+            return ((height, width),), {}
         if self.family != "hf_beit":
             return (None,), {}
         resolution = (self.config.image_size, self.config.image_size)
