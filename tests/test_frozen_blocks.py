@@ -52,7 +52,7 @@ def assert_same_encoding(encoder, full_path, from_blocks) -> None:
     for module in encoder.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-        if hasattr(module, "drop_prob"):  # stochastic depth (BEiT's, ConvNeXt's DropPath)
+        if hasattr(module, "drop_prob"):  # stochastic depth (the DropPath of BEiT, Swin, ConvNeXt)
             module.drop_prob = 0.0
     encoder.eval()
     with torch.no_grad():
