@@ -102,6 +102,34 @@ def test_cached_layer_states_equal_the_live_encoders(catalog, tmp_path):  # noqa
     }
 
 
+def test_a_text_encoder_s_output_with_its_layer_states_is_its_forward_output():
+    """CLIP's text model normalises its last hidden state after its last layer: the output the side adapter's pass
+    gives the fusion is that, as without the side adapter, not the last layer's raw states."""
+    from transformers import CLIPTextConfig
+
+    backbone = CLIPTextConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=12,
+        eos_token_id=2,
+    ).to_dict()
+    encoder = TextEncoder(TextEncoderConfig(backbone=backbone, max_length=12)).eval()
+    torch.manual_seed(0)
+    lengths = torch.tensor([2, 12, 5, 3, 7])
+    mask = (torch.arange(12)[None] < lengths[:, None]).long()
+    ids = torch.randint(3, 50, (len(lengths), 12)) * mask
+    with torch.no_grad():
+        expected = encoder(ids, mask)
+        output, layers = encoder.encode_layers(ids, mask)
+    assert len(layers) == 3  # the embeddings and two layers
+    torch.testing.assert_close(output.pooled, expected.pooled, rtol=1e-5, atol=1e-5)
+    real = mask.bool()[..., None]
+    torch.testing.assert_close(output.tokens * real, expected.tokens * real, rtol=1e-5, atol=1e-5)
+
+
 def test_text_layer_states_do_not_depend_on_the_padding():
     """Texts encoded in groups cut after their longest one give the states of texts padded to max_length."""
     from transformers import BertConfig

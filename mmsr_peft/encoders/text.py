@@ -127,15 +127,16 @@ class TextEncoder(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[EncoderOutput, list[torch.Tensor]]:
         """`forward`'s output and, from the same pass, the pooled state after the embeddings and after each layer
-        (pooled like the output: mean over real tokens, or the classification token), `(N, H)` each."""
+        (pooled like the output: mean over real tokens, or the classification token), `(N, H)` each. The output is
+        the last hidden state, which some families normalise after their last layer (CLIP text)."""
 
         def run(ids, mask):  # pooled in each length group: the token states of every layer are never all kept
-            hidden = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-            return (hidden[-1], *(self._pool(states, mask.bool()) for states in hidden))
+            output = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            return (output.last_hidden_state, *(self._pool(states, mask.bool()) for states in output.hidden_states))
 
         states, *pooled = self._by_length(run, input_ids, attention_mask)
         mask = attention_mask.bool()
-        return EncoderOutput(pooled[-1], states, mask), pooled
+        return EncoderOutput(self._pool(states, mask), states, mask), pooled
 
     def first_cached_block(self) -> int:
         """The block a training step can start from, its inputs computed once (`block_inputs`): the lowest block
