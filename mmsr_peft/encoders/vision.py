@@ -367,10 +367,9 @@ class HFVisionEncoder(VisionEncoder):
         Swin, BEiT and ConvNeXt their own pooler (the mean of the tokens), ViT-MAE the mean of its patches (its
         [CLS] is not trained to summarise); ConvNeXt's feature map cells are its tokens."""
         output = self._run(pixels)
+        tokens = output.last_hidden_state  # (N, L, H); ViT-MAE: (N, 1 + P, H); ConvNeXt: (N, C, h, w)
         if self.family == "hf_vit_mae":
-            tokens = output.last_hidden_state  # (N, 1 + P, H)
             return _all_tokens(tokens[:, 1:].mean(1), tokens)
-        tokens = output.last_hidden_state  # (N, L, H); ConvNeXt: (N, C, h, w)
         if tokens.dim() == 4:
             tokens = tokens.flatten(2).transpose(1, 2)
         pooled = getattr(output, "pooler_output", None)
@@ -399,8 +398,9 @@ class HFVisionEncoder(VisionEncoder):
         pixels = self._normalised(pixel_values)
         if self.family == "hf_swin":  # its hidden states come out as feature maps: run its stages here
             states, _ = self.tower.embeddings(pixels)
-            for index, block in enumerate(encoder_blocks(self.tower, self.family)[:start]):
-                states = block(states, *self._block_arguments(states, index)[0])[0]
+            blocks, arguments = encoder_blocks(self.tower, self.family), self._stack_arguments(states)
+            for block, (args, kwargs) in zip(blocks[:start], arguments[:start], strict=True):
+                states = block(states, *args, **kwargs)[0]
             return BlockInputs.entering(start, states)
         output = self._run(pixels, output_hidden_states=True)
         return BlockInputs.entering(start, output.hidden_states[start])
@@ -410,11 +410,10 @@ class HFVisionEncoder(VisionEncoder):
         what the model does after its stack (ViT: the final layer norm, [CLS] read out; ViT-MAE: the final layer
         norm, the mean of the patches; BEiT and Swin: their layer norm and pooler; CLIP: [CLS] through its
         post-layernorm; ConvNeXt: the layer norm of the mean cell)."""
-        states = inputs.states
-        blocks = encoder_blocks(self.tower, self.family)
-        for index in range(inputs.block, len(blocks)):
-            args, kwargs = self._block_arguments(states, index)
-            states = blocks[index](states, *args, **kwargs)
+        states, start = inputs.states, inputs.block
+        blocks, arguments = encoder_blocks(self.tower, self.family), self._stack_arguments(inputs.states)
+        for block, (args, kwargs) in zip(blocks[start:], arguments[start:], strict=True):
+            states = block(states, *args, **kwargs)
             states = states[0] if isinstance(states, tuple) else states
         after = next(
             part for name in BLOCK_LAYOUT[self.family][1] if (part := find_part(self.tower, name)) is not None
@@ -433,26 +432,29 @@ class HFVisionEncoder(VisionEncoder):
             return _all_tokens(tokens[:, 1:].mean(1) if self.family == "hf_vit_mae" else tokens[:, 0], tokens)
         return _all_tokens(after(states[:, 0]), states)
 
-    def _block_arguments(self, states: torch.Tensor, index: int) -> tuple[tuple, dict]:
-        """What block `index` of the stack takes besides the states, as the tower's own forward passes it: no
-        attention mask (every patch is real); BEiT's blocks its shared position bias and the image's resolution;
-        Swin's stages the patch grid entering them (halved, rounded up, after each stage that downsamples)."""
+    def _stack_arguments(self, states: torch.Tensor) -> list[tuple[tuple, dict]]:
+        """What each block of the stack takes besides the states (`states`: those entering any of them), once per
+        pass, as the tower's own forward passes it: no attention mask (every patch is real); BEiT's blocks its
+        shared position bias and the image's resolution; Swin's stages the patch grid entering each (halved, rounded
+        up, after each stage that downsamples)."""
+        blocks = encoder_blocks(self.tower, self.family)
         if self.family == "hf_convnext":
-            return (), {}
+            return [((), {})] * len(blocks)
         if self.family == "hf_swin":
-            height, width = self.tower.embeddings.patch_grid
-            for stage in encoder_blocks(self.tower, self.family)[:index]:
+            arguments, (height, width) = [], self.tower.embeddings.patch_grid
+            for stage in blocks:
+                arguments.append((((height, width),), {}))
                 if stage.downsample is not None:
                     height, width = (height + 1) // 2, (width + 1) // 2
-            return ((height, width),), {}
+            return arguments
         if self.family != "hf_beit":
-            return (None,), {}
+            return [((None,), {})] * len(blocks)
         resolution = (self.config.image_size, self.config.image_size)
         bias = None
         if self.tower.shared_position_bias is not None:
             window = tuple(side // self.tower.config.patch_size for side in resolution)
             bias = self.tower.shared_position_bias(window, interpolate_pos_encoding=False, dim_size=states.shape[1])
-        return (), {"attention_mask": bias, "resolution": resolution}
+        return [((), {"attention_mask": bias, "resolution": resolution})] * len(blocks)
 
     def load_backbone(self, path: str) -> None:
         """From a Hugging Face model name or folder."""
