@@ -240,6 +240,15 @@ class TrainingArguments:
         default=0.5, metadata={"help": "reduce_lr_on_plateau: what each reduction multiplies the learning rate by."}
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep an exponential moving average of the trainable weights, updated after every optimizer step "
+            "with this decay (e.g. 0.999; warmed up as min(decay, (1 + n) / (10 + n)) after n updates), and "
+            "validate, select and save it instead of the weights being trained: a smoother model than the last "
+            "step's. 0: off."
+        },
+    )
     num_negatives: int = field(
         default=256, metadata={"help": "Catalog items sampled per step as extra negatives (sampled_softmax loss)."}
     )
@@ -359,6 +368,8 @@ class TrainingArguments:
         for name in ("text_learning_rate", "vision_learning_rate"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             raise ValueError(f"--mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.encoder_dropout is not None and not 0 <= self.encoder_dropout < 1:

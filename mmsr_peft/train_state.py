@@ -32,16 +32,18 @@ def last_complete_state(output_dir: str | Path) -> Path | None:
 
 class TrainState:
     """Progress saved beside Accelerate's state: counters and history as JSON (`trainer_state.json`), the best
-    weights as safetensors (`best_weights.safetensors`). Nothing of ours is a pickle, so resuming from a folder
+    weights as safetensors (`best_weights.safetensors`), and with `--ema_decay` the moving average of the trainable
+    weights (`ema_weights.safetensors`). Nothing of ours is a pickle, so resuming from a folder
     someone else wrote never runs code (Accelerate unpickles registered objects with `weights_only=False`)."""
 
-    FILE, WEIGHTS = "trainer_state.json", "best_weights.safetensors"
+    FILE, WEIGHTS, EMA = "trainer_state.json", "best_weights.safetensors", "ema_weights.safetensors"
     COUNTERS = ("step", "epoch", "stale", "best_epoch")
 
     def __init__(self):
         self.step, self.epoch, self.stale = 0, 0, 0
         self.best_metric, self.best_epoch = -math.inf, -1
         self.best_weights: dict[str, torch.Tensor] = {}
+        self.ema_weights: dict[str, torch.Tensor] = {}  # --ema_decay: the moving average, by parameter name
         self.history: list[dict] = []
         self.loss_sum, self.loss_steps = 0.0, 0  # the current epoch's training loss so far (its mean is logged)
         self.seconds = {"train": 0.0, "valid": 0.0}  # wall time in training steps and in validation, resumes included
@@ -60,12 +62,12 @@ class TrainState:
         rest = {"best_metric": best, "lr_scale": self.lr_scale, "seconds": self.seconds, "history": self.history}
         text = json.dumps({**counters, **loss, **rest}, indent=1)
         atomic_save_tensors(folder / self.WEIGHTS, self.best_weights)
+        if self.ema_weights:
+            atomic_save_tensors(folder / self.EMA, {name: value.cpu() for name, value in self.ema_weights.items()})
         atomic_write_text(folder / self.FILE, text + "\n")
 
     def load(self, folder: Path) -> None:
         """Reads `save`'s files, refusing what they would not have written (names the file and the field)."""
-        from safetensors.torch import load_file
-
         path = folder / self.FILE
         if not path.is_file():
             raise CheckpointError(
@@ -102,21 +104,28 @@ class TrainState:
         if not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) or not 0 < lr_scale <= 1:
             raise CheckpointError(f"{path}: field 'lr_scale' is {lr_scale!r}, expected a number in (0, 1]")
         self.lr_scale = float(lr_scale)
-        try:
-            self.best_weights = load_file(str(folder / self.WEIGHTS))
-        except Exception as err:  # missing, truncated or not safetensors: SafetensorError, OSError, ...
-            raise CheckpointError(f"{folder / self.WEIGHTS}: unreadable ({type(err).__name__}: {err})") from None
+        self.best_weights = _read_tensors(folder / self.WEIGHTS)
+        self.ema_weights = _read_tensors(folder / self.EMA) if (folder / self.EMA).exists() else {}
 
     def check_weights(self, expected: dict[str, torch.Tensor], folder: Path) -> None:
-        """Refuses best weights that do not fit the model being trained (names and shapes)."""
+        """Refuses best (and averaged) weights that do not fit the model being trained (names and shapes)."""
+        for file, weights in ((self.WEIGHTS, self.best_weights), (self.EMA, self.ema_weights)):
+            for name, tensor in weights.items():
+                if name not in expected or expected[name].shape != tensor.shape:
+                    shape = tuple(expected[name].shape) if name in expected else None
+                    raise CheckpointError(
+                        f"{folder / file}: tensor {name!r} {tuple(tensor.shape)} does not fit the model "
+                        f"(expected {shape})"
+                    )
 
-        for name, tensor in self.best_weights.items():
-            if name not in expected or expected[name].shape != tensor.shape:
-                shape = tuple(expected[name].shape) if name in expected else None
-                raise CheckpointError(
-                    f"{folder / self.WEIGHTS}: tensor {name!r} {tuple(tensor.shape)} does not fit the model "
-                    f"(expected {shape})"
-                )
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # missing, truncated or not safetensors: SafetensorError, OSError, ...
+        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
 
 
 def check_training_state(folder: Path, process_index: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from .arguments import TrainingArguments
 from .data.collate import TrainCollator
 from .data.processing import ItemInputs
 from .encoders import EncoderOutput
+from .errors import CheckpointError
 from .evaluation import EvalSet, evaluate
 from .train_state import COMPLETE_MARKER, TrainState, check_training_state, last_complete_state, saved_states
 
@@ -302,7 +304,8 @@ class Trainer:
     `precompute_frozen_states` first (the caller also evaluates with them) so frozen encoders run once, not at
     every step. `candidates` (catalog indices) restricts the negatives to those items
     (`Corpus.negative_candidates`: everything but the cold-start items). `train_skip` (`Corpus.train_skip`): per
-    training sequence, its first targets that are context only (overlapping windows, `--train_stride`).
+    training sequence, its first targets that are context only (overlapping windows, `--train_stride`). With
+    `--ema_decay`, what is validated, selected and kept is the moving average of the trainable weights.
     """
 
     def __init__(
@@ -370,6 +373,8 @@ class Trainer:
         )
         # what `prepare` left in the model: the same tensors under DDP, sharded ones under FSDP
         self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        # --ema_decay: the moving average of the trainable weights, from the starting ones (`_update_average`)
+        self.average = {name: p.detach().clone() for name, p in self.trainable.items()} if args.ema_decay else None
         if args.torch_compile and not is_compiled_module(self.ddp_model):  # `--dynamo_backend` compiled it already
             self.ddp_model = torch.compile(
                 self.ddp_model, backend=args.torch_compile_backend, mode=args.torch_compile_mode
@@ -412,11 +417,10 @@ class Trainer:
             check_training_state(last, accelerator.process_index)
             state.load(last)
             state.check_weights({**dict(self.model.named_buffers()), **self.trainable}, last)
+            self._resume_average(last)
             try:
                 accelerator.load_state(str(last))
             except Exception as err:  # noqa: BLE001 (a damaged file of the state: a sentence, not a traceback)
-                from .errors import CheckpointError
-
                 detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 raise CheckpointError(
                     f"{last}: the training state cannot be loaded ({detail[:300]}); a file of it is damaged: "
@@ -425,6 +429,24 @@ class Trainer:
             accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {last}")
         # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
         accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
+
+    def _resume_average(self, folder: Path) -> None:
+        """With `--ema_decay`, the moving average saved in the training state `folder` (refused if it has none)."""
+        saved = self.state.ema_weights
+        if self.average is None:
+            if saved:
+                logger.warning("%s holds a moving average of the weights: without --ema_decay it is not used", folder)
+            return
+        missing = sorted(self.average.keys() - saved.keys())
+        if missing:
+            raise CheckpointError(
+                f"{folder / TrainState.EMA}: --ema_decay, but the training state has no moving average of "
+                f"{missing[0]!r} ({len(missing)} trainable tensors without one): it was saved by a run without "
+                "--ema_decay; resume without it, or start again"
+            )
+        with torch.no_grad():
+            for name, average in self.average.items():
+                average.copy_(saved[name])
 
     def _epoch(self, progress) -> None:
         """One pass over the training sequences (the rest of it, after a mid-epoch resume)."""
@@ -471,7 +493,37 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad()
+        if self.average is not None:
+            self._update_average()
         return loss.item()
+
+    def _update_average(self) -> None:
+        """`--ema_decay`: average <- d * average + (1 - d) * weights, where d = min(ema_decay, (1 + n) / (10 + n))
+        after n earlier updates (one per optimizer step), so that the starting weights fade fast at first (the
+        warm-up of diffusers' `EMAModel`)."""
+        updates = self.state.step
+        decay = min(self.args.ema_decay, (1 + updates) / (10 + updates))
+        with torch.no_grad():
+            for name, weight in self.trainable.items():
+                self.average[name].lerp_(weight.detach(), 1 - decay)
+
+    @contextlib.contextmanager
+    def _validated_weights(self):
+        """The weights validation scores, selects and saves: the trained ones, or with `--ema_decay` their moving
+        average, copied in for the block and the trained ones copied back after it."""
+        if self.average is None:
+            yield
+            return
+        with torch.no_grad():
+            trained = {name: weight.detach().clone() for name, weight in self.trainable.items()}
+            for name, weight in self.trainable.items():
+                weight.copy_(self.average[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, weight in self.trainable.items():
+                    weight.copy_(trained[name])
 
     def negative_table(self) -> torch.Tensor:
         """`(catalog size, D)` embeddings of the whole catalog with the current weights, in eval mode and without
@@ -486,12 +538,17 @@ class Trainer:
         location = self.accelerator.save_state()
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            self.state.ema_weights = self.average or {}
             self.state.save(Path(location))
             Path(location, COMPLETE_MARKER).touch()
 
     def _end_of_epoch(self) -> None:
         """Validation (each process ranks its share of the users), the epoch's history entry and tracker logs,
-        and the bookkeeping of the best epoch."""
+        and the bookkeeping of the best epoch, on `_validated_weights`."""
+        with self._validated_weights():
+            self._validate()
+
+    def _validate(self) -> None:
         accelerator, state = self.accelerator, self.state
         started = time.perf_counter()
         metrics = evaluate(

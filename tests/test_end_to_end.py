@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_TRAIN_FLAGS, tiny_pretrain_argv
+from safetensors.torch import load_file
 from testing_utils import assert_topk_agree
 
 from mmsr_peft import MMSRModel, load_domain
@@ -218,11 +219,13 @@ def test_adapt_methods_other_than_lora_write_a_model(method, row, base_dir, data
     assert "| zero-shot base |" in (out / "README.md").read_text()
 
 
-def test_run_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema_decay", ["0", "0.5"])  # with a moving average, the state carries it too
+def test_run_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(ema_decay, data_dir, tmp_path, monkeypatch):
     from mmsr_peft import training
     from mmsr_peft.cli import pretrain_main
 
     argv = tiny_pretrain_argv(data_dir, "--num_epochs", "3", "--save_steps", "5")  # a state after epoch 2's 1st step
+    argv += ["--ema_decay", ema_decay]
     assert pretrain_main([*argv, "--output_dir", str(tmp_path / "straight")]) == 0
 
     collate, calls = training.TrainCollator.__call__, []
@@ -249,6 +252,60 @@ def test_run_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(data_dir,
     a, b = MMSRModel.from_pretrained(tmp_path / "straight"), MMSRModel.from_pretrained(tmp_path / "resumed")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.allclose(x, y, atol=1e-6), name
+
+
+def test_ema_decay_validates_and_keeps_the_moving_average_and_trains_as_without_it(data_dir, tmp_path, monkeypatch):
+    """`--ema_decay`: the saved model is the moving average of the trained weights at its best epoch (computed here
+    from the weights after every step), and the weights trained step by step are those of the same run without it."""
+    from mmsr_peft import training
+    from mmsr_peft.cli import pretrain_main
+
+    update, runs = training.Trainer.training_step, {}
+
+    def spy(self, *args, **kwargs):  # the trained weights: first the starting ones, then after every step
+        trajectory = runs.setdefault(self.args.ema_decay, [])
+        if not trajectory:
+            trajectory.append({name: weight.detach().clone() for name, weight in self.trainable.items()})
+        loss = update(self, *args, **kwargs)
+        trajectory.append({name: weight.detach().clone() for name, weight in self.trainable.items()})
+        return loss
+
+    monkeypatch.setattr(training.Trainer, "training_step", spy)
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "3", "--patience", "3")  # 4 steps an epoch
+    for decay in ("0", "0.5"):
+        assert pretrain_main([*argv, "--ema_decay", decay, "--output_dir", str(tmp_path / decay)]) == 0
+    plain, averaged = runs[0.0], runs[0.5]
+    assert len(plain) == len(averaged) == 13
+    for before, after in zip(plain, averaged, strict=True):  # validating the average left the training alone
+        assert all(torch.equal(before[name], after[name]) for name in before)
+
+    average, by_epoch = dict(averaged[0]), {}
+    for updates, weights in enumerate(averaged[1:]):
+        decay = min(0.5, (1 + updates) / (10 + updates))  # warmed up: 0.1, 0.18, 0.25, ... then 0.5 from the 9th
+        average = {name: decay * average[name] + (1 - decay) * weights[name] for name in average}
+        if (updates + 1) % 4 == 0:
+            by_epoch[(updates + 1) // 4] = average
+    metrics = json.loads((tmp_path / "0.5" / "metrics.json").read_text())
+    saved = load_file(tmp_path / "0.5" / "model.safetensors")
+    best = metrics["best_epoch"]
+    for name, expected in by_epoch[best].items():
+        torch.testing.assert_close(saved[name], expected, rtol=0, atol=1e-6)
+    trained = averaged[4 * best]
+    assert not all(torch.allclose(saved[name], trained[name], atol=1e-4) for name in trained)  # not the last step's
+    with pytest.raises(ValueError, match=r"--ema_decay must be in \[0, 1\) \(0: off\), got 1.0"):
+        TrainingArguments(ema_decay=1.0)
+
+
+def test_resume_with_ema_decay_refuses_a_state_without_an_average(data_dir, tmp_path, capsys):
+    from mmsr_peft.cli import pretrain_main
+
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "1", "--output_dir", str(tmp_path))
+    assert pretrain_main(argv) == 0
+    capsys.readouterr()
+    assert pretrain_main([*argv, "--num_epochs", "2", "--resume", "--ema_decay", "0.9"]) != 0
+    error = capsys.readouterr().err
+    assert "ema_weights.safetensors: --ema_decay, but the training state has no moving average of" in error
+    assert "saved by a run without --ema_decay" in error
 
 
 def test_config_file_can_fill_required_arguments(tmp_path):
