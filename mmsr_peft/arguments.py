@@ -347,8 +347,8 @@ class TrainingArguments:
         metadata={
             "help": "When only the top blocks of an encoder train (top_k fine-tuning, --lora_top_k), compute the "
             "states entering its lowest trainable block once per run, in eval mode, and run only the blocks from "
-            "there on at every step and evaluation (BERT-like text encoders, torchvision CNNs, open_clip ViTs, "
-            "Hugging Face ViT and CLIP vision). "
+            "there on at every step and evaluation (BERT-like and CLIP text encoders, torchvision CNNs, open_clip "
+            "ViTs, Hugging Face vision towers). "
             "The frozen blocks below then apply no dropout, as a frozen encoder's cached outputs do."
         },
     )

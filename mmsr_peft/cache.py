@@ -1,13 +1,15 @@
 """On-disk cache of frozen encoder outputs, so a frozen encoder runs over each item once across epochs and runs.
 
-One safetensors file per encoder, weights and kind of output: `<kind>-<weights sha256[:16]>.safetensors` holds,
+One safetensors file per encoder and kind of output: `<kind>-<encoder digest[:16]>.safetensors` (the digest of the
+encoder's weights, its configuration, pooling included, and `OUTPUT_VERSION`: `encoder_digest`) holds,
 for every item encoded so far, the sha256 of exactly what the encoder read (token ids and mask, or uint8 pixels)
 and the encoder's output (`text`, `image`: `pooled`, `tokens`, `mask`; `text_pooled`, `image_pooled`: the pooled
 vector alone, as a one-token output, for models that read no token states; `text_layers`, `image_layers`: the
 per-layer states that side adapters read). Loading keeps the rows whose content digest matches an item of the
 catalog and encodes only the others, so:
 
-- other weights (a different base, a fine-tuned encoder) use another file: nothing stale is ever read;
+- other weights (a different base, a fine-tuned encoder) or another pooling use another file: nothing stale is
+  ever read;
 - an item whose text, image, tokenizer or image size changed has another digest and is encoded again;
 - items are matched by content, not by id or position, so catalogs that share items share the work.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -35,6 +38,20 @@ from .files import atomic_save_tensors, read_tensors
 from .sharding import Shards
 
 logger = logging.getLogger(__name__)
+
+
+# Raised when the outputs of an encoder with the same weights and configuration change meaning, so that files of
+# older versions are not read: 2, CLIP text's `cls` pooling reads its end-of-text token (it read the first token).
+OUTPUT_VERSION = 2
+
+
+def encoder_digest(encoder: torch.nn.Module) -> str:
+    """sha256 of what decides an encoder's outputs for given inputs: its weights (`weights_digest`), its
+    configuration (`encoder.config`: pooling, normalisation, ...) and `OUTPUT_VERSION`."""
+    config = getattr(encoder, "config", None)
+    described = json.dumps(config.to_dict(), sort_keys=True) if hasattr(config, "to_dict") else repr(config)
+    text = f"{weights_digest(encoder)};{described};{OUTPUT_VERSION}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -81,7 +98,7 @@ class FeatureCache:
         self.last_misses = 0
 
     def path(self, kind: str, encoder: torch.nn.Module) -> Path:
-        return self.folder / f"{kind}-{weights_digest(encoder)[:16]}.safetensors"
+        return self.folder / f"{kind}-{encoder_digest(encoder)[:16]}.safetensors"
 
     def encode(
         self, kind: str, encoder: torch.nn.Module, run, inputs: ItemInputs, batch_size: int, accelerator=None

@@ -29,6 +29,8 @@ SHAPES = {"swin": (16, 32), "beit": (17, 32), "vit_mae": (17, 32), "convnext": (
 TEXT = {
     "electra": {"embedding_size": 16, **VIT_LIKE},
     "xlnet": {"d_model": 32, "n_layer": 2, "n_head": 2, "d_inner": 64},
+    # eos_token_id 2: CLIP's original rule, the end-of-text token is the text's highest id
+    "clip_text_model": {"bos_token_id": 0, "eos_token_id": 2, **VIT_LIKE},
 }
 
 
@@ -188,24 +190,28 @@ def test_a_vision_encoder_is_its_backend_s_class_and_copies_as_one(vision_model,
 
 @pytest.mark.parametrize("model_type", sorted(TEXT))
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_electra_and_xlnet_text_encoders_load_pool_and_fine_tune(model_type, pooling, tmp_path):
+def test_electra_xlnet_and_clip_text_encoders_load_pool_and_fine_tune(model_type, pooling, tmp_path):
     reference = saved(model_type, TEXT[model_type], tmp_path / model_type)
     config = TextEncoderConfig.from_pretrained_backbone(str(tmp_path / model_type), pooling=pooling)
     encoder = TextEncoder(config)
     encoder.load_backbone(str(tmp_path / model_type))
     encoder.eval()
-    ids = torch.randint(5, 120, (2, 6))
+    ids = torch.randint(5, 119, (2, 6))
+    ids[0, 5] = ids[1, 3] = 119  # each text's last real token is its end-of-text token (CLIP: the highest id)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     out = encoder(ids, mask)
-    states = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+    reference_out = reference(input_ids=ids, attention_mask=mask)
+    states = reference_out.last_hidden_state
     assert torch.allclose(out.tokens, states, atol=1e-5)
     if pooling == "mean":
         expected = torch.stack([states[0].mean(0), states[1, :4].mean(0)])
-    elif model_type == "xlnet":  # XLNet's <cls> ends the text
+    elif model_type in ("xlnet", "clip_text_model"):  # XLNet's <cls> ends the text, as CLIP's end-of-text token
         expected = torch.stack([states[0, 5], states[1, 3]])
     else:
         expected = states[:, 0]
     assert torch.allclose(out.pooled, expected, atol=1e-5)
+    if pooling == "cls" and model_type == "clip_text_model":  # what CLIP itself pools
+        assert torch.allclose(out.pooled, reference_out.pooler_output, atol=1e-5)
     encoder.set_finetuning("top_k", 1)
     trainable = {n for n, p in encoder.backbone.named_parameters() if p.requires_grad}
-    assert trainable and all(".1." in n for n in trainable)
+    assert trainable and all(".1." in n or n.startswith("final_layer_norm.") for n in trainable)  # CLIP's follows

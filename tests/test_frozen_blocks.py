@@ -1,6 +1,6 @@
 """Encoders whose lower blocks are frozen (top-k fine-tuning, LoRA in the top blocks) run from their lowest
 trainable block on states computed once (`BlockInputs`): the same outputs and gradients as the whole encoder, for
-BERT-like text encoders, torchvision CNNs and open_clip ViTs (Hugging Face ViT and CLIP: test_hf_vision.py), and a
+BERT-like and CLIP text encoders, torchvision CNNs and open_clip ViTs (Hugging Face ViT and CLIP: test_hf_vision.py), and a
 catalog prepared for training carries those states instead of the raw inputs."""
 
 import json
@@ -21,6 +21,7 @@ TEXT = {
     "roberta": {**SMALL, "pad_token_id": 1},
     "electra": {"embedding_size": 16, **SMALL},
     "distilbert": {"dim": 32, "n_layers": 3, "n_heads": 2, "hidden_dim": 64},
+    "clip_text_model": {**SMALL, "bos_token_id": 0, "eos_token_id": 2},  # causal, a layer norm after the blocks
 }
 
 
@@ -94,6 +95,10 @@ def test_a_text_encoder_runs_from_its_lowest_trainable_block_as_the_whole_encode
     # the catalog keeps these for every item: not a view into the states of every layer
     assert inputs.states.untyped_storage().nbytes() == inputs.states.nbytes
     assert_same_encoding(encoder, lambda: encoder(ids, mask), lambda: encoder.encode_from(inputs))
+    whole = torch.ones_like(mask)  # no padding: a mask builder may leave causality to the attention kernel (CLIP)
+    with torch.no_grad():
+        from_block = encoder.eval().encode_from(encoder.block_inputs(ids, whole, start))
+        assert torch.allclose(from_block.pooled, encoder(ids, whole).pooled, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch, top_k", [("mobilenet_v2", 2), ("resnet18", 1), ("tiny-vit", 1)])

@@ -123,6 +123,22 @@ def test_cache_is_recomputed_when_the_encoder_changes(catalog, tmp_path):  # noq
     torch.testing.assert_close(after.pooled, fresh.pooled, rtol=1e-5, atol=1e-6)
 
 
+def test_cache_is_recomputed_when_the_pooling_changes(catalog, tmp_path):  # noqa: F811
+    """The same weights pooled otherwise give other vectors: another file, never the other pooling's rows."""
+    model = frozen(tiny())
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    cache, tower = FeatureCache(tmp_path), model.item_tower
+    text = tower.text
+    mean = cache.encode("text_pooled", text, tower.encode_text, inputs, 5)
+    text.config.pooling = "cls"
+    first = cache.encode("text_pooled", text, tower.encode_text, inputs, 5)
+    assert cache.last_misses == len(catalog) and len(list(tmp_path.glob("text_pooled-*.safetensors"))) == 2
+    with torch.no_grad():
+        expected = text(inputs.input_ids, inputs.attention_mask).tokens[:, 0]
+    torch.testing.assert_close(first.pooled, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(first.pooled, mean.pooled)
+
+
 def test_cache_encodes_only_items_whose_content_changed(catalog, tmp_path):  # noqa: F811
     model = frozen(tiny())
     tower = model.item_tower

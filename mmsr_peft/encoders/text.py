@@ -12,10 +12,12 @@ from torch import nn
 
 from ..config import ConfigMixin
 from .common import (
+    BLOCK_LAYOUT,
     BlockInputs,
     EncoderOutput,
     enable_activation_checkpointing,
     encoder_blocks,
+    find_part,
     first_trainable_block,
     quiet_from_pretrained,
     set_finetuning,
@@ -23,19 +25,25 @@ from .common import (
 
 POOLINGS = ("mean", "cls")
 LENGTH_BUCKET = 64  # texts per backbone call when a batch is encoded in groups of similar length
-# Where the [CLS]-like token of a text encoder is: first (BERT and most), or last (XLNet appends its <cls>).
-CLS_LAST = ("xlnet",)
+# Where the [CLS]-like token of a text encoder is: first (BERT and most), or last: XLNet appends its <cls>, and
+# CLIP's text model reads its end-of-text token (with causal attention, the only one that has seen the whole text).
+CLS_LAST = ("xlnet", "clip_text_model")
 # Families whose blocks can run on their own, from cached states (`TextEncoder.encode_from`): each block takes the
-# hidden states and the attention mask transformers builds for the whole model.
-FROM_BLOCK_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+# hidden states and the attention mask transformers builds for the whole model (causal for CLIP's text model,
+# whose blocks are followed by a layer norm: `BLOCK_LAYOUT`).
+FROM_BLOCK_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "clip_text_model")
+CAUSAL_FAMILIES = ("clip_text_model",)
 
 
-def _bidirectional_mask():
-    """transformers' builder of an encoder's attention mask (5.x), or None where it has none (4.x)."""
+def _mask_builder(causal: bool = False):
+    """transformers' builder of a model's attention mask from its padding mask (5.x), bidirectional or causal, or
+    None where it has none (4.x)."""
     try:
-        from transformers.masking_utils import create_bidirectional_mask
+        from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
     except ImportError:
         return None
+    if causal:
+        return lambda **kwargs: create_causal_mask(cache=None, **kwargs)
     return create_bidirectional_mask
 
 
@@ -57,7 +65,8 @@ class TextEncoderConfig(ConfigMixin):
 
     Args:
         backbone (`dict`): the Hugging Face model config as a dict (`model_type` + architecture fields).
-        pooling (`str`): `"mean"` over real tokens or `"cls"` (the classification token: the first one, XLNet's last).
+        pooling (`str`): `"mean"` over real tokens or `"cls"` (the classification token: the first one; XLNet's
+            last, CLIP text's end-of-text token).
         max_length (`int`): maximum tokens per item text.
         source (`str`, *optional*): the model name/path the architecture (and tokenizer) came from; informational.
     """
@@ -144,7 +153,7 @@ class TextEncoder(nn.Module):
         runs: nothing to gain, or a family whose blocks cannot run on their own (`FROM_BLOCK_FAMILIES`, with
         transformers 5)."""
         family = self.config.backbone["model_type"]
-        if family not in FROM_BLOCK_FAMILIES or _bidirectional_mask() is None:
+        if family not in FROM_BLOCK_FAMILIES or _mask_builder() is None:
             return 0
         return first_trainable_block(self.backbone, family)
 
@@ -154,15 +163,23 @@ class TextEncoder(nn.Module):
         return BlockInputs.entering(start, states, attention_mask.bool())
 
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
-        """`forward`'s output from the states entering block `inputs.start`: only the blocks from there on run."""
-        blocks = encoder_blocks(self.backbone, self.config.backbone["model_type"])[inputs.block :]
-        build_mask = _bidirectional_mask()
+        """`forward`'s output from the states entering block `inputs.start`: only the blocks from there on run, and
+        what follows them (CLIP text's final layer norm)."""
+        family = self.config.backbone["model_type"]
+        blocks = encoder_blocks(self.backbone, family)[inputs.block :]
+        after = [part for name in BLOCK_LAYOUT[family][1] if (part := find_part(self.backbone, name)) is not None]
+        causal = family in CAUSAL_FAMILIES
+        build_mask = _mask_builder(causal)
+        # without padding the causal builder leaves the mask to attention kernels that are told to be causal
+        extra = {"is_causal": True} if causal else {}
 
         def run(states, mask):
             attention = build_mask(config=self.backbone.config, inputs_embeds=states, attention_mask=mask)
             for block in blocks:
-                states = block(states, attention)
+                states = block(states, attention, **extra)
                 states = states[0] if isinstance(states, tuple) else states
+            for module in after:
+                states = module(states)
             return states
 
         states = self._by_length(run, inputs.states, inputs.mask.long())
