@@ -128,7 +128,10 @@ class TextEncoder(nn.Module):
         self.backbone.load_state_dict(pretrained.state_dict(), strict=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
-        states = self._hidden_states(input_ids, attention_mask)  # (N, L, H)
+        def run(ids, mask):
+            return self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+
+        states = self._by_length(run, input_ids, attention_mask)  # (N, L, H)
         mask = attention_mask.bool()
         return EncoderOutput(self._pool(states, mask), states, mask)
 
@@ -158,32 +161,45 @@ class TextEncoder(nn.Module):
         return first_trainable_block(self.backbone, family)
 
     def block_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int) -> BlockInputs:
-        """The hidden states entering block `start` (`(N, L, H)`, zeros or junk on padding), to `encode_from`."""
-        states = self._hidden_states(input_ids, attention_mask, start)
+        """The hidden states entering block `start` (`(N, L, H)`, zeros or junk on padding), to `encode_from`: the
+        embeddings and the blocks below `start` run, not the ones above it."""
+        backbone = self.backbone
+        project = getattr(backbone, "embeddings_project", None)  # ELECTRA's, when its embeddings are narrower
+
+        def run(ids, mask):
+            states = backbone.embeddings(input_ids=ids)
+            return self._run_blocks(project(states) if project is not None else states, mask, 0, start)
+
+        states = self._by_length(run, input_ids, attention_mask)
         return BlockInputs.entering(start, states, attention_mask.bool())
 
     def encode_from(self, inputs: BlockInputs) -> EncoderOutput:
         """`forward`'s output from the states entering block `inputs.start`: only the blocks from there on run, and
         what follows them (CLIP text's final layer norm)."""
-        family = self.config.backbone["model_type"]
-        blocks = encoder_blocks(self.backbone, family)[inputs.block :]
-        after = [part for name in BLOCK_LAYOUT[family][1] if (part := find_part(self.backbone, name)) is not None]
-        causal = family in CAUSAL_FAMILIES
-        build_mask = _mask_builder(causal)
-        # without padding the causal builder leaves the mask to attention kernels that are told to be causal
-        extra = {"is_causal": True} if causal else {}
 
         def run(states, mask):
-            attention = build_mask(config=self.backbone.config, inputs_embeds=states, attention_mask=mask)
-            for block in blocks:
-                states = block(states, attention, **extra)
-                states = states[0] if isinstance(states, tuple) else states
-            for module in after:
-                states = module(states)
-            return states
+            return self._run_blocks(states, mask, inputs.block, None)
 
         states = self._by_length(run, inputs.states, inputs.mask.long())
         return EncoderOutput(self._pool(states, inputs.mask), states, inputs.mask)
+
+    def _run_blocks(self, states: torch.Tensor, mask: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+        """Blocks `start` to `stop` (exclusive) of a `FROM_BLOCK_FAMILIES` encoder on the states entering block
+        `start`, under the attention mask its family builds from the padding `mask`; with `stop` None, every block
+        from `start` on and what follows them (CLIP text's final layer norm)."""
+        family = self.config.backbone["model_type"]
+        causal = family in CAUSAL_FAMILIES
+        attention = _mask_builder(causal)(config=self.backbone.config, inputs_embeds=states, attention_mask=mask)
+        # without padding, the causal builder leaves the mask to attention kernels that are told to be causal
+        extra = {"is_causal": True} if causal else {}
+        for block in encoder_blocks(self.backbone, family)[start:stop]:
+            states = block(states, attention, **extra)
+            states = states[0] if isinstance(states, tuple) else states
+        if stop is None:
+            for name in BLOCK_LAYOUT[family][1]:
+                part = find_part(self.backbone, name)
+                states = part(states) if part is not None else states
+        return states
 
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "cls" and self.config.backbone["model_type"] in CLS_LAST:
@@ -195,17 +211,6 @@ class TextEncoder(nn.Module):
             return states[:, 0]
         weights = mask.unsqueeze(-1).to(states.dtype)
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-    def _hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int = -1) -> torch.Tensor:
-        """The backbone's hidden states `(N, L, H)` after its embeddings (`layer` 0), after its layer `layer`, or
-        after its last layer (-1)."""
-
-        def run(ids, mask):
-            if layer == -1:
-                return self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-            return self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer]
-
-        return self._by_length(run, input_ids, attention_mask)
 
     def _by_length(self, run, inputs: torch.Tensor, attention_mask: torch.Tensor):
         """`run(inputs, attention_mask)` on token ids or hidden states `inputs`, giving a tensor (or a tuple of
