@@ -244,9 +244,9 @@ class TrainingArguments:
         default=0.0,
         metadata={
             "help": "Keep an exponential moving average of the trainable weights, updated after every optimizer step "
-            "with this decay (e.g. 0.999; warmed up as min(decay, (1 + n) / (10 + n)) after n updates), and "
-            "validate, select and save it instead of the weights being trained: a smoother model than the last "
-            "step's. 0: off."
+            "with this decay (e.g. 0.99, about the last 100 steps; warmed up as min(decay, (1 + n) / (10 + n)) after "
+            "n updates), and validate, select and save it instead of the weights being trained: a smoother model "
+            "than the last step's. Not with FSDP or DeepSpeed over several processes. 0: off."
         },
     )
     num_negatives: int = field(

@@ -288,6 +288,19 @@ def pooled_only(run):
     return encode
 
 
+def check_averaging(args: TrainingArguments, accelerator) -> None:
+    """Refuses `--ema_decay` where each process holds a shard of the weights (FSDP, DeepSpeed over several
+    processes): the average would be of each shard, and the training state keeps the main process's alone."""
+    from accelerate.utils import DistributedType
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if args.ema_decay and sharded and accelerator.num_processes > 1:
+        raise ValueError(
+            f"--ema_decay is not supported with {accelerator.distributed_type.value} over "
+            f"{accelerator.num_processes} processes (sharded weights); train without it, or with DDP"
+        )
+
+
 def train(*args, **kwargs) -> TrainState:
     """Trains a model as `Trainer(*args, **kwargs)` does (see it) and returns the final `TrainState`; the model ends
     with its best weights."""
@@ -324,6 +337,7 @@ class Trainer:
 
         if not train_sequences:
             raise ValueError("no training sequences: every user has fewer than 3 interactions before the held-out two")
+        check_averaging(args, accelerator)
         if args.torch_compile:
             check_compilable(model)
         self.model, self.catalog_inputs, self.eval_sets = model, catalog_inputs, eval_sets
@@ -493,7 +507,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad()
-        if self.average is not None:
+        if self.average is not None and not self.optimizer.step_was_skipped:  # fp16: an overflow skips the step
             self._update_average()
         return loss.item()
 
@@ -503,9 +517,9 @@ class Trainer:
         warm-up of diffusers' `EMAModel`)."""
         updates = self.state.step
         decay = min(self.args.ema_decay, (1 + updates) / (10 + updates))
-        with torch.no_grad():
-            for name, weight in self.trainable.items():
-                self.average[name].lerp_(weight.detach(), 1 - decay)
+        with torch.no_grad():  # one fused update of every tensor, as torch.optim's foreach paths do
+            weights = [weight.detach() for weight in self.trainable.values()]
+            torch._foreach_lerp_(list(self.average.values()), weights, 1 - decay)
 
     @contextlib.contextmanager
     def _validated_weights(self):

@@ -296,6 +296,22 @@ def test_ema_decay_validates_and_keeps_the_moving_average_and_trains_as_without_
         TrainingArguments(ema_decay=1.0)
 
 
+def test_ema_decay_is_refused_where_each_process_holds_a_shard_of_the_weights():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from mmsr_peft.training import check_averaging
+
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=2)
+    with pytest.raises(ValueError, match="--ema_decay is not supported with FSDP over 2 processes"):
+        check_averaging(TrainingArguments(ema_decay=0.99), fsdp)
+    check_averaging(TrainingArguments(), fsdp)  # without an average, and with replicated weights: fine
+    check_averaging(
+        TrainingArguments(ema_decay=0.99), SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2)
+    )
+
+
 def test_resume_with_ema_decay_refuses_a_state_without_an_average(data_dir, tmp_path, capsys):
     from mmsr_peft.cli import pretrain_main
 
