@@ -49,7 +49,9 @@ def encoder_digest(encoder: torch.nn.Module) -> str:
     """sha256 of what decides an encoder's outputs for given inputs: its weights (`weights_digest`), its
     configuration (`encoder.config`: pooling, normalisation, ...) and `OUTPUT_VERSION`."""
     config = getattr(encoder, "config", None)
-    described = json.dumps(config.to_dict(), sort_keys=True) if hasattr(config, "to_dict") else repr(config)
+    settings = config.to_dict() if hasattr(config, "to_dict") else {"config": repr(config)}
+    settings.pop("source", None)  # where the architecture was read from (a Hub name or a path): provenance only
+    described = json.dumps(settings, sort_keys=True)
     text = f"{weights_digest(encoder)};{described};{OUTPUT_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -137,6 +137,9 @@ def test_cache_is_recomputed_when_the_pooling_changes(catalog, tmp_path):  # noq
         expected = text(inputs.input_ids, inputs.attention_mask).tokens[:, 0]
     torch.testing.assert_close(first.pooled, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(first.pooled, mean.pooled)
+    text.config.source = "another/path/to/the/same/weights"  # provenance only: the same file
+    cache.encode("text_pooled", text, tower.encode_text, inputs, 5)
+    assert cache.last_misses == 0
 
 
 def test_cache_encodes_only_items_whose_content_changed(catalog, tmp_path):  # noqa: F811
