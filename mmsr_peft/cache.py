@@ -99,8 +99,10 @@ class FeatureCache:
         self.last_hits = 0  # items found in the cache by the last `encode`
         self.last_misses = 0
 
-    def path(self, kind: str, encoder: torch.nn.Module) -> Path:
-        return self.folder / f"{kind}-{encoder_digest(encoder)[:16]}.safetensors"
+    def paths(self, kinds: tuple[str, ...], encoder: torch.nn.Module) -> list[Path]:
+        """The files of several kinds of one encoder's outputs (its weights hashed once for all of them)."""
+        digest = encoder_digest(encoder)[:16]
+        return [self.folder / f"{kind}-{digest}.safetensors" for kind in kinds]
 
     def encode(
         self, kind: str, encoder: torch.nn.Module, run, inputs: ItemInputs, batch_size: int, accelerator=None
@@ -137,7 +139,7 @@ class FeatureCache:
         distinct = [keys[i] for i in first]
         first = torch.tensor(first, dtype=torch.long)
         expand = torch.tensor([position[key] for key in keys], dtype=torch.long)
-        paths = [self.path(kind, encoder) for kind in kinds]
+        paths = self.paths(kinds, encoder)
         stored = [read_tensors(path) for path in paths]
         found = []  # per kind: each distinct item's row in that kind's file, or None
         for tensors in stored:
