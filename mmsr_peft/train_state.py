@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,13 @@ class TrainState:
 
     FILE, WEIGHTS, EMA = "trainer_state.json", "best_weights.safetensors", "ema_weights.safetensors"
     COUNTERS = ("step", "epoch", "stale", "best_epoch")
+    # Training arguments that leave the trained weights as they are: not recorded in the state, so changing them
+    # on --resume is silent. Every other one is recorded, and a resume that changes it is told (`changed_args`).
+    NEUTRAL_ARGS = frozenset(
+        "output_dir resume overwrite_output_dir patience eval_batch_size save_steps save_total_limit report_to "
+        "feature_cache_dir cache_frozen_blocks gradient_checkpointing feed_forward_checkpointing torch_compile "
+        "torch_compile_backend torch_compile_mode pad_items_to_multiple_of".split()
+    )
 
     def __init__(self):
         self.step, self.epoch, self.stale = 0, 0, 0
@@ -48,6 +56,7 @@ class TrainState:
         self.loss_sum, self.loss_steps = 0.0, 0  # the current epoch's training loss so far (its mean is logged)
         self.seconds = {"train": 0.0, "valid": 0.0}  # wall time in training steps and in validation, resumes included
         self.lr_scale = 1.0  # what --lr_scheduler_type reduce_lr_on_plateau has multiplied the learning rate by
+        self.args: dict = {}  # the training arguments the state was saved with (`record_args`), as JSON values
 
     def epoch_loss(self) -> float | None:
         """The mean training loss of the epoch's steps (None before any, as for the starting model)."""
@@ -59,7 +68,8 @@ class TrainState:
         counters = {name: getattr(self, name) for name in self.COUNTERS}
         best = None if math.isinf(self.best_metric) else self.best_metric
         loss = {"loss_sum": self.loss_sum, "loss_steps": self.loss_steps}
-        rest = {"best_metric": best, "lr_scale": self.lr_scale, "seconds": self.seconds, "history": self.history}
+        rest = {"best_metric": best, "lr_scale": self.lr_scale, "seconds": self.seconds, "args": self.args}
+        rest["history"] = self.history
         text = json.dumps({**counters, **loss, **rest}, indent=1)
         atomic_save_tensors(folder / self.WEIGHTS, self.best_weights)
         if self.ema_weights:
@@ -104,8 +114,28 @@ class TrainState:
         if not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) or not 0 < lr_scale <= 1:
             raise CheckpointError(f"{path}: field 'lr_scale' is {lr_scale!r}, expected a number in (0, 1]")
         self.lr_scale = float(lr_scale)
+        saved_args = saved.get("args", {})  # absent before the arguments were recorded
+        if not isinstance(saved_args, dict):
+            raise CheckpointError(f"{path}: field 'args' is {saved_args!r}, expected an object of training arguments")
+        self.args = saved_args
         self.best_weights = _read_tensors(folder / self.WEIGHTS)
         self.ema_weights = _read_tensors(folder / self.EMA) if (folder / self.EMA).exists() else {}
+
+    def record_args(self, args: TrainingArguments) -> None:
+        """Keeps the arguments that shape the trained weights (all but `NEUTRAL_ARGS`) for the states saved next."""
+        values = {name: value for name, value in asdict(args).items() if name not in self.NEUTRAL_ARGS}
+        self.args = json.loads(json.dumps(values))  # as saved and read back: tuples are lists, as in the file
+
+    def changed_args(self, args: TrainingArguments) -> list[str]:
+        """`name saved -> now` for each recorded argument that `args` sets otherwise (none for an older state,
+        which recorded none; an argument added since counts as changed only when set away from its default)."""
+        defaults = json.loads(json.dumps(asdict(type(args)())))
+        now = json.loads(json.dumps(asdict(args)))
+        return [
+            f"{name} {self.args.get(name, defaults[name])!r} -> {now[name]!r}"
+            for name in now
+            if self.args and name not in self.NEUTRAL_ARGS and self.args.get(name, defaults[name]) != now[name]
+        ]
 
     def check_weights(self, expected: dict[str, torch.Tensor], folder: Path) -> None:
         """Refuses best (and averaged) weights that do not fit the model being trained (names and shapes)."""

@@ -431,6 +431,14 @@ class Trainer:
             check_training_state(last, accelerator.process_index)
             state.load(last)
             state.check_weights({**dict(self.model.named_buffers()), **self.trainable}, last)
+            changed = state.changed_args(args)
+            if changed:
+                logger.warning(
+                    "%s was saved with other training arguments (%s): the run goes on with the new ones, so it will "
+                    "not end as an uninterrupted run would with either",
+                    last / TrainState.FILE,
+                    "; ".join(changed),
+                )
             self._resume_average(last)
             try:
                 accelerator.load_state(str(last))
@@ -441,6 +449,7 @@ class Trainer:
                     "delete this checkpoint folder to resume from the one before, or start again without --resume"
                 ) from None
             accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {last}")
+        state.record_args(args)
         # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
         accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
 

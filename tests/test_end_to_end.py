@@ -1,6 +1,7 @@
 """The whole product path: pretrain (recipe main) -> adapt (mmsr-adapt main) -> load in a new process -> recommend."""
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -322,6 +323,28 @@ def test_resume_with_ema_decay_refuses_a_state_without_an_average(data_dir, tmp_
     error = capsys.readouterr().err
     assert "ema_weights.safetensors: --ema_decay, but the training state has no moving average of" in error
     assert "saved by a run without --ema_decay" in error
+
+
+def test_resume_names_the_training_arguments_that_changed_since_the_state(data_dir, tmp_path, caplog):
+    from mmsr_peft.cli import pretrain_main
+
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "1", "--output_dir", str(tmp_path), "--ema_decay", "0.5")
+    assert pretrain_main(argv) == 0
+    saved = json.loads(max((tmp_path / "checkpoints").glob("checkpoint_*/trainer_state.json")).read_text())
+    assert saved["args"]["ema_decay"] == 0.5 and "output_dir" not in saved["args"]  # where it runs: not recorded
+    # a changed average and schedule are named, saved -> now; a neutral argument (evaluation batch) is not
+    with caplog.at_level(logging.WARNING, logger="mmsr_peft.training"):
+        assert (
+            pretrain_main([*argv, "--resume", "--num_epochs", "2", "--ema_decay", "0.9", "--eval_batch_size", "7"])
+            == 0
+        )
+    warned = [r.getMessage() for r in caplog.records if "other training arguments" in r.getMessage()]
+    assert len(warned) == 1 and "trainer_state.json was saved with other training arguments" in warned[0]
+    assert "(num_epochs 1 -> 2; ema_decay 0.5 -> 0.9)" in warned[0]
+    caplog.clear()  # the states saved by the resumed run record its arguments: resuming with them again is quiet
+    with caplog.at_level(logging.WARNING, logger="mmsr_peft.training"):
+        assert pretrain_main([*argv, "--resume", "--num_epochs", "2", "--ema_decay", "0.9"]) == 0
+    assert not [r for r in caplog.records if "other training arguments" in r.getMessage()]
 
 
 def test_config_file_can_fill_required_arguments(tmp_path):
