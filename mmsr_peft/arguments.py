@@ -363,8 +363,14 @@ class TrainingArguments:
             raise ValueError(
                 f"--save_total_limit must be >= 2 (one state survives a kill while saving), got {self.save_total_limit}"
             )
-        if self.learning_rate <= 0 or self.num_negatives < 0 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError("--learning_rate must be > 0, --num_negatives >= 0 and --warmup_ratio in [0, 1)")
+        if self.learning_rate <= 0:
+            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.num_negatives < 0:
+            raise ValueError(f"--num_negatives must be >= 0, got {self.num_negatives}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.seed < 2**32:  # numpy's generators take no other
+            raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
         for name in ("text_learning_rate", "vision_learning_rate"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")

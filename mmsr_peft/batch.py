@@ -2,7 +2,7 @@
 
 Input, one of:
 - JSONL (`.jsonl`): one object per line, `{"user_id": "u1", "history": ["item-3", "item-9"]}` (`user_id` optional:
-  the line number stands in);
+  the line number stands in; a user_id on two lines is an error);
 - CSV (`.csv`): one interaction per row with columns `user_id,item_id`, rows of a user in time order.
 
 Output: JSONL, one line per user in input order, `{"user_id": ..., "items": [...], "scores": [...]}` (scores are
@@ -44,7 +44,13 @@ def read_histories(path: str | Path) -> list[tuple[str, list[str], int]]:
                 raise DataError(
                     f"{path}: line {number}: expected {{'user_id': ..., 'history': [item ids]}}, got {line[:80]!r}"
                 )
-            users[str(row.get("user_id", number))] = (history, number)
+            user = str(row.get("user_id", number))
+            if user in users:  # one output line per input line: a repeat would replace the earlier history
+                raise DataError(
+                    f"{path}: lines {users[user][1]} and {number}: the same user_id {user!r} (a line without user_id "
+                    "is keyed by its line number); give each history its own user_id"
+                )
+            users[user] = (history, number)
         return [(user, history, number) for user, (history, number) in users.items()]
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)

@@ -47,13 +47,30 @@ OUTPUT_VERSION = 2
 
 def encoder_digest(encoder: torch.nn.Module) -> str:
     """sha256 of what decides an encoder's outputs for given inputs: its weights (`weights_digest`), its
-    configuration (`encoder.config`: pooling, normalisation, ...) and `OUTPUT_VERSION`."""
+    configuration (`encoder.config`: pooling, normalisation, ...), which of its loaded LoRA adapters run
+    (`adapter_state`) and `OUTPUT_VERSION`."""
     config = getattr(encoder, "config", None)
     settings = config.to_dict() if hasattr(config, "to_dict") else {"config": repr(config)}
     settings.pop("source", None)  # where the architecture was read from (a Hub name or a path): provenance only
+    adapters = adapter_state(encoder)
+    if adapters:  # absent without adapters: a plain encoder keeps the file it had
+        settings["adapters"] = adapters
     described = json.dumps(settings, sort_keys=True)
     text = f"{weights_digest(encoder)};{described};{OUTPUT_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def adapter_state(module: torch.nn.Module) -> list:
+    """For each peft adapter layer inside `module`: its name, the adapters it runs (none when disabled) and their
+    scaling. Every loaded adapter's weights are in the state dict whichever one runs, so the weights alone do not
+    tell `set_adapter("a")` from `set_adapter("b")` or `disable_adapters()`."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [
+        [name, [] if layer.disable_adapters else list(layer.active_adapters), getattr(layer, "scaling", {})]
+        for name, layer in module.named_modules()
+        if isinstance(layer, BaseTunerLayer)
+    ]
 
 
 def weights_digest(module: torch.nn.Module) -> str:

@@ -462,14 +462,20 @@ def paired_bootstrap(
 
 
 def random_baseline(eval_sets: list[EvalSet], ks=DEFAULT_KS, exclude: str = "history") -> dict[str, float]:
-    """Expected metrics of a random ranking over the same candidates as `evaluate(exclude=...)`."""
-    sizes = []
+    """Expected metrics of a random ranking over the same candidates as `evaluate(exclude=...)`: a target that is
+    one of its case's excluded items is not a candidate, a miss for every model, and so for this one too."""
+    sizes, misses = [], 0
     for eval_set in eval_sets:
         n = eval_set.item_range[1] - eval_set.item_range[0]
         excluded = eval_set.excluded(exclude)
-        for case in range(len(eval_set.targets)):
-            sizes.append(n - len(set(excluded[case].tolist())) if excluded is not None else n)
-    return random_metrics(np.asarray(sizes), ks)
+        for case, target in enumerate(eval_set.targets.tolist()):
+            removed = set(excluded[case].tolist()) if excluded is not None else set()
+            if target in removed:
+                misses += 1
+            else:
+                sizes.append(n - len(removed))
+    share = len(sizes) / max(1, len(sizes) + misses)  # the cases whose target is a candidate
+    return {key: value * share for key, value in random_metrics(np.asarray(sizes), ks).items()}
 
 
 def format_table(

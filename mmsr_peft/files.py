@@ -80,13 +80,15 @@ def replace_directory(new: str | os.PathLike, folder: str | os.PathLike) -> None
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike):
     """Yields `(fd, tmp)`: an open descriptor and the path of a temporary file beside `path` (folders created); when
-    the block succeeds, that file replaces `path` in one rename; when it fails, it is removed and `path` is
-    unchanged. The block owns `fd` (closes it, or hands it to `os.fdopen`)."""
+    the block succeeds, that file replaces `path` in one rename, with the permissions a plain `open()` would give it
+    (the umask's); when it fails, it is removed and `path` is unchanged. The block owns `fd` (closes it, or hands
+    it to `os.fdopen`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         yield fd, tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 (set here: the block may have replaced tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -96,8 +98,7 @@ def atomic_file(path: str | os.PathLike):
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Writes `text` to `path` through a temporary file in the same folder and a rename."""
     try:
-        with atomic_file(path) as (fd, tmp):
-            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would honour the umask
+        with atomic_file(path) as (fd, _):
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
                 handle.flush()

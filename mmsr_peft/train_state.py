@@ -57,6 +57,7 @@ class TrainState:
         self.seconds = {"train": 0.0, "valid": 0.0}  # wall time in training steps and in validation, resumes included
         self.lr_scale = 1.0  # what --lr_scheduler_type reduce_lr_on_plateau has multiplied the learning rate by
         self.args: dict = {}  # the training arguments the state was saved with (`record_args`), as JSON values
+        self.processes: int | None = None  # how many processes trained (None: a state saved before it was recorded)
 
     def epoch_loss(self) -> float | None:
         """The mean training loss of the epoch's steps (None before any, as for the starting model)."""
@@ -68,7 +69,8 @@ class TrainState:
         counters = {name: getattr(self, name) for name in self.COUNTERS}
         best = None if math.isinf(self.best_metric) else self.best_metric
         loss = {"loss_sum": self.loss_sum, "loss_steps": self.loss_steps}
-        rest = {"best_metric": best, "lr_scale": self.lr_scale, "seconds": self.seconds, "args": self.args}
+        rest = {"best_metric": best, "lr_scale": self.lr_scale, "seconds": self.seconds, "processes": self.processes}
+        rest["args"] = self.args
         rest["history"] = self.history
         text = json.dumps({**counters, **loss, **rest}, indent=1)
         atomic_save_tensors(folder / self.WEIGHTS, self.best_weights)
@@ -118,6 +120,10 @@ class TrainState:
         if not isinstance(saved_args, dict):
             raise CheckpointError(f"{path}: field 'args' is {saved_args!r}, expected an object of training arguments")
         self.args = saved_args
+        processes = saved.get("processes")
+        if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 1):
+            raise CheckpointError(f"{path}: field 'processes' is {processes!r}, expected a positive integer")
+        self.processes = processes
         self.best_weights = _read_tensors(folder / self.WEIGHTS)
         self.ema_weights = _read_tensors(folder / self.EMA) if (folder / self.EMA).exists() else {}
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -65,8 +66,8 @@ def learning_rate_factor(kind: str, warmup: int, total: int, state: TrainState):
     end of an epoch (and which is saved and resumed with the rest of the training state)."""
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return step / warmup
+        if step < warmup:  # a plateau during the warm-up lowers it too, from the next step on
+            return step / warmup * (state.lr_scale if kind == "reduce_lr_on_plateau" else 1.0)
         progress = min((step - warmup) / max(total - warmup, 1), 1.0)
         if kind == "linear":
             return 1.0 - progress
@@ -382,6 +383,8 @@ class Trainer:
         warmup = int(args.warmup_ratio * self.total_steps) * processes
         factor = learning_rate_factor(args.lr_scheduler_type, warmup, self.total_steps * processes, self.state)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        # this run's settings per group, put back after a resumed state's (`_resume_or_start`)
+        self.group_settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         self.ddp_model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
             model, optimizer, loader, scheduler
         )
@@ -431,6 +434,12 @@ class Trainer:
             check_training_state(last, accelerator.process_index)
             state.load(last)
             state.check_weights({**dict(self.model.named_buffers()), **self.trainable}, last)
+            if state.processes not in (None, accelerator.num_processes):
+                raise CheckpointError(
+                    f"{last / TrainState.FILE}: saved by a run over {state.processes} processes, resumed over "
+                    f"{accelerator.num_processes}: its step counts and data shards are per process; resume with "
+                    f"{state.processes} processes, or start again without --resume"
+                )
             changed = state.changed_args(args)
             if changed:
                 logger.warning(
@@ -444,14 +453,37 @@ class Trainer:
                 accelerator.load_state(str(last))
             except Exception as err:  # noqa: BLE001 (a damaged file of the state: a sentence, not a traceback)
                 detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                cause = f"the arguments changed ({'; '.join(changed)}) or " if changed else ""
                 raise CheckpointError(
-                    f"{last}: the training state cannot be loaded ({detail[:300]}); a file of it is damaged: "
+                    f"{last}: the training state cannot be loaded ({detail[:300]}); {cause}a file of it is damaged: "
                     "delete this checkpoint folder to resume from the one before, or start again without --resume"
                 ) from None
+            self._apply_group_settings()
+            # states after the last complete one were killed while being written: never resumed from, but
+            # Accelerate's rotation counts them, and would delete the complete ones first
+            for folder in saved[saved.index(last) + 1 :] if accelerator.is_main_process else []:
+                shutil.rmtree(folder)
+                logger.warning("%s: deleted, a training state killed while being written", folder)
+            accelerator.wait_for_everyone()
+            saved = saved_states(args.output_dir)
             accelerator.print(f"resumed at epoch {state.epoch}, step {state.step} from {last}")
         state.record_args(args)
+        state.processes = accelerator.num_processes
         # Accelerate numbers states from 0 on every start: continue after the ones on disk instead of colliding.
         accelerator.project_configuration.iteration = int(saved[-1].name.split("_")[1]) + 1 if saved else 0
+
+    def _apply_group_settings(self) -> None:
+        """Accelerate's `load_state` brings back the saved optimizer's learning rates and weight decay: this run's
+        arguments are put back (the moments and step counts stay the saved ones), and the current learning rate is
+        recomputed from them at the resumed step."""
+        scheduler = self.scheduler.scheduler
+        for group, settings in zip(self.optimizer.param_groups, self.group_settings, strict=True):
+            group.update({key: value for key, value in settings.items() if key != "lr"})
+        scheduler.base_lrs = [settings["initial_lr"] for settings in self.group_settings]
+        for group, base, factor in zip(
+            self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(scheduler.last_epoch)
 
     def _resume_average(self, folder: Path) -> None:
         """With `--ema_decay`, the moving average saved in the training state `folder` (refused if it has none)."""
@@ -495,7 +527,10 @@ class Trainer:
                 step_log = {"train/loss": value, "train/learning_rate": lr, "train/items_per_step": len(batch.items)}
                 accelerator.log(step_log, step=state.step)
             state.seconds["train"] += time.perf_counter() - tick
-            if state.step % args.save_steps == 0:
+            # the step that ends the epoch is saved after its validation: a state saved before it would be resumed
+            # past the end of training, and the last epoch never validated
+            ends_epoch = state.step >= self.total_steps or state.step == (state.epoch + 1) * len(self.loader)
+            if state.step % args.save_steps == 0 and not ends_epoch:
                 self._save_state()
             tick = time.perf_counter()
             if state.step >= self.total_steps:  # --max_steps: the last epoch ends here, evaluated like any other

@@ -177,6 +177,37 @@ def test_2023_through_the_cli(tmp_path):
     assert load_folder(domain.folder).manifest["counts"]["interactions"] == 12
 
 
+def test_2023_reviews_of_an_item_within_one_second_are_duplicates(tmp_path):
+    """Times are written in seconds: two reviews of one item in the same second would be the same interaction to the
+    loader, so they are de-duplicated (and k-core counted) on seconds, not milliseconds."""
+    line = json.loads((FIXTURES / "2023" / "Office_Products.jsonl").read_text().splitlines()[3])
+    assert (line["user_id"], line["parent_asin"], line["timestamp"]) == (V1, PEN, 1600000001000)  # repeats line 1
+    raw = raw_files(
+        tmp_path / "raw", "2023", {("Office_Products.jsonl", 4): json.dumps({**line, "timestamp": 1600000001500})}
+    )
+    folder = prepare_amazon("office", "2023", tmp_path / "data", raw_dir=raw, user_k=3, item_k=3)
+    domain = load_folder(folder)
+    counts = domain.manifest["counts"]
+    assert (counts["interactions"], counts["duplicate_reviews"]) == (12, 1)
+    assert sequences(domain)[V1] == [PEN, MARKER, NOTEBOOK, TAPE]
+    expected = prepare_amazon(
+        "office", "2023", tmp_path / "exact", raw_dir=raw_files(tmp_path / "raw0", "2023"), user_k=3, item_k=3
+    )
+    assert pq.read_table(folder / "interactions.parquet").equals(pq.read_table(expected / "interactions.parquet"))
+
+
+def test_a_title_of_only_periods_and_spaces_is_no_title(tmp_path):
+    """`item_text` strips trailing periods and spaces: such a title would leave no text, so the item is dropped as
+    untitled instead of a folder that fails to load."""
+    line = json.loads((FIXTURES / "2023" / "meta_Office_Products.jsonl").read_text().splitlines()[4])
+    assert line["parent_asin"] == TAPE
+    bare = {**line, "title": " . . ", "categories": [], "store": None}
+    raw = raw_files(tmp_path / "raw", "2023", {("meta_Office_Products.jsonl", 5): json.dumps(bare)})
+    domain = load_folder(prepare_amazon("office", "2023", tmp_path / "data", raw_dir=raw, user_k=1, item_k=1))
+    assert domain.manifest["counts"]["items_dropped"]["no_title"] == 2  # the tape and the fixture's untitled item
+    assert TAPE not in domain.catalog.item_ids and all(domain.catalog.texts)
+
+
 BAD_CASES = {
     "missing user": (
         "2023", "Office_Products.jsonl", 5,

@@ -6,7 +6,7 @@ import open_clip.model  # noqa: F401  (VisionEncoderConfig imports it lazily: ~2
 import pytest
 
 from mmsr_peft.encoders import TextEncoderConfig, VisionEncoderConfig
-from mmsr_peft.files import atomic_directory, atomic_write_text
+from mmsr_peft.files import atomic_directory, atomic_file, atomic_save_tensors, atomic_write_text
 from mmsr_peft.fusion import FusionConfig
 from mmsr_peft.model import MMSRConfig
 from mmsr_peft.sequence_encoders import SequenceEncoderConfig
@@ -277,3 +277,18 @@ def test_atomic_writes_keep_normal_permissions(tmp_path):
     folder_mode = stat.S_IMODE((tmp_path / "model").stat().st_mode)
     assert file_mode == 0o644, f"atomic_write_text made a {oct(file_mode)} file, expected 0o644"
     assert folder_mode == 0o755, f"atomic_directory made a {oct(folder_mode)} folder, expected 0o755"
+
+
+def test_every_atomic_file_gets_the_umask_permissions_not_mkstemp_ones(tmp_path):
+    """Downloads, cache files and rewritten items.parquet go through `atomic_file`, by its descriptor or its path."""
+    import torch
+
+    umask = os.umask(0o027)
+    try:
+        with atomic_file(tmp_path / "image.jpg") as (fd, _), os.fdopen(fd, "wb") as handle:
+            handle.write(b"jpeg")
+        atomic_save_tensors(tmp_path / "cache.safetensors", {"x": torch.zeros(2)})
+    finally:
+        os.umask(umask)
+    modes = {name: oct(stat.S_IMODE((tmp_path / name).stat().st_mode)) for name in ("image.jpg", "cache.safetensors")}
+    assert modes == {"image.jpg": "0o640", "cache.safetensors": "0o640"}

@@ -1,4 +1,5 @@
 import json
+import os
 from itertools import pairwise
 
 import datasets
@@ -84,6 +85,15 @@ def test_catalog_from_folder_resolves_images_and_reads_manifest_name(tmp_path):
         {"item_id": "c", "text": "gamma", "image": None},
         {"item_id": "a", "text": "alpha", "image": image},
     ]
+
+
+def test_a_replaced_items_file_is_read_anew_even_with_the_old_modification_time(tmp_path):
+    folder = _write(tmp_path / "dom", _items(["a", "b"]))
+    stat = (folder / "items.parquet").stat()
+    assert Catalog.from_folder(folder).item_ids == ["a", "b"]
+    _write(folder, _items(["c", "d"]))  # restored as `cp -a` or `rsync -a` would: same path, same time
+    os.utime(folder / "items.parquet", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert Catalog.from_folder(folder).item_ids == ["c", "d"]
 
 
 def test_catalog_name_defaults_to_folder(tmp_path):

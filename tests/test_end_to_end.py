@@ -325,26 +325,50 @@ def test_resume_with_ema_decay_refuses_a_state_without_an_average(data_dir, tmp_
     assert "saved by a run without --ema_decay" in error
 
 
-def test_resume_names_the_training_arguments_that_changed_since_the_state(data_dir, tmp_path, caplog):
+def test_resume_names_the_training_arguments_that_changed_and_trains_with_the_new_ones(data_dir, tmp_path, caplog):
+    from mmsr_peft import training
     from mmsr_peft.cli import pretrain_main
 
     argv = tiny_pretrain_argv(data_dir, "--num_epochs", "1", "--output_dir", str(tmp_path), "--ema_decay", "0.5")
+    argv += ["--lr_scheduler_type", "constant", "--warmup_ratio", "0"]  # the learning rate is the argument's
     assert pretrain_main(argv) == 0
     saved = json.loads(max((tmp_path / "checkpoints").glob("checkpoint_*/trainer_state.json")).read_text())
     assert saved["args"]["ema_decay"] == 0.5 and "output_dir" not in saved["args"]  # where it runs: not recorded
+    assert saved["processes"] == 1
+
+    update, seen = training.Trainer.training_step, []
+
+    def spy(self, *args, **kwargs):  # the optimizer's settings at every resumed step
+        seen.append({(group["lr"], group["weight_decay"]) for group in self.optimizer.param_groups})
+        return update(self, *args, **kwargs)
+
     # a changed average and schedule are named, saved -> now; a neutral argument (evaluation batch) is not
-    with caplog.at_level(logging.WARNING, logger="mmsr_peft.training"):
-        assert (
-            pretrain_main([*argv, "--resume", "--num_epochs", "2", "--ema_decay", "0.9", "--eval_batch_size", "7"])
-            == 0
-        )
+    changes = ["--num_epochs", "2", "--ema_decay", "0.9", "--learning_rate", "5e-4", "--weight_decay", "0.1"]
+    with caplog.at_level(logging.WARNING, logger="mmsr_peft.training"), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.Trainer, "training_step", spy)
+        assert pretrain_main([*argv, "--resume", *changes, "--eval_batch_size", "7"]) == 0
     warned = [r.getMessage() for r in caplog.records if "other training arguments" in r.getMessage()]
     assert len(warned) == 1 and "trainer_state.json was saved with other training arguments" in warned[0]
-    assert "(num_epochs 1 -> 2; ema_decay 0.5 -> 0.9)" in warned[0]
+    expected = "(num_epochs 1 -> 2; learning_rate 0.003 -> 0.0005; weight_decay 0.01 -> 0.1; ema_decay 0.5 -> 0.9)"
+    assert expected in warned[0]
+    # the run goes on with the new values (Accelerate's load_state would bring back the saved optimizer's)
+    assert seen and all(settings == {(5e-4, 0.1)} for settings in seen)
     caplog.clear()  # the states saved by the resumed run record its arguments: resuming with them again is quiet
     with caplog.at_level(logging.WARNING, logger="mmsr_peft.training"):
-        assert pretrain_main([*argv, "--resume", "--num_epochs", "2", "--ema_decay", "0.9"]) == 0
+        assert pretrain_main([*argv, "--resume", *changes]) == 0
     assert not [r for r in caplog.records if "other training arguments" in r.getMessage()]
+
+
+def test_resume_refuses_a_state_saved_over_another_number_of_processes(data_dir, tmp_path, capsys):
+    from mmsr_peft.cli import pretrain_main
+
+    argv = tiny_pretrain_argv(data_dir, "--num_epochs", "1", "--output_dir", str(tmp_path))
+    assert pretrain_main(argv) == 0
+    path = max((tmp_path / "checkpoints").glob("checkpoint_*/trainer_state.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "processes": 2}))
+    capsys.readouterr()
+    assert pretrain_main([*argv, "--num_epochs", "2", "--resume"]) != 0
+    assert f"{path}: saved by a run over 2 processes, resumed over 1" in capsys.readouterr().err
 
 
 def test_config_file_can_fill_required_arguments(tmp_path):

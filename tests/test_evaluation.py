@@ -8,6 +8,7 @@ from torch import nn
 
 from mmsr_peft.data.processing import ItemInputs
 from mmsr_peft.evaluation import (
+    EXCLUSIONS,
     MISS,
     EvalSet,
     case_metric,
@@ -132,6 +133,21 @@ def test_random_baseline_excludes_history_items():
     full = random_baseline([eval_set], ks=(10,), exclude="none")
     assert full["hr@10"] == pytest.approx(10 / 20)
     assert full == pytest.approx(random_metrics(np.array([20, 20, 20]), ks=(10,)))
+
+
+def test_random_baseline_counts_a_target_among_the_excluded_items_as_a_miss():
+    """As `evaluate` does for every model: under an exclusion, a target that repeats an excluded item is no
+    candidate, so it is a miss for random too; with nothing excluded it is one of the n candidates."""
+    eval_set = EvalSet(
+        "d",
+        histories=[np.array([1]), np.array([2]), np.array([4])],  # what the model reads ("window")
+        targets=np.array([3, 2, 5]),
+        item_range=(0, 10),
+        known=[np.array([3, 1]), np.array([2]), np.array([4])],  # the whole history ("history")
+    )
+    hr1 = {exclude: random_baseline([eval_set], ks=(1,), exclude=exclude)["hr@1"] for exclude in EXCLUSIONS}
+    # case 1: a miss under "history" only; case 2: a miss under both exclusions; case 3: 9 candidates, or 10
+    assert hr1 == pytest.approx({"history": (0 + 0 + 1 / 9) / 3, "window": (1 / 9 + 0 + 1 / 9) / 3, "none": 1 / 10})
 
 
 def test_format_table():

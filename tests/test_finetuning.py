@@ -193,6 +193,16 @@ def test_learning_rate_schedules_are_transformers_after_the_warm_up(kind):
     assert factor(5) == 0.5 and factor(10) == 1.0
 
 
+def test_a_plateau_during_the_warm_up_lowers_the_rate_from_the_next_step():
+    from mmsr_peft.training import TrainState, learning_rate_factor
+
+    state = TrainState()
+    factor = learning_rate_factor("reduce_lr_on_plateau", 10, 100, state)
+    assert (factor(5), factor(10), factor(50)) == (0.5, 1.0, 1.0)
+    state.lr_scale = 0.25  # what the trainer sets at a plateau
+    assert factor(5) == pytest.approx(0.125) and factor(10) == factor(50) == 0.25
+
+
 def test_reduce_lr_on_plateau_lowers_the_rate_after_epochs_without_improvement(base_dir, data_dir, tmp_path):
     import json
 

@@ -142,6 +142,30 @@ def test_cache_is_recomputed_when_the_pooling_changes(catalog, tmp_path):  # noq
     assert cache.last_misses == 0
 
 
+def test_cache_follows_the_adapter_that_runs_in_the_encoder(catalog, tmp_path):  # noqa: F811
+    """Two LoRA adapters loaded in the text encoder: both are in its weights whichever runs, yet each one (and
+    none) gives other vectors, so each reads its own file."""
+    from peft import LoraConfig
+
+    model = frozen(tiny())
+    for name, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        model.add_adapter(LoraConfig(r=2, target_modules=["query", "value"], init_lora_weights=False), name)
+    model.requires_grad_(False)  # evaluated, not trained: the encoder is cached
+    inputs = model.processor(catalog.records(range(len(catalog))))
+    cache, tower = FeatureCache(tmp_path), model.item_tower
+    vectors = {}
+    for name in ("a", "b", None, "a"):
+        model.set_adapter(name) if name else model.disable_adapters()
+        vectors.setdefault(name, []).append(cache.encode("text_pooled", tower.text, tower.encode_text, inputs, 5))
+        with torch.no_grad():  # what the encoder gives now, uncached
+            live = tower.text(inputs.input_ids, inputs.attention_mask)
+        torch.testing.assert_close(vectors[name][-1].pooled, live.pooled, rtol=1e-5, atol=1e-6)
+    assert cache.last_misses == 0  # "a" again: its own file, read back
+    assert len(list(tmp_path.glob("text_pooled-*.safetensors"))) == 3
+    assert not torch.allclose(vectors["a"][0].pooled, vectors["b"][0].pooled)
+
+
 def test_cache_encodes_only_items_whose_content_changed(catalog, tmp_path):  # noqa: F811
     model = frozen(tiny())
     tower = model.item_tower

@@ -150,6 +150,47 @@ def test_import_composes_text_from_chosen_fields(tmp_path):
     assert one.catalog.texts == ["Red Pen", "Blue Ink"]
 
 
+def test_fractional_timestamps_order_a_users_rows_within_a_second_and_repeats_in_one_second_are_dropped(tmp_path):
+    """Timestamps are stored in whole seconds and the loader breaks ties by row order: rows of a user within one
+    second are put in the order of their fractions first; a second row of the same item in that second is dropped."""
+    inter = ["user_id:token\titem_id:token\ttimestamp:float"] + [
+        f"{user}\t{item}\t{time}" for user, item, time in [
+            ("u", "1", 1.0), ("v", "2", 5.0), ("u", "2", 2.7), ("v", "1", 6.0), ("u", "1", 2.2), ("u", "1", 2.9),
+            ("v", "2", 7.0),
+        ]
+    ]  # fmt: skip
+    domain = load_folder(import_recbole(write_atomic(tmp_path / "shop", "shop", ITEMS, inter), data_dir=tmp_path))
+    table = pq.read_table(domain.folder / "interactions.parquet").to_pydict()
+    # u's rows in second 2 swap places (2.2 before 2.7); 2.9 repeats item 1 in second 2; v's rows do not move
+    assert list(zip(*table.values(), strict=True)) == [
+        ("u", "1", 1), ("v", "2", 5), ("u", "1", 2), ("v", "1", 6), ("u", "2", 2), ("v", "2", 7),
+    ]  # fmt: skip
+    assert [domain.catalog.item_ids[i] for i in domain.sequences.items[0]] == ["1", "1", "2"]
+    assert domain.manifest["counts"]["duplicate_interactions"] == 1
+
+
+def test_two_image_values_that_land_on_one_file_are_refused(tmp_path):
+    from PIL import Image
+
+    atomic = tmp_path / "shop"
+    (atomic / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(atomic / "a.jpg")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(atomic / "images" / "a.jpg")
+    header = "item_id:token\ttitle:token_seq\timage:token"
+    shared = [header, "1\tred\ta.jpg", "2\tred too\ta.jpg", "3\tblue\t"]  # one file for two items: fine
+    write_atomic(atomic, "shop", shared, INTER)
+    domain = load_folder(import_recbole(atomic, data_dir=tmp_path / "data"))
+    assert domain.catalog.images[:2] == [str(domain.folder / "images" / "a.jpg")] * 2
+    write_atomic(atomic, "shop", [header, "1\tred\ta.jpg", "2\tblue\timages/a.jpg"], INTER)
+    with pytest.raises(DataError) as error:
+        import_recbole(atomic, data_dir=tmp_path / "data", overwrite=True)
+    assert str(error.value) == (
+        f"{atomic / 'shop.item'}: line 3: item '2' field 'image' = 'images/a.jpg' and line 2: item '1' field "
+        "'image' = 'a.jpg' are different files that would both be copied to images/a.jpg; rename one of them"
+    )
+    assert load_folder(domain.folder).catalog.item_ids == ["1", "2", "3"]  # the previous folder stays
+
+
 @pytest.mark.parametrize(
     "items, inter, message",
     [

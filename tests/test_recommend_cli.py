@@ -64,3 +64,19 @@ def test_malformed_input_is_refused_by_line(base_dir, data_dir, tmp_path, capsys
     (tmp_path / "in.jsonl").write_text(content)
     assert run(base_dir, data_dir, tmp_path / "in.jsonl", tmp_path / "out.jsonl") == 2
     assert message in capsys.readouterr().err and not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"user_id": "a", "history": []}', '{"user_id": "b", "history": []}', '{"user_id": "a", "history": []}'],
+         "lines 1 and 3: the same user_id 'a'"),
+        (['{"history": []}', '{"user_id": "1", "history": []}'], "lines 1 and 2: the same user_id '1'"),  # line 1 is "1"
+    ],
+)  # fmt: skip
+def test_a_repeated_user_id_is_refused_naming_both_lines(base_dir, data_dir, tmp_path, capsys, lines, message):
+    """One output line per input line: a second history of a user would silently replace the first."""
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    assert run(base_dir, data_dir, tmp_path / "in.jsonl", tmp_path / "out.jsonl") == 2
+    assert f"{tmp_path / 'in.jsonl'}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()

@@ -152,16 +152,17 @@ def test_folder_swap_is_one_step_for_a_concurrent_reader(tmp_path):
 @pytest.fixture(scope="module")
 def interrupted(data_dir, tmp_path_factory):
     """An uninterrupted tiny pretraining run (2 epochs of 4 steps, a training state every 2 steps and at each epoch
-    end, the last 2 kept), and the same run killed with SIGKILL right after its 4th state: step 6, mid-epoch 2.
-    `boundary` is a copy of the killed run without that last state, as if killed at the start of epoch 2."""
+    end, after its validation, the last 2 kept), and the same run killed with SIGKILL right after its 3rd state:
+    step 6, mid-epoch 2. `boundary` is a copy of the killed run without that last state, as if killed at the start
+    of epoch 2."""
     root = tmp_path_factory.mktemp("resume")
     argv = tiny_pretrain_argv(data_dir, "--num_epochs", "2", "--save_steps", "2", "--save_total_limit", "2")
     assert pretrain_main([*argv, "--output_dir", str(root / "straight")]) == 0
     run_until(
-        KILLABLE_RUN, ["4", "pretrain_main", *argv, "--output_dir", str(root / "killed")], "SAVED", root / "killed.log"
+        KILLABLE_RUN, ["3", "pretrain_main", *argv, "--output_dir", str(root / "killed")], "SAVED", root / "killed.log"
     )
     shutil.copytree(root / "killed", root / "boundary")
-    shutil.rmtree(root / "boundary" / "checkpoints" / "checkpoint_3")
+    shutil.rmtree(root / "boundary" / "checkpoints" / "checkpoint_2")
     shutil.copytree(root / "boundary", root / "pristine")  # tests that resume `boundary` change it
     return root, argv
 
@@ -183,7 +184,7 @@ def _assert_same_run(straight: Path, resumed: Path) -> None:
 @pytest.mark.slow
 def test_killed_run_kept_the_last_states_and_a_loadable_best_model(interrupted):
     root, _ = interrupted
-    assert sorted(p.name for p in (root / "killed" / "checkpoints").iterdir()) == ["checkpoint_2", "checkpoint_3"]
+    assert sorted(p.name for p in (root / "killed" / "checkpoints").iterdir()) == ["checkpoint_1", "checkpoint_2"]
     MMSRModel.from_pretrained(root / "killed")  # the best model so far (epoch 1) is whole
     assert not [p for p in root.rglob("*") if ".tmp-" in p.name]
 
@@ -203,14 +204,46 @@ def test_run_killed_mid_epoch_resumes_exactly(interrupted):
 
 
 @pytest.mark.slow
-def test_run_killed_while_saving_a_state_resumes_from_the_last_complete_one(interrupted, tmp_path):
+def test_run_killed_in_its_last_validation_resumes_to_validate_it(interrupted, tmp_path, monkeypatch):
+    from mmsr_peft import training
+
+    root, argv = interrupted
+    end_of_epoch, calls = training.Trainer._end_of_epoch, []
+
+    def dies_in_the_last_validation(self):
+        calls.append(1)
+        if len(calls) == 2:  # step 8 ends epoch 2 and the run: a multiple of --save_steps
+            raise KeyboardInterrupt("simulated kill")
+        return end_of_epoch(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.Trainer, "_end_of_epoch", dies_in_the_last_validation)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain_main([*argv, "--output_dir", str(tmp_path / "run")])
+    assert pretrain_main([*argv, "--output_dir", str(tmp_path / "run"), "--resume"]) == 0
+    _assert_same_run(root / "straight", tmp_path / "run")  # epoch 2 validated, selected and reported
+
+
+@pytest.mark.slow
+def test_run_killed_while_saving_a_state_resumes_from_the_last_complete_one(interrupted, tmp_path, monkeypatch):
+    from mmsr_peft import training
+
     root, argv = interrupted
     partial = Path(shutil.copytree(root / "pristine", tmp_path / "partial"))
-    newest = partial / "checkpoints" / "checkpoint_3"
+    newest = partial / "checkpoints" / "checkpoint_2"
     newest.mkdir()  # what a kill inside save_state leaves: the folder with its first file only
-    shutil.copy(partial / "checkpoints" / "checkpoint_2" / "model.safetensors", newest)
+    shutil.copy(partial / "checkpoints" / "checkpoint_1" / "model.safetensors", newest)
+    save_state, complete = training.Trainer._save_state, []
+
+    def counted(self):  # how many states --resume could use after each save (--save_total_limit 2)
+        save_state(self)
+        complete.append(sum((folder / "complete").is_file() for folder in (partial / "checkpoints").iterdir()))
+
+    monkeypatch.setattr(training.Trainer, "_save_state", counted)
     assert pretrain_main([*argv, "--output_dir", str(partial), "--resume"]) == 0
     _assert_same_run(root / "straight", partial)
+    # the killed state was deleted, not counted by the rotation in place of a complete one
+    assert complete and all(count == 2 for count in complete), complete
 
 
 def torch_bytes(value) -> bytes:
@@ -258,13 +291,13 @@ def test_resume_never_runs_a_pickle_and_refuses_forged_states(interrupted, tmp_p
     root, argv = interrupted
     ran = tmp_path / "code-ran"
     forged = Path(shutil.copytree(root / "pristine", tmp_path / "forged"))
-    state = forged / "checkpoints" / "checkpoint_2"
+    state = forged / "checkpoints" / "checkpoint_1"
     assert not list(state.glob("custom_checkpoint_*"))  # our own state is JSON + safetensors
     assert pretrain_main([*argv, "--output_dir", str(forged), "--resume"]) == 0  # resumes from them alone
     _assert_same_run(root / "straight", forged)
 
     exploit = pickle.dumps(RunsCode(ran))
-    saved = json.loads((root / "pristine" / "checkpoints" / "checkpoint_2" / "trainer_state.json").read_text())
+    saved = json.loads((root / "pristine" / "checkpoints" / "checkpoint_1" / "trainer_state.json").read_text())
     cases = [  # (file of the newest state, its forged content, what the refusal says)
         ("custom_checkpoint_0.pkl", exploit, "pickles that this mmsr_peft never writes"),  # Accelerate unpickles it
         ("random_states_0.pkl", exploit, "not a random-state file written by Accelerate"),
@@ -279,8 +312,8 @@ def test_resume_never_runs_a_pickle_and_refuses_forged_states(interrupted, tmp_p
     ]
     for number, (name, content, message) in enumerate(cases):
         case = Path(shutil.copytree(root / "pristine", tmp_path / f"case-{number}"))
-        target = case / "checkpoints" / "checkpoint_2" / name
-        named = case / "checkpoints" / "checkpoint_2" if name.startswith("custom") else target
+        target = case / "checkpoints" / "checkpoint_1" / name
+        named = case / "checkpoints" / "checkpoint_1" if name.startswith("custom") else target
         if content is None and name != "random_states_0.pkl":  # a file cut short (a disk that filled up)
             target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
             named = target.parent

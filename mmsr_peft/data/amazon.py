@@ -10,10 +10,11 @@ that are downloaded into `raw_dir` when missing (atomically: a `.part` file rena
 
 Preprocessing, in this order:
 
-1. a review repeating the user, item and timestamp of an earlier one is a duplicate: the first is kept;
-2. interactions with an item that has no metadata line, or whose cleaned title is empty (missing, `""` or longer
-   than `MAX_FIELD_CHARS`), are dropped: every item needs a title, because `image` stays null here (only
-   `image_urls` is written; `scripts/download_images.py` fills `image` later);
+1. a review repeating the user, item and written timestamp (in seconds) of an earlier one is a duplicate: the first
+   is kept;
+2. interactions with an item that has no metadata line, or whose cleaned title is empty (missing, `""`, only
+   periods and spaces, or longer than `MAX_FIELD_CHARS`), are dropped: every item needs a title, because `image`
+   stays null here (only `image_urls` is written; `scripts/download_images.py` fills `image` later);
 3. iterative k-core: users with fewer than `user_k` and items with fewer than `item_k` interactions are removed,
    again and again until none is left (UniSRec's 5 and 5 by default);
 4. interactions are written grouped by user, each user's in chronological order, ties broken by the raw line
@@ -153,13 +154,13 @@ def prepare_amazon(
             item_vocab, item_codes = _encode(items)
             del users, items
             meta = _read_meta(files["meta"][0], version, item_vocab, digests["meta"], counts)
-        rows, rounds = _filter(user_codes, item_codes, times, meta["state"], user_k, item_k, counts)
+        seconds = times // schema.per_second  # what is written: duplicates are judged on it, the order on `times`
+        rows, rounds = _filter(user_codes, item_codes, times, seconds, meta["state"], user_k, item_k, counts)
         if len(rows) == 0:
             raise DataError(
                 f"{files['reviews'][0]}: no interaction is left after dropping items without metadata or title and "
                 f"{user_k}/{item_k}-core filtering (counts: {counts})"
             )
-        seconds = times // schema.per_second
         counts = {**_write(tmp, rows, user_vocab, user_codes, item_vocab, item_codes, seconds, meta), **counts}
         preprocessing = {
             "category": category,
@@ -184,7 +185,7 @@ _RECIPE = {
     "a field longer than max_field_chars dropped, each field ends with one period",
     "max_field_chars": MAX_FIELD_CHARS,
     "order": "grouped by user, each by (timestamp, raw line)",
-    "duplicates": "same user, item and timestamp: the first review kept",
+    "duplicates": "same user, item and timestamp in seconds (as written): the first review kept",
     "image_urls": "2023: hi_res, large, thumb of the MAIN image (else the first); 2018: imageURLHighRes[0], imageURL[0]",
 }
 
@@ -325,7 +326,8 @@ def _flush_meta(pending: list, item_vocab: pa.Array, seen: np.ndarray, parts: di
     for row in new:
         _, title, categories, brand, image_urls = pending[row]
         categories = [c for c in map(clean, categories) if c]
-        columns["title"].append(_field(title, counts))
+        title = _field(title, counts)
+        columns["title"].append(title if title and title.rstrip(". ") else None)  # "..." makes no text (`item_text`)
         columns["categories"].append(categories if _field(", ".join(categories), counts) else [])
         columns["brand"].append(_field(brand, counts))
         columns["image_urls"].append(image_urls)
@@ -365,10 +367,13 @@ def _images_2023(record: dict, path: Path, number: int) -> list[str]:
 # ---------------------------------------------------------------- filtering and writing
 
 
-def _filter(users, items, times, state, user_k: int, item_k: int, counts: dict) -> tuple[np.ndarray, int]:
-    """Row indices kept by de-duplication, the metadata/title rule and the k-core, ordered by (user, time, row)."""
+def _filter(users, items, times, seconds, state, user_k: int, item_k: int, counts: dict) -> tuple[np.ndarray, int]:
+    """Row indices kept by de-duplication, the metadata/title rule and the k-core, ordered by (user, time, row).
+
+    Duplicates are judged on `seconds`, the timestamps as written (two reviews of an item in one second would be the
+    same interaction to the loader); the order follows the finer `times`."""
     order = np.lexsort((np.arange(len(users)), times, items, users))  # last key sorts first
-    same = (np.diff(users[order]) == 0) & (np.diff(items[order]) == 0) & (np.diff(times[order]) == 0)
+    same = (np.diff(users[order]) == 0) & (np.diff(items[order]) == 0) & (np.diff(seconds[order]) == 0)
     rows = np.sort(np.delete(order, np.flatnonzero(same) + 1))
     counts["duplicate_reviews"] = len(users) - len(rows)
     reviewed = _distinct(items[rows], len(state))

@@ -15,8 +15,10 @@ ITEM_COLUMNS = {"item_id": "string", "text": "string", "image": "string"}
 
 
 def read_parquet(path: Path, required: dict[str, str], nullable: tuple[str, ...] = ()) -> datasets.Dataset:
-    """Reads a parquet file through `datasets` (Arrow, memory-mapped) after checking that it has rows, the
-    required columns with the expected types, and no nulls outside the `nullable` columns."""
+    """Reads a parquet file into a `datasets.Dataset` (an in-memory Arrow table) after checking that it has rows,
+    the required columns with the expected types, and no nulls outside the `nullable` columns. Not through
+    `Dataset.from_parquet`: its Arrow cache is keyed by the file's path and modification time, so a file replaced
+    by one with the same time (`cp -a`, `rsync -a`, coarse file-system clocks) would be read as the old one."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -39,13 +41,7 @@ def read_parquet(path: Path, required: dict[str, str], nullable: tuple[str, ...]
             raise DataError(
                 f"{path}: column {name!r} has type {found}, expected {dtype} (row {row}: {name!r} = {value!r})"
             )
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # the per-file Arrow conversion bar is noise here
-    try:
-        table = datasets.Dataset.from_parquet(str(path), keep_in_memory=False)
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
+    table = datasets.Dataset(datasets.table.InMemoryTable(pq.read_table(path)))
     for name in required:
         column = table.data.column(name)
         if name not in nullable and column.null_count:

@@ -207,7 +207,7 @@ def log_inclusion(share: torch.Tensor, positions: int, num_negatives: int, pool:
     popular items and would push their logits down by more than sampling explains).
     """
     log_miss = positions * torch.log1p(-share.double())  # (N,)
-    if num_negatives:
-        log_miss = log_miss + num_negatives * math.log1p(-1 / pool)
+    if num_negatives:  # a pool of one item: every draw is that item
+        log_miss = log_miss + num_negatives * (math.log1p(-1 / pool) if pool > 1 else -math.inf)
     # an item with no share and no negative draws cannot be included: keep its log finite
     return (-torch.expm1(log_miss)).clamp_min(torch.finfo(torch.float64).tiny).log()

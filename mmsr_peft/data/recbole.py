@@ -33,6 +33,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import DataError
@@ -108,8 +109,11 @@ def import_recbole(
         overwrite: replace an existing folder.
 
     Every token and token_seq field of `.item` is kept as an extra string column; an `image` field holds image
-    paths relative to `atomic_dir`, copied into the domain's `images/`. `.inter` keeps its row order; timestamps
-    are truncated to whole seconds; other `.inter` fields (e.g. `rating`) are dropped.
+    paths relative to `atomic_dir`, copied into the domain's `images/` (two values that would land on the same file
+    there are refused). `.inter` keeps its row order, except that a user's rows within one second are put in the
+    order of their fractional timestamps, which are then truncated to whole seconds; a row repeating the user, item
+    and second of an earlier one is dropped (counted as `duplicate_interactions`); other `.inter` fields (e.g.
+    `rating`) are dropped.
     """
     atomic_dir = Path(atomic_dir)
     name = name or atomic_dir.name
@@ -119,18 +123,21 @@ def import_recbole(
         items, fields = _import_items(atomic_dir / f"{name}.item", atomic_dir, tmp, text_fields)
         write_table(tmp / "items.parquet", items, ITEM_SCHEMA)
         interactions, dropped = _import_interactions(atomic_dir / f"{name}.inter", set(items["item_id"]))
+        interactions, duplicates = _whole_seconds(interactions)
         write_table(tmp / "interactions.parquet", interactions, INTERACTION_SCHEMA)
         counts = {
             "items": len(items["item_id"]),
             "users": len(set(interactions["user_id"])),
             "interactions": len(interactions["user_id"]),
             "items_with_image": sum(image is not None for image in items["image"]),
+            "duplicate_interactions": duplicates,
         }
         preprocessing = {
             "atomic_dir": str(atomic_dir),
             "text_fields": fields,
             "text": "the field's value" if len(fields) == 1 else "'field: value' pairs joined by '; '",
-            "timestamps": "truncated to whole seconds",
+            "timestamps": "truncated to whole seconds, a user's rows within one second ordered by the fraction",
+            "duplicates": "same user, item and second: the first row (by time) kept",
             "dropped_inter_fields": dropped,
         }
         manifest = write_manifest(tmp, name, SOURCE, "atomic files", counts, preprocessing)
@@ -164,12 +171,15 @@ def _import_items(path: Path, atomic_dir: Path, folder: Path, text_fields: list[
         raise DataError(f"{path}: text fields {unknown or text_fields} are not in the file; choose among {valid}")
     columns = {column: [] for column in ("item_id", "text", "image", *strings)}
     first_line: dict[str, int] = {}
+    copied: dict[str, tuple[int, str, str]] = {}  # image destination -> (line, item, value) that first wrote it
     for line, row in rows:
         item_id = row["item_id"]
         _check_id(path, line, "item_id", item_id, first_line)
         first_line[item_id] = line
         text = _compose_text(row, text_fields)
         image = _import_image(path, line, row.get("image", ""), atomic_dir, folder)
+        if image is not None:
+            _check_image_destination(path, line, item_id, row["image"], image, atomic_dir, copied)
         if not text.strip() and image is None:
             raise DataError(
                 f"{path}: line {line}: item {item_id!r} has no text in fields {text_fields} and no image; "
@@ -188,6 +198,23 @@ def _compose_text(row: dict[str, str], fields: list[str]) -> str:
     if len(fields) == 1:
         return row[fields[0]]
     return "; ".join(f"{field}: {row[field]}" for field in fields if row[field].strip())
+
+
+def _check_image_destination(
+    path: Path, line: int, item_id: str, value: str, image: str, atomic_dir: Path, copied: dict
+) -> None:
+    """Refuses two image values that name different files but land on the same file of `images/` (`a.jpg` and
+    `images/a.jpg`): the second copy would replace the first item's image. Items sharing one file are fine."""
+    destination = os.path.normpath(image)
+    if destination in copied:
+        first, other, other_value = copied[destination]
+        if (atomic_dir / other_value).resolve() != (atomic_dir / value).resolve():
+            raise DataError(
+                f"{path}: line {line}: item {item_id!r} field 'image' = {value!r} and line {first}: item {other!r} "
+                f"field 'image' = {other_value!r} are different files that would both be copied to {destination}; "
+                "rename one of them"
+            )
+    copied.setdefault(destination, (line, item_id, value))
 
 
 def _import_image(path: Path, line: int, value: str, atomic_dir: Path, folder: Path) -> str | None:
@@ -225,10 +252,34 @@ def _import_interactions(path: Path, item_ids: set[str]) -> tuple[dict, list[str
             raise DataError(f"{path}: line {line}: field 'timestamp' = {timestamp!r}, expected a number of seconds")
         columns["user_id"].append(user_id)
         columns["item_id"].append(item_id)
-        columns["timestamp"].append(int(seconds))
+        columns["timestamp"].append(seconds)
     if not columns["user_id"]:
         raise DataError(f"{path}: no interactions (expected at least one row after the header)")
     return columns, [n for n in names if n not in columns]
+
+
+def _whole_seconds(columns: dict) -> tuple[dict, int]:
+    """`columns` with their float timestamps truncated to whole seconds, as the folder stores them, and the number
+    of rows dropped.
+
+    The loader orders a user's rows by (second, row), so the rows of a user within one second are first put in the
+    order of their fractional times (each group keeps the rows' places in the file: other rows do not move). A row
+    repeating the user, item and second of an earlier one is dropped, as the Amazon preparer drops a duplicate
+    review: the loader refuses such a repeat.
+    """
+    users = np.unique(columns["user_id"], return_inverse=True)[1]
+    items = np.unique(columns["item_id"], return_inverse=True)[1]
+    times = np.asarray(columns["timestamp"], dtype=np.float64)
+    seconds, rows = np.trunc(times), np.arange(len(times))
+    slots = np.lexsort((rows, seconds, users))  # rows grouped by (user, second), each group in file order
+    order = np.empty_like(rows)
+    order[slots] = np.lexsort((rows, times, seconds, users))  # the same groups, each in time order
+    key = np.stack([users[order], items[order], seconds[order].astype(np.int64)], axis=1)  # (R, 3)
+    first = np.sort(np.unique(key, axis=0, return_index=True)[1])  # the earliest row of each (user, item, second)
+    kept = order[first]
+    whole = {name: [values[row] for row in kept] for name, values in columns.items()}
+    whole["timestamp"] = [int(value) for value in whole["timestamp"]]
+    return whole, len(rows) - len(kept)
 
 
 def _check_id(path: Path, line: int, field: str, value: str, seen: dict[str, int] | None = None) -> None:
