@@ -337,7 +337,10 @@ class Trainer:
         from accelerate.utils import is_compiled_module
 
         if not train_sequences:
-            raise ValueError("no training sequences: every user has fewer than 3 interactions before the held-out two")
+            raise ValueError(
+                "no training sequences: every user has fewer than 3 interactions before the held-out two, or "
+                "none is left once --train_user_fraction and --cold_start_fraction have taken their share"
+            )
         check_averaging(args, accelerator)
         if args.torch_compile:
             check_compilable(model)
@@ -557,8 +560,8 @@ class Trainer:
 
     def _update_average(self) -> None:
         """`--ema_decay`: average <- d * average + (1 - d) * weights, where d = min(ema_decay, (1 + n) / (10 + n))
-        after n earlier updates (one per optimizer step), so that the starting weights fade fast at first (the
-        warm-up of diffusers' `EMAModel`)."""
+        after n earlier optimizer steps (an fp16 step the loss scaler skipped counts, though it updates nothing), so
+        that the starting weights fade fast at first (the warm-up of diffusers' `EMAModel`)."""
         updates = self.state.step
         decay = min(self.args.ema_decay, (1 + updates) / (10 + updates))
         with torch.no_grad():  # one fused update of every tensor, as torch.optim's foreach paths do
