@@ -6,8 +6,10 @@ is what lets several named adapters, LoRA or side, live on one base model and ch
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -23,6 +25,9 @@ ADAPTER_RECORD = "mmsr_adapter.json"  # the base an adapter belongs to, and its 
 BASE_FIELDS = ("adapter_name", "base_model", "base_sha256")  # the fields of the record that describe the base
 PEFT_PREFIX = "base_model.model."  # how PeftModel names weights in adapter files; plain peft users load ours
 ADAPTER_CONFIGS = ("adapter_config.json", SIDE_CONFIG_FILE)  # a LoRA (peft) adapter folder, a side adapter folder
+LORA_WEIGHTS, LORA_PICKLE = "adapter_model.safetensors", "adapter_model.bin"  # peft's weights files
+# the files an adapter save writes (or an earlier save of another kind wrote): a new save replaces them all
+ADAPTER_FILES = (*ADAPTER_CONFIGS, LORA_WEIGHTS, LORA_PICKLE, SIDE_WEIGHTS_FILE, ADAPTER_RECORD)
 
 
 def is_adapter_key(key: str) -> bool:
@@ -32,6 +37,19 @@ def is_adapter_key(key: str) -> bool:
 def adapter_config_file(folder: Path) -> Path | None:
     """The adapter config in `folder` (peft's `adapter_config.json` or a side adapter's), None when it has none."""
     return next((folder / name for name in ADAPTER_CONFIGS if (folder / name).is_file()), None)
+
+
+def check_adapter_name(name: str) -> None:
+    """An adapter's name becomes a module name in the model (`lora_A.<name>`): non-empty, without a '.'."""
+    if not isinstance(name, str) or not name or "." in name:
+        hint = f", e.g. {name.replace('.', '_')!r}" if isinstance(name, str) and name.strip(".") else ""
+        raise ValueError(f"adapter name {name!r}: must be a non-empty string without '.' (a module name){hint}")
+
+
+def _owns_key(key: str, adapter_name: str) -> bool:
+    """Whether a state-dict key is a weight of `adapter_name` (`…lora_A.<name>.weight`, `…modules_to_save.<name>.…`),
+    not of an adapter whose name happens to be a module's (`fusion`, `text`)."""
+    return re.search(rf"\.(lora_\w+|modules_to_save)\.{re.escape(adapter_name)}(\.|$)", key) is not None
 
 
 def _base_key(key: str) -> str:
@@ -67,14 +85,54 @@ def _adapter_file(name_or_path, filename: str, revision=None) -> Path | None:
     if is_local_path(name_or_path):
         raise CheckpointError(f"{name_or_path}: no adapter folder at {local.expanduser().resolve()}")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(str(name_or_path), filename, revision=revision))
-    except EntryNotFoundError:
+    except LocalEntryNotFoundError as err:  # offline (HF_HUB_OFFLINE=1, no connection): a subclass of the next one
+        if _cached_repo(str(name_or_path)):
+            return None  # the repo was downloaded, without this file
+        raise CheckpointError(
+            f"{name_or_path}: not in the local Hugging Face cache, and the Hub cannot be reached (offline: "
+            "HF_HUB_OFFLINE=1, or no connection); load it once online, or pass a local folder"
+        ) from err
+    except EntryNotFoundError:  # the Hub says the repo has no such file
         return None
     except (HfHubHTTPError, OSError) as err:
         raise CheckpointError(f"{name_or_path}: cannot read the adapter from the Hub ({err})") from err
+
+
+def _cached_repo(repo_id: str) -> bool:
+    """Whether some revision of the Hub model repo `repo_id` is in the local Hugging Face cache."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
+
+
+def _lora_weights(name_or_path, revision=None, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A LoRA adapter's weights, read like a base's: `adapter_model.safetensors` (every float tensor finite); peft's
+    pickled `adapter_model.bin` only with `allow_pickle=True` (pickle can run code), and then tensors only."""
+    from safetensors.torch import load_file
+
+    path = _adapter_file(name_or_path, LORA_WEIGHTS, revision)
+    if path is not None:
+        return check_finite(load_file(path), path)  # an unreadable file: SafetensorError, reported by the caller
+    if not allow_pickle:
+        raise CheckpointError(
+            f"{name_or_path}: no {LORA_WEIGHTS}; a pickled {LORA_PICKLE} can run arbitrary code, so it is only read "
+            "with allow_pickle=True (if you trust its author; or convert it to safetensors)"
+        )
+    path = _adapter_file(name_or_path, LORA_PICKLE, revision)
+    if path is None:
+        raise CheckpointError(f"{name_or_path}: no adapter weights ({LORA_WEIGHTS} or {LORA_PICKLE})")
+    import pickle
+
+    try:  # weights_only: even an allowed pickle may hold tensors only, never code
+        return check_finite(torch.load(path, map_location="cpu", weights_only=True), path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path}: unreadable weights file ({err})") from err
 
 
 def _adapter_record(name_or_path, revision=None) -> dict:
@@ -110,6 +168,7 @@ class AdapterMixin:
 
         from peft import inject_adapter_in_model
 
+        check_adapter_name(adapter_name)
         if adapter_name in self.list_adapters():
             raise ValueError(f"adapter {adapter_name!r} already exists; loaded adapters: {self.list_adapters()}")
         peft_config.base_model_name_or_path = self.name_or_path
@@ -139,17 +198,25 @@ class AdapterMixin:
         return isinstance(self._peft_configs().get(adapter_name), SideAdapterConfig)
 
     def load_adapter(
-        self, name_or_path: str | os.PathLike, adapter_name: str | None = None, revision=None, force: bool = False
+        self,
+        name_or_path: str | os.PathLike,
+        adapter_name: str | None = None,
+        revision=None,
+        force: bool = False,
+        allow_pickle: bool = False,
     ) -> str:
         """Loads an adapter saved in peft's layout (local folder or Hub repo id) and activates it.
 
         An adapter records the base weights it was trained on (`mmsr_adapter.json`); loading it onto another
-        base, or loading one without that record (plain peft), is an error unless `force=True`. Returns the adapter's name (default: the folder or repo name).
+        base, or loading one without that record (plain peft), is an error unless `force=True`. Weights are read
+        from safetensors and must be finite; a pickled `adapter_model.bin` is refused unless `allow_pickle=True`.
+        Returns the adapter's name (default: the folder or repo name, its dots made underscores: `lora-office-v1.0`
+        loads as `lora-office-v1_0`, since a name becomes a module name).
         """
         from peft import PeftConfig, set_peft_model_state_dict
-        from peft.utils import load_peft_weights
 
-        adapter_name = adapter_name or Path(str(name_or_path)).name
+        adapter_name = adapter_name or Path(str(name_or_path)).name.replace(".", "_")
+        check_adapter_name(adapter_name)
         record = _adapter_record(name_or_path, revision)
         trained_on = record.get("base_sha256")
         if not trained_on and self.base_fingerprint and not force:
@@ -171,23 +238,26 @@ class AdapterMixin:
 
         try:
             peft_config = PeftConfig.from_pretrained(str(name_or_path), revision=revision)
-            weights = load_peft_weights(str(name_or_path), revision=revision)
+            weights = _lora_weights(name_or_path, revision, allow_pickle)
+        except CheckpointError:  # refused pickle, non-finite weights: the message says it already
+            raise
         except (OSError, ValueError, SafetensorError) as err:  # missing files, bad JSON, a truncated weights file
             raise CheckpointError(f"{name_or_path}: cannot read a peft adapter ({type(err).__name__}: {err})") from err
         weights = {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
+        previous = self.active_adapter()  # active again if the load fails
         self.add_adapter(peft_config, adapter_name, metadata)
         try:
             result = set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
         except (RuntimeError, KeyError) as err:  # shape mismatch or missing module: another architecture or rank
-            self.delete_adapter(adapter_name)
+            self._delete_adapter(adapter_name, previous)
             mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
             detail = f"{mismatches[0]} (and {len(mismatches) - 1} more)" if mismatches else repr(err)
             raise CheckpointError(f"{name_or_path}: adapter does not fit this base model: {detail}") from None
         unexpected = [k for k in result.unexpected_keys if is_adapter_key(k)]
-        expected = {k for k in self.state_dict() if is_adapter_key(k) and f".{adapter_name}." in k}
+        expected = {k for k in self.state_dict() if is_adapter_key(k) and _owns_key(k, adapter_name)}
         missing = sorted(k for k in result.missing_keys if k in expected)
         if unexpected or missing:
-            self.delete_adapter(adapter_name)
+            self._delete_adapter(adapter_name, previous)
             raise CheckpointError(
                 f"{name_or_path}: adapter does not fit this base model: unexpected keys {unexpected[:10]}, "
                 f"missing keys {missing[:10]}"
@@ -207,6 +277,7 @@ class AdapterMixin:
             weights = check_finite(load_file(weights_path), weights_path)
         except (ValueError, SafetensorError, OSError) as err:
             raise CheckpointError(f"{name_or_path}: cannot read a side adapter ({type(err).__name__}: {err})") from err
+        previous = self.active_adapter()  # active again if the load fails
         try:
             self.add_adapter(config, adapter_name, metadata)
         except CheckpointError as err:  # built for encoders of other widths
@@ -214,37 +285,40 @@ class AdapterMixin:
         try:
             side.load_weights(self, adapter_name, weights)
         except RuntimeError as err:  # missing, unexpected or reshaped weights
-            self.delete_adapter(adapter_name)
+            self._delete_adapter(adapter_name, previous)
             detail = " ".join(str(err).split())
             raise CheckpointError(f"{name_or_path}: adapter weights do not fit its config: {detail[:500]}") from None
         self.eval()
         return adapter_name
 
-    def load_adapters(self, folder: str | os.PathLike, force: bool = False) -> list[str]:
+    def load_adapters(self, folder: str | os.PathLike, force: bool = False, allow_pickle: bool = False) -> list[str]:
         """Loads every adapter saved by `save_adapters` in `folder` (one subfolder each, named after the adapter)
-        and returns their names, sorted; the last one is active."""
+        and returns their names, sorted; the last one is active. `force` and `allow_pickle` as in `load_adapter`."""
         subfolders = sorted(p for p in Path(folder).iterdir() if adapter_config_file(p) is not None)
         if not subfolders:
             raise CheckpointError(f"{folder}: no adapter subfolder (with {' or '.join(ADAPTER_CONFIGS)}) in it")
-        return [self.load_adapter(path, path.name, force=force) for path in subfolders]
+        return [self.load_adapter(path, path.name, force=force, allow_pickle=allow_pickle) for path in subfolders]
 
     def save_adapter(
         self, folder: str | os.PathLike, adapter_name: str | None = None, metadata: dict | None = None
     ) -> None:
         """Writes one adapter in peft's layout (`adapter_config.json` + `adapter_model.safetensors`) and its
-        `mmsr_adapter.json` (the base it belongs to, and its metadata updated with `metadata`), atomically."""
+        `mmsr_adapter.json` (the base it belongs to, and its metadata updated with `metadata`), atomically. The
+        adapter files of a previous save in `folder` are replaced (other files, such as a card, are kept)."""
         from .files import atomic_directory
 
-        with atomic_directory(folder) as tmp:
+        with atomic_directory(folder, owned=ADAPTER_FILES) as tmp:
             self._write_adapter(tmp, adapter_name or self.active_adapter(), metadata)
 
     def save_adapters(self, folder: str | os.PathLike) -> None:
-        """Writes every loaded adapter to `folder/<adapter name>/` (the layout `load_adapters` reads), atomically."""
+        """Writes every loaded adapter to `folder/<adapter name>/` (the layout `load_adapters` reads), atomically.
+        The adapter subfolders of a previous save in `folder` are replaced: an adapter deleted since is gone."""
         from .files import atomic_directory
 
         if not self.list_adapters():
             raise ValueError("no adapter to save")
-        with atomic_directory(folder) as tmp:
+        previous = [p for p in Path(folder).iterdir() if adapter_config_file(p)] if Path(folder).is_dir() else []
+        with atomic_directory(folder, owned=[glob.escape(p.name) for p in previous]) as tmp:
             for name in self.list_adapters():
                 self._write_adapter(tmp / name, name)
 
@@ -258,7 +332,7 @@ class AdapterMixin:
             state, prefix, weights_file = side.weights(self, adapter_name), "", SIDE_WEIGHTS_FILE
         else:
             state = get_peft_model_state_dict(self, adapter_name=adapter_name)
-            prefix, weights_file = PEFT_PREFIX, "adapter_model.safetensors"
+            prefix, weights_file = PEFT_PREFIX, LORA_WEIGHTS
         folder.mkdir(parents=True, exist_ok=True)
         self._peft_configs()[adapter_name].save_pretrained(str(folder))
         record = {"adapter_name": adapter_name, "base_model": self.name_or_path, "base_sha256": self.base_fingerprint}
@@ -334,7 +408,8 @@ class AdapterMixin:
         if self.item_tower.active_side is not None:
             return self.item_tower.active_side
         layers = self._tuner_layers()
-        return layers[0].active_adapters[0] if layers and not layers[0].disable_adapters else None
+        active = layers[0].active_adapters if layers and not layers[0].disable_adapters else []
+        return active[0] if active else None  # none once its last LoRA adapter is deleted
 
     def set_adapter(self, adapter_name: str) -> None:
         """Activates one loaded adapter and makes it the trainable one (the others stay loaded but unused; a
@@ -361,6 +436,13 @@ class AdapterMixin:
         self.item_tower.active_side = None
 
     def delete_adapter(self, adapter_name: str) -> None:
+        """Removes a loaded adapter. The active adapter stays active; deleting the active one leaves the base model
+        running alone (as `disable_adapters`) until `set_adapter` is called. (peft would pick a replacement layer by
+        layer, alphabetically, so that different layers could run different adapters.)"""
+        self._delete_adapter(adapter_name, self.active_adapter())
+
+    def _delete_adapter(self, adapter_name: str, then_active: str | None) -> None:
+        """Deletes `adapter_name` and activates `then_active` (when it is still loaded; else none)."""
         from peft.functional import delete_adapter
 
         self._require_adapter(adapter_name)
@@ -376,3 +458,9 @@ class AdapterMixin:
         self._peft_configs().pop(adapter_name)
         self._metadata().pop(adapter_name)
         getattr(self, "peft_config", {}).pop(adapter_name, None)
+        # peft's deletion re-points the layers (and drops a shared `modules_to_save` copy) on its own: set every
+        # module again, the same way
+        if then_active is not None and then_active in self.list_adapters():
+            self.set_adapter(then_active)
+        else:
+            self.disable_adapters()

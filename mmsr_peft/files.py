@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fnmatch
 import glob
 import logging
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,15 +33,18 @@ def is_local_path(name: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_directory(folder: str | os.PathLike):
+def atomic_directory(folder: str | os.PathLike, owned: Iterable[str] = ()):
     """Yields a temporary folder beside `folder`; when the block succeeds, that folder becomes `folder` in one step.
 
     The new version holds what the block wrote plus every entry of the previous version that the block did not
-    write (training states, metrics, ...), hard-linked so the previous version stays whole until the swap. On
-    Linux the swap is one atomic rename exchange: a crash at any instant leaves the previous version or the new
-    one, never a mix and never no folder. Elsewhere it is two renames, and the next write puts back a previous
-    version that a crash left between them. When the block fails, nothing in `folder` changes and the temporary
-    folder is removed; one left by a killed writer is removed by the next write.
+    write (training states, metrics, ...), hard-linked so the previous version stays whole until the swap. The
+    entries named by a pattern of `owned` (`fnmatch` on top-level names: the files the writer owns) are the
+    block's alone: one it did not write this time (left by an earlier save of another kind) is dropped, and a
+    sub-folder it wrote is not merged with the previous one. On Linux the swap is one atomic rename exchange: a
+    crash at any instant leaves the previous version or the new one, never a mix and never no folder. Elsewhere it
+    is two renames, and the next write puts back a previous version that a crash left between them. When the block
+    fails, nothing in `folder` changes and the temporary folder is removed; one left by a killed writer is removed
+    by the next write.
     """
     folder = Path(folder)
     if folder.is_symlink():  # write where the link points, keep the link
@@ -58,7 +63,7 @@ def atomic_directory(folder: str | os.PathLike):
                 raise OSError(err.errno, message, str(folder)) from err
             raise
         if folder.exists():
-            _link_missing(folder, tmp)
+            _link_missing(folder, tmp, skip=tuple(owned))
         replace_directory(tmp, folder)
     finally:
         _ACTIVE.discard(tmp)
@@ -118,9 +123,12 @@ def atomic_save_tensors(path: str | os.PathLike, tensors: dict) -> None:
         save_file({name: value.contiguous() for name, value in tensors.items()}, tmp)
 
 
-def _link_missing(source: Path, target: Path) -> None:
-    """Adds to `target` every entry of `source` it lacks (merging sub-folders both have), as hard links."""
+def _link_missing(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
+    """Adds to `target` every entry of `source` it lacks (merging sub-folders both have), as hard links, except the
+    entries whose names match a pattern of `skip`."""
     for entry in source.iterdir():
+        if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in skip):
+            continue
         destination = target / entry.name
         if entry.is_dir() and not entry.is_symlink():
             if not destination.exists():

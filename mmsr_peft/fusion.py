@@ -98,7 +98,11 @@ class ModalityProjection(nn.Module):
     def __init__(self, in_dim: int, hidden_size: int):
         super().__init__()
         self.proj = nn.Linear(in_dim, hidden_size)
-        self.missing = nn.Parameter(torch.zeros(hidden_size))
+        # Not zeros: an all-zero item embedding (this head's absent item, or `sum`/`film`/`gated` of two absent
+        # modalities) makes cosine scoring's F.normalize divide by its eps, a ~1e13 gradient that clipping turns
+        # into a zero update for every other parameter; and LayerNorm of a constant is 0, which the paper's
+        # fusions pass through zero biases and ReLU as no gradient at all.
+        self.missing = nn.Parameter(torch.empty(hidden_size).normal_(std=0.02))
 
     def forward(self, encoded: EncoderOutput, present: torch.Tensor) -> torch.Tensor:
         return torch.where(present[:, None], self.proj(encoded.pooled), self.missing)  # (N, D)
@@ -291,9 +295,7 @@ class PaperPooledFusion(nn.Module):
                     (f"act{i}", nn.ReLU()),
                 ]
             self.dnn = nn.Sequential(OrderedDict(layers))
-        self.apply(_xavier)
-        for missing in (self.text.missing, self.image.missing):  # not zeros: LayerNorm of a constant is 0, and 0
-            nn.init.normal_(missing, std=0.02)  # through zero biases and ReLU passes no gradient back
+        self.apply(_xavier)  # leaves the `missing` vectors to ModalityProjection's non-zero initialisation
 
     def combine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The op on the normalised text `x` and image `y`."""

@@ -15,16 +15,19 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapters import ADAPTER_RECORD, adapter_config_file
+from .adapters import ADAPTER_FILES, ADAPTER_RECORD, adapter_config_file
 from .arguments import PublishArguments
 from .cards import adapter_card, base_card
 from .errors import CheckpointError
-from .files import check_finite
+from .files import check_finite, is_local_path
+from .model import BASE_FILES
 from .side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE
 
 CARD = "README.md"
 # What a published folder may contain (tokenizer files are JSON/TXT; vocabularies of sentencepiece are .model).
 ALLOWED = ("*.json", "*.safetensors", "*.txt", "*.model", "training_curves.png")
+# The model and adapter files a publish replaces in the repo: one of them that this upload lacks is deleted
+OWNED_FILES = (*BASE_FILES, *ADAPTER_FILES)
 CARD_MARK = re.compile(r"\n<!-- mmsr_peft card sha256: ([0-9a-f]{64}) -->\n?$")
 
 
@@ -278,6 +281,7 @@ def _upload(args: PublishArguments, folder: Path, kind: str, files: list[Path]) 
             repo_id=args.repo_id,
             folder_path=staging,
             revision=args.revision,
+            delete_patterns=list(OWNED_FILES),  # what an earlier publish of another kind or version left goes
             commit_message=args.commit_message or f"Upload mmsr_peft {kind} with mmsr-publish",
         )
     return str(commit)
@@ -285,15 +289,24 @@ def _upload(args: PublishArguments, folder: Path, kind: str, files: list[Path]) 
 
 RUN_ARGS = "run_args.json"
 PATH_ARGUMENTS = ("output_dir", "data_dir", "feature_cache_dir", "vision_weights", "base")
+# a Hub model name, an open_clip tag or a local path (`hf:` before the ones read with transformers)
+MODEL_ARGUMENTS = ("text_model", "vision_model", "fusion_init_from")
 
 
 def _strip_local_paths(staging: Path, folder: Path, base_repo_id: str | None) -> None:
-    """The published `run_args.json` keeps the run's settings but not this machine's paths: each path argument
-    keeps its last part (an adapter's `base` becomes the base's repo id)."""
+    """The published `run_args.json` keeps the run's settings but not this machine's paths: each path argument,
+    and each model argument that is a local path, keeps its last part (an adapter's `base` becomes the base's repo
+    id); a model argument that names a Hub model or a preset stays whole."""
     run_args = json.loads((folder / RUN_ARGS).read_text())
     for key in PATH_ARGUMENTS:
         if isinstance(run_args.get(key), str):
             run_args[key] = Path(run_args[key]).name
+    for key in MODEL_ARGUMENTS:
+        value = run_args.get(key)
+        if isinstance(value, str):
+            prefix = "hf:" if value.startswith("hf:") else ""
+            if is_local_path(value.removeprefix(prefix)):
+                run_args[key] = prefix + Path(value.removeprefix(prefix)).name
     if base_repo_id and "base" in run_args:
         run_args["base"] = base_repo_id
     (staging / RUN_ARGS).unlink()

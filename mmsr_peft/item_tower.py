@@ -13,6 +13,7 @@ from .configuration import MMSRConfig
 from .data.processing import ItemInputs
 from .encoders import EncoderOutput, LayerStates, TextEncoder, VisionEncoder
 from .fusion import ModalityProjection, build_fusion
+from .losses import similarity_matrix
 
 
 class ItemTower(nn.Module):
@@ -75,9 +76,9 @@ class ItemTower(nn.Module):
             return text.pooled.sum() * 0.0
         t = F.normalize(self.itc_text(text.pooled[both]), dim=-1)
         v = F.normalize(self.itc_image(image.pooled[both]), dim=-1)
-        logits = t @ v.T / self.config.temperature  # (M, M): the diagonal pairs are the positives
+        logits = similarity_matrix(t, v) / self.config.temperature  # (M, M), float32: the diagonal pairs are positives
         labels = torch.arange(len(logits), device=logits.device)
-        return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.T.float(), labels)) / 2
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
     def forward(self, items: ItemInputs) -> torch.Tensor:
         mode = self.config.item_tower

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import adapters
-from .checkpoints import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_weights, resolve_checkpoint
+from .checkpoints import CONFIG_FILE, PICKLE_FILES, WEIGHTS_FILE, file_sha256, load_weights, resolve_checkpoint
 from .configuration import MMSRConfig, load_config
 from .data.catalog import Catalog
 from .data.collate import pad_histories
-from .data.processing import PROCESSOR_FILE, ItemInputs, ItemProcessor
+from .data.processing import ITEM_VOCAB_FILE, PROCESSOR_FILE, ItemInputs, ItemProcessor
 from .errors import CheckpointError
 from .evaluation import chunked_topk, with_item_bias
 from .files import atomic_directory
@@ -26,6 +26,20 @@ from .losses import bce_loss, softmax_loss
 from .sequence_encoders import SEQUENCE_CLASSES
 
 __all__ = ["MMSRConfig", "MMSRModel", "MMSROutput", "Recommendations"]
+
+# dropout probabilities that encoders keep as float attributes rather than in an `nn.Dropout` (see set_encoder_dropout)
+FLOAT_DROPOUTS = ("attention_dropout", "dropout", "drop_prob")
+# the files a base save writes, or an earlier save may have written (a tokenizer of another kind, pickle weights):
+# a new save replaces them all, and keeps the rest of the folder (training states, metrics, a card)
+TOKENIZER_FILES = (
+    "tokenizer*.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "*.model",
+)
+BASE_FILES = (CONFIG_FILE, WEIGHTS_FILE, *PICKLE_FILES, PROCESSOR_FILE, ITEM_VOCAB_FILE, *TOKENIZER_FILES)
 
 
 @dataclass
@@ -89,16 +103,27 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         return sum(checkpoint_feed_forward(encoder) for encoder in self._encoders())
 
     def set_encoder_dropout(self, p: float) -> None:
-        """Sets the dropout inside the text and vision encoders (every `nn.Dropout` of their backbones, which
-        Hugging Face attention also reads its probability from) to `p` for this run; the saved config keeps the
+        """Sets the dropout inside the text and vision encoders to `p` for this run: every `nn.Dropout` of their
+        backbones, and the probabilities kept as plain floats (`FLOAT_DROPOUTS`: the attention dropout of Hugging
+        Face ViT, BEiT, Swin, ViT-MAE and CLIP and of `nn.MultiheadAttention`, the stochastic depth of BEiT, Swin and
+        ConvNeXt). LoRA's own dropout is the adapter's setting and is left alone. The saved config keeps the
         encoders' own. A model trained on frozen, cached features never saw the encoders' dropout; with `p = 0`,
         fine-tuning feeds the layers above the encoders the kind of features they were trained on."""
+        from peft.tuners.lora import LoraLayer
+
         if not 0 <= p < 1:
             raise ValueError(f"encoder dropout must be in [0, 1), got {p}")
         for encoder in self._encoders():
+            lora = [layer.lora_dropout for layer in encoder.modules() if isinstance(layer, LoraLayer)]
+            lora_dropouts = {id(module) for dropouts in lora for module in dropouts.modules()}
             for module in encoder.modules():
+                if id(module) in lora_dropouts:
+                    continue
                 if isinstance(module, nn.Dropout):
                     module.p = p
+                for name in FLOAT_DROPOUTS:  # read in forward; only the module's own (a peft wrapper forwards reads)
+                    if isinstance(module.__dict__.get(name), float):
+                        setattr(module, name, p)
 
     def _scoring(self, vectors: torch.Tensor) -> torch.Tensor:
         """`vectors` as they enter a score: L2-normalised under cosine similarity, unchanged under dot."""
@@ -235,7 +260,10 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
             item_embeddings = self.embed_catalog(self.processor(catalog.records(range(len(catalog)))))
         known = pad_histories(rows).to(item_embeddings.device)  # (B, longest history)
         read = pad_histories([row[-self.config.sequence.max_len :] for row in rows]).to(item_embeddings.device)
-        users = self.user_embeddings(item_embeddings, read)
+        # the catalog's embeddings are float32 (`embed_catalog`); the sequence encoder reads them in its own dtype
+        # (a model cast to bfloat16), and its user embeddings are scored in float32 against them
+        sequence_dtype = next(self.sequence_encoder.parameters()).dtype
+        users = self.user_embeddings(item_embeddings.to(sequence_dtype), read).to(item_embeddings.dtype)
         if new_items and self.config.new_item_boost:
             bias = torch.zeros(len(catalog), device=item_embeddings.device)
             bias[[catalog.index[item] for item in new_items]] = self.config.new_item_boost
@@ -250,7 +278,8 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         return Recommendations(ids, values)
 
     def save_pretrained(self, folder: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Writes `config.json`, `model.safetensors` and the processor files (tokenizer, image size) atomically.
+        """Writes `config.json`, `model.safetensors` and the processor files (tokenizer, image size) atomically. The
+        model files of a previous save in `folder` are replaced (`BASE_FILES`); its other files are kept.
 
         Adapters are not part of the base: save them with `save_adapter`. `state_dict` replaces the model's own
         base weights in the file (`save_merged` passes the merged ones).
@@ -258,7 +287,7 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         from safetensors.torch import save_file
 
         state_dict = adapters.base_state_dict(self) if state_dict is None else state_dict
-        with atomic_directory(folder) as tmp:
+        with atomic_directory(folder, owned=BASE_FILES) as tmp:
             config = {"mmsr_peft_version": _version(), **self.config.to_dict()}
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}

@@ -12,7 +12,7 @@ import torch
 from conftest import TINY_TRAIN_FLAGS
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_model import ITEM_IDS, tiny
 from testing_utils import assert_same_weights
 
@@ -22,6 +22,7 @@ from mmsr_peft.adapters import base_state_dict
 from mmsr_peft.arguments import parse_args
 from mmsr_peft.errors import CheckpointError
 from mmsr_peft.lora import lora_target_modules
+from mmsr_peft.side import SideAdapterConfig
 from mmsr_peft.training import TrainingArguments, make_optimizer
 
 HISTORIES = [ITEM_IDS[:3], ITEM_IDS[5:9], [ITEM_IDS[11]]]
@@ -225,6 +226,99 @@ def test_adapters_with_different_modules_to_save_save_as_a_folder_and_load_in_a_
     assert torch.equal(scores(model, catalog), expected["office"])  # exact: the same forward on identical weights
     model.set_adapter("arts")
     assert torch.equal(scores(model, catalog), expected["arts"])
+
+
+def test_deleting_an_adapter_keeps_the_active_one_and_deleting_the_active_one_leaves_the_base(catalog):
+    model = tiny()
+    base = scores(model, catalog)
+    fusion = lora_target_modules(model, ["fusion"])
+    torch.manual_seed(0)
+    model.add_adapter(LoraConfig(r=2, target_modules=lora_target_modules(model), init_lora_weights=False), "a")
+
+    def add_b():  # LoRA on the fusion only, with its own sequence encoder
+        model.add_adapter(
+            LoraConfig(r=2, target_modules=fusion, init_lora_weights=False, modules_to_save=["sequence_encoder"]), "b"
+        )
+        with torch.no_grad():
+            model.sequence_encoder.modules_to_save["b"].position.weight.normal_()
+
+    add_b()
+    model.add_adapter(SideAdapterConfig(width=8, modules_to_save=["sequence_encoder"]), "s")  # the same module saved
+    with torch.no_grad():
+        model.sequence_encoder.modules_to_save["s"].position.weight.normal_()
+    model.eval()
+    side = scores(model, catalog)
+    model.delete_adapter("b")  # inactive, but it shares the active adapter's `modules_to_save` wrapper
+    assert model.active_adapter() == "s"
+    torch.testing.assert_close(scores(model, catalog), side, rtol=1e-5, atol=1e-6)
+    add_b()
+    model.eval()
+    lora_b = scores(model, catalog)
+    model.delete_adapter("s")
+    assert model.active_adapter() == "b"
+    torch.testing.assert_close(scores(model, catalog), lora_b, rtol=1e-5, atol=1e-6)
+
+    model.set_adapter("a")
+    model.delete_adapter("a")  # peft alone would activate "b" on the fusion layers and nothing on the others
+    assert model.active_adapter() is None
+    torch.testing.assert_close(scores(model, catalog), base, rtol=1e-5, atol=1e-6)
+    model.set_adapter("b")
+    model.delete_adapter("b")  # the last LoRA adapter
+    assert model.list_adapters() == [] and model.active_adapter() is None
+    torch.testing.assert_close(scores(model, catalog), base, rtol=1e-5, atol=1e-6)
+
+
+def test_a_save_replaces_the_adapter_files_of_an_earlier_save_and_keeps_the_others(tmp_path):
+    model = tiny()
+    fusion = lora_target_modules(model, ["fusion"])
+    model.add_adapter(SideAdapterConfig(width=8), "office")
+    model.save_adapter(tmp_path / "office", "office")
+    (tmp_path / "office" / "README.md").write_text("a card\n")
+    model.delete_adapter("office")
+    model.add_adapter(LoraConfig(r=2, target_modules=fusion, init_lora_weights=False), "office")  # LoRA now
+    model.save_adapter(tmp_path / "office", "office")
+    names = sorted(p.name for p in (tmp_path / "office").iterdir())
+    assert names == ["README.md", "adapter_config.json", "adapter_model.safetensors", "mmsr_adapter.json"]
+    loaded = tiny()
+    loaded.load_adapter(tmp_path / "office")
+    assert not loaded._is_side("office")  # the side adapter's files would have been read first
+
+    model.add_adapter(LoraConfig(r=2, target_modules=fusion, init_lora_weights=False), "arts")
+    model.save_adapters(tmp_path / "all")
+    (tmp_path / "all" / "notes.txt").write_text("ours\n")
+    model.delete_adapter("arts")
+    model.save_adapters(tmp_path / "all")
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["notes.txt", "office"]
+    assert tiny().load_adapters(tmp_path / "all") == ["office"]
+
+
+def test_adapter_names_may_be_module_names_and_a_dot_in_a_folder_name_becomes_an_underscore(tmp_path):
+    model = tiny()
+    model.add_adapter(LoraConfig(r=2, target_modules=lora_target_modules(model), init_lora_weights=False), "office")
+    folder = tmp_path / "lora-office-v1.0"
+    model.save_adapter(folder, "office")
+    loaded = tiny()
+    loaded.load_adapter(folder, "office")
+    for name in ("fusion", "text", "layer"):  # parts of module paths, loaded beside another adapter
+        assert loaded.load_adapter(folder, name) == name
+    assert loaded.list_adapters() == ["office", "fusion", "text", "layer"]
+    assert tiny().load_adapter(folder) == "lora-office-v1_0"  # a name becomes a module name: no dots
+    with pytest.raises(ValueError, match=r"adapter name 'v1\.0': must be a non-empty string without '\.'.*'v1_0'"):
+        loaded.load_adapter(folder, "v1.0")
+
+
+def test_a_failed_load_leaves_the_adapter_that_was_active(tmp_path):
+    model = tiny()
+    model.add_adapter(LoraConfig(r=2, target_modules=lora_target_modules(model), init_lora_weights=False), "office")
+    model.save_adapter(tmp_path / "office", "office")
+    weights = load_file(tmp_path / "office" / "adapter_model.safetensors")
+    weights.pop(sorted(weights)[0])
+    save_file(weights, tmp_path / "office" / "adapter_model.safetensors", {"format": "pt"})  # a weight short
+    model.add_adapter(LoraConfig(r=2, target_modules=lora_target_modules(model), init_lora_weights=False), "arts")
+    model.set_adapter("office")
+    with pytest.raises(CheckpointError, match="missing keys"):
+        model.load_adapter(tmp_path / "office", "broken")
+    assert model.list_adapters() == ["office", "arts"] and model.active_adapter() == "office"
 
 
 def test_merged_export_holds_the_modules_to_save_and_leaves_the_base_exact(catalog, tmp_path):

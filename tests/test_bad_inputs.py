@@ -586,6 +586,34 @@ def truncated_adapter_weights(ws):
     return Bad(lambda: model.load_adapter(folder), CheckpointError, (str(folder), "cannot read a peft adapter"))
 
 
+@case
+def adapter_with_nan_weights(ws):
+    folder = _adapter(ws, ws.base)
+    weights = folder / "adapter_model.safetensors"
+    state = {k: v.clone() for k, v in load_file(weights).items()}
+    name = sorted(state)[0]
+    state[name][0, :2] = float("nan")
+    save_file(state, weights, metadata={"format": "pt"})
+    model = MMSRModel.from_pretrained(ws.base)
+    fragments = (str(weights), f"tensor {name!r}", "2 NaN or infinite values")
+    return Bad(lambda: model.load_adapter(folder), CheckpointError, fragments, lambda: _no_adapter(model))
+
+
+@case
+def adapter_with_pickle_weights_only(ws):
+    folder = _adapter(ws, ws.base)
+    torch.save(load_file(folder / "adapter_model.safetensors"), folder / "adapter_model.bin")  # peft's pickle file
+    (folder / "adapter_model.safetensors").unlink()
+    model = MMSRModel.from_pretrained(ws.base)
+
+    def after():
+        _no_adapter(model)
+        assert model.load_adapter(folder, allow_pickle=True) == "adapter"  # loads when the user opts in
+
+    fragments = (str(folder), "adapter_model.bin", "arbitrary code", "allow_pickle=True")
+    return Bad(lambda: model.load_adapter(folder), CheckpointError, fragments, after)
+
+
 def _no_adapter(model):
     assert model.list_adapters() == []
     assert not [name for name, _ in model.named_parameters() if "lora_" in name]

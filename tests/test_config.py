@@ -238,6 +238,31 @@ def test_atomic_directory_success_replaces_written_files_and_keeps_others(tmp_pa
     assert _temp_leftovers(tmp_path) == []
 
 
+def test_atomic_directory_drops_the_owned_entries_the_block_did_not_write(tmp_path):
+    folder = _existing_folder(tmp_path)
+    (folder / "weights.bin").write_text("old weights")
+    (folder / "tokenizer").mkdir()
+    (folder / "tokenizer" / "merges.txt").write_text("old merges")
+    with atomic_directory(folder, owned=["config.json", "*.bin", "tokenizer"]) as tmp:
+        (tmp / "tokenizer").mkdir()
+        (tmp / "tokenizer" / "vocab.txt").write_text("vocab")
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt", "state", "tokenizer"]
+    assert [p.name for p in (folder / "tokenizer").iterdir()] == ["vocab.txt"]  # replaced, not merged
+    assert (folder / "state" / "optimizer.bin").read_text() == "optimizer"  # patterns name top-level entries
+
+
+def test_save_pretrained_replaces_the_model_files_of_an_earlier_save(tmp_path):
+    from test_model import tiny
+
+    folder = tmp_path / "model"
+    tiny().save_pretrained(folder)
+    (folder / "metrics.json").write_text("{}\n")
+    model = tiny()
+    model.processor = None  # a model that cannot `recommend` must not load with the earlier one's processor
+    model.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+
+
 def test_atomic_directory_creates_a_new_folder(tmp_path):
     folder = tmp_path / "a" / "b" / "model"
     with atomic_directory(folder) as tmp:

@@ -151,6 +151,39 @@ def test_encoder_dropout_zero_makes_training_encoders_read_as_in_evaluation(cata
         TrainingArguments(encoder_dropout=1.0)
 
 
+HF_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+@pytest.mark.parametrize(
+    "model_type, settings",
+    [
+        ("vit", {"patch_size": 8, "attention_probs_dropout_prob": 0.3, **HF_VIT}),  # attention dropout: a float
+        ("beit", {"patch_size": 8, "use_mean_pooling": True, "drop_path_rate": 0.2, **HF_VIT}),  # stochastic depth
+        ("swin", {"patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [2, 2], "window_size": 4}),
+    ],
+)
+def test_encoder_dropout_zero_reaches_hf_attention_and_stochastic_depth_but_not_lora(model_type, settings, tmp_path):
+    from peft import LoraConfig
+    from transformers import AutoConfig, AutoModel
+
+    from mmsr_peft.lora import lora_target_modules
+
+    torch.manual_seed(0)
+    AutoModel.from_config(AutoConfig.for_model(model_type, image_size=32, **settings)).save_pretrained(tmp_path)
+    args = ModelArguments(item_tower="image", vision_model=f"hf:{tmp_path}", image_size=32, hidden_size=16)
+    model = build_model(args)
+    model.add_adapter(LoraConfig(r=2, lora_dropout=0.3, target_modules=lora_target_modules(model)), "office")
+    model.set_encoder_dropout(0.0)
+    lora = {m.p for n, m in model.named_modules() if ".lora_dropout." in n and isinstance(m, torch.nn.Dropout)}
+    assert lora == {0.3}  # the adapter's own setting
+    vision = model.item_tower.vision.train()
+    lora_modules = {m for n, m in vision.named_modules() if "lora_dropout" in n}
+    vision.apply(lambda m: m.eval() if m in lora_modules else None)  # this test is about the encoder's own dropout
+    pixels = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(vision(pixels).pooled, vision(pixels).pooled, rtol=0, atol=0)
+
+
 def test_each_encoder_can_train_at_its_own_learning_rate():
     from peft import LoraConfig
 

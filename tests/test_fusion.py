@@ -145,3 +145,32 @@ def test_save_then_load_gives_identical_embeddings(fusion_type, tmp_path):
     loaded = MMSRModel.from_pretrained(tmp_path / "ckpt")
     assert loaded.config.fusion.type == fusion_type
     assert torch.equal(loaded.embed_items(inputs), model.embed_items(inputs))  # exact: the same forward, same weights
+
+
+@pytest.mark.parametrize("fusion_type", ["sum", "film", "gated"])
+def test_an_item_without_either_modality_does_not_embed_to_zero(fusion_type):
+    fusion = make_fusion(fusion_type).eval()
+    text, image = encodings()
+    nothing = torch.zeros(N, dtype=torch.bool)
+    with torch.no_grad():
+        assert (fusion(text, image, nothing, nothing).norm(dim=-1) > 1e-3).all()
+
+
+@pytest.mark.parametrize(
+    ("item_tower", "fusion_type"), [("image", "concat"), ("text", "concat"), ("multimodal", "sum")]
+)
+def test_an_item_missing_what_its_tower_reads_has_ordinary_gradients(item_tower, fusion_type, tmp_path):
+    # an all-zero embedding under cosine scoring made F.normalize divide by its eps: a ~1e13 gradient on `missing`
+    from PIL import Image
+
+    model = tiny(item_tower, fusion=fusion_type).train()
+    records = []
+    for i, item_id in enumerate(ITEM_IDS[:4]):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (32, 32), (60 * i, 90, 200 - 40 * i)).save(path)
+        records.append({"item_id": item_id, "text": f"a blue mug number {i}", "image": str(path)})
+    records[3].update(text="", image=None)  # the last item has neither text nor image
+    out = model(model.processor(records), torch.tensor([[0, 1, 2], [3, 0, 1]]), torch.tensor([[1, 2, 3], [0, 1, 2]]))
+    out.loss.backward()
+    norms = {name: p.grad.norm().item() for name, p in model.named_parameters() if p.grad is not None}
+    assert all(0 <= norm < 1e3 for norm in norms.values()), {n: v for n, v in norms.items() if not v < 1e3}

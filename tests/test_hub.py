@@ -16,6 +16,7 @@ from mmsr_peft import MMSRModel, load_domain
 from mmsr_peft.cli import adapt_main, publish_main
 from mmsr_peft.errors import CheckpointError
 from mmsr_peft.hub import card_edited, sign_card
+from mmsr_peft.side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE, SideAdapterConfig
 
 PLACEHOLDERS = ("More Information Needed", "{{", "}}", "TODO", "[TBD]")
 
@@ -86,6 +87,21 @@ def test_new_process_loads_base_and_adapters_by_repo_id_online_then_offline(publ
     assert expected["office"] != expected["arts"]  # the adapters really differ
 
 
+def test_an_adapter_not_in_the_cache_offline_is_reported_as_offline_not_as_unchecked(base_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    model = MMSRModel.from_pretrained(base_dir)
+    for force in (False, True):  # force=True would skip the base check, and still fail
+        with pytest.raises(CheckpointError) as info:
+            model.load_adapter("org/never-downloaded", "office", force=force)
+        message = str(info.value)
+        assert "org/never-downloaded: not in the local Hugging Face cache" in message and "HF_HUB_OFFLINE" in message
+        assert "force=True" not in message and "mmsr_adapter.json" not in message
+    assert model.list_adapters() == []
+
+
 def test_published_cards_validate_and_hold_results_and_protocol(published):
     from huggingface_hub import ModelCard
 
@@ -125,6 +141,22 @@ def test_hand_edited_card_survives_a_second_publish_unless_overwritten(published
     assert b"(epoch 97)" in HUB.read_file(repos["base"], "README.md")
 
 
+def test_republishing_replaces_the_model_files_an_earlier_publish_left(published, tmp_path):
+    folders, repos = published
+    side = Path(shutil.copytree(folders["office"], tmp_path / "side", ignore=shutil.ignore_patterns("checkpoints")))
+    model = MMSRModel.from_pretrained(folders["base"])
+    model.add_adapter(SideAdapterConfig(), "office")
+    model.save_adapter(side, "office")  # the run folder now holds a side adapter
+    argv = ["--repo_id", "org/mmsr-office-v2", "--base_repo_id", repos["base"]]
+    assert publish_main(["--folder", str(side), *argv]) == 0
+    assert SIDE_WEIGHTS_FILE in HUB.list_files("org/mmsr-office-v2")
+    HUB.write_file("org/mmsr-office-v2", "notes.md", b"Our notes\n")
+    assert publish_main(["--folder", str(folders["office"]), *argv]) == 0  # a LoRA adapter now
+    files = HUB.list_files("org/mmsr-office-v2")
+    assert "adapter_model.safetensors" in files and "notes.md" in files  # a file that is no model's stays
+    assert SIDE_CONFIG_FILE not in files and SIDE_WEIGHTS_FILE not in files  # else load_adapter reads the side one
+
+
 def test_card_signature_detects_edits():
     card = sign_card("---\nlibrary_name: mmsr_peft\n---\n\n# A card\n")
     assert not card_edited(card) and not card_edited(sign_card(card))  # signing twice keeps one mark
@@ -138,6 +170,28 @@ def test_published_run_args_keep_settings_but_not_local_paths(published):
     assert remote["learning_rate"] == local["learning_rate"] and remote["base"] == repos["base"]
     assert remote["data_dir"] == Path(local["data_dir"]).name and str(folders["office"]) not in json.dumps(remote)
     assert "/tmp" not in json.dumps(remote)
+
+
+def test_model_arguments_that_are_local_paths_are_published_without_them(tmp_path):
+    from mmsr_peft.hub import RUN_ARGS, _strip_local_paths
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "staging").mkdir()
+    run_args = {"text_model": "/home/me/models/bert-small", "vision_model": "hf:/home/me/vit-tiny"}
+    run_args.update(fusion_init_from="./bert-fusion", base="org/mmsr-base")
+    (tmp_path / "run" / RUN_ARGS).write_text(json.dumps(run_args))
+    (tmp_path / "staging" / RUN_ARGS).symlink_to(tmp_path / "run" / RUN_ARGS)
+    _strip_local_paths(tmp_path / "staging", tmp_path / "run", None)
+    published = json.loads((tmp_path / "staging" / RUN_ARGS).read_text())
+    assert published["text_model"] == "bert-small" and published["vision_model"] == "hf:vit-tiny"
+    assert published["fusion_init_from"] == "bert-fusion"
+    # names of Hub models and presets stay whole
+    run_args.update(text_model="sentence-transformers/all-MiniLM-L6-v2", vision_model="hf:google/vit-base-patch16-224")
+    (tmp_path / "run" / RUN_ARGS).write_text(json.dumps({**run_args, "fusion_init_from": "minilm"}))
+    _strip_local_paths(tmp_path / "staging", tmp_path / "run", None)
+    published = json.loads((tmp_path / "staging" / RUN_ARGS).read_text())
+    assert published["text_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert published["vision_model"] == "hf:google/vit-base-patch16-224" and published["fusion_init_from"] == "minilm"
 
 
 def test_a_link_in_the_folder_is_refused(base_dir, tmp_path, capsys):

@@ -8,7 +8,7 @@ import torch
 
 from mmsr_peft.data.collate import TrainCollator
 from mmsr_peft.data.processing import ItemInputs
-from mmsr_peft.losses import LOSSES, bce_loss, softmax_loss
+from mmsr_peft.losses import LOSSES, bce_loss, similarity_matrix, softmax_loss
 from mmsr_peft.model import MMSRConfig, MMSRModel
 from mmsr_peft.sequence_encoders import SequenceEncoderConfig
 
@@ -37,6 +37,26 @@ def test_bce_loss_matches_hand_computation():
     assert bce_loss(states, items, targets, negatives, 1.0).item() == pytest.approx(sum(terms) / 4, rel=1e-6)
 
 
+def test_losses_score_in_float32_under_bf16_autocast():
+    """Under bf16 autocast (its inputs in bf16, as a bf16 model gives them) a logit at temperature 0.07 was off by
+    up to ~0.05; the scores are computed in float32 from the same inputs."""
+    g = torch.Generator().manual_seed(0)
+    states = torch.nn.functional.normalize(torch.randn(2, 3, 16, generator=g), dim=-1).bfloat16()
+    items = torch.nn.functional.normalize(torch.randn(20, 16, generator=g), dim=-1).bfloat16()
+    targets, negatives = torch.tensor([[0, 5, -1], [7, 19, 3]]), torch.tensor([[1, 2, 0], [8, 4, 6]])
+    expected_logits = states.float() @ items.float().T
+    expected = (
+        softmax_loss(states.float(), items.float(), targets, 0.07, None),
+        bce_loss(states.float(), items.float(), targets, negatives, 0.07),
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = similarity_matrix(states, items)
+        found = softmax_loss(states, items, targets, 0.07, None), bce_loss(states, items, targets, negatives, 0.07)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(found, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_collator_gives_each_loss_its_candidates():
     catalog = ItemInputs(item_index=torch.arange(20))
     counts = np.bincount(np.concatenate(SEQUENCES), minlength=20)
@@ -57,6 +77,23 @@ def test_collator_gives_each_loss_its_candidates():
     assert bce.negatives.shape == bce.targets.shape
     drawn = bce.items.item_index[bce.negatives]
     assert drawn.min() >= 0 and drawn.max() < 20
+
+
+@pytest.mark.parametrize("candidates", [None, [1, 2, 3]])  # a pool of 3: a third of the first draws hit the target
+def test_bce_never_draws_a_position_s_own_target_and_a_seed_gives_one_batch(candidates):
+    catalog = ItemInputs(item_index=torch.arange(20))
+    sequences = [np.array([1, 2, 3, 1, 2, 3, 2, 1, 3])] * 8 + [np.array([3, 1])]
+    collator = TrainCollator(catalog, "bce", seed=0, candidates=candidates)
+    batches = [collator(sequences) for _ in range(30)]
+    for batch in batches:
+        ids, keep = batch.items.item_index, batch.targets >= 0
+        assert (ids[batch.negatives[keep]] != ids[batch.targets[keep]]).all()
+        assert candidates is None or set(ids[batch.negatives[keep]].tolist()) <= set(candidates)
+    replay = TrainCollator(catalog, "bce", seed=0, candidates=candidates)
+    replay.batch_index = 7  # a resumed run
+    again = replay(sequences)
+    assert torch.equal(again.negatives, batches[7].negatives)
+    assert torch.equal(again.items.item_index, batches[7].items.item_index)
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from mmsr_peft import Catalog, MMSRModel
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.data.collate import TrainCollator, pad_histories
+from mmsr_peft.encoders import OPENAI_MEAN, OPENAI_STD
 from mmsr_peft.errors import CheckpointError
 from mmsr_peft.lora import lora_target_modules
 
@@ -291,6 +292,38 @@ def test_vision_tower_from_config_is_filled_from_a_local_open_clip_file(tower, t
     fusion = build_fusion(FusionConfig(type="merge_attention"), (16, 16), (24, target.token_size), 16)
     text = type(loaded)(torch.randn(2, 16), torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool))
     assert fusion(text, loaded, torch.tensor([True, True]), torch.tensor([True, False])).shape == (2, 16)
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32-quickgelu", "ViT-B-32"])
+def test_an_open_clip_name_builds_the_activation_of_open_clip_s_own_model(name):
+    import open_clip
+
+    from mmsr_peft.encoders import VisionEncoder, VisionEncoderConfig
+
+    config = VisionEncoderConfig.from_open_clip(name)
+    assert config.quick_gelu == name.endswith("-quickgelu")
+    ours = VisionEncoder(config).tower.transformer.resblocks[0].mlp.gelu
+    theirs = open_clip.create_model(name, pretrained=None).visual.transformer.resblocks[0].mlp.gelu
+    assert type(ours) is type(theirs)
+    # a config.json saved before the field existed loads as the GELU tower it was built as
+    saved = {key: value for key, value in config.to_dict().items() if key != "quick_gelu"}
+    assert VisionEncoderConfig.from_dict(saved).quick_gelu is False
+
+
+@pytest.mark.parametrize(
+    "name, mean, std",
+    [
+        ("ViT-B-16-SigLIP", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # every tag of the name: SigLIP's
+        ("MobileCLIP-S1", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+        ("ViT-B-32", OPENAI_MEAN, OPENAI_STD),
+        ("ViT-L-14", OPENAI_MEAN, OPENAI_STD),  # its tags disagree (OpenAI's, DFN's 0.5): OpenAI's
+    ],
+)
+def test_an_open_clip_name_normalises_pixels_as_its_pretrained_weights_expect(name, mean, std):
+    from mmsr_peft.encoders import VisionEncoderConfig
+
+    config = VisionEncoderConfig.from_open_clip(name)
+    assert (config.image_mean, config.image_std) == (mean, std)
 
 
 def test_merged_export_scores_like_the_adapted_model(catalog, tmp_path):

@@ -308,6 +308,20 @@ def test_feed_forward_checkpointing_keeps_less_and_changes_no_gradient(catalog):
         torch.testing.assert_close(checkpointed_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_feed_forward_checkpointing_keeps_the_layer_norm_of_a_scale_fc_tower():
+    """open_clip blocks built with `scale_fc` have a LayerNorm `ln` between the activation and `c_proj`."""
+    from mmsr_peft.encoders import VisionEncoder, VisionEncoderConfig
+    from mmsr_peft.encoders.common import checkpoint_feed_forward
+
+    torch.manual_seed(0)
+    tower = {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8, "scale_fc": True}
+    vision = VisionEncoder(VisionEncoderConfig(tower=tower, embed_dim=16, image_size=32)).eval()
+    pixels = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    expected = vision(pixels).pooled  # with gradients: the recomputed path runs only where something needs them
+    assert checkpoint_feed_forward(vision) == 2
+    torch.testing.assert_close(vision(pixels).pooled, expected)
+
+
 def test_bf16_autocast_trains_on_cpu(data_dir, tmp_path):
     from accelerate.state import AcceleratorState
     from conftest import tiny_pretrain_argv

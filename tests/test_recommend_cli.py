@@ -80,3 +80,12 @@ def test_a_repeated_user_id_is_refused_naming_both_lines(base_dir, data_dir, tmp
     assert run(base_dir, data_dir, tmp_path / "in.jsonl", tmp_path / "out.jsonl") == 2
     assert f"{tmp_path / 'in.jsonl'}: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_recommend_on_a_model_cast_to_bfloat16(base_dir, data_dir):
+    import torch
+
+    catalog = load_domain("office", data_dir=str(data_dir)).catalog
+    histories = [catalog.item_ids[:3], catalog.item_ids[10:12]]
+    top = MMSRModel.from_pretrained(base_dir).to(torch.bfloat16).recommend(histories, catalog, k=5)
+    assert top.scores.shape == (2, 5) and torch.isfinite(top.scores).all()  # float32 catalog, bfloat16 encoder

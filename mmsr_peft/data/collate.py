@@ -59,7 +59,7 @@ class TrainCollator:
     Every distinct item of the batch is encoded once. `sampled_softmax` adds `num_negatives` catalog items drawn
     uniformly to the candidates, with each candidate's log inclusion probability (`log_inclusion`; from
     `item_counts`, the items' frequencies in the training data; no correction without them); `full_ce` makes the
-    whole catalog the candidates; `bce` draws one uniform negative per position.
+    whole catalog the candidates; `bce` draws one uniform negative per position, never that position's target.
 
     A training sample is a sequence, or a `(sequence, skip)` pair whose first `skip` targets are context only
     (`Split.train_skip`): their positions get no target.
@@ -154,6 +154,8 @@ class TrainCollator:
         extra = torch.as_tensor(rng.integers(0, pool, drawn if self.loss == "bce" else self.num_negatives))
         if self.candidates is not None:
             extra = self.candidates[extra]
+        if self.loss == "bce" and pool > 1:  # column c is the negative of the target at c (column 0: none)
+            _redraw_targets(rng, extra[:, 1:], padded[:, 1 : drawn[1]], pool, self.candidates)
         unique, inverse = torch.unique(torch.cat([padded[valid], extra.flatten()]), return_inverse=True)
         rows = torch.full_like(padded, -1)
         rows[valid] = inverse[: int(valid.sum())]
@@ -175,6 +177,23 @@ class TrainCollator:
             else:
                 batch = pad_items(batch, unique, -len(unique) % multiple)
         return batch
+
+
+def _redraw_targets(
+    rng: np.random.Generator,
+    negatives: torch.Tensor,
+    targets: torch.Tensor,
+    pool: int,
+    candidates: torch.Tensor | None,
+) -> None:
+    """SASRec's `random_neq`: draws each of `negatives` `(B, L)` (catalog indices) that equals its position's target
+    (`targets`, `(B, L)`, -1 where none) again from the `pool` items (rows of `candidates`, or the catalog), in
+    place. The draws come from the batch's own `rng`, so that a seed and batch index still give one batch."""
+    clash = negatives == targets
+    while clash.any():  # a target is one of the pool's > 1 items: each draw misses it with probability >= 1/2
+        drawn = torch.as_tensor(rng.integers(0, pool, int(clash.sum())))
+        negatives[clash] = drawn if candidates is None else candidates[drawn]
+        clash = negatives == targets
 
 
 def pad_items(batch: TrainBatch, unique: torch.Tensor, encoded: int, looked_up: int = 0) -> TrainBatch:

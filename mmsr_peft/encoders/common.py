@@ -211,7 +211,7 @@ def enable_activation_checkpointing(model) -> None:
 def checkpoint_feed_forward(module: nn.Module) -> int:
     """Recomputes the wide half of every transformer feed-forward block inside `module` in the backward pass instead
     of storing it: Hugging Face `*Intermediate` modules (BERT-like text encoders, ViT, BEiT, ...: the expansion and
-    its activation) and open_clip's `mlp` (`c_fc` + GELU). That activation is 4x the hidden width, and under LoRA
+    its activation) and open_clip's `mlp` (`c_fc` + GELU, + `ln` in blocks built with `scale_fc`). That activation is 4x the hidden width, and under LoRA
     its output is what a frozen layer still stores (for the activation's gradient). The state-dict keys do not
     change. Returns how many blocks were wrapped."""
     from torch.utils.checkpoint import checkpoint
@@ -231,13 +231,20 @@ def checkpoint_feed_forward(module: nn.Module) -> int:
         if type(block).__name__.endswith("Intermediate"):
             block.forward = recomputed(block.forward)
         elif name.endswith("mlp") and isinstance(block, nn.Sequential) and hasattr(block, "c_fc"):
-            expand = recomputed(lambda x, block=block: block.gelu(block.c_fc(x)))
+            expand = recomputed(lambda x, block=block: _open_clip_expansion(block, x))
             block.forward = lambda x, block=block, expand=expand: block.c_proj(expand(x))
         else:
             continue
         block._feed_forward_checkpointed = True
         wrapped += 1
     return wrapped
+
+
+def _open_clip_expansion(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """What open_clip's `mlp` runs before `c_proj`: `c_fc`, the activation and, where the block was built with
+    `scale_fc`, the LayerNorm `ln` of the wide states. The children are read per call: LoRA may replace `c_fc`."""
+    x = mlp.gelu(mlp.c_fc(x))  # (..., 4W)
+    return mlp.ln(x) if hasattr(mlp, "ln") else x
 
 
 def quiet_from_pretrained(model_class, name_or_path: str, **kwargs):

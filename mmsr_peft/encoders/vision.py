@@ -59,6 +59,8 @@ class VisionEncoderConfig(ConfigMixin):
         embed_dim (`int`): size of the open_clip tower's pooled (projected) output (torchvision: unused).
         image_mean / image_std (`tuple[float]`): normalisation the weights expect (RGB, 0-1 scale).
         source (`str`, *optional*): open_clip model name the architecture came from; informational.
+        quick_gelu (`bool`): open_clip: the tower's activation is QuickGELU, as in OpenAI's CLIP weights and open_clip's
+            `-quickgelu` models (a config saved before this field existed reads False, the GELU it was built with).
     """
 
     backend: str = "open_clip"  # "open_clip" | "torchvision" | "hf"
@@ -68,11 +70,14 @@ class VisionEncoderConfig(ConfigMixin):
     image_mean: tuple[float, float, float] = OPENAI_MEAN  # per-channel mean on the 0-1 scale
     image_std: tuple[float, float, float] = OPENAI_STD  # per-channel std on the 0-1 scale
     source: str | None = None  # open_clip model name the tower came from (provenance only)
+    quick_gelu: bool = False  # open_clip: QuickGELU instead of GELU (OpenAI CLIP weights, "-quickgelu" models)
 
     def __post_init__(self):
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError(f"vision.image_mean/image_std need 3 values, got {self.image_mean}, {self.image_std}")
+        if self.quick_gelu and self.backend != "open_clip":
+            raise ValueError(f"vision.quick_gelu applies to open_clip towers only, not backend {self.backend!r}")
         if self.backend == "torchvision":
             if set(self.tower) != {"arch"} or self.tower["arch"] not in TORCHVISION_CNNS:
                 raise ValueError(
@@ -125,7 +130,9 @@ class VisionEncoderConfig(ConfigMixin):
 
     @classmethod
     def from_open_clip(cls, model_name: str, **kwargs) -> VisionEncoderConfig:
-        """The vision tower architecture of an open_clip model (e.g. `"ViT-B-32"`, `"RN50"`)."""
+        """The vision tower architecture of an open_clip model (e.g. `"ViT-B-32"`, `"RN50"`), with its activation
+        (the model config's `quick_gelu`) and its pretrained weights' pixel normalisation (`_open_clip_normalisation`).
+        """
         import open_clip
 
         model_config = open_clip.get_model_config(model_name)
@@ -133,9 +140,28 @@ class VisionEncoderConfig(ConfigMixin):
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
         tower = dict(model_config["vision_cfg"])
         image_size = tower.pop("image_size", 224)
+        mean, std = _open_clip_normalisation(model_name)
+        settings = {"image_mean": mean, "image_std": std, "quick_gelu": model_config.get("quick_gelu", False)}
         return cls(
-            tower=tower, embed_dim=model_config["embed_dim"], image_size=image_size, source=model_name, **kwargs
+            tower=tower,
+            embed_dim=model_config["embed_dim"],
+            image_size=image_size,
+            source=model_name,
+            **(settings | kwargs),
         )
+
+
+def _open_clip_normalisation(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pixel mean and std that every pretrained tag of the open_clip model `model_name` shares (SigLIP's 0.5,
+    MobileCLIP's 0 and 1, ...), read offline from open_clip's pretrained table; OpenAI's where the name has no
+    pretrained weights or its tags disagree (`ViT-L-14`: OpenAI's for some, 0.5 for DFN's)."""
+    import open_clip
+
+    found = set()
+    for tag in open_clip.list_pretrained_tags_by_model(model_name):
+        pretrained = open_clip.get_pretrained_cfg(model_name, tag)
+        found.add((tuple(pretrained.get("mean", OPENAI_MEAN)), tuple(pretrained.get("std", OPENAI_STD))))
+    return found.pop() if len(found) == 1 else (OPENAI_MEAN, OPENAI_STD)
 
 
 class VisionEncoder(nn.Module):
@@ -241,7 +267,7 @@ class OpenClipVisionEncoder(VisionEncoder):
         from open_clip.transformer import VisionTransformer
 
         tower_config = CLIPVisionCfg(**config.tower, image_size=config.image_size, output_tokens=True)
-        self.tower = _build_vision_tower(config.embed_dim, tower_config)
+        self.tower = _build_vision_tower(config.embed_dim, tower_config, quick_gelu=config.quick_gelu)
         is_vit = isinstance(self.tower, VisionTransformer)
         self.family = "open_clip_vit" if is_vit else f"open_clip_{type(self.tower).__name__}"
         self.hidden_size = config.embed_dim
