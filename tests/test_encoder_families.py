@@ -42,6 +42,20 @@ def saved(model_type, settings, folder):
     return model.eval()
 
 
+def test_hugging_face_vision_normalisation_is_the_checkpoints_own_image_processors(tmp_path):
+    import json
+
+    from mmsr_peft.encoders import VisionEncoderConfig
+
+    saved("beit", VISION["beit"], tmp_path / "beit")
+    assert VisionEncoderConfig.from_hf(str(tmp_path / "beit")).image_mean == (0.5, 0.5, 0.5)  # BEiT's, by its type
+    processor = {"image_processor_type": "BeitImageProcessor", "image_mean": [0.485, 0.456, 0.406]}
+    processor["image_std"] = [0.229, 0.224, 0.225]  # e.g. a checkpoint trained on ImageNet statistics
+    (tmp_path / "beit" / "preprocessor_config.json").write_text(json.dumps(processor))
+    config = VisionEncoderConfig.from_hf(str(tmp_path / "beit"))
+    assert (config.image_mean, config.image_std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
 @pytest.mark.parametrize("model_type", sorted(VISION))
 def test_hugging_face_vision_family_loads_encodes_fine_tunes_and_round_trips(model_type, tmp_path):
     reference = saved(model_type, VISION[model_type], tmp_path / model_type)

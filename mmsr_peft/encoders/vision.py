@@ -38,7 +38,8 @@ VISION_PRESETS = {
     "micro-vit": {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "tiny-vit": {"layers": 3, "width": 96, "head_width": 48, "patch_size": 16},
 }
-# Pixel normalisation of Hugging Face vision models by type (their image processors'); ImageNet's otherwise.
+# Pixel normalisation of Hugging Face vision models by type (their image processors'), for a checkpoint without
+# a preprocessor_config.json of its own (`_hf_normalisation`); ImageNet's otherwise.
 HF_NORMALISATION = {"clip_vision_model": (OPENAI_MEAN, OPENAI_STD), "vit": ((0.5,) * 3, (0.5,) * 3)}
 HF_NORMALISATION["beit"] = HF_NORMALISATION["vit"]
 # Hugging Face vision families whose blocks run on their own from the states below them (`HFVisionEncoder.encode_from`):
@@ -118,7 +119,7 @@ class VisionEncoderConfig(ConfigMixin):
         tower.pop("_name_or_path", None)  # a path of this machine, not architecture
         if tower.get("model_type") not in HF_VISION_TYPES:
             raise ValueError(f"{name_or_path}: a {tower.get('model_type')!r} model; hf: reads {HF_VISION_TYPES}")
-        mean, std = HF_NORMALISATION.get(tower["model_type"], (IMAGENET_MEAN, IMAGENET_STD))
+        mean, std = _hf_normalisation(name_or_path, tower["model_type"])
         return cls(
             backend="hf",
             tower=tower,
@@ -149,6 +150,23 @@ class VisionEncoderConfig(ConfigMixin):
             source=model_name,
             **(settings | kwargs),
         )
+
+
+def _hf_normalisation(name_or_path: str, model_type: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pixel mean and std of the checkpoint's own image processor (`preprocessor_config.json`: a ViT trained on
+    ImageNet statistics, DINO's, says so there); by model type (`HF_NORMALISATION`) where it has none."""
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    try:
+        processor, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path)
+    except (OSError, ValueError):  # no preprocessor_config.json (or offline and not cached)
+        processor = {}
+    mean, std = processor.get("image_mean"), processor.get("image_std")
+    if isinstance(mean, (int, float)) and isinstance(std, (int, float)):  # one value for every channel
+        mean, std = (mean,) * 3, (std,) * 3
+    if isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3:
+        return tuple(map(float, mean)), tuple(map(float, std))
+    return HF_NORMALISATION.get(model_type, (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def _open_clip_normalisation(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
