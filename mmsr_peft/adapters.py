@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import side
+from .checkpoints import read_pickle_weights
 from .errors import CheckpointError
 from .files import check_finite, is_local_path
 from .lora import keep_attention_weights_exact, set_lora_dropout
@@ -127,12 +128,7 @@ def _lora_weights(name_or_path, revision=None, allow_pickle: bool = False) -> di
     path = _adapter_file(name_or_path, LORA_PICKLE, revision)
     if path is None:
         raise CheckpointError(f"{name_or_path}: no adapter weights ({LORA_WEIGHTS} or {LORA_PICKLE})")
-    import pickle
-
-    try:  # weights_only: even an allowed pickle may hold tensors only, never code
-        return check_finite(torch.load(path, map_location="cpu", weights_only=True), path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{path}: unreadable weights file ({err})") from err
+    return read_pickle_weights(path)
 
 
 def _adapter_record(name_or_path, revision=None) -> dict:
@@ -244,12 +240,12 @@ class AdapterMixin:
         except (OSError, ValueError, SafetensorError) as err:  # missing files, bad JSON, a truncated weights file
             raise CheckpointError(f"{name_or_path}: cannot read a peft adapter ({type(err).__name__}: {err})") from err
         weights = {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
-        previous = self.active_adapter()  # active again if the load fails
+        previous, trainable = self.active_adapter(), self._trainable()  # both back if the load fails
         self.add_adapter(peft_config, adapter_name, metadata)
         try:
             result = set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
         except (RuntimeError, KeyError) as err:  # shape mismatch or missing module: another architecture or rank
-            self._delete_adapter(adapter_name, previous)
+            self._delete_adapter(adapter_name, previous, trainable)
             mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
             detail = f"{mismatches[0]} (and {len(mismatches) - 1} more)" if mismatches else repr(err)
             raise CheckpointError(f"{name_or_path}: adapter does not fit this base model: {detail}") from None
@@ -257,7 +253,7 @@ class AdapterMixin:
         expected = {k for k in self.state_dict() if is_adapter_key(k) and _owns_key(k, adapter_name)}
         missing = sorted(k for k in result.missing_keys if k in expected)
         if unexpected or missing:
-            self._delete_adapter(adapter_name, previous)
+            self._delete_adapter(adapter_name, previous, trainable)
             raise CheckpointError(
                 f"{name_or_path}: adapter does not fit this base model: unexpected keys {unexpected[:10]}, "
                 f"missing keys {missing[:10]}"
@@ -277,7 +273,7 @@ class AdapterMixin:
             weights = check_finite(load_file(weights_path), weights_path)
         except (ValueError, SafetensorError, OSError) as err:
             raise CheckpointError(f"{name_or_path}: cannot read a side adapter ({type(err).__name__}: {err})") from err
-        previous = self.active_adapter()  # active again if the load fails
+        previous, trainable = self.active_adapter(), self._trainable()  # both back if the load fails
         try:
             self.add_adapter(config, adapter_name, metadata)
         except CheckpointError as err:  # built for encoders of other widths
@@ -285,7 +281,7 @@ class AdapterMixin:
         try:
             side.load_weights(self, adapter_name, weights)
         except RuntimeError as err:  # missing, unexpected or reshaped weights
-            self._delete_adapter(adapter_name, previous)
+            self._delete_adapter(adapter_name, previous, trainable)
             detail = " ".join(str(err).split())
             raise CheckpointError(f"{name_or_path}: adapter weights do not fit its config: {detail[:500]}") from None
         self.eval()
@@ -438,11 +434,16 @@ class AdapterMixin:
     def delete_adapter(self, adapter_name: str) -> None:
         """Removes a loaded adapter. The active adapter stays active; deleting the active one leaves the base model
         running alone (as `disable_adapters`) until `set_adapter` is called. (peft would pick a replacement layer by
-        layer, alphabetically, so that different layers could run different adapters.)"""
-        self._delete_adapter(adapter_name, self.active_adapter())
+        layer, alphabetically, so that different layers could run different adapters.) Which parameters train is
+        left as it was: an adapter frozen by hand stays frozen."""
+        self._delete_adapter(adapter_name, self.active_adapter(), self._trainable())
 
-    def _delete_adapter(self, adapter_name: str, then_active: str | None) -> None:
-        """Deletes `adapter_name` and activates `then_active` (when it is still loaded; else none)."""
+    def _trainable(self) -> dict[str, bool]:
+        return {name: parameter.requires_grad for name, parameter in self.named_parameters()}
+
+    def _delete_adapter(self, adapter_name: str, then_active: str | None, trainable: dict[str, bool]) -> None:
+        """Deletes `adapter_name`, activates `then_active` (when it is still loaded; else none) and gives every
+        remaining parameter its `requires_grad` from `trainable` (activating marks an adapter trainable)."""
         from peft.functional import delete_adapter
 
         self._require_adapter(adapter_name)
@@ -464,3 +465,6 @@ class AdapterMixin:
             self.set_adapter(then_active)
         else:
             self.disable_adapters()
+        for name, parameter in self.named_parameters():
+            if name in trainable:
+                parameter.requires_grad_(trainable[name])

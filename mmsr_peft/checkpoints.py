@@ -80,10 +80,16 @@ def load_weights(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Te
             "refused. Convert it to safetensors, or pass allow_pickle=True if you trust its author."
         )
     if pickles:
-        import pickle
-
-        try:  # weights_only: even an allowed pickle may hold tensors only, never code
-            return check_finite(torch.load(pickles[0], map_location="cpu", weights_only=True), pickles[0])
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-            raise CheckpointError(f"{pickles[0]}: unreadable weights file ({err})") from err
+        return read_pickle_weights(pickles[0])
     raise CheckpointError(f"{folder}: no {WEIGHTS_FILE}")
+
+
+def read_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A pickled weights file the caller has allowed (`allow_pickle=True`), read weights-only: even an allowed
+    pickle may hold tensors only, never code; every float tensor must be finite."""
+    import pickle
+
+    try:
+        return check_finite(torch.load(path, map_location="cpu", weights_only=True), path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable weights file ({err})") from err

@@ -70,6 +70,15 @@ class EvalSet:
     cold_items: np.ndarray | None = None
     item_counts: np.ndarray | None = None
 
+    def __post_init__(self):
+        start, end = self.item_range
+        outside = np.flatnonzero((np.asarray(self.targets) < start) | (np.asarray(self.targets) >= end))
+        if len(outside):
+            raise ValueError(
+                f"evaluation set {self.name!r}: {len(outside)} targets outside its candidates, catalog rows "
+                f"[{start}, {end}): case {outside[0]} has target {self.targets[outside[0]]}"
+            )
+
     def excluded(self, exclude: str) -> list[np.ndarray] | None:
         """The items removed from each case's candidates under `exclude` (one of `EXCLUSIONS`)."""
         if exclude not in EXCLUSIONS:
@@ -171,6 +180,8 @@ def chunked_ranks_under(
 ) -> list[torch.Tensor]:
     """`chunked_ranks` under each of several exclusions (`(B, T)` rows to exclude, or None), from one scoring of
     the catalog: each chunk's scores are computed once and compared against every exclusion."""
+    if len(targets) and (targets.min() < 0 or targets.max() >= len(items)):
+        raise ValueError(f"targets must be rows of the {len(items)} items; got {targets.min()}..{targets.max()}")
     chunk_size = chunk_size or ranking_chunk_size(users)
     # Each target's score is read from the very product that scores its competitors (the same shapes, so the same
     # BLAS kernel on any CPU): a target and an item that scores alike tie exactly. With several chunks, the chunks
@@ -287,58 +298,60 @@ def _ranked(
     to end, in order; `MISS` for a target that is not among its candidates)."""
     was_training = model.training
     model.eval()
-    shards = Shards(accelerator)
-    if shards.count > 1:  # each process embeds its share of the catalog; every process gets all of it
-        first, last = shards.range(len(catalog_inputs))
-        own = model.embed_catalog(catalog_inputs.select(torch.arange(first, last)), batch_size)  # (share, D)
-        item_embeddings = shards.gather(own, len(catalog_inputs))  # (N, D)
-    else:
-        item_embeddings = model.embed_catalog(catalog_inputs, batch_size)  # (N, D)
-    device = item_embeddings.device
-    results = {exclude: {} for exclude in excludes}
-    all_ranks = {exclude: [] for exclude in excludes}
-    boost = getattr(getattr(model, "config", None), "new_item_boost", 0.0)  # trained models have one
-    for eval_set in eval_sets:
-        start, end = eval_set.item_range
-        candidates, bias = item_embeddings[start:end], None
-        if boost and eval_set.item_counts is not None:  # items without training interactions: new arrivals
-            bias = torch.as_tensor(eval_set.item_counts == 0, device=device, dtype=candidates.dtype) * boost
-            candidates = torch.cat([candidates, bias[:, None]], dim=1)  # users get a column of ones: + bias
-        excluded = {exclude: eval_set.excluded(exclude) for exclude in excludes}
-        shelf = _ColdShelf(eval_set, candidates) if eval_set.cold_items is not None else None
-        ranks = {exclude: [] for exclude in excludes}
-        shelf_ranks = {exclude: [] for exclude in excludes}
-        own_first, own_last = shards.range(len(eval_set.targets))  # this process's users (all of them with one)
-        batches = [(b, min(b + batch_size, own_last)) for b in range(own_first, own_last, batch_size)]
-        for first, last in tqdm(batches, desc=f"eval {eval_set.name}", disable=not progress, leave=False):
-            histories = pad_histories(eval_set.histories[first:last]).to(device)
-            targets = torch.as_tensor(eval_set.targets[first:last], device=device) - start
-            users = model.user_embeddings(item_embeddings, histories).float()  # (B, D)
-            if bias is not None:
-                users = torch.cat([users, users.new_ones(len(users), 1)], dim=1)
-            rows = {}  # each exclusion's items as rows of the set (-1: padding), None: nothing excluded
-            for exclude, items in excluded.items():
-                known = pad_histories(items[first:last]).to(device) if items is not None else None  # (B, T)
-                rows[exclude] = torch.where(known >= 0, known - start, -1) if known is not None else None
-            under = chunked_ranks_under(users, candidates, targets, list(rows.values()), chunk_size)
-            for (exclude, local), batch_ranks in zip(rows.items(), under, strict=True):
-                ranks[exclude].append(batch_ranks.cpu())
-                if shelf is not None:  # a rank for every case, MISS for the warm ones (dropped below)
-                    cases = torch.as_tensor(eval_set.cold[first:last], device=device)
-                    cold_ranks = torch.full((last - first,), MISS, dtype=torch.long)
-                    cold_ranks[cases.cpu()] = shelf.ranks(users[cases], targets[cases], local, cases, chunk_size)
-                    shelf_ranks[exclude].append(cold_ranks)
+    try:
+        shards = Shards(accelerator)
+        if shards.count > 1:  # each process embeds its share of the catalog; every process gets all of it
+            first, last = shards.range(len(catalog_inputs))
+            own = model.embed_catalog(catalog_inputs.select(torch.arange(first, last)), batch_size)  # (share, D)
+            item_embeddings = shards.gather(own, len(catalog_inputs))  # (N, D)
+        else:
+            item_embeddings = model.embed_catalog(catalog_inputs, batch_size)  # (N, D)
+        device = item_embeddings.device
+        results = {exclude: {} for exclude in excludes}
+        all_ranks = {exclude: [] for exclude in excludes}
+        boost = getattr(getattr(model, "config", None), "new_item_boost", 0.0)  # trained models have one
+        for eval_set in eval_sets:
+            start, end = eval_set.item_range
+            candidates, bias = item_embeddings[start:end], None
+            if boost and eval_set.item_counts is not None:  # items without training interactions: new arrivals
+                bias = torch.as_tensor(eval_set.item_counts == 0, device=device, dtype=candidates.dtype) * boost
+                candidates = torch.cat([candidates, bias[:, None]], dim=1)  # users get a column of ones: + bias
+            excluded = {exclude: eval_set.excluded(exclude) for exclude in excludes}
+            shelf = _ColdShelf(eval_set, candidates) if eval_set.cold_items is not None else None
+            ranks = {exclude: [] for exclude in excludes}
+            shelf_ranks = {exclude: [] for exclude in excludes}
+            own_first, own_last = shards.range(len(eval_set.targets))  # this process's users (all of them with one)
+            batches = [(b, min(b + batch_size, own_last)) for b in range(own_first, own_last, batch_size)]
+            for first, last in tqdm(batches, desc=f"eval {eval_set.name}", disable=not progress, leave=False):
+                histories = pad_histories(eval_set.histories[first:last]).to(device)
+                targets = torch.as_tensor(eval_set.targets[first:last], device=device) - start
+                users = model.user_embeddings(item_embeddings, histories).float()  # (B, D)
+                if bias is not None:
+                    users = torch.cat([users, users.new_ones(len(users), 1)], dim=1)
+                rows = {}  # each exclusion's items as rows of the set (-1: padding), None: nothing excluded
+                for exclude, items in excluded.items():
+                    known = pad_histories(items[first:last]).to(device) if items is not None else None  # (B, T)
+                    rows[exclude] = torch.where(known >= 0, known - start, -1) if known is not None else None
+                under = chunked_ranks_under(users, candidates, targets, list(rows.values()), chunk_size)
+                for (exclude, local), batch_ranks in zip(rows.items(), under, strict=True):
+                    ranks[exclude].append(batch_ranks.cpu())
+                    if shelf is not None:  # a rank for every case, MISS for the warm ones (dropped below)
+                        cases = torch.as_tensor(eval_set.cold[first:last], device=device)
+                        cold_ranks = torch.full((last - first,), MISS, dtype=torch.long)
+                        cold_ranks[cases.cpu()] = shelf.ranks(users[cases], targets[cases], local, cases, chunk_size)
+                        shelf_ranks[exclude].append(cold_ranks)
+            for exclude in excludes:
+                set_ranks = shards.gather(_cat_ranks(ranks[exclude]), len(eval_set.targets)).numpy()
+                all_ranks[exclude].append(set_ranks)
+                results[exclude].update(_set_metrics(eval_set, set_ranks, ks))
+                if shelf is not None and eval_set.cold.any():
+                    cold_ranks = shards.gather(_cat_ranks(shelf_ranks[exclude]), len(eval_set.targets)).numpy()
+                    results[exclude][f"{eval_set.name} {COLD_SHELF}"] = rank_metrics(cold_ranks[eval_set.cold], ks)
+        case_ranks = {exclude: np.concatenate(all_ranks[exclude]) for exclude in excludes}
         for exclude in excludes:
-            set_ranks = shards.gather(_cat_ranks(ranks[exclude]), len(eval_set.targets)).numpy()
-            all_ranks[exclude].append(set_ranks)
-            results[exclude].update(_set_metrics(eval_set, set_ranks, ks))
-            if shelf is not None and eval_set.cold.any():
-                cold_ranks = shards.gather(_cat_ranks(shelf_ranks[exclude]), len(eval_set.targets)).numpy()
-                results[exclude][f"{eval_set.name} {COLD_SHELF}"] = rank_metrics(cold_ranks[eval_set.cold], ks)
-    case_ranks = {exclude: np.concatenate(all_ranks[exclude]) for exclude in excludes}
-    for exclude in excludes:
-        results[exclude]["all"] = rank_metrics(case_ranks[exclude], ks)
-    model.train(was_training)
+            results[exclude]["all"] = rank_metrics(case_ranks[exclude], ks)
+    finally:
+        model.train(was_training)
     return results, case_ranks
 
 

@@ -51,6 +51,14 @@ class ItemTower(nn.Module):
     def encode_image(self, items: ItemInputs) -> EncoderOutput:
         if items.image_states is not None:
             return items.image_states
+        present = items.has_image
+        if self.vision.batch_statistics() and not present.all() and present.any():
+            # a BatchNorm that trains normalises by the batch and updates its running statistics from it: the
+            # placeholder pixels of items without an image must not take part (their rows, zeros here, are masked
+            # out by every head)
+            if items.image_blocks is not None:
+                return self.vision.encode_from(items.image_blocks.select(present)).spread(present)
+            return self.vision(items.pixel_values[present]).spread(present)
         if items.image_blocks is not None:
             return self.vision.encode_from(items.image_blocks)
         return self.vision(items.pixel_values)

@@ -143,8 +143,10 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
 
     def user_embeddings(self, item_embeddings: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
         """`(B, D)`: the state after the last real item of each history (only that position is computed where
-        the sequence encoder can skip the others)."""
+        the sequence encoder can skip the others). The sequence encoder reads `item_embeddings` in its own dtype
+        (`embed_catalog` gives float32, also for a model cast to bfloat16)."""
         last = (histories >= 0).sum(1).clamp(min=1) - 1  # (B,)
+        item_embeddings = item_embeddings.to(next(self.sequence_encoder.parameters()).dtype)
         states = self.sequence_encoder.last_states(_history_states(item_embeddings, histories), last)
         return self._scoring(states)
 
@@ -208,7 +210,7 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
     def embed_catalog(self, catalog_inputs: ItemInputs, batch_size: int = 256) -> torch.Tensor:
         """`(N, D)` embeddings of a whole catalog, computed in chunks."""
         device = next(self.parameters()).device
-        chunks = []
+        chunks = [torch.empty(0, self.config.hidden_size, device=device)]  # a process's share may be empty
         for start in range(0, len(catalog_inputs), batch_size):
             index = torch.arange(start, min(start + batch_size, len(catalog_inputs)))
             chunks.append(self.embed_items(catalog_inputs.select(index).to(device)).float())
@@ -253,23 +255,29 @@ class MMSRModel(nn.Module, adapters.AdapterMixin):
         unknown = [item for item in new_items or [] if item not in catalog.index]
         if unknown:
             raise ValueError(f"new_items: item ids not in catalog {catalog.name!r}: {unknown[:5]}")
+        expected = (len(catalog), self.config.hidden_size)
+        if catalog_embeddings is not None and tuple(catalog_embeddings.shape) != expected:
+            raise ValueError(
+                f"catalog_embeddings: shape {tuple(catalog_embeddings.shape)}, expected {expected} (embed_catalog of "
+                f"catalog {catalog.name!r}: one row per item, the model's hidden size)"
+            )
         was_training = self.training
         self.eval()
-        item_embeddings = catalog_embeddings
-        if item_embeddings is None:
-            item_embeddings = self.embed_catalog(self.processor(catalog.records(range(len(catalog)))))
-        known = pad_histories(rows).to(item_embeddings.device)  # (B, longest history)
-        read = pad_histories([row[-self.config.sequence.max_len :] for row in rows]).to(item_embeddings.device)
-        # the catalog's embeddings are float32 (`embed_catalog`); the sequence encoder reads them in its own dtype
-        # (a model cast to bfloat16), and its user embeddings are scored in float32 against them
-        sequence_dtype = next(self.sequence_encoder.parameters()).dtype
-        users = self.user_embeddings(item_embeddings.to(sequence_dtype), read).to(item_embeddings.dtype)
-        if new_items and self.config.new_item_boost:
-            bias = torch.zeros(len(catalog), device=item_embeddings.device)
-            bias[[catalog.index[item] for item in new_items]] = self.config.new_item_boost
-            users, item_embeddings = with_item_bias(users, item_embeddings, bias)
-        values, indices = chunked_topk(users, item_embeddings, k, known if exclude_history else None)
-        self.train(was_training)
+        try:
+            item_embeddings = catalog_embeddings
+            if item_embeddings is None:
+                item_embeddings = self.embed_catalog(self.processor(catalog.records(range(len(catalog)))))
+            known = pad_histories(rows).to(item_embeddings.device)  # (B, longest history)
+            read = pad_histories([row[-self.config.sequence.max_len :] for row in rows]).to(item_embeddings.device)
+            # user embeddings are scored in the catalog's dtype (float32 from `embed_catalog`)
+            users = self.user_embeddings(item_embeddings, read).to(item_embeddings.dtype)
+            if new_items and self.config.new_item_boost:
+                bias = torch.zeros(len(catalog), device=item_embeddings.device)
+                bias[[catalog.index[item] for item in new_items]] = self.config.new_item_boost
+                users, item_embeddings = with_item_bias(users, item_embeddings, bias)
+            values, indices = chunked_topk(users, item_embeddings, k, known if exclude_history else None)
+        finally:
+            self.train(was_training)
         # a user with fewer than k candidates (the catalog minus the history) gets fewer items; their scores are -inf
         ids = [
             [catalog.item_ids[i] for i, score in zip(row, scores, strict=True) if score != -math.inf]

@@ -129,19 +129,25 @@ class TrainState:
 
     def record_args(self, args: TrainingArguments) -> None:
         """Keeps the arguments that shape the trained weights (all but `NEUTRAL_ARGS`) for the states saved next."""
-        values = {name: value for name, value in asdict(args).items() if name not in self.NEUTRAL_ARGS}
-        self.args = json.loads(json.dumps(values))  # as saved and read back: tuples are lists, as in the file
+        self.args = self._recorded(args)
 
     def changed_args(self, args: TrainingArguments) -> list[str]:
         """`name saved -> now` for each recorded argument that `args` sets otherwise (none for an older state,
         which recorded none; an argument added since counts as changed only when set away from its default)."""
-        defaults = json.loads(json.dumps(asdict(type(args)())))
-        now = json.loads(json.dumps(asdict(args)))
+        if not self.args:
+            return []
+        now, defaults = self._recorded(args), self._recorded(type(args)())
         return [
-            f"{name} {self.args.get(name, defaults[name])!r} -> {now[name]!r}"
-            for name in now
-            if self.args and name not in self.NEUTRAL_ARGS and self.args.get(name, defaults[name]) != now[name]
+            f"{name} {self.args.get(name, defaults[name])!r} -> {value!r}"
+            for name, value in now.items()
+            if self.args.get(name, defaults[name]) != value
         ]
+
+    @classmethod
+    def _recorded(cls, args: TrainingArguments) -> dict:
+        """The arguments that shape the weights as `trainer_state.json` holds them (tuples as lists)."""
+        values = {name: value for name, value in asdict(args).items() if name not in cls.NEUTRAL_ARGS}
+        return json.loads(json.dumps(values))
 
     def check_weights(self, expected: dict[str, torch.Tensor], folder: Path) -> None:
         """Refuses best (and averaged) weights that do not fit the model being trained (names and shapes)."""

@@ -56,6 +56,7 @@ from runner import (
 
 from mmsr_peft.arguments import ADAPTER_METHODS
 from mmsr_peft.evaluation import paired_bootstrap
+from mmsr_peft.lora import COMPONENTS, DEFAULT_COMPONENTS
 from mmsr_peft.parsing import as_flags
 
 METRICS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "hr@20")
@@ -144,6 +145,13 @@ class Benchmark:
         unknown = sorted(set(args.rows or []) - set(self.plan["rows"]))
         if unknown:
             raise SystemExit(f"unknown --rows {unknown}; the plan's rows: {', '.join(self.plan['rows'])}")
+        splits = self.plan["splits"]
+        named = {"--splits": args.splits or [], "curve: splits": self.plan.get("curve", {}).get("splits", [])}
+        named.update({f"row {row}: splits": spec.get("splits", []) for row, spec in self.plan["rows"].items()})
+        for where, names in named.items():
+            unknown = sorted(set(names) - set(splits))
+            if unknown:
+                raise SystemExit(f"{args.plan}: unknown {where} {unknown}; the plan's splits: {', '.join(splits)}")
 
     def runs(self) -> list[Run]:
         """Every run asked for, in the plan's order (rows, then splits, then seeds)."""
@@ -495,6 +503,9 @@ def targets(plan: dict, records: dict) -> list[str]:
         seeds = sorted(set(main[a]) & set(main[b]))
         return test(a, seeds) / test(b, seeds), f"{described(a, seeds)} / {before_b}{described(b, seeds)}"
 
+    def share_seeds(a: str, b: str) -> bool:
+        return b in main and bool(set(main[a]) & set(main[b]))
+
     def interval(a: str, b: str) -> str:
         return paired_interval(main[a], main[b])
 
@@ -524,7 +535,7 @@ def targets(plan: dict, records: dict) -> list[str]:
             )
     tuned = {row: plan["rows"][row] for row in main if group[row] == "fine-tuned"}
     for row, spec in tuned.items():
-        if spec["init"] in main:
+        if share_seeds(row, spec["init"]):
             ratio, rows = paired(row, spec["init"], before_b="its start ")
             goal = f" (goal > 1x: {'met' if ratio > 1 else 'missed'})" if spec["args"]["method"] == "lora" else ""
             lines.append(f"- {rows} = {ratio:.3f}x{interval(row, spec['init'])}{goal}")
@@ -537,10 +548,12 @@ def targets(plan: dict, records: dict) -> list[str]:
     controls = {control_key(spec): row for row, spec in tuned.items() if spec["args"]["method"] == "frozen"}
     for row, spec in tuned.items():
         control = controls.get(control_key(spec))
-        if control and control != row:
+        if control and control != row and share_seeds(row, control):
             ratio, rows = paired(row, control, before_b="the same start trained on with frozen encoders, ")
             lines.append(f"- {rows} = {ratio:.3f}x{interval(row, control)}")
     for lora, full in lora_full_pairs(tuned):
+        if not share_seeds(lora, full):
+            continue
         ratio, rows = paired(lora, full)
         verdict = "met" if ratio >= 0.97 else "missed"
         lines.append(f"- {rows} = **{ratio:.3f}x**{interval(lora, full)} (goal >= 0.97x: {verdict})")
@@ -555,12 +568,23 @@ def targets(plan: dict, records: dict) -> list[str]:
 METHOD_FLAGS = {"method", "components", "modules_to_save", "text_learning_rate", "vision_learning_rate", "lora_top_k"}
 
 
+def trained_parts(args: dict) -> set[str]:
+    """The components a LoRA or full fine-tuning row trains: LoRA's `--components` (default `DEFAULT_COMPONENTS`)
+    and the modules it saves in full (`sequence_encoder`: the sequence component); full's `--components` (default:
+    all of them)."""
+    if args["method"] == "full":
+        return set(args.get("components") or COMPONENTS)
+    saved = {"sequence" if module == "sequence_encoder" else module for module in args.get("modules_to_save") or []}
+    return set(args.get("components") or DEFAULT_COMPONENTS) | saved
+
+
 def lora_full_pairs(rows: dict) -> list[tuple[str, str]]:
     """The (LoRA row, full fine-tuning row) pairs among `rows` (name: spec) that start from the same row with the
-    same recipe, so that their ratio compares the methods alone."""
+    same recipe and train the same parts, so that their ratio compares the methods alone."""
 
     def recipe(spec: dict) -> tuple:
-        return spec.get("init"), sorted((k, str(v)) for k, v in spec["args"].items() if k not in METHOD_FLAGS)
+        flags = sorted((k, str(v)) for k, v in spec["args"].items() if k not in METHOD_FLAGS)
+        return spec.get("init"), flags, sorted(trained_parts(spec["args"]))
 
     lora_rows, full_rows = (
         [row for row, spec in rows.items() if spec["args"].get("method") == m] for m in ("lora", "full")
@@ -636,8 +660,8 @@ def popularity_table(plan: dict, records: dict, split: str) -> list[str]:
 
 
 def transfer_targets(plan: dict, records: dict) -> list[str]:
-    """The transfer goals at each share of the target's users: the best adapted row (chosen on validation) against
-    the same architecture trained from scratch (mean test NDCG@10 over seeds)."""
+    """The transfer goals at each share of the target's users: the best adapted row against the best row trained
+    from scratch, each chosen on validation among its group (mean test NDCG@10 over seeds)."""
 
     def mean(runs: dict, key: str) -> float:
         return mean_std([r["test"]["all"]["ndcg@10"] if key == "test" else r[key] for r in runs.values()])[0]
@@ -693,7 +717,7 @@ def curve_section(bench: Benchmark, records: dict) -> list[str]:
         return []
     share = {split: plan["splits"][split].get("train_user_fraction", 1.0) for split in splits}
     curves, cells = {}, {}
-    zero_shot = {}  # per base (an `init` row), per split, per seed
+    zero_shot = {}  # per base (an `init` row), per seed: each score of the base and the adapted rows that read it
     for row, spec in plan["rows"].items():
         runs = {split: records.get(row, {}).get(split, {}) for split in splits}
         if not any(runs.values()):
@@ -704,12 +728,29 @@ def curve_section(bench: Benchmark, records: dict) -> list[str]:
         for split in splits:
             for seed, record in runs[split].items():
                 if "zero_shot" in record:
-                    base_runs = zero_shot.setdefault(spec["init"], {split: {} for split in splits})
-                    base_runs[split][seed] = record["zero_shot"]["ndcg@10"]
-    for init, base_runs in zero_shot.items():
+                    starts = zero_shot.setdefault(spec["init"], {}).setdefault(seed, {})
+                    starts.setdefault(round(record["zero_shot"]["ndcg@10"], 6), set()).add(row)
+    notes = []
+    for init, seeds in zero_shot.items():
+        # the base ranks every target user as it is, whatever share of them trains: one score per run of the base
+        scores = [score for starts in seeds.values() for score in starts]
         label = f"zero-shot: {plan['rows'][init]['label']}, as it is"
-        curves[label] = [(share[split], *mean_std(list(base_runs[split].values()))) for split in splits]
-        cells[label] = [cell(list(base_runs[split].values())) for split in splits]
+        curves[label] = [(share[split], *mean_std(scores)) for split in splits]
+        cells[label] = [cell(scores)] * len(splits)
+        again = {seed: starts for seed, starts in sorted(seeds.items()) if len(starts) > 1}
+        if again:
+            per_seed = "; ".join(
+                f"seed {seed}: "
+                + ", ".join(f"{score:.4f} ({', '.join(sorted(rows))})" for score, rows in sorted(starts.items()))
+                for seed, starts in again.items()
+            )
+            notes.append(
+                f"The base `{init}` was trained again for some seeds (a run whose folder was missing is run again "
+                "where it is needed, and seeded runs repeat exactly on one machine only), so the adapted rows of "
+                f"one seed do not all start from the same model; its zero-shot row is the mean over the "
+                f"{len(scores)} runs of the base. Zero-shot test NDCG@10 by seed (the rows that started from each "
+                f"run): {per_seed}."
+            )
     if not cells:
         return []
     header = "| row | " + " | ".join(f"{100 * share[split]:g} % of users" for split in splits) + " |"
@@ -719,7 +760,7 @@ def curve_section(bench: Benchmark, records: dict) -> list[str]:
     base = Path(bench.args.output_dir) / f"{plan['name']}_curve.png"
     base.parent.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, f"{plan['title']}: test NDCG@10 by share of target users (mean ± std)", base)
-    return [*lines, "", f"![curve]({base.name})", ""]
+    return [*lines, "", *(line for note in notes for line in (note, "")), f"![curve]({base.name})", ""]
 
 
 def comparison_section(plan: dict, records: dict) -> list[str]:
@@ -851,6 +892,15 @@ def report(bench: Benchmark) -> None:
     command = (
         f"python scripts/benchmark_quality.py --plan {relative(bench.args.plan)}"  # resumable: runs what is missing
     )
+    stopping = {
+        row: {key: spec["args"][key] for key in ("patience", "num_epochs") if key in spec.get("args", {})}
+        for row, spec in plan["rows"].items()
+    }
+    own_rule = "; ".join(
+        f"`{row}`: " + ", ".join(f"{key} {value}" for key, value in rule.items())
+        for row, rule in stopping.items()
+        if rule
+    )
     lines = [
         f"# {plan['title']}: quality of every row, trained to convergence",
         "",
@@ -860,7 +910,8 @@ def report(bench: Benchmark) -> None:
         f"{EXCLUSIONS['window']} (`window`) or {EXCLUSIONS['none']} (`none`). Mean ± sample standard deviation "
         f"over the seeds that ran (plan: {seeds}); a trained row stops after "
         f"{plan['training']['patience']} epochs without a better validation NDCG@10, at most "
-        f"{plan['training']['num_epochs']} epochs. Rows are `{relative(bench.args.plan)}`; each run's record, with "
+        f"{plan['training']['num_epochs']} epochs{f' (rows with their own rule: {own_rule})' if own_rule else ''}. "
+        f"Rows are `{relative(bench.args.plan)}`; each run's record, with "
         f"its command, is in `{relative(bench.records_dir)}/`.",
         "",
     ]

@@ -187,13 +187,20 @@ def write_json(path: Path, value) -> None:
 
 
 def run_all(runs: list[Run], record_path: Callable[[Run], Path], do: Callable[[Run], dict], jobs: int) -> list[str]:
-    """Runs every run without a record, `jobs` at a time, and files each record as it finishes. Returns the
-    failures (one line each); the other runs go on."""
+    """Runs every run without a record, `jobs` at a time, and files each record as it finishes (in the thread that
+    ran it: a run that finishes after an interrupt is filed too). Returns the failures (one line each); the other
+    runs go on."""
     pending = [run for run in runs if not record_path(run).is_file()]
     print(f"{len(runs) - len(pending)} of {len(runs)} runs already recorded; {len(pending)} to run, {jobs} at a time")
+
+    def filed(run: Run) -> dict:
+        record = do(run)
+        write_json(record_path(run), record)
+        return record
+
     failures = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(do, run): run for run in pending}
+        futures = {pool.submit(filed, run): run for run in pending}
         try:
             for done, future in enumerate(as_completed(futures), start=1):
                 run = futures[future]
@@ -203,7 +210,6 @@ def run_all(runs: list[Run], record_path: Callable[[Run], Path], do: Callable[[R
                     failures.append(f"{run.name}: {type(err).__name__}: {err}")
                     print(f"[{done}/{len(pending)}] {run.name} FAILED: {err}", flush=True)
                     continue
-                write_json(record_path(run), record)
                 print(f"[{done}/{len(pending)}] {run.name}: {summary_line(record)}", flush=True)
         except BaseException:  # an interrupt: the running processes finish, nothing new starts
             pool.shutdown(wait=False, cancel_futures=True)

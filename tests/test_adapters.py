@@ -316,9 +316,28 @@ def test_a_failed_load_leaves_the_adapter_that_was_active(tmp_path):
     save_file(weights, tmp_path / "office" / "adapter_model.safetensors", {"format": "pt"})  # a weight short
     model.add_adapter(LoraConfig(r=2, target_modules=lora_target_modules(model), init_lora_weights=False), "arts")
     model.set_adapter("office")
+    model.requires_grad_(False)  # frozen by hand, for inference
     with pytest.raises(CheckpointError, match="missing keys"):
         model.load_adapter(tmp_path / "office", "broken")
     assert model.list_adapters() == ["office", "arts"] and model.active_adapter() == "office"
+    assert not any(parameter.requires_grad for parameter in model.parameters())
+
+
+def test_deleting_an_adapter_leaves_which_parameters_train_as_it_was():
+    model = tiny()
+    for name in ("office", "arts", "toys"):
+        model.add_adapter(LoraConfig(r=2, target_modules=lora_target_modules(model), init_lora_weights=False), name)
+    model.set_adapter("office")
+    office = {name for name, parameter in model.named_parameters() if ".office." in name}
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in office and "lora_B" in name)  # only half of the active adapter trains
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    model.delete_adapter("arts")
+    assert model.active_adapter() == "office"
+    assert {name for name, parameter in model.named_parameters() if parameter.requires_grad} == trainable
+    model.delete_adapter("office")  # the active one: the base runs alone, and stays frozen
+    assert model.active_adapter() is None
+    assert not any(parameter.requires_grad for parameter in model.parameters())
 
 
 def test_merged_export_holds_the_modules_to_save_and_leaves_the_base_exact(catalog, tmp_path):

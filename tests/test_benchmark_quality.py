@@ -241,9 +241,15 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
             "other": {"group": "source", "label": "other base", "command": "pretrain", "args": {}},
             "from_other": {"group": "adapted", "label": "from other", "command": "adapt", "init": "other", "args": {}},
             "lora": {"group": "adapted", "label": "LoRA", "command": "adapt", "init": "scratch", "args": LORA},
-            # full fine-tuning of other parts from the same start: compared with LoRA; at another rate: not
-            "full": {**FULL, "label": "full", "args": {"method": "full", "components": ["text", "sequence"]}},
+            # full fine-tuning of the parts LoRA trains (its defaults and the sequence encoder it saves), from the
+            # same start: compared with LoRA; at another rate, or of other parts: not
+            "full": {**FULL, "label": "full", "args": {"method": "full"}},
             "full_slow": {**FULL, "label": "full slow", "args": {"method": "full", "learning_rate": 1e-5}},
+            "full_text": {
+                **FULL,
+                "label": "full text",
+                "args": {"method": "full", "components": ["text", "sequence"]},
+            },
         },
     }
 
@@ -264,19 +270,26 @@ def test_a_curve_plan_reports_each_share_the_zero_shot_base_and_the_transfer_goa
         record("frozen", "f100", seed, 0.09, zero_shot=0.02)
         record("from_other", "f10", seed, 0.03, zero_shot=0.01 + 0.002 * seed)  # a second base, one share only
     # one seed of two: in the curve, not yet a candidate for the goal (its validation is the best)
-    write_record(tmp_path / "records", "lora", "f10", 0, 0.2, valid_ndcg_at_10=0.5)
-    for row, seed, ndcg in (("full", 0, 0.25), ("full_slow", 0, 0.2)):
+    # started from another run of the same base (one run again on another machine): its own zero-shot score
+    write_record(tmp_path / "records", "lora", "f10", 0, 0.2, valid_ndcg_at_10=0.5, zero_shot={"ndcg@10": 0.03})
+    for row, seed, ndcg in (("full", 0, 0.25), ("full_slow", 0, 0.2), ("full_text", 0, 0.2)):
         write_record(tmp_path / "records", row, "f10", seed, ndcg)
     report = report_of(benchmark, tmp_path, plan)
     assert "| row | 10 % of users | 100 % of users |" in report
     assert "| adapted | 0.0615 ± 0.0021 | 0.0900 ± 0.0000 |" in report
-    assert "| zero-shot: from scratch, as it is | 0.0200 ± 0.0000 | 0.0200 ± 0.0000 |" in report
-    assert "| zero-shot: other base, as it is | 0.0110 ± 0.0014 | - |" in report  # each base's own seeds
+    # one score per run of a base, whatever share trains: the mean over the three runs of `scratch`
+    assert "| zero-shot: from scratch, as it is | 0.0233 ± 0.0058 | 0.0233 ± 0.0058 |" in report
+    assert (
+        "Zero-shot test NDCG@10 by seed (the rows that started from each run): seed 0: 0.0200 (frozen), 0.0300 (lora)."
+        in report
+    )
+    assert "| zero-shot: other base, as it is | 0.0110 ± 0.0014 | 0.0110 ± 0.0014 |" in report  # its own seeds
+    assert "The base `other`" not in report
     assert "10 % of users: adapted 0.0615 / from scratch 0.0410 = **1.50x** (goal >= 1.2x: met)" in report
     assert "| LoRA | 0.2000 | - |" in report and "LoRA 0.2000 /" not in report
     # LoRA against full fine-tuning on the seeds both have
     assert "- 10 % of users, 1 seed: LoRA / full = **0.800x** (goal >= 0.97x: missed)" in report
-    assert "/ full slow" not in report and "100 % of users, 1 seed" not in report
+    assert "/ full slow" not in report and "/ full text" not in report and "100 % of users, 1 seed" not in report
     assert "100 % of users: adapted 0.0900 / from scratch 0.1000 = **0.90x** (goal >= 1.0x: missed)" in report
     assert (tmp_path / "results" / "tiny_curve_curve.png").stat().st_size > 1000
 
@@ -297,7 +310,7 @@ def goals_plan(name: str, seeds: list[int], **rows) -> dict:
         "rows": {
             "id": {"group": "id", "label": "ID", "command": "pretrain", "args": {"item_tower": "id"}},
             "frozen": {"group": "text+image", "label": "frozen", "command": "pretrain", "args": {}},
-            "lora": {**FINE_TUNED, "label": "LoRA", "args": {"method": "lora"}},
+            "lora": {**FINE_TUNED, "label": "LoRA", "args": LORA},
             "full": {**FINE_TUNED, "label": "full", "args": {"method": "full"}},
             **rows,
         },
@@ -481,3 +494,32 @@ def test_the_papers_findings_are_judged_on_this_plans_records_and_another_plans(
         "ndcg@10, cold targets, split `cold`: ours: 0.1100 ± 0.0100; vs weak: 0.0000 ± 0.0000 (better) |"
         in lines["Q6"]
     )
+
+
+def test_a_run_that_finishes_after_an_interrupt_is_filed_and_a_split_typo_is_refused(benchmark, tmp_path):
+    import threading
+    import time
+
+    started = threading.Event()
+
+    def do(run):
+        if run.seed == 0:
+            started.wait(10)
+            raise KeyboardInterrupt  # Ctrl-C while the other run is still going
+        started.set()
+        time.sleep(0.5)
+        return {"test": {"all": {"ndcg@10": 0.1, "hr@10": 0.2}}, "wall_s": 1.0}
+
+    runs = [benchmark.Run("row", "main", seed) for seed in (0, 1)]
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.run_all(runs, lambda run: tmp_path / f"{run.seed}.json", do, jobs=2)
+    assert json.loads((tmp_path / "1.json").read_text())["wall_s"] == 1.0  # its record, not its work, is kept
+    assert not (tmp_path / "0.json").exists()
+
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(TINY_PLAN))
+    with pytest.raises(SystemExit, match=r"unknown --splits \['mian'\]; the plan's splits: cold, main"):
+        benchmark.main(["--plan", str(tmp_path / "plan.yaml"), "--splits", "mian", "--report_only"])
+    typo = {**TINY_PLAN, "rows": {**TINY_PLAN["rows"], "id": {**TINY_PLAN["rows"]["id"], "splits": ["cold", "mian"]}}}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(typo))
+    with pytest.raises(SystemExit, match=r"unknown row id: splits \['mian'\]"):
+        benchmark.main(["--plan", str(tmp_path / "plan.yaml"), "--report_only"])

@@ -229,3 +229,33 @@ def test_electra_xlnet_and_clip_text_encoders_load_pool_and_fine_tune(model_type
     encoder.set_finetuning("top_k", 1)
     trainable = {n for n, p in encoder.backbone.named_parameters() if p.requires_grad}
     assert trainable and all(".1." in n or n.startswith("final_layer_norm.") for n in trainable)  # CLIP's follows
+
+
+@pytest.mark.parametrize("regime", ["full", "top_k"])
+def test_a_cnn_training_its_batchnorm_sees_only_the_items_that_have_an_image(regime):
+    from mmsr_peft.data.processing import ItemInputs
+
+    args = ModelArguments(item_tower="image", vision_model="resnet18", image_size=32, hidden_size=16)
+    args.vision_finetune, args.vision_top_k = regime, 1
+    tower = build_model(args).item_tower.train()
+    assert tower.vision.batch_statistics()
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
+    has_image = torch.tensor([True, False, True, True, False, True])
+    pixels[~has_image] = 0  # placeholders
+    items = ItemInputs(item_index=torch.full((6,), -1), pixel_values=pixels, has_image=has_image)
+    if regime == "top_k":
+        items.image_blocks = tower.vision.block_inputs(pixels, tower.vision.first_cached_block())
+    alone = deepcopy(tower.vision)
+    expected = alone(pixels[has_image])
+    encoded = tower.encode_image(items)
+    torch.testing.assert_close(encoded.pooled[has_image], expected.pooled)
+    assert not encoded.pooled[~has_image].any()
+    statistics = {k: v for k, v in tower.vision.state_dict().items() if "running" in k}
+    assert statistics and all(torch.equal(v, alone.state_dict()[k]) for k, v in statistics.items())
+    encoded.pooled.sum().backward()
+    assert any(p.grad is not None for p in tower.vision.parameters())
+
+    tower.eval()  # running statistics: every item through the tower, as before
+    assert not tower.vision.batch_statistics()
+    torch.testing.assert_close(tower.encode_image(items).pooled[has_image], alone.eval()(pixels[has_image]).pooled)

@@ -417,3 +417,11 @@ def test_paired_bootstrap_separates_a_real_gain_from_noise_that_the_users_share(
     assert seeds["a"] == pytest.approx((gain["a"] + gain["b"]) / 2) and seeds["ratio_low"] > 1
     with pytest.raises(ValueError, match="same cases on both sides"):
         paired_bootstrap(base[:10], base[:9])
+
+
+def test_a_target_outside_the_candidates_is_refused_not_ranked():
+    with pytest.raises(ValueError, match=r"evaluation set 'b': 1 targets outside .* \[3, 6\): case 1 has target 2"):
+        EvalSet("b", [np.array([5]), np.array([4])], np.array([3, 2]), item_range=(3, 6))  # a wrong offset
+    users, items = torch.randn(2, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match=r"targets must be rows of the 5 items; got 1\.\.5"):
+        chunked_ranks_under(users, items, torch.tensor([1, 5]), [None])

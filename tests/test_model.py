@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from mmsr_peft import Catalog, MMSRModel
 from mmsr_peft.builder import ModelArguments, build_model
 from mmsr_peft.data.collate import TrainCollator, pad_histories
+from mmsr_peft.data.processing import ItemInputs
 from mmsr_peft.encoders import OPENAI_MEAN, OPENAI_STD
 from mmsr_peft.errors import CheckpointError
 from mmsr_peft.lora import lora_target_modules
@@ -387,3 +388,10 @@ def test_texts_encoded_in_groups_of_similar_length_embed_like_one_padded_batch(f
     assert torch.allclose(grouped, whole, atol=1e-5)
     assert not states.tokens[~states.mask].any()  # padding positions come back as zeros
     assert left.tokens[~left.mask].any()  # nothing was cut or zeroed
+
+
+def test_an_empty_share_of_the_catalog_embeds_to_no_rows():
+    model = tiny()
+    inputs = ItemInputs(item_index=torch.arange(0))
+    embeddings = model.embed_catalog(inputs)
+    assert embeddings.shape == (0, model.config.hidden_size) and embeddings.dtype == torch.float32

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from mmsr_peft import MMSRModel, load_domain
 from mmsr_peft.cli import recommend_main
+from mmsr_peft.evaluation import EvalSet, evaluate
 
 
 def run(base_dir, data_dir, source, output, *extra):
@@ -87,5 +89,30 @@ def test_recommend_on_a_model_cast_to_bfloat16(base_dir, data_dir):
 
     catalog = load_domain("office", data_dir=str(data_dir)).catalog
     histories = [catalog.item_ids[:3], catalog.item_ids[10:12]]
-    top = MMSRModel.from_pretrained(base_dir).to(torch.bfloat16).recommend(histories, catalog, k=5)
+    model = MMSRModel.from_pretrained(base_dir).to(torch.bfloat16)
+    top = model.recommend(histories, catalog, k=5)
     assert top.scores.shape == (2, 5) and torch.isfinite(top.scores).all()  # float32 catalog, bfloat16 encoder
+    rows = [[catalog.index[item] for item in history] for history in histories]
+    cases = EvalSet(
+        "office", [np.array(row[:-1]) for row in rows], np.array([row[-1] for row in rows]), (0, len(catalog))
+    )
+    metrics = evaluate(model, model.processor(catalog.records(range(len(catalog)))), [cases], progress=False)
+    assert 0 <= metrics["all"]["ndcg@10"] <= 1
+
+
+def test_recommend_checks_given_catalog_embeddings_and_keeps_the_training_mode(base_dir, data_dir):
+    import torch
+
+    catalog = load_domain("office", data_dir=str(data_dir)).catalog
+    model = MMSRModel.from_pretrained(base_dir)
+    embeddings = model.embed_catalog(model.processor(catalog.records(range(len(catalog)))))
+    model.train()
+    with pytest.raises(ValueError, match=rf"catalog_embeddings: shape \(5, {embeddings.shape[1]}\), expected "):
+        model.recommend([catalog.item_ids[:3]], catalog, catalog_embeddings=embeddings[:5])
+    histories = [catalog.item_ids[:3]]
+    expected = model.recommend(histories, catalog, k=5)
+    assert model.training
+    assert model.recommend(histories, catalog, k=5, catalog_embeddings=embeddings).item_ids == expected.item_ids
+    with pytest.raises((RuntimeError, NotImplementedError)):  # fails inside: back in training mode all the same
+        model.recommend(histories, catalog, k=5, catalog_embeddings=torch.empty(embeddings.shape, device="meta"))
+    assert model.training

@@ -257,9 +257,12 @@ def test_a_side_adapter_checks_its_base_and_its_files(catalog, tmp_path):  # noq
 
     (broken / SIDE_CONFIG_FILE).write_text(json.dumps({**config, "width": 32}))
     fresh = MMSRModel.from_pretrained(base)
+    fresh.item_tower.requires_grad_(False)  # the sequence encoder trains (a side adapter freezes it while loaded)
+    trainable = {name for name, parameter in fresh.named_parameters() if parameter.requires_grad}
     with pytest.raises(CheckpointError, match="weights do not fit its config"):
         fresh.load_adapter(broken)
     assert fresh.list_adapters() == []  # nothing half-loaded
+    assert {name for name, parameter in fresh.named_parameters() if parameter.requires_grad} == trainable
 
 
 def test_mmsr_adapt_method_side_writes_an_adapter_that_reloads_and_publishes(base_dir, data_dir, tmp_path, capsys):

@@ -122,6 +122,17 @@ class ItemRows:
     def select(self: Rows, index: torch.Tensor) -> Rows:
         return type(self)(*(getattr(self, f.name)[index] for f in fields(self)))
 
+    def spread(self: Rows, rows: torch.Tensor) -> Rows:
+        """These rows put back at the True places of the bool mask `rows`, zeros (False) at the others: the
+        inverse of `select(rows)`, differentiable."""
+
+        def place(tensor: torch.Tensor) -> torch.Tensor:
+            whole = tensor.new_zeros((len(rows), *tensor.shape[1:]))
+            whole[rows] = tensor
+            return whole
+
+        return type(self)(*(place(getattr(self, f.name)) for f in fields(self)))
+
     def to(self: Rows, device) -> Rows:
         return type(self)(*(getattr(self, f.name).to(device) for f in fields(self)))
 
@@ -211,9 +222,9 @@ def enable_activation_checkpointing(model) -> None:
 def checkpoint_feed_forward(module: nn.Module) -> int:
     """Recomputes the wide half of every transformer feed-forward block inside `module` in the backward pass instead
     of storing it: Hugging Face `*Intermediate` modules (BERT-like text encoders, ViT, BEiT, ...: the expansion and
-    its activation) and open_clip's `mlp` (`c_fc` + GELU, + `ln` in blocks built with `scale_fc`). That activation is 4x the hidden width, and under LoRA
-    its output is what a frozen layer still stores (for the activation's gradient). The state-dict keys do not
-    change. Returns how many blocks were wrapped."""
+    its activation) and open_clip's `mlp` (`c_fc` + GELU, + `ln` in blocks built with `scale_fc`). That activation
+    is 4x the hidden width, and under LoRA its output is what a frozen layer still stores (for the activation's
+    gradient). The state-dict keys do not change. Returns how many blocks were wrapped."""
     from torch.utils.checkpoint import checkpoint
 
     def recomputed(forward):

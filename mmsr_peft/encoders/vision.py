@@ -228,6 +228,12 @@ class VisionEncoder(nn.Module):
                 module.eval()
         return self
 
+    def batch_statistics(self) -> bool:
+        """Whether a BatchNorm of the tower normalises by the batch (one that trains, in training mode)."""
+        return any(
+            isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training for module in self.modules()
+        )
+
     def set_finetuning(self, regime: str, top_k: int = 1) -> None:
         """`frozen`, `full`, or `top_k`: only the top `top_k` blocks (and the pooling/projection after them) train."""
         set_finetuning(self.tower, self.family, regime, top_k)
