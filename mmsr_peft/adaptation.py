@@ -130,7 +130,8 @@ def adapt(adapt_args: AdaptArguments, args: TrainingArguments) -> tuple[MMSRMode
 
     default = f"outputs/adapters/{adapt_args.adapter_name}" if adapt_args.method in ADAPTER_METHODS else None
     args.output_dir = args.output_dir or default or f"outputs/adapted/{adapt_args.target}-{adapt_args.method}"
-    check_output_dir(args.output_dir, {"--base": adapt_args.base}, args.overwrite_output_dir, args.resume)
+    protected = {"--base": adapt_args.base, "--data_dir": adapt_args.data_dir}
+    check_output_dir(args.output_dir, protected, args.overwrite_output_dir, args.resume)
     domain = load_domain(adapt_args.target, adapt_args.data_source, adapt_args.data_dir)
     model = MMSRModel.from_pretrained(adapt_args.base, revision=adapt_args.revision)
     accelerator = make_accelerator(args, model.config.item_tower, model.config.fusion.type)
@@ -159,6 +160,9 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         records, progress=True, image_cache_dir=args.feature_cache_dir, accelerator=accelerator
     )
     results = {"random": random_baseline(corpus.test)}
+    # on the accelerator's device from here on: the zero-shot pass encodes the whole catalog, and bitsandbytes
+    # quantizes (`--quantize`) on the device the weights lie on
+    model.to(accelerator.device)
     zero_shot = evaluate(model, catalog_inputs, corpus.test, batch_size=args.eval_batch_size, accelerator=accelerator)
     results["zero-shot base"] = zero_shot["all"]
     by_target = _warm_and_cold("zero-shot base", zero_shot, domain.name)  # with --cold_start_fraction only
@@ -171,8 +175,6 @@ def _adapt(adapt_args: AdaptArguments, args: TrainingArguments, domain, model: M
         "data": {"name": domain.name, **{k: stats[k] for k in ("source", "version", "manifest_sha256", "synthetic")}},
     }
     base_parameters = sum(p.numel() for p in model.parameters())  # counted before 4-bit packing halves them
-    if adapt_args.quantize:
-        model.to(accelerator.device)  # bitsandbytes quantizes on the device the weights lie on
     model, row = prepare_method(model, adapt_args, metadata)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = base_parameters + sum(p.numel() for n, p in model.named_parameters() if is_adapter_key(n))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import side
-from .checkpoints import read_pickle_weights
+from .checkpoints import read_json, read_pickle_weights
 from .errors import CheckpointError
 from .files import check_finite, is_local_path
 from .lora import keep_attention_weights_exact, set_lora_dropout
@@ -138,10 +138,68 @@ def _adapter_record(name_or_path, revision=None) -> dict:
 
 
 def _read_record(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    record = read_json(path)
+    problem = _record_problem(record)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+    return record
+
+
+def _record_problem(record) -> str | None:
+    """What is wrong with an adapter record (`mmsr_adapter.json`, or the metadata given to `add_adapter`): the
+    fields read here must have the types they are saved with. None when nothing is."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__} {str(record)[:200]}"
+    trained_on = record.get("base_sha256")
+    if trained_on is not None and not isinstance(trained_on, str):
+        return f"base_sha256 is {trained_on!r}, expected a string (the sha256 of the base's weights) or null"
+    lora = record.get("lora", {})
+    if not isinstance(lora, dict):
+        return f"lora is {str(lora)[:200]!r}, expected an object (the adapter's LoRA settings)"
+    pattern = lora.get("dropout_pattern")
+    pattern = {} if pattern is None else pattern
+    if not isinstance(pattern, dict):
+        return (
+            f"lora.dropout_pattern is {str(pattern)[:200]!r}, expected an object (module pattern -> dropout) or null"
+        )
+    bad = {key: p for key, p in pattern.items() if isinstance(p, bool) or not isinstance(p, (int, float))}
+    bad.update({key: p for key, p in pattern.items() if key not in bad and not 0 <= p <= 1})
+    if bad:
+        return f"lora.dropout_pattern has {bad}, expected dropout probabilities in [0, 1]"
+    return None
+
+
+# the fields of a LoRA `adapter_config.json` checked before peft reads them (peft fails on a wrong type deep inside)
+LORA_FIELDS = {
+    "r": ((int,), "an integer"),
+    "lora_alpha": ((int, float), "a number"),
+    "lora_dropout": ((int, float), "a number"),
+    "target_modules": ((str, list, type(None)), "a regex string, a list of module names or null"),
+    "modules_to_save": ((list, type(None)), "a list of module names or null"),
+    "rank_pattern": ((dict, type(None)), "an object or null"),
+    "alpha_pattern": ((dict, type(None)), "an object or null"),
+}
+
+
+def _check_peft_config(path: Path) -> None:
+    """A peft `adapter_config.json` that peft would fail on with a bare KeyError or TypeError is an error naming the
+    file, the field and the value: not a JSON object, an unknown `peft_type`, a LoRA field of the wrong type."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    settings = read_json(path)
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(settings).__name__} {str(settings)[:200]}")
+    peft_type = settings.get("peft_type")
+    if not isinstance(peft_type, str) or peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise CheckpointError(f"{path}: peft_type is {peft_type!r}, expected a peft method such as 'LORA'")
+    if peft_type != "LORA":
+        return
+    for key, (types, expected) in LORA_FIELDS.items():
+        value = settings.get(key)
+        if key in settings and (isinstance(value, bool) or not isinstance(value, types)):
+            raise CheckpointError(f"{path}: {key} is {value!r}, expected {expected}")
+        if isinstance(value, list) and not all(isinstance(name, str) for name in value):
+            raise CheckpointError(f"{path}: {key} is {value!r}, expected {expected}")
 
 
 class AdapterMixin:
@@ -164,16 +222,23 @@ class AdapterMixin:
 
         from peft import inject_adapter_in_model
 
-        check_adapter_name(adapter_name)
-        if adapter_name in self.list_adapters():
-            raise ValueError(f"adapter {adapter_name!r} already exists; loaded adapters: {self.list_adapters()}")
+        self._check_new_adapter(adapter_name)
+        problem = _record_problem(metadata or {})
+        if problem:
+            raise ValueError(f"metadata of adapter {adapter_name!r}: {problem}")
         peft_config.base_model_name_or_path = self.name_or_path
         if isinstance(peft_config, SideAdapterConfig):
             self._add_side_adapter(peft_config, adapter_name, metadata)
             return
-        with warnings.catch_warnings():  # several adapters on one model are the point here
-            warnings.filterwarnings("ignore", "Already found a `peft_config` attribute")
-            inject_adapter_in_model(peft_config, self, adapter_name=adapter_name)
+        previous, trainable = self.active_adapter(), self._trainable()  # both back if the injection fails
+        try:
+            with warnings.catch_warnings():  # several adapters on one model are the point here
+                warnings.filterwarnings("ignore", "Already found a `peft_config` attribute")
+                inject_adapter_in_model(peft_config, self, adapter_name=adapter_name)
+        except Exception:  # a config peft cannot apply (a wrong type, no module matched): undo what it injected
+            self._peft_configs()[adapter_name], self._metadata()[adapter_name] = peft_config, {}
+            self._delete_adapter(adapter_name, previous, trainable)
+            raise
         self._peft_configs()[adapter_name] = peft_config
         self._metadata()[adapter_name] = dict(metadata or {})
         dropout_pattern = self._metadata()[adapter_name].get("lora", {}).get("dropout_pattern")
@@ -189,6 +254,11 @@ class AdapterMixin:
         self._metadata()[adapter_name] = dict(metadata or {})
         self.requires_grad_(False)
         self.set_adapter(adapter_name)
+
+    def _check_new_adapter(self, adapter_name: str) -> None:
+        check_adapter_name(adapter_name)
+        if adapter_name in self.list_adapters():
+            raise ValueError(f"adapter {adapter_name!r} already exists; loaded adapters: {self.list_adapters()}")
 
     def _is_side(self, adapter_name: str) -> bool:
         return isinstance(self._peft_configs().get(adapter_name), SideAdapterConfig)
@@ -212,7 +282,7 @@ class AdapterMixin:
         from peft import PeftConfig, set_peft_model_state_dict
 
         adapter_name = adapter_name or Path(str(name_or_path)).name.replace(".", "_")
-        check_adapter_name(adapter_name)
+        self._check_new_adapter(adapter_name)
         record = _adapter_record(name_or_path, revision)
         trained_on = record.get("base_sha256")
         if not trained_on and self.base_fingerprint and not force:
@@ -232,16 +302,26 @@ class AdapterMixin:
             return self._load_side_adapter(name_or_path, side_config, adapter_name, metadata, revision)
         from safetensors import SafetensorError
 
+        config_path = _adapter_file(name_or_path, ADAPTER_CONFIGS[0], revision)
+        if config_path is not None:
+            _check_peft_config(config_path)
         try:
             peft_config = PeftConfig.from_pretrained(str(name_or_path), revision=revision)
             weights = _lora_weights(name_or_path, revision, allow_pickle)
         except CheckpointError:  # refused pickle, non-finite weights: the message says it already
             raise
-        except (OSError, ValueError, SafetensorError) as err:  # missing files, bad JSON, a truncated weights file
-            raise CheckpointError(f"{name_or_path}: cannot read a peft adapter ({type(err).__name__}: {err})") from err
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:  # missing files, a bad config
+            where = config_path or name_or_path
+            raise CheckpointError(f"{where}: cannot read a peft adapter ({type(err).__name__}: {err})") from err
         weights = {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
         previous, trainable = self.active_adapter(), self._trainable()  # both back if the load fails
-        self.add_adapter(peft_config, adapter_name, metadata)
+        try:
+            self.add_adapter(peft_config, adapter_name, metadata)  # undoes its own injection if it fails
+        except (KeyError, TypeError, ValueError) as err:  # a config value peft cannot apply to this model
+            detail = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+            raise CheckpointError(
+                f"{config_path or name_or_path}: cannot apply the adapter config ({detail})"
+            ) from None
         try:
             result = set_peft_model_state_dict(self, weights, adapter_name=adapter_name)
         except (RuntimeError, KeyError) as err:  # shape mismatch or missing module: another architecture or rank

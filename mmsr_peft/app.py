@@ -48,13 +48,17 @@ class Recommender:
 
     @classmethod
     def from_pretrained(
-        cls, model: str, catalog: Catalog, adapters: list[str] = (), force: bool = False
+        cls, model: str, catalog: Catalog, adapters: list[str] = (), force: bool = False, device: str = "auto"
     ) -> "Recommender":
-        """Loads the base `model` and the `adapters` (folders or Hub repo ids) for `catalog`."""
+        """Loads the base `model` and the `adapters` (folders or Hub repo ids) for `catalog`, on `device` (a
+        `--device` value: `auto` is the GPU when there is one)."""
+        from .arguments import resolve_device
         from .model import MMSRModel
 
+        where = resolve_device(device)
         base = MMSRModel.from_pretrained(model)
-        return cls(base, catalog, [base.load_adapter(adapter, force=force) for adapter in adapters])
+        names = [base.load_adapter(adapter, force=force) for adapter in adapters]
+        return cls(base.to(where), catalog, names)
 
     def title(self, item_id: str) -> str:
         """An item's text up to its first sentence's end (MovieLens: "Toy Story (1995)"), else its id."""
@@ -198,7 +202,7 @@ def serve(args: AppArguments, block: bool = True):
     unknown = [item for item in args.history if item not in catalog.index]
     if unknown:
         raise ValueError(f"--history: item ids not in catalog {catalog.name!r}: {unknown[:5]}")
-    recommender = Recommender.from_pretrained(args.model, catalog, args.adapters, args.force)
+    recommender = Recommender.from_pretrained(args.model, catalog, args.adapters, args.force, args.device)
     return launch(recommender, args.history, args.k, args.host, args.port, block)
 
 

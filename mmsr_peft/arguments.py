@@ -8,6 +8,7 @@ from `--config file.yaml`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -40,6 +41,36 @@ BASELINES = {
     "knn_image": "the same with the frozen vision encoder's vectors",
     "knn_both": "the same with both vectors, each L2-normalised, concatenated (a missing modality is zeros)",
 }
+
+
+def check_evaluation_args(args) -> None:
+    """The checks of `--eval_batch_size` and `--seed` that every command with them shares."""
+    if args.eval_batch_size < 1:
+        raise ValueError(f"--eval_batch_size must be >= 1, got {args.eval_batch_size}")
+    if not 0 <= args.seed < 2**32:  # numpy's generators take no other
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
+
+
+DEVICE_HELP = "Where the model runs: auto (the GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps."
+
+
+def resolve_device(name: str):
+    """The `torch.device` that `--device name` stands for (see `DEVICE_HELP`); one this machine lacks is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r}: not a device; expected auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine")
+    return device
 
 
 @dataclass(kw_only=True)
@@ -93,6 +124,14 @@ class DataArguments(SplitArguments):
         default_factory=lambda: ["food", "home", "movies"], metadata={"help": "Source domains to pretrain on."}
     )
 
+    def __post_init__(self):
+        for name in self.domains:  # before anything is prepared or written
+            try:
+                domain_folder(name, self.data_source, self.data_dir)
+            except DataError as err:
+                raise ValueError(f"--domains {name!r}: {err}") from None
+        super().__post_init__()
+
 
 @dataclass
 class ModelArguments:
@@ -119,7 +158,15 @@ class ModelArguments:
     vision_weights: str | None = field(
         default=None, metadata={"help": "Local open_clip weights file (.safetensors/.pt) for the vision tower."}
     )
-    image_size: int = field(default=64, metadata={"help": "Image side in pixels fed to the vision tower."})
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Image side in pixels fed to the vision tower (default: the tower's own size for an open_clip "
+            "name, e.g. 224 for ViT-B-32, and for an hf: model; 64 for the presets and torchvision CNNs). An "
+            "open_clip tower runs at any size (a ViT's --vision_weights position embeddings are interpolated to "
+            "it); an hf: model only takes its own size."
+        },
+    )
     fusion: str = field(default="concat", metadata={"help": f"Fusion type, one of: {', '.join(FUSION_TYPES)}."})
     fusion_layers: int = field(default=1, metadata={"help": "Layers of an attention fusion."})
     fusion_heads: int = field(default=2, metadata={"help": "Attention heads of an attention fusion."})
@@ -354,7 +401,7 @@ class TrainingArguments:
     )
 
     def __post_init__(self):
-        for name in ("num_epochs", "batch_size", "patience", "eval_batch_size", "save_steps"):
+        for name in ("num_epochs", "batch_size", "patience", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -363,17 +410,18 @@ class TrainingArguments:
             raise ValueError(
                 f"--save_total_limit must be >= 2 (one state survives a kill while saving), got {self.save_total_limit}"
             )
-        if self.learning_rate <= 0:
-            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"--learning_rate must be > 0 and finite, got {self.learning_rate}")
+        if not 0 <= self.max_grad_norm < math.inf:
+            raise ValueError(f"--max_grad_norm must be >= 0 (0: off) and finite, got {self.max_grad_norm}")
         if self.num_negatives < 0:
             raise ValueError(f"--num_negatives must be >= 0, got {self.num_negatives}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0 <= self.seed < 2**32:  # numpy's generators take no other
-            raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
+        check_evaluation_args(self)
         for name in ("text_learning_rate", "vision_learning_rate"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+            if getattr(self, name) is not None and not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"--{name} must be > 0 and finite, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
@@ -557,6 +605,9 @@ class AdaptArguments(SplitArguments):
             if given and self.components is not None and component not in self.components:
                 raise ValueError(f"{', '.join(given)} given, but {component!r} is not in --components")
         self.adapter_name = self.adapter_name or self.target
+        from .adapters import check_adapter_name
+
+        check_adapter_name(self.adapter_name)  # before the base is loaded and the catalog encoded
 
     def lora_settings(self) -> dict[str, dict]:
         """Rank, alpha, dropout and target modules (None: the family's defaults) of each component."""
@@ -586,10 +637,12 @@ class BaselineArguments:
     feature_cache_dir: str | None = field(
         default=None, metadata={"help": "Keep the frozen encoders' outputs here and reuse them across runs."}
     )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the run in --output_dir."})
 
     def __post_init__(self):
         if self.baseline not in BASELINES:
             raise ValueError(f"unknown --baseline {self.baseline!r}; valid: {', '.join(BASELINES)}")
+        check_evaluation_args(self)
 
 
 @dataclass
@@ -662,12 +715,17 @@ class RecommendArguments:
     force: bool = field(
         default=False, metadata={"help": "Load an adapter trained on another base (or without a record of it)."}
     )
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
 
     def __post_init__(self):
         if self.k < 1 or self.batch_size < 1:
             raise ValueError(f"--k and --batch_size must be >= 1, got {self.k} and {self.batch_size}")
         if Path(self.input).suffix not in (".jsonl", ".csv"):
             raise ValueError(f"--input {self.input}: expected a .jsonl or .csv file")
+        output = Path(self.output)
+        if output.is_dir() or output.parent.exists() and not output.parent.is_dir():
+            place = "is a folder" if output.is_dir() else f"is in {output.parent}, which is a file"
+            raise ValueError(f"--output {self.output} {place}: expected the path of a JSONL file to write")
 
 
 @dataclass
@@ -692,10 +750,13 @@ class AppArguments:
     force: bool = field(
         default=False, metadata={"help": "Load adapters trained on another base (or without a record of it)."}
     )
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
 
     def __post_init__(self):
         if not 1 <= self.k <= MAX_APP_K:
             raise ValueError(f"--k must be in [1, {MAX_APP_K}], got {self.k}")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"--port must be in [1, 65535], got {self.port}")
 
 
 MAX_APP_K = 50  # the page's slider range

@@ -19,6 +19,7 @@ from .arguments import BASELINES, BaselineArguments, DataArguments
 from .builder import ModelArguments, build_model
 from .domains import Corpus, build_corpus, describe_data, load_domain
 from .evaluation import evaluate_report, format_table, random_baseline
+from .run_folders import check_output_dir, claim_output_dir
 from .run_outputs import write_run_outputs
 from .training import precompute_frozen_states
 
@@ -89,27 +90,29 @@ def run_baseline(args: BaselineArguments, model_args: ModelArguments, data_args:
     rankers are `model_args`' text and vision models, untrained here."""
     from .pretraining import prepare_synthetic
 
-    began = time.perf_counter()
-    prepare_synthetic(data_args)
-    domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
-    corpus = build_corpus(
-        domains, model_args.max_len, data_args.cold_start_fraction, args.seed, data_args.train_user_fraction
-    )
-    print(describe_data(corpus.stats))
-    ranker = build_baseline(args.baseline, corpus, model_args, args.feature_cache_dir)
-    report = evaluate_report(ranker, None, corpus.test, args.eval_batch_size)
-    results = report.main
-    results["random"] = random_baseline(corpus.test)
-    summary = {
-        "baseline": args.baseline,
-        "description": BASELINES[args.baseline],
-        "test": results,
-        "test_other_exclusions": report.other_exclusions,
-        "test_by_popularity": report.by_popularity,
-        "data": corpus.stats,
-        "trainable_parameters": 0,
-        "wall_s": time.perf_counter() - began,
-    }
-    write_run_outputs(args.output_dir, summary, (args, model_args, data_args), test_ranks=report.ranks)
+    check_output_dir(args.output_dir, {"--data_dir": data_args.data_dir}, args.overwrite_output_dir)
+    with claim_output_dir(args.output_dir, overwrite=args.overwrite_output_dir):
+        began = time.perf_counter()
+        prepare_synthetic(data_args)
+        domains = [load_domain(name, data_args.data_source, data_args.data_dir) for name in data_args.domains]
+        corpus = build_corpus(
+            domains, model_args.max_len, data_args.cold_start_fraction, args.seed, data_args.train_user_fraction
+        )
+        print(describe_data(corpus.stats))
+        ranker = build_baseline(args.baseline, corpus, model_args, args.feature_cache_dir)
+        report = evaluate_report(ranker, None, corpus.test, args.eval_batch_size)
+        results = report.main
+        results["random"] = random_baseline(corpus.test)
+        summary = {
+            "baseline": args.baseline,
+            "description": BASELINES[args.baseline],
+            "test": results,
+            "test_other_exclusions": report.other_exclusions,
+            "test_by_popularity": report.by_popularity,
+            "data": corpus.stats,
+            "trainable_parameters": 0,
+            "wall_s": time.perf_counter() - began,
+        }
+        write_run_outputs(args.output_dir, summary, (args, model_args, data_args), test_ranks=report.ranks)
     print(f"\n{args.baseline} ({BASELINES[args.baseline]}), test split:\n{format_table(results)}\n")
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .arguments import ModelArguments
@@ -56,6 +57,10 @@ def pretrained_source(name: str, flag: str) -> str:
     if is_local_path(name):
         raise ValueError(f"--{flag} {name}: no folder at {path.resolve()}")
     return name
+
+
+# The image side of the presets and torchvision CNNs when `--image_size` is not given (they have no size of their own).
+PRESET_IMAGE_SIZE = 64
 
 
 def fusion_settings(args: ModelArguments):
@@ -114,15 +119,19 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
         text_config.source = args.text_model
         tokenizer = AutoTokenizer.from_pretrained(source)
     if args.item_tower in ("multimodal", "image"):
+        image_size = args.image_size  # None: the tower's own size
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"--image_size must be >= 1 (or left out: the tower's own size), got {image_size}")
+        size = PRESET_IMAGE_SIZE if image_size is None else image_size  # the presets' and CNNs' (no size of their own)
         if args.vision_model in VISION_PRESETS:
             tower = dict(VISION_PRESETS[args.vision_model])
-            vision_config = VisionEncoderConfig(tower=tower, embed_dim=args.hidden_size, image_size=args.image_size)
+            vision_config = VisionEncoderConfig(tower=tower, embed_dim=args.hidden_size, image_size=size)
             vision_config.source = args.vision_model
         elif args.vision_model in TORCHVISION_CNNS:
             vision_config = VisionEncoderConfig(
                 backend="torchvision",
                 tower={"arch": args.vision_model},
-                image_size=args.image_size,
+                image_size=size,
                 image_mean=IMAGENET_MEAN,
                 image_std=IMAGENET_STD,
                 source=args.vision_model,
@@ -131,9 +140,17 @@ def build_model(args: ModelArguments, item_vocab: list[str] | None = None) -> MM
                 vision_weights = mobilenet_v2_weights()
         elif args.vision_model.startswith("hf:"):
             vision_config = VisionEncoderConfig.from_hf(args.vision_model.removeprefix("hf:"))
+            if image_size not in (None, vision_config.image_size):  # its position embeddings are sized for its own
+                raise ValueError(
+                    f"--image_size {image_size}: --vision_model {args.vision_model} takes images of "
+                    f"{vision_config.image_size} pixels (its config's image_size); leave --image_size out or pass "
+                    f"{vision_config.image_size}"
+                )
             vision_weights = vision_weights or args.vision_model.removeprefix("hf:")
-        else:
+        else:  # an open_clip tower runs at any size (as open_clip's force_image_size); its own by default
             vision_config = VisionEncoderConfig.from_open_clip(args.vision_model)
+            if image_size is not None:
+                vision_config = dataclasses.replace(vision_config, image_size=image_size)
     fusion_config, bert = fusion_settings(args)
     config = MMSRConfig(
         item_tower=args.item_tower,

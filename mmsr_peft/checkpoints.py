@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,15 @@ import torch
 
 from .errors import CheckpointError
 from .files import check_finite, is_local_path
+
+
+def read_json(path: Path):
+    """The JSON value in `path`; a file that is not valid JSON is an error naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -7,7 +7,8 @@ import sys
 
 from .errors import CheckpointError, DataError, RunFolderBusy
 
-USAGE_ERRORS = (DataError, CheckpointError, ValueError, FileNotFoundError, ImportError, RunFolderBusy)
+# what a user can fix (a bad value, a missing or unwritable file, a busy folder): one line, exit status 2
+USAGE_ERRORS = (DataError, CheckpointError, ValueError, OSError, ImportError, RunFolderBusy)
 
 
 def _run(function, argv, dataclass_types, description, extra_errors=()) -> int:
@@ -103,7 +104,7 @@ def data_main(argv=None) -> int:
     args = data_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (*USAGE_ERRORS, FileExistsError) as err:
+    except USAGE_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

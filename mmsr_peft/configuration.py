@@ -3,11 +3,12 @@ their modules; `config.py` holds the strict dict conversion they all share)."""
 
 from __future__ import annotations
 
-import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoints import read_json
 from .config import ConfigMixin
 from .encoders import TextEncoderConfig, VisionEncoderConfig
 from .errors import CheckpointError
@@ -93,14 +94,14 @@ class MMSRConfig(ConfigMixin):
             raise ValueError(f"item_tower={self.item_tower!r} needs a vision encoder config (`vision`)")
         if self.item_tower == "id" and self.num_items < 1:
             raise ValueError(f"item_tower='id' needs num_items >= 1, got {self.num_items}")
-        if self.itc_weight < 0 or (self.itc_weight > 0 and self.item_tower != "multimodal"):
+        if not 0 <= self.itc_weight < math.inf or (self.itc_weight > 0 and self.item_tower != "multimodal"):
             raise ValueError(f"itc_weight must be >= 0 and needs item_tower='multimodal', got {self.itc_weight}")
         if not 0 <= self.feature_dropout < 1 or (self.feature_dropout and self.item_tower == "id"):
             raise ValueError(
                 f"feature_dropout must be in [0, 1) and needs a content item tower, got {self.feature_dropout}"
             )
-        if self.new_item_boost < 0:
-            raise ValueError(f"new_item_boost must be >= 0, got {self.new_item_boost}")
+        if not 0 <= self.new_item_boost < math.inf:
+            raise ValueError(f"new_item_boost must be >= 0 and finite, got {self.new_item_boost}")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
         if self.loss not in LOSSES:
@@ -110,9 +111,9 @@ class MMSRConfig(ConfigMixin):
                 f"hidden_size {self.hidden_size} is not divisible by sequence.num_heads {self.sequence.num_heads}: "
                 "SASRec's attention splits the width across its heads"
             )
-        if self.hidden_size < 1 or self.temperature <= 0:
+        if self.hidden_size < 1 or not 0 < self.temperature < math.inf:
             raise ValueError(
-                f"hidden_size must be >= 1 and temperature > 0, got {self.hidden_size}, {self.temperature}"
+                f"hidden_size must be >= 1 and temperature > 0 and finite, got {self.hidden_size}, {self.temperature}"
             )
 
     @property
@@ -126,10 +127,7 @@ class MMSRConfig(ConfigMixin):
 
 def load_config(path: Path) -> MMSRConfig:
     """Reads a `config.json`; a file that is not valid JSON or not a valid config is an error naming it."""
-    try:
-        settings = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    settings = read_json(path)
     if isinstance(settings, dict):
         settings.pop("mmsr_peft_version", None)
         missing = [key for key in REQUIRED_CONFIG_KEYS if key not in settings]

@@ -97,12 +97,17 @@ def domain_folder(name: str, source: str = "synthetic", data_dir: str = DEFAULT_
     return Path(data_dir) / source / name
 
 
+def no_data_error(name: str, source: str, data_dir: str) -> DataError:
+    """The error for a registered domain that is not prepared yet: it says the command that prepares it."""
+    folder, command = domain_folder(name, source, data_dir), SOURCES[source].format(name=name, data_dir=data_dir)
+    return DataError(f"no processed data for domain {name!r} ({source}) at {folder}; prepare it with:\n  {command}")
+
+
 def load_domain(name: str, source: str = "synthetic", data_dir: str = DEFAULT_DATA_DIR) -> Domain:
     """Loads a registered domain. A missing folder is an error that says the command that prepares it."""
     folder = domain_folder(name, source, data_dir)
     if not (folder / "items.parquet").is_file():
-        command = SOURCES[source].format(name=name, data_dir=data_dir)
-        raise DataError(f"no processed data for domain {name!r} ({source}) at {folder}; prepare it with:\n  {command}")
+        raise no_data_error(name, source, data_dir)
     return load_folder(folder)
 
 

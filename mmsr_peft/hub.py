@@ -17,9 +17,9 @@ from pathlib import Path
 
 from .adapters import ADAPTER_FILES, ADAPTER_RECORD, adapter_config_file
 from .arguments import PublishArguments
-from .cards import adapter_card, base_card
+from .cards import adapter_card, base_card, base_revision, public_name
 from .errors import CheckpointError
-from .files import check_finite, is_local_path
+from .files import check_finite
 from .model import BASE_FILES
 from .side import SIDE_CONFIG_FILE, SIDE_WEIGHTS_FILE
 
@@ -29,6 +29,14 @@ ALLOWED = ("*.json", "*.safetensors", "*.txt", "*.model", "training_curves.png")
 # The model and adapter files a publish replaces in the repo: one of them that this upload lacks is deleted
 OWNED_FILES = (*BASE_FILES, *ADAPTER_FILES)
 CARD_MARK = re.compile(r"\n<!-- mmsr_peft card sha256: ([0-9a-f]{64}) -->\n?$")
+
+
+class CardUnreadable(OSError):
+    """The card on the Hub could not be read, so whether it was edited there is unknown: nothing is uploaded."""
+
+
+class SpaceNotPublished(OSError):
+    """The model's commit went through; the Space's did not."""
 
 
 def folder_kind(folder: Path) -> str:
@@ -89,13 +97,56 @@ def card_edited(text: str) -> bool:
 
 
 def _remote_card(api, repo_id: str, revision: str | None) -> str | None:
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    """The card on the Hub, downloaded anew (never a copy from the local cache); None only where the Hub answers
+    that there is no such file, repo or revision. Any other failure (no answer, a 5xx) raises `CardUnreadable`."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    with tempfile.TemporaryDirectory() as cache:  # empty: a failed request cannot fall back to an older copy
+        try:
+            path = api.hf_hub_download(repo_id, CARD, revision=revision, cache_dir=cache)
+        except GatedRepoError:
+            raise
+        except (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+            return None
+        except LocalEntryNotFoundError as err:  # what hf_hub_download raises when the Hub did not answer
+            cause = err.__cause__ or err
+            cause = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else 'no answer'}"
+            raise CardUnreadable(
+                f"{repo_id}: cannot read its {CARD} on the Hub to tell whether it was edited there "
+                f"({cause}); nothing was uploaded (try again, or pass --overwrite_card to "
+                "replace the card)"
+            ) from err
+        return Path(path).read_text()
+
+
+def _refuse_public(api, repo_id: str, repo_type: str) -> None:
+    """--private never publishes into a repo that is public: an existing repo keeps its visibility, so it is an
+    error that names the repo (a repo that does not exist yet is created private)."""
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        path = api.hf_hub_download(repo_id, CARD, revision=revision)
-    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
-        return None
-    return Path(path).read_text()
+        info = api.repo_info(repo_id, repo_type=repo_type)
+    except RepositoryNotFoundError:
+        return
+    if not info.private:
+        raise ValueError(
+            f"{repo_id}: the {repo_type} repo already exists and is public, and --private does not change that; "
+            "nothing was published (make it private on the Hub first, or publish without --private)"
+        )
+
+
+def render_card(folder: Path, kind: str, args: PublishArguments) -> str:
+    """The card `args.repo_id` gets, signed; rendered before any network call (in a dry run too), so a folder the
+    card cannot be written for fails before a repo is created."""
+    if kind == "base":
+        return sign_card(base_card(folder, args.repo_id))
+    return sign_card(adapter_card(folder, args.repo_id, args.base_repo_id))
 
 
 def publish(args: PublishArguments) -> str | None:
@@ -114,6 +165,7 @@ def publish(args: PublishArguments) -> str | None:
             )
     files = files_to_upload(folder)
     _check_weights(folder, files)
+    card = render_card(folder, kind, args)
     space = _space_files(args, kind, folder) if args.space else None
     if args.dry_run:
         total = sum((folder / f).stat().st_size for f in files)
@@ -129,18 +181,27 @@ def publish(args: PublishArguments) -> str | None:
             print(f"  {len(space.files)} files, {size:,} bytes in all")
         return None
 
-    from huggingface_hub import constants
+    from huggingface_hub import HfApi, constants
 
+    api = HfApi()
     try:
-        commit = _upload(args, folder, kind, files)
-        if space:
-            print(f"Published the Space {args.space}: {_upload_space(args, space)}")
+        if space and args.private:  # checked before the model goes up: the Space is pushed after it
+            _refuse_public(api, args.space, "space")
+        commit = _upload(api, args, folder, kind, files, card)
     except network_errors() as err:  # no connection, a timeout: one sentence, not the HTTP client's traceback
         raise ConnectionError(
             f"{args.repo_id}: cannot reach the Hub at {constants.ENDPOINT} ({type(err).__name__}: {err}); "
             "nothing was published"
         ) from None
     print(f"Published {kind} {folder} to {args.repo_id}: {commit}")
+    if space:
+        try:
+            print(f"Published the Space {args.space}: {_upload_space(api, args, space)}")
+        except Exception as err:  # the model is on the Hub whatever went wrong: say so
+            raise SpaceNotPublished(
+                f"{args.space}: the Space was not pushed ({type(err).__name__}: {err}); the {kind} itself was "
+                f"published to {args.repo_id}: {commit} (run the same command again to push the Space)"
+            ) from err
     return str(commit)
 
 
@@ -215,12 +276,14 @@ def _stage(staging: Path, files: dict) -> None:
         (staging / path).symlink_to(Path(local).resolve())
 
 
-def _upload_space(args: PublishArguments, space: SpaceFiles) -> str:
-    """Creates the Space (Gradio SDK) and uploads its files in one commit; returns the commit URL."""
-    from huggingface_hub import HfApi
+def _upload_space(api, args: PublishArguments, space: SpaceFiles) -> str:
+    """Creates the Space (Gradio SDK) and uploads its files in one commit, which replaces the catalog and the
+    generated files an earlier push left; returns the commit URL."""
+    from .app import SPACE_CATALOG
 
-    api = HfApi()
     api.create_repo(args.space, repo_type="space", space_sdk="gradio", private=args.private, exist_ok=True)
+    if args.private:
+        _refuse_public(api, args.space, "space")
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
         for path, text in space.texts.items():
@@ -232,6 +295,7 @@ def _upload_space(args: PublishArguments, space: SpaceFiles) -> str:
                 repo_id=args.space,
                 repo_type="space",
                 folder_path=staging,
+                delete_patterns=[f"{SPACE_CATALOG}/*", *space.texts],  # another domain's images must not stay
                 commit_message=args.commit_message or f"mmsr_peft page of {args.repo_id}, by mmsr-publish --space",
             )
     return str(commit)
@@ -250,33 +314,29 @@ def network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _upload(args: PublishArguments, folder: Path, kind: str, files: list[Path]) -> str:
-    """Creates the repo (and branch), renders the card unless one edited on the Hub is kept, and uploads `files`
-    with the card in one commit; returns the commit URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
+def _upload(api, args: PublishArguments, folder: Path, kind: str, files: list[Path], card: str) -> str:
+    """Creates the repo (and branch) and uploads `files` with `card` in one commit, unless a card edited on the Hub
+    is kept; returns the commit URL."""
     api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+    if args.private:
+        _refuse_public(api, args.repo_id, "model")
     if args.revision and args.revision != "main":
         api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)
-    remote = _remote_card(api, args.repo_id, args.revision)
-    keep_remote_card = remote is not None and card_edited(remote) and not args.overwrite_card
+    remote = None if args.overwrite_card else _remote_card(api, args.repo_id, args.revision)
+    keep_remote_card = remote is not None and card_edited(remote)
     if keep_remote_card:
         print(f"{args.repo_id}: {CARD} was edited on the Hub; keeping it (pass --overwrite_card to replace it)")
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
         _stage(staging, {relative: folder / relative for relative in files})
-        if kind == "adapter" and args.base_repo_id:
+        if kind == "adapter":
             _point_adapter_at(staging, folder, args.base_repo_id)
         if (folder / RUN_ARGS).is_file():
             _strip_local_paths(staging, folder, args.base_repo_id)
+        if (staging / "config.json").exists():
+            _strip_local_sources(staging, folder)
         if not keep_remote_card:
-            card = (
-                base_card(folder, args.repo_id)
-                if kind == "base"
-                else adapter_card(folder, args.repo_id, args.base_repo_id)
-            )
-            (staging / CARD).write_text(sign_card(card))
+            (staging / CARD).write_text(card)
         commit = api.upload_folder(
             repo_id=args.repo_id,
             folder_path=staging,
@@ -288,7 +348,7 @@ def _upload(args: PublishArguments, folder: Path, kind: str, files: list[Path]) 
 
 
 RUN_ARGS = "run_args.json"
-PATH_ARGUMENTS = ("output_dir", "data_dir", "feature_cache_dir", "vision_weights", "base")
+PATH_ARGUMENTS = ("output_dir", "data_dir", "feature_cache_dir", "vision_weights")
 # a Hub model name, an open_clip tag or a local path (`hf:` before the ones read with transformers)
 MODEL_ARGUMENTS = ("text_model", "vision_model", "fusion_init_from")
 
@@ -296,32 +356,54 @@ MODEL_ARGUMENTS = ("text_model", "vision_model", "fusion_init_from")
 def _strip_local_paths(staging: Path, folder: Path, base_repo_id: str | None) -> None:
     """The published `run_args.json` keeps the run's settings but not this machine's paths: each path argument,
     and each model argument that is a local path, keeps its last part (an adapter's `base` becomes the base's repo
-    id); a model argument that names a Hub model or a preset stays whole."""
+    id, or stays whole when it is one); a model argument that names a Hub model or a preset stays whole."""
     run_args = json.loads((folder / RUN_ARGS).read_text())
     for key in PATH_ARGUMENTS:
         if isinstance(run_args.get(key), str):
             run_args[key] = Path(run_args[key]).name
-    for key in MODEL_ARGUMENTS:
-        value = run_args.get(key)
-        if isinstance(value, str):
-            prefix = "hf:" if value.startswith("hf:") else ""
-            if is_local_path(value.removeprefix(prefix)):
-                run_args[key] = prefix + Path(value.removeprefix(prefix)).name
+    for key in (*MODEL_ARGUMENTS, "base"):
+        if key in run_args:
+            run_args[key] = public_name(run_args[key])
     if base_repo_id and "base" in run_args:
         run_args["base"] = base_repo_id
     (staging / RUN_ARGS).unlink()
     (staging / RUN_ARGS).write_text(json.dumps(run_args, indent=2) + "\n")
 
 
-def _point_adapter_at(staging: Path, folder: Path, base_repo_id: str) -> None:
-    """The published adapter names its base by its repo id, not by a local path."""
+def _point_adapter_at(staging: Path, folder: Path, base_repo_id: str | None) -> None:
+    """The published adapter names its base by its repo id (`base_repo_id`), not by a local path, and a peft
+    adapter trained on a revision of a Hub base (`--revision`) names that revision in its config's `revision`."""
+    if (folder / "adapter_config.json").is_file():
+        base = base_repo_id or json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        run_args = json.loads((folder / RUN_ARGS).read_text()) if (folder / RUN_ARGS).is_file() else {}
+        revision = base_revision(base, run_args)
+    else:
+        revision = None
     for name, key in (
         ("adapter_config.json", "base_model_name_or_path"),
         (SIDE_CONFIG_FILE, "base_model_name_or_path"),
         (ADAPTER_RECORD, "base_model"),
     ):
-        if (folder / name).is_file():
+        if (folder / name).is_file() and (base_repo_id or (revision and name == "adapter_config.json")):
             config = json.loads((folder / name).read_text())
-            config[key] = base_repo_id
+            config[key] = base_repo_id or config[key]
+            if revision and name == "adapter_config.json":
+                config["revision"] = revision
             (staging / name).unlink()
             (staging / name).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _strip_local_sources(staging: Path, folder: Path) -> None:
+    """The published `config.json` names its text and vision encoders as `_strip_local_paths` names the model
+    arguments: a local folder by its last part only, a Hub model or a preset whole."""
+    config = json.loads((folder / "config.json").read_text())
+    changed = False
+    for part in ("text", "vision"):
+        section = config.get(part)
+        if isinstance(section, dict) and isinstance(section.get("source"), str):
+            public = public_name(section["source"])
+            changed |= public != section["source"]
+            section["source"] = public
+    if changed:
+        (staging / "config.json").unlink()
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")

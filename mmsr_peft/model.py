@@ -59,7 +59,8 @@ class MMSROutput:
 
 @dataclass
 class Recommendations:
-    """Top-k items per history: `item_ids[b]` are ids of the catalog, best first; `scores` is `(B, k)`."""
+    """Top-k items per history: `item_ids[b]` are ids of the catalog, best first; `scores` is `(B, min(k, N))` for a
+    catalog of N items, -inf where a history left fewer than k candidates (its `item_ids[b]` is then shorter)."""
 
     item_ids: list[list[str]]
     scores: torch.Tensor

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import adapter_config_file
-from .arguments import SplitArguments
+from .arguments import DEVICE_HELP, SplitArguments, check_evaluation_args, resolve_device
 from .domains import build_corpus, describe_data, load_domain
 from .evaluation import PROTOCOL, evaluate_report, format_table, random_baseline
 from .run_folders import check_output_dir, claim_output_dir
@@ -44,6 +44,11 @@ class EvaluateArguments(SplitArguments):
     feature_cache_dir: str | None = field(
         default=None, metadata={"help": "Keep the frozen encoders' outputs here and reuse them across runs."}
     )
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_evaluation_args(self)
 
 
 def evaluate_model(args: EvaluateArguments) -> dict:
@@ -59,14 +64,15 @@ def evaluate_model(args: EvaluateArguments) -> dict:
             f"--model {args.model} is an adapter folder: pass the base it was trained on as --model and this folder "
             "as --adapter"
         )
-    protected = {"--model": args.model, **({"--adapter": args.adapter} if args.adapter else {})}
+    device = resolve_device(args.device)
+    protected = {"--model": args.model, "--adapter": args.adapter, "--data_dir": args.data_dir}
     check_output_dir(args.output_dir, protected, args.overwrite_output_dir)
     with claim_output_dir(args.output_dir, overwrite=args.overwrite_output_dir):
         began = time.perf_counter()
         model = MMSRModel.from_pretrained(args.model, revision=args.revision)
         if args.adapter:
             model.load_adapter(args.adapter, force=args.force)
-        model.requires_grad_(False).eval()  # every encoder frozen: their outputs are computed (or read) once
+        model.to(device).requires_grad_(False).eval()  # every encoder frozen: outputs computed (or read) once
         domains = [load_domain(name, args.data_source, args.data_dir) for name in args.domains]
         corpus = build_corpus(
             domains,

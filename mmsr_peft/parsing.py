@@ -19,6 +19,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         if action.default is None or action.required or "(default" in (action.help or ""):
             return action.help
+        if isinstance(action, argparse._StoreFalseAction):  # `--no_logq`: HfArgumentParser copies --logq's help
+            return f"Turn off --{action.dest}."
         return super()._get_help_string(action)
 
 
@@ -85,10 +87,15 @@ def config_flags(path: str, valid: set[str], parser: argparse.ArgumentParser, de
             flags += [f"--{key}", *tokens]
             continue
         convert = action.type
+        takes_bool = getattr(convert, "__name__", None) == "string_to_bool"
+        if isinstance(value, bool) and not takes_bool:  # YAML reads a bare no/yes/off/on as a boolean
+            parser.error(f"{path}: key {key!r}: {value} is a boolean; quote a text value (e.g. '{key}: \"no\"')")
+        if isinstance(value, list) and action.nargs in (None, "?"):
+            parser.error(f"{path}: key {key!r}: a list {value}; expected a single value")
         for token in tokens:  # what argparse would say, but naming the file and the key
             try:
                 convert(token) if callable(convert) else token
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
                 parser.error(f"{path}: key {key!r}: invalid {getattr(convert, '__name__', 'value')} value {token!r}")
         flags += [f"--{key}", *tokens]
     return flags
@@ -99,13 +106,14 @@ def rewrite_deprecated(argv: list[str], deprecated: dict[str, tuple[str, str]]) 
     FutureWarning each: `--text_lora_r 16` -> `--rank_pattern text=16`."""
     rewritten, i = [], 0
     while i < len(argv):
-        name = argv[i][2:] if argv[i].startswith("--") else None
+        flag, given, inline = argv[i].partition("=")  # `--text_lora_r=16` as well; `--text-lora-r` as well
+        name = flag[2:].replace("-", "_") if flag.startswith("--") else None
         if name not in deprecated:
             rewritten.append(argv[i])
             i += 1
             continue
-        values, i = [], i + 1
-        while i < len(argv) and not argv[i].startswith("--"):
+        values, i = ([inline] if given else []), i + 1
+        while not given and i < len(argv) and not argv[i].startswith("--"):
             values.append(argv[i])
             i += 1
         pattern, component = deprecated[name]

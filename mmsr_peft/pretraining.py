@@ -45,7 +45,7 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     from accelerate.utils import set_seed
 
     args.output_dir = args.output_dir or "outputs/pretrain"
-    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=args.resume)
+    check_output_dir(args.output_dir, {"--data_dir": data_args.data_dir}, args.overwrite_output_dir, args.resume)
     accelerator = make_accelerator(args, model_args.item_tower, model_args.fusion)
     claim = claim_output_dir(args.output_dir, accelerator.is_main_process, args.overwrite_output_dir, args.resume)
     with claim:  # one run writes the folder at a time, and it holds that run alone

@@ -38,19 +38,39 @@ def check_output_dir(
     resume: bool = False,
 ) -> None:
     """Refuses, before any work, an `output_dir` a run cannot or must not write: an existing file; one of the
-    `protected` folders (`{flag: folder}`, e.g. the `--base` a run reads, which it would overwrite); a folder that
-    holds another run, unless `overwrite` (it is emptied by `claim_output_dir`) or `resume` (the run goes on)."""
+    `protected` folders (`{flag: folder}`, e.g. the `--base` a run reads, which it would overwrite), or with
+    `overwrite` a folder that holds one of them (emptying it would delete it); a folder that holds another run,
+    unless `overwrite` (it is emptied by `claim_output_dir`) or `resume` (the run goes on); with `overwrite`, a
+    folder that holds files but no run (it is not a run folder to replace)."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
     for flag, folder in (protected or {}).items():
-        if folder and Path(folder).exists() and path.resolve() == Path(folder).resolve():
+        if not folder or not Path(folder).exists():
+            continue
+        if path.resolve() == Path(folder).resolve():
             raise ValueError(f"--output_dir {output_dir} is the {flag} folder: the run would write over it")
+        if overwrite and not resume and path.resolve() in Path(folder).resolve().parents:
+            raise ValueError(
+                f"--output_dir {output_dir} holds the {flag} folder {folder}: --overwrite_output_dir would delete it"
+            )
     found = [name for name in RUN_MARKERS if (path / name).exists()]
     if found and not (overwrite or resume):
         raise ValueError(
             f"--output_dir {output_dir} already holds a run ({', '.join(found)}): pass --overwrite_output_dir to "
             "replace it, --resume to continue it, or choose another folder"
+        )
+    # a run stopped in its first epoch may have written its tracking logs alone
+    others = (
+        sorted(entry.name for entry in path.iterdir() if entry.name not in (LOCK_FILE, "logs"))
+        if path.is_dir()
+        else []
+    )
+    if overwrite and not resume and others and not found:
+        raise ValueError(
+            f"--output_dir {output_dir} holds files but no run ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}): --overwrite_output_dir replaces an earlier run's folder and "
+            "would delete them; choose another folder"
         )
 
 

@@ -181,7 +181,8 @@ class Benchmark:
             settings = {**plan["model"], **plan["training"], **data, **common, **trained, **spec["args"]}
             return [console_script("mmsr-pretrain"), *as_flags(settings)]
         if spec["command"] == "baseline":
-            return [console_script("mmsr-baseline"), *as_flags({**plan["model"], **data, **common, **spec["args"]})]
+            settings = {**plan["model"], **data, **common, "overwrite_output_dir": True, **spec["args"]}
+            return [console_script("mmsr-baseline"), *as_flags(settings)]
         if spec["command"] == "adapt":  # from the model that the `init` row's run of this split and seed wrote
             (target,) = data.pop("domains")
             base = self.folder(self.init_run(run))
@@ -977,21 +978,26 @@ DOCS_COLUMNS = (0, 1, 2, 3, 5, 6, 8)  # of the report's standard-split table: th
 
 
 def fill_docs(report_path: Path, page: Path) -> None:
-    """Refills `page`'s marked copy of the report's standard-split table and goal ratio (written by a rename)."""
+    """Refills `page`'s marked copy of the report's standard-split table and goal ratio (written by a rename): the
+    table that its marker says is filled from this report."""
     import re
 
     text, report_text = page.read_text(), report_path.read_text()
-    start = re.search(r"<!-- results table: filled from [^>]* -->\n", text)
-    end = text.find("<!-- end of results table -->")
-    if start is None or end < start.end():
-        raise SystemExit(f"{page}: no `<!-- results table: filled from ... -->` ... `<!-- end of results table -->`")
+    marker = f"<!-- results table: filled from {relative(report_path)} -->\n"
+    start = text.find(marker)
+    end = text.find("<!-- end of results table -->", start) if start >= 0 else -1
+    if end < 0:
+        raise SystemExit(f"{page}: no `{marker.strip()}` ... `<!-- end of results table -->` to fill")
+    if "## Standard split" not in report_text:
+        raise SystemExit(f"{report_path}: no standard split table to fill {page} with")
+    start += len(marker)
     section = report_text.split("## Standard split", 1)[1].split("\n\n", 2)[1]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| row ")]
     table = [*DOCS_TABLE]
     for line in rows:
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         table.append("| " + " | ".join(cells[i] for i in DOCS_COLUMNS) + " |")
-    text = text[: start.end()] + "\n".join(table) + "\n" + text[end:]
+    text = text[:start] + "\n".join(table) + "\n" + text[end:]
     ratio = re.search(r"^- (best text \+ image row.*)$", report_text, flags=re.M)
     if ratio:
         text = re.sub(

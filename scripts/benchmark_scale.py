@@ -27,7 +27,6 @@ import argparse
 import gzip
 import json
 import multiprocessing
-import resource
 import shlex
 import shutil
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from runner import machine
+from runner import machine, peak_rss_mib
 from transformers import AutoTokenizer
 
 from mmsr_peft.builder import ModelArguments, minilm_path
@@ -282,7 +281,7 @@ def _measured(name: str, work_dir: Path, args: dict) -> dict:
     start = time.perf_counter()
     result = STAGE_FUNCTIONS[name](work_dir, args)
     result.setdefault("seconds", time.perf_counter() - start)
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    result["peak_rss_bytes"] = peak_rss_mib() * 2**20
     return result
 
 
@@ -331,7 +330,7 @@ def report(results: dict, command: str, info: dict, same_process: bool) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores{memory}, load average {info['load_average']:.1f} at "
         f"the end (shared machine: times are upper bounds). Peak RSS is "
         + ("the whole process's so far (all stages ran in one process)." if same_process else "each stage's own "
-           "fresh process's (`ru_maxrss`), imports included."),
+           "fresh process's (`VmHWM`: not the peak it inherits from this one), imports included."),
         "",
         "| Stage | Wall time (s) | Peak RSS | Counts | Disk |",
         "|---|---:|---:|---|---|",

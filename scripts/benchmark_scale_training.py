@@ -154,7 +154,8 @@ def report(results: list[dict], generated: dict, command: str, info: dict, args)
         lines += [
             "",
             "Two processes against one, wall-time ratios (goal <= 0.6x for evaluation and catalog encoding). The "
-            "models differ (DDP splits each batch between the processes, so training sees other batch compositions): "
+            "models differ (each process takes its own batch of --batch_size sequences, so two processes train on twice "
+            "the sequences per step, in half the steps): "
             "that evaluation sharded over processes gives exactly the metrics of one process is tested in "
             "tests/test_distributed.py, on one model.",
         ]

@@ -103,13 +103,13 @@ def measure(name: str, precision: str, data_dir: str, args) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         model.train()
-        profiler = None
-        for step in range(args.warmup + args.steps):
-            if step == args.warmup and args.profile:
-                profiler = torch.profiler.profile(activities=_activities(device), record_shapes=True)
-                profiler.__enter__()
+
+        def batch_of(step: int):
             start = (step * args.batch_size) % max(1, len(order) - args.batch_size)
-            batch = trainer.collator([corpus.train[i] for i in order[start : start + args.batch_size]]).to(device)
+            return trainer.collator([corpus.train[i] for i in order[start : start + args.batch_size]]).to(device)
+
+        for step in range(args.warmup + args.steps):
+            batch = batch_of(step)
             _synchronize(device)
             began = time.perf_counter()
             trainer.training_step(batch)  # its loss.item() waits for the device
@@ -117,8 +117,11 @@ def measure(name: str, precision: str, data_dir: str, args) -> dict:
             if step >= args.warmup:
                 times.append(time.perf_counter() - began)
                 items.append(len(batch.items))
-        if profiler is not None:
-            profiler.__exit__(None, None, None)
+        if args.profile:  # further steps, after the timed ones: the profiler's overhead stays out of the timings
+            with torch.profiler.profile(activities=_activities(device), record_shapes=True) as profiler:
+                for step in range(args.warmup + args.steps, args.warmup + 2 * args.steps):
+                    trainer.training_step(batch_of(step))
+                _synchronize(device)
             sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
             report = profiler.key_averages().table(sort_by=sort_by, row_limit=40)
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)

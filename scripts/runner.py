@@ -71,6 +71,59 @@ def relative(value) -> str:
     return text
 
 
+def high_water_mib(pid: int | str = "self") -> float | None:
+    """The peak resident memory of process `pid` in MiB (`VmHWM`), None when it is gone or /proc is missing. Unlike
+    `ru_maxrss`, it starts from zero in a new program: a child keeps, across exec, the peak `ru_maxrss` of the
+    process that started it, so a child that stays below its parent's peak reports the parent's."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    line = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return int(line.split()[1]) / 1024 if line else None  # kB
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB (`high_water_mib`; `ru_maxrss` where /proc is missing)."""
+    peak = high_water_mib()
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class ChildPeak:
+    """The peak resident memory of a child process and its descendants (the largest of them, as `ru_maxrss`
+    reports), exact where it can be: `ru_maxrss` from `os.wait4` when the child went above what it inherited from
+    this process (see `high_water_mib`), else the largest `VmHWM` sampled every `interval` seconds while it ran (a
+    rise in its last `interval` can be missed)."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        import psutil
+
+        self.process, self.interval, self.sampled = psutil.Process(pid), interval, 0.0
+        self.inherited_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # what the child started from
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                pids = [self.process.pid, *(child.pid for child in self.process.children(recursive=True))]
+            except psutil.Error:  # it has exited
+                return
+            self.sampled = max([self.sampled, *(peak for pid in pids if (peak := high_water_mib(pid)) is not None)])
+            self._stop.wait(self.interval)
+
+    def peak_mib(self, usage) -> float:
+        """The peak, given the child's `os.wait4` resource usage (call once it has been waited for)."""
+        self._stop.set()
+        self._thread.join()
+        if usage.ru_maxrss > self.inherited_kib or not self.sampled:
+            return usage.ru_maxrss / 1024  # KiB on Linux
+        return self.sampled
+
+
 def execute(
     command: list[str], log: Path, threads: int = 1, env: dict | None = None, check: bool = True, append: bool = False
 ) -> dict:
@@ -87,13 +140,14 @@ def execute(
             process = subprocess.Popen([str(part) for part in command], stdout=out, stderr=subprocess.STDOUT, env=env)
         except OSError as err:  # the program is missing (an environment not built yet) or not executable
             raise RuntimeError(f"cannot start {relative(command[0])}: {err.strerror}") from None
+        peak = ChildPeak(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - began
     if check and process.returncode != 0:
         lines = log.read_text(errors="replace").strip().splitlines() or [f"exit status {process.returncode}"]
         raise RuntimeError(f"{shlex.join(relative(c) for c in command)} failed: {lines[-1][:500]} (log: {log})")
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
+    return {"wall_s": wall, "peak_rss_mib": peak.peak_mib(usage)}
 
 
 class LiveHeapPeak:
@@ -156,7 +210,7 @@ def _measured(function, *args):
 
     torch.set_num_threads(int(os.environ.get("MMSR_BENCH_THREADS", torch.get_num_threads())))
     result = function(*args)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mib"] = peak_rss_mib()
     return result
 
 

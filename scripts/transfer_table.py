@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from runner import ChildPeak
+
 ADAPT = Path(__file__).resolve().parents[1] / "recipes" / "adapt.py"
 # row name -> mmsr-adapt flags
 ROWS = {
@@ -46,6 +48,7 @@ def run_row(name: str, args, extra: list[str]) -> dict:
     command += ["--data_dir", args.data_dir, "--overwrite_output_dir", *ROWS[name], *extra]
     began = time.perf_counter()
     child = subprocess.Popen(command)
+    peak = ChildPeak(child.pid)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - began
     if os.waitstatus_to_exitcode(status) != 0:
@@ -60,7 +63,7 @@ def run_row(name: str, args, extra: list[str]) -> dict:
         "total_parameters": metrics["total_parameters"],
         "weights_bytes": weights.stat().st_size,
         "wall_s": wall,
-        "peak_rss_gib": usage.ru_maxrss / 2**20,  # ru_maxrss is in KiB on Linux
+        "peak_rss_gib": peak.peak_mib(usage) / 1024,
     }
 
 

@@ -60,7 +60,14 @@ DEPRECATED = ["--text_lora_r", "16", "--vision_target_modules", "mlp.c_fc", "--f
 DEPRECATED += ["--fusion_lora_dropout", "0.2", "--lora_r", "4"]
 
 
-@pytest.mark.parametrize("flags", [PER_COMPONENT, DEPRECATED], ids=["patterns", "deprecated flags"])
+# and as `--flag=value` or with hyphens, as argparse takes any flag
+DEPRECATED_INLINE = ["--text_lora_r=16", "--vision-target-modules", "mlp.c_fc", "--fusion-lora-alpha=32"]
+DEPRECATED_INLINE += ["--fusion_lora_dropout", "0.2", "--lora_r", "4"]
+
+
+@pytest.mark.parametrize(
+    "flags", [PER_COMPONENT, DEPRECATED, DEPRECATED_INLINE], ids=["patterns", "deprecated flags", "inline, hyphens"]
+)
 def test_rank_alpha_dropout_and_targets_per_component(flags, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -55,8 +55,14 @@ def test_mmsr_baseline_writes_metrics_like_a_trained_run(baseline, data_dir, tmp
     assert json.loads((out / "run_args.json").read_text())["baseline"] == baseline
     ranks = np.load(out / metrics["test_ranks"])  # every test case's rank: the "all" row, case by case
     assert rank_metrics(ranks) == pytest.approx(metrics["test"]["all"])
+    if baseline == "popularity":  # a run folder holds one run: replaced only when asked
+        assert baseline_main([*argv, *TINY_MODEL_FLAGS]) == 2
+        assert baseline_main([*argv, *TINY_MODEL_FLAGS, "--overwrite_output_dir"]) == 0
+        assert "food cold" not in json.loads((out / "metrics.json").read_text())["test"]
 
 
 def test_unknown_baseline_lists_the_valid_ones(capsys):
     assert baseline_main(["--baseline", "bpr"]) == 2
     assert "valid: popularity, knn_text, knn_image, knn_both" in capsys.readouterr().err
+    assert baseline_main(["--eval_batch_size", "0"]) == 2
+    assert "--eval_batch_size must be >= 1, got 0" in capsys.readouterr().err

@@ -404,9 +404,17 @@ def test_a_plan_extends_another_and_reports_its_comparisons(benchmark, tmp_path)
 
     for row, seed, ndcg in (("ours", 0, 0.10), ("paper", 0, 0.08), ("ours", 1, 0.20)):  # compared on seed 0 only
         write_record(tmp_path / "records", row, "main", seed, ndcg)
-    page = tmp_path / "page.md"  # a docs page holding a copy of the report's table, refilled by --fill_docs
-    page.write_text("Intro.\n<!-- results table: filled from x -->\n| stale |\n<!-- end of results table -->\nEnd.\n")
+    page = tmp_path / "page.md"  # a docs page holding a copy of another report's table: left alone
+    other = (
+        "Intro.\n<!-- results table: filled from results/x.md -->\n| stale |\n<!-- end of results table -->\nEnd.\n"
+    )
+    page.write_text(other)
     argv = ["--plan", str(tmp_path / "child.yaml"), "--records_dir", str(tmp_path / "records"), "--report_only"]
+    with pytest.raises(SystemExit, match="no `<!-- results table: filled from .*tiny_child.md -->`"):
+        benchmark.main([*argv, "--output_dir", str(tmp_path / "results"), "--fill_docs", str(page)])
+    assert page.read_text() == other
+    # this report's copy, refilled by --fill_docs
+    page.write_text(other.replace("results/x.md", str(tmp_path / "results" / "tiny_child.md")))
     assert benchmark.main([*argv, "--output_dir", str(tmp_path / "results"), "--fill_docs", str(page)]) == 0
     assert page.read_text().splitlines()[2:6] == [
         "| row | seeds | NDCG@10 | HR@10 | NDCG@20 | NDCG@10 `window` | epochs (best/run) |",

@@ -19,7 +19,11 @@ def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPTS))  # the script imports its runner as a sibling module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPTS))
     return module
 
 
@@ -79,10 +83,11 @@ def test_performance_benchmark_sections_write_tables(tmp_path):
         assert 0 < row["items_encoded_per_step"] < row["positions_per_step"]
     catalog = report["results"]["catalog"]
     assert [row["items"] for row in catalog] == [300, 1000]
-    assert all(row["users"] == 40 and row["eval_s"] > 0 and row["peak_rss_mib"] > 0 for row in catalog)
+    assert all(row["users"] == 40 and row["eval_s"]["median"] > 0 and row["peak_rss_mib"] > 0 for row in catalog)
+    assert all(len(row["eval_s"]["runs"]) == 1 for row in catalog)  # --repeats 1, after an untimed call
     text = (out / "benchmark.md").read_text()
     assert "## Items encoded per step" in text and "## Full-ranking evaluation vs catalog size" in text
-    assert "| 1,000 | 40 |" in text
+    assert "| 1,000 | 40 |" in text and "(one run)" in text
 
     again = ["--sections", "catalog", "--catalog_sizes", "500", "--eval_users", "20", "--output_dir", str(out)]
     subprocess.run(
@@ -124,3 +129,15 @@ def test_the_adaptation_table_reports_the_memory_that_training_holds():
         "LoRA / full: peak memory 0.94x (target <= 0.6x), training memory 0.91x, memory held by training 0.50x, "
         in text
     )
+
+
+def test_a_child_s_peak_memory_is_its_own_not_the_peak_it_inherits(tmp_path):
+    runner = load_script("runner")
+    grown = b"\x01" * (400 * 2**20)  # this process peaks above 400 MiB; a child starts from that ru_maxrss
+    del grown
+    small = [sys.executable, "-c", "pass"]
+    assert runner.execute(small, tmp_path / "small.log")["peak_rss_mib"] < 100
+    # a child that holds 150 MiB for a second: sampled while it runs, still below what it inherited
+    holds = [sys.executable, "-c", "import time; x = b'1' * (150 * 2**20); time.sleep(1)"]
+    assert 150 < runner.execute(holds, tmp_path / "holds.log")["peak_rss_mib"] < 300
+    assert runner.peak_rss_mib() > 400  # this process's own

@@ -151,11 +151,17 @@ def test_pretrain_config_file_fills_arguments_and_rejects_unknown_keys(tmp_path,
         ("hidden_size: 4.7\n", f"{bad}: key 'hidden_size': invalid int value '4.7'"),  # typed like a flag
         ("fusion: [concat\n", f"--config {bad}: not valid YAML at line 2"),
         ("fusion: {type: concat}\n", "key 'fusion' holds a mapping"),
+        ("hidden_size: [48, 64]\n", f"{bad}: key 'hidden_size': a list [48, 64]; expected a single value"),
+        ("fusion: no\n", f"{bad}: key 'fusion': False is a boolean; quote a text value"),  # YAML's no: False
     ]:
         bad.write_text(text)
         with pytest.raises(SystemExit):
             parse_args((ModelArguments, DataArguments), ["--config", str(bad)])
         assert message in capsys.readouterr().err, text
+    bad.write_text("logq: maybe\n")
+    with pytest.raises(SystemExit):
+        parse_args((TrainingArguments,), ["--config", str(bad)])
+    assert f"{bad}: key 'logq': invalid string_to_bool value 'maybe'" in capsys.readouterr().err
     bad.write_text("learning_rate: 1e-4\nresume: true\n")  # PyYAML reads 1e-4 as a string: parsed as a flag is
     (training,) = parse_args((TrainingArguments,), ["--config", str(bad)])
     assert training.learning_rate == 1e-4 and training.resume is True

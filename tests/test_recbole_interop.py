@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -264,3 +265,18 @@ def test_recbole_sasrec_script_refuses_the_project_environment(data_dir, tmp_pat
     assert script.in_order(evaluated, ranks, [ids[u] for u in users]) == [10 * ids[u] for u in users]
     with pytest.raises(RuntimeError, match="no test row of 1 exported users"):
         script.in_order(evaluated[1:], ranks[1:], [ids[u] for u in users])
+
+
+def test_export_and_import_never_replace_the_folder_they_read(data_dir, tmp_path):
+    shutil.copytree(data_dir / "synthetic", tmp_path / "synthetic")
+    source = tmp_path / "synthetic" / "office"
+    for target in (source, tmp_path / "synthetic"):  # the domain itself, or the folder of every domain
+        with pytest.raises(ValueError, match=rf"{target}: the folder to write is, or holds, {source}, which it is"):
+            export_recbole(source, target, overwrite=True)
+    assert load_folder(source).catalog.item_ids and (tmp_path / "synthetic" / "food").is_dir()
+    export_recbole(source, tmp_path / "data" / "recbole" / "office" / "atomic")
+    with pytest.raises(ValueError, match="which it is made from"):  # atomic files inside the folder made from them
+        import_recbole(
+            tmp_path / "data" / "recbole" / "office" / "atomic", "office", data_dir=tmp_path / "data", overwrite=True
+        )
+    assert (tmp_path / "data" / "recbole" / "office" / "atomic" / "atomic.inter").is_file()

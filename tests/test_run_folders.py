@@ -29,6 +29,23 @@ def test_a_folder_with_a_run_is_refused_unless_the_run_replaces_or_continues_it(
         check_output_dir(str(tmp_path), {"--base": str(tmp_path)}, overwrite=True)
 
 
+def test_overwrite_never_deletes_what_the_run_reads_or_a_folder_that_is_not_a_run(tmp_path):
+    previous_run(tmp_path)
+    (tmp_path / "base").mkdir()
+    with pytest.raises(
+        ValueError, match=rf"holds the --base folder {tmp_path / 'base'}: --overwrite_output_dir would"
+    ):
+        check_output_dir(str(tmp_path), {"--base": str(tmp_path / "base")}, overwrite=True)
+    check_output_dir(str(tmp_path), {"--base": str(tmp_path / "base")}, resume=True)  # resuming deletes nothing
+    (tmp_path / "home").mkdir()
+    for name in ("thesis.tex", "photos"):
+        (tmp_path / "home" / name).touch()
+    with pytest.raises(ValueError, match=r"holds files but no run \(photos, thesis.tex\): --overwrite_output_dir"):
+        check_output_dir(str(tmp_path / "home"), overwrite=True)
+    (tmp_path / "stopped" / "logs").mkdir(parents=True)  # a run stopped before its first validation
+    check_output_dir(str(tmp_path / "stopped"), overwrite=True)
+
+
 def test_overwrite_empties_the_folder_and_resume_keeps_it(tmp_path):
     previous_run(tmp_path)
     with claim_output_dir(str(tmp_path), resume=True, overwrite=True):

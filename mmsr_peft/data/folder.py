@@ -26,10 +26,13 @@ INTERACTION_SCHEMA = pa.schema([("user_id", pa.string()), ("item_id", pa.string(
 
 
 @contextlib.contextmanager
-def new_domain_folder(target: str | os.PathLike, overwrite: bool = False):
+def new_domain_folder(target: str | os.PathLike, overwrite: bool = False, reads: str | os.PathLike | None = None):
     """Yields an empty temporary folder (with `images/`) beside `target`; when the block succeeds it replaces
-    `target` by a rename, when it fails `target` is untouched and the temporary folder is removed."""
+    `target` by a rename, when it fails `target` is untouched and the temporary folder is removed. `reads`: the
+    folder the new one is made from, which `target` must neither be nor hold (replacing it would delete it)."""
     target = Path(target)
+    if reads is not None and target.resolve() in (Path(reads).resolve(), *Path(reads).resolve().parents):
+        raise ValueError(f"{target}: the folder to write is, or holds, {reads}, which it is made from; choose another")
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite to prepare it again")
     created = next((folder for folder in reversed(target.parents) if not folder.exists()), None)

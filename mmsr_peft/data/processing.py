@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoints import read_json
+from ..errors import CheckpointError
 from ..sharding import Shards
 from .image_files import ImageCache, load_image
 
@@ -189,8 +191,42 @@ class ItemProcessor:
         from transformers import AutoTokenizer
 
         folder = Path(folder)
-        settings = json.loads((folder / PROCESSOR_FILE).read_text())
+        settings = _read_settings(folder / PROCESSOR_FILE)
         tokenizer = AutoTokenizer.from_pretrained(folder) if with_tokenizer else None
         vocab_path = folder / ITEM_VOCAB_FILE
-        item_vocab = json.loads(vocab_path.read_text()) if vocab_path.is_file() else None
+        item_vocab = _read_item_vocab(vocab_path) if vocab_path.is_file() else None
         return cls(tokenizer, settings["max_length"], settings["image_size"], item_vocab)
+
+
+# the keys of a `processor_config.json` (all written by `save_pretrained`) and what each must hold
+PROCESSOR_KEYS = {"max_length": "an integer >= 1", "image_size": "an integer >= 1, or null (no vision tower)"}
+
+
+def _read_settings(path: Path) -> dict:
+    """A `processor_config.json`: an object with `PROCESSOR_KEYS`, each of the right type, and no other key."""
+    settings = read_json(path)
+    if not isinstance(settings, dict):
+        raise CheckpointError(
+            f"{path}: expected a JSON object with keys {list(PROCESSOR_KEYS)}, got {type(settings).__name__} "
+            f"{str(settings)[:200]}"
+        )
+    unknown = sorted(set(settings) - set(PROCESSOR_KEYS))
+    missing = [key for key in PROCESSOR_KEYS if key not in settings]
+    if unknown or missing:
+        problems = [f"{what} keys {keys}" for what, keys in (("unknown", unknown), ("missing", missing)) if keys]
+        raise CheckpointError(f"{path}: {', '.join(problems)}; expected exactly the keys {list(PROCESSOR_KEYS)}")
+    for key, expected in PROCESSOR_KEYS.items():
+        value = settings[key]
+        if value is None and key == "image_size":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CheckpointError(f"{path}: {key} is {value!r}, expected {expected}")
+    return settings
+
+
+def _read_item_vocab(path: Path) -> list:
+    """An `item_ids.json`: the item ids of an `id` tower, in embedding-row order (a JSON list)."""
+    item_vocab = read_json(path)
+    if not isinstance(item_vocab, list):
+        raise CheckpointError(f"{path}: expected a JSON list of item ids, got {str(item_vocab)[:200]}")
+    return item_vocab

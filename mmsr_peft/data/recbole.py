@@ -119,7 +119,7 @@ def import_recbole(
     name = name or atomic_dir.name
     target = Path(data_dir) / SOURCE / name
     origin = _read_export_manifest(atomic_dir)
-    with new_domain_folder(target, overwrite) as tmp:
+    with new_domain_folder(target, overwrite, reads=atomic_dir) as tmp:
         items, fields = _import_items(atomic_dir / f"{name}.item", atomic_dir, tmp, text_fields)
         write_table(tmp / "items.parquet", items, ITEM_SCHEMA)
         interactions, dropped = _import_interactions(atomic_dir / f"{name}.inter", set(items["item_id"]))
@@ -325,7 +325,7 @@ def export_recbole(
     domain_folder, out_dir = Path(domain_folder), Path(out_dir)
     name = name or out_dir.name
     domain = load_folder(domain_folder)  # checks the folder: ids, images, items of every interaction
-    with new_domain_folder(out_dir, overwrite) as tmp:
+    with new_domain_folder(out_dir, overwrite, reads=domain_folder) as tmp:
         images = _export_items(domain_folder, tmp / f"{name}.item")
         if images:
             shutil.copytree(domain_folder / "images", tmp / "images", dirs_exist_ok=True)

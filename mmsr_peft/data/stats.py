@@ -128,11 +128,13 @@ def add_command(commands) -> None:
 
 
 def _run_command(args) -> None:
-    from ..domains import DOMAINS, domain_folder
+    from ..domains import DOMAINS, domain_folder, no_data_error
 
     folder = args.domain
     if not Path(folder).is_dir() and folder in DOMAINS:
         source = args.data_source or ("movielens" if DOMAINS[folder].movielens else "synthetic")
         folder = domain_folder(folder, source, args.data_dir)
+        if not (folder / "items.parquet").is_file():
+            raise no_data_error(args.domain, source, args.data_dir)
     stats = domain_stats(folder)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))

@@ -437,7 +437,7 @@ def generate_domain(
             return target
         raise FileExistsError(
             f"{target} already exists but was not generated with these parameters ({config}); "
-            "pass overwrite=True to replace it"
+            "pass overwrite=True (mmsr-data synthetic --overwrite) to replace it"
         )
     with new_domain_folder(target, overwrite=True) as tmp:  # the previous version or this one, never a mix
         _write_domain(tmp, name, config)

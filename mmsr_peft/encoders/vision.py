@@ -336,8 +336,19 @@ class OpenClipVisionEncoder(VisionEncoder):
         return x if transformer.batch_first else x.transpose(0, 1)
 
     def load_backbone(self, path: str) -> None:
-        """From an open_clip checkpoint: the full model (`visual.*` keys) or the tower alone."""
-        self.tower.load_state_dict(_read_weights(path), strict=True)
+        """From an open_clip checkpoint: the full model (`visual.*` keys) or the tower alone. A ViT's position
+        embeddings saved for another image size are interpolated to this tower's grid, as open_clip does for
+        `force_image_size`."""
+        from types import SimpleNamespace
+
+        from open_clip.model import resize_pos_embed
+
+        state = _read_weights(path)
+        if "positional_embedding" in state and hasattr(self.tower, "grid_size"):
+            full = {"visual.positional_embedding": state["positional_embedding"]}
+            resize_pos_embed(full, SimpleNamespace(visual=self.tower))
+            state["positional_embedding"] = full["visual.positional_embedding"]
+        self.tower.load_state_dict(state, strict=True)
 
 
 class TorchvisionEncoder(VisionEncoder):
