@@ -720,7 +720,7 @@ class RecommendArguments:
     def __post_init__(self):
         if self.k < 1 or self.batch_size < 1:
             raise ValueError(f"--k and --batch_size must be >= 1, got {self.k} and {self.batch_size}")
-        if Path(self.input).suffix not in (".jsonl", ".csv"):
+        if Path(self.input).suffix.lower() not in (".jsonl", ".csv"):
             raise ValueError(f"--input {self.input}: expected a .jsonl or .csv file")
         output = Path(self.output)
         if output.is_dir() or output.parent.exists() and not output.parent.is_dir():

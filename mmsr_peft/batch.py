@@ -35,7 +35,14 @@ def read_histories(path: str | Path) -> list[tuple[str | int, list[str], list[in
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--input {path}: no such file")
-    if path.suffix == ".jsonl":
+    try:
+        return _read_histories(path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from None
+
+
+def _read_histories(path: Path) -> list[tuple[str | int, list[str], list[int]]]:
+    if path.suffix.lower() == ".jsonl":
         found: dict[str, tuple[str | int, list[str], int]] = {}  # by str(user_id): 7 and "7" are the same user
         # lines end at "\n" only: U+2028, U+0085 and the like may stand in a JSON string (str.splitlines splits there)
         with open(path, encoding="utf-8-sig", newline="\n") as handle:

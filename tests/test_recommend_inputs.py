@@ -102,3 +102,16 @@ def test_a_csv_row_without_user_or_item_is_refused_naming_the_line(
         error = capsys.readouterr().err
         assert f"{source}: line 3: expected a user_id and an item_id, got {got}" in error
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_upper_case_suffix_is_read_and_a_file_that_is_not_utf8_is_named(
+    base_dir, data_dir, tmp_path, item_ids, capsys
+):
+    source = tmp_path / "IN.JSONL"
+    source.write_text(json.dumps({"user_id": "a", "history": item_ids[:2]}) + "\n")
+    assert run(base_dir, data_dir, source, tmp_path / "out.jsonl") == 0
+    assert [line["user_id"] for line in read_output(tmp_path / "out.jsonl")] == ["a"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(f"user_id,item_id\nJos\xe9,{item_ids[0]}\n".encode("latin-1"))
+    assert run(base_dir, data_dir, latin, tmp_path / "latin.jsonl") == 2
+    assert f"{latin}: not UTF-8 text (invalid continuation byte); save it as UTF-8" in capsys.readouterr().err
